@@ -1,0 +1,41 @@
+# radps: `make demo` runs the main job, `make test` runs the tests; both create the venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-radps
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint format crd bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# uv resolves and installs in seconds with a warm cache; plain pip is the fallback.
+	( $(BIN)/python -m pip install -q uv && \
+	  $(BIN)/python -m uv pip install -q --python $(BIN)/python -e '.[test,bench]' ) || \
+	  $(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/radps run manifests/examples/synthesize-demo.yaml manifests/examples/imaging-demo.yaml
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+crd: venv
+	$(BIN)/radps crd > manifests/crd/pipelineruns.radps.io.yaml
+
+bench: venv
+	$(BIN)/python -m tests.benchmarks --out results
+
+clean:
+	rm -rf demo-output results .pytest_cache

@@ -1,0 +1,425 @@
+"""Dirty imaging: Stokes I, natural weighting, multi-frequency synthesis, ducc0 wgridder.
+
+Conventions (measured, see DESIGN.md "The array core"):
+
+* Textbook sign: ``V = S exp(-2 pi i (u l + v m + w (n - 1)))`` with ``l`` towards east (RA
+  increasing) and ``m`` towards north. ducc0 needs ``flip_w=True`` for it.
+* xradio's UVW (as converted from CASA MeasurementSets, and what anything written with
+  xradio's schema must follow) is the *negative* of the textbook vector: imaging the VLA set
+  with textbook signs gives CASA's image point-reflected; with the sign turned it matches CASA
+  (same peak pixel, correlation 0.99999). :data:`MSV4_UVW_SIGN` records that.
+* Images are numpy ``[y, x]`` in FITS/CASA orientation: ``x`` increases towards the west (RA
+  decreases, ``l = -(x - N/2) * cell``), ``y`` towards the north (``m = (y - N/2) * cell``);
+  the phase centre is pixel ``(N/2, N/2)``.
+* Natural weighting normalised by the sum of weights: a 1 Jy point source gives 1.0 at its
+  pixel (no 1/n factor: ``divide_by_n=False``).
+
+Several partitions combine by summing their un-normalised images and weight sums
+(:class:`DirtySum`), which is also what a Dask map-reduce over chunks will do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import ducc0
+import numpy as np
+import xarray as xr
+
+from .conventions import MSV4_UVW_SIGN
+from .io import InputDataError
+
+#: Parallel-hand correlations that estimate Stokes I, in order of preference.
+_STOKES_I_PAIRS = (("RR", "LL"), ("XX", "YY"))
+_SINGLE_HANDS = ("I", "RR", "LL", "XX", "YY")
+#: Upper bound on visibility bytes loaded at once per dataset (time blocks are split to fit).
+_BLOCK_BYTES = 256 * 2**20
+
+
+@dataclass
+class DirtySum:
+    """Un-normalised dirty image and what normalising and describing it needs.
+
+    ``image`` is ``sum_k w_k Re(V_k exp(+2 pi i (u l + v m + w (n-1))))`` on the ``[y, x]``
+    grid; dividing by ``weight_sum`` gives the natural-weighted dirty image. Sums add.
+    """
+
+    image: np.ndarray
+    weight_sum: float = 0.0
+    nvis: int = 0
+    freq_low: float = math.inf
+    freq_high: float = -math.inf
+
+    def __add__(self, other: DirtySum) -> DirtySum:
+        return DirtySum(
+            image=self.image + other.image,
+            weight_sum=self.weight_sum + other.weight_sum,
+            nvis=self.nvis + other.nvis,
+            freq_low=min(self.freq_low, other.freq_low),
+            freq_high=max(self.freq_high, other.freq_high),
+        )
+
+
+def _check_geometry(imsize: int, cell_rad: float) -> None:
+    if imsize < 32 or imsize % 2:
+        raise ValueError(f"imsize must be even and at least 32 (ducc0 wgridder), got {imsize}")
+    if not cell_rad > 0:
+        raise ValueError(f"cell size must be positive, got {cell_rad} rad")
+    if imsize * cell_rad / 2 >= 1:
+        raise ValueError("the image extends beyond the horizon (imsize * cell too large)")
+
+
+def dirty_sum_from_arrays(
+    uvw: np.ndarray,
+    freq: np.ndarray,
+    vis: np.ndarray,
+    weight: np.ndarray,
+    *,
+    imsize: int,
+    cell_rad: float,
+    epsilon: float = 1e-4,
+    nthreads: int = 1,
+    uvw_sign: int = 1,
+) -> DirtySum:
+    """Grid one block of Stokes I visibilities (no normalisation).
+
+    ``uvw`` (nrow, 3) in metres, ``freq`` (nchan,) Hz, ``vis`` (nrow, nchan) complex,
+    ``weight`` (nrow, nchan) with 0 for anything not to image. ``uvw_sign`` is +1 for textbook
+    UVW, :data:`MSV4_UVW_SIGN` for xradio's; instead of negating the array, the matching ducc0
+    flips are chosen. Rows with non-finite UVW or no positive weight are dropped first.
+    """
+    _check_geometry(imsize, cell_rad)
+    uvw = np.asarray(uvw, dtype=np.float64)
+    freq = np.asarray(freq, dtype=np.float64).ravel()
+    weight = np.where(np.isfinite(weight), weight, 0)
+    rows = np.isfinite(uvw).all(axis=1) & (weight > 0).any(axis=1)
+    out = DirtySum(image=np.zeros((imsize, imsize)))
+    if not rows.any():
+        return out
+    single = np.asarray(vis).dtype == np.complex64 and epsilon >= 2e-5
+    cdt, rdt = (np.complex64, np.float32) if single else (np.complex128, np.float64)
+    wgt = np.ascontiguousarray(weight[rows], dtype=rdt)
+    vis_r = np.ascontiguousarray(np.where(wgt > 0, vis[rows], 0), dtype=cdt)
+    mask = (wgt > 0).astype(np.uint8)
+    textbook = uvw_sign > 0
+    # With textbook UVW: flip u so that ducc's first axis runs along -l (the FITS x axis),
+    # flip w for ducc's w sign. With the negated vector the complementary flips do the same.
+    dirty = ducc0.wgridder.vis2dirty(
+        uvw=np.ascontiguousarray(uvw[rows]),
+        freq=freq,
+        vis=vis_r,
+        wgt=wgt,
+        mask=mask,
+        npix_x=imsize,
+        npix_y=imsize,
+        pixsize_x=cell_rad,
+        pixsize_y=cell_rad,
+        epsilon=epsilon,
+        do_wgridding=True,
+        flip_u=textbook,
+        flip_v=not textbook,
+        flip_w=textbook,
+        divide_by_n=False,
+        nthreads=nthreads,
+    )
+    used = wgt > 0
+    chans = used.any(axis=0)
+    out.image = np.ascontiguousarray(dirty.T, dtype=np.float64)  # ducc [-l, m] -> [y, x]
+    out.weight_sum = float(wgt.sum(dtype=np.float64))
+    out.nvis = int(used.sum())
+    out.freq_low = float(freq[chans].min())
+    out.freq_high = float(freq[chans].max())
+    return out
+
+
+def dirty_image_from_arrays(
+    uvw: np.ndarray,
+    freq: np.ndarray,
+    vis: np.ndarray,
+    weight: np.ndarray,
+    *,
+    imsize: int,
+    cell_rad: float,
+    epsilon: float = 1e-4,
+    nthreads: int = 1,
+    uvw_sign: int = 1,
+) -> np.ndarray:
+    """Natural-weighted dirty image ``[y, x]`` (FITS orientation) of one block of visibilities.
+
+    The pure core of :func:`make_dirty_image`; see :func:`dirty_sum_from_arrays` for the
+    arguments. A 1 Jy source at ``(l, m)`` (``l`` east) lands on pixel
+    ``x = N/2 - l/cell``, ``y = N/2 + m/cell`` with value 1.
+    """
+    total = dirty_sum_from_arrays(
+        uvw,
+        freq,
+        vis,
+        weight,
+        imsize=imsize,
+        cell_rad=cell_rad,
+        epsilon=epsilon,
+        nthreads=nthreads,
+        uvw_sign=uvw_sign,
+    )
+    if total.weight_sum <= 0:
+        raise ValueError("no visibilities with positive weight to image")
+    return total.image / total.weight_sum
+
+
+def stokes_i(
+    vis: np.ndarray, flag: np.ndarray | None, weight: np.ndarray | None, pols: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stokes I visibilities and weights from the parallel hands (last axis = polarization).
+
+    Each valid parallel-hand sample is an estimate of I: ``I = sum_p w_p V_p / sum_p w_p`` with
+    weight ``sum_p w_p`` (CASA grids RR and LL onto one Stokes I plane the same way). That is
+    ``(RR+LL)/2`` for equal weights, the other hand alone where one is flagged, and the single
+    hand when only one exists. Invalid samples (FLAG set, NaN visibility or weight, weight <= 0;
+    xradio pads missing time x baseline slots with NaN and FLAG False) get weight 0.
+    """
+    pols = [str(p) for p in pols]
+    use = next(
+        ([pols.index(a), pols.index(b)] for a, b in _STOKES_I_PAIRS if a in pols and b in pols),
+        None,
+    )
+    if use is None:
+        singles = [i for i, p in enumerate(pols) if p in _SINGLE_HANDS]
+        if not singles:
+            raise ValueError(f"cannot form Stokes I from correlations {pols}")
+        use = singles[:1]
+    num = np.zeros(vis.shape[:-1], dtype=np.complex128 if vis.dtype == np.complex128 else vis.dtype)
+    den = np.zeros(vis.shape[:-1], dtype=np.float64)
+    for p in use:
+        v = vis[..., p]
+        w = np.ones(v.shape) if weight is None else weight[..., p].astype(np.float64)
+        ok = np.isfinite(v) & np.isfinite(w) & (w > 0)
+        if flag is not None:
+            ok &= ~flag[..., p]
+        w = np.where(ok, w, 0.0)
+        num += np.where(ok, v, 0) * w
+        den += w
+    vis_i = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return vis_i, den
+
+
+def _group(ds: xr.Dataset, data_group: str) -> dict[str, str]:
+    groups = ds.attrs.get("data_groups") or {}
+    if data_group not in groups and data_group != "base":
+        raise ValueError(f"data group {data_group!r} not in {sorted(groups)}")
+    g = groups.get(data_group, {})
+    return {
+        "vis": g.get("correlated_data", "VISIBILITY"),
+        "flag": g.get("flag", "FLAG"),
+        "weight": g.get("weight", "WEIGHT"),
+        "uvw": g.get("uvw") or "UVW",
+    }
+
+
+def _time_blocks(ds: xr.Dataset, var: str) -> Iterator[slice]:
+    """Time slices following the Dask chunks, split further to bound memory."""
+    n = ds.sizes["time"]
+    data = ds[var].data
+    chunks = data.chunks[ds[var].dims.index("time")] if hasattr(data, "chunks") else (n,)
+    per_time = max(1, ds[var].isel(time=0).size * 16)  # complex128 work arrays
+    step = max(1, _BLOCK_BYTES // per_time)
+    start = 0
+    for c in chunks:
+        for s in range(start, start + c, step):
+            yield slice(s, min(s + step, start + c))
+        start += c
+
+
+def dataset_dirty_sum(
+    ds: xr.Dataset,
+    *,
+    imsize: int,
+    cell_rad: float,
+    epsilon: float = 1e-4,
+    nthreads: int = 1,
+    data_group: str = "base",
+) -> DirtySum:
+    """Un-normalised Stokes I dirty image of one MSv4 dataset, gridded time block by block."""
+    names = _group(ds, data_group)
+    pols = [str(p) for p in ds["polarization"].values]
+    freq = np.asarray(ds["frequency"].values, dtype=np.float64)
+    auto = None
+    if "baseline_antenna1_name" in ds.coords and "baseline_antenna2_name" in ds.coords:
+        auto = np.asarray(
+            ds["baseline_antenna1_name"].values == ds["baseline_antenna2_name"].values
+        )
+    total = DirtySum(image=np.zeros((imsize, imsize)))
+    for sl in _time_blocks(ds, names["vis"]):
+        block = ds.isel(time=sl)
+        try:
+            vis = block[names["vis"]].transpose("time", "baseline_id", "frequency", "polarization")
+            vis = vis.values
+            flag = block[names["flag"]].values if names["flag"] in block else None
+            weight = block[names["weight"]].values if names["weight"] in block else None
+            uvw = block[names["uvw"]].transpose("time", "baseline_id", "uvw_label").values
+        except Exception as exc:
+            raise InputDataError(
+                f"{ds.attrs.get('source_path', '?')}: cannot read partition "
+                f"{ds.attrs.get('partition_name', '?')} (times {sl.start}..{sl.stop}): {exc}"
+            ) from exc
+        if weight is not None and weight.ndim == 2:  # (time, baseline) weights
+            weight = np.broadcast_to(weight[:, :, None, None], vis.shape)
+        vis_i, w_i = stokes_i(vis, flag, weight, pols)
+        if auto is not None and auto.any():  # autocorrelations carry no image information
+            w_i[:, auto, :] = 0
+        nt, nb, nf = vis_i.shape
+        total = total + dirty_sum_from_arrays(
+            uvw.reshape(nt * nb, 3),
+            freq,
+            vis_i.reshape(nt * nb, nf),
+            w_i.reshape(nt * nb, nf),
+            imsize=imsize,
+            cell_rad=cell_rad,
+            epsilon=epsilon,
+            nthreads=nthreads,
+            uvw_sign=MSV4_UVW_SIGN,
+        )
+    return total
+
+
+def _phase_center_of(ds: xr.Dataset) -> dict[str, Any]:
+    pc = ds.attrs.get("phase_center")
+    if pc is None:
+        name = ds.attrs.get("partition_name", "?")
+        if "phase_centers" in ds.attrs:
+            raise ValueError(
+                f"partition {name} has several phase centres ({sorted(ds.attrs['phase_centers'])});"
+                " image one field at a time"
+            )
+        raise ValueError(
+            f"partition {name} has no phase_center attribute: open the data with "
+            "radps_flows.core.io.open_processing_set"
+        )
+    return pc
+
+
+def _channel_width(ds: xr.Dataset) -> float:
+    cw = ds["frequency"].attrs.get("channel_width")
+    if isinstance(cw, dict) and "data" in cw:
+        return abs(float(np.asarray(cw["data"]).ravel()[0]))
+    if ds.sizes["frequency"] > 1:
+        return float(np.median(np.abs(np.diff(ds["frequency"].values))))
+    return 0.0
+
+
+def _date_obs(datasets: Sequence[xr.Dataset]) -> str | None:
+    starts = []
+    for ds in datasets:
+        if "time" not in ds.coords or ds.sizes["time"] == 0:
+            continue
+        starts.append(float(np.nanmin(ds["time"].values)))  # first time centroid, as CASA
+    if not starts:
+        return None
+    return datetime.fromtimestamp(min(starts), tz=UTC).replace(tzinfo=None).isoformat()
+
+
+def make_dirty_image(
+    datasets: Sequence[xr.Dataset],
+    *,
+    imsize: int,
+    cell_arcsec: float,
+    epsilon: float = 1e-4,
+    nthreads: int = 1,
+    data_group: str = "base",
+) -> xr.DataArray:
+    """Stokes I natural-weighted MFS dirty image of MSv4 datasets sharing one phase centre.
+
+    Gridding is ducc0.wgridder with w-gridding. Returns dims ``(y, x)`` in FITS orientation
+    (see the module docstring) normalised by the sum of weights, with coords ``l`` (along x)
+    and ``m`` (along y) in radians and attrs carrying what a FITS WCS and a report need:
+    ``phase_center_ra_rad``, ``phase_center_dec_rad``, ``phase_center_frame``, ``cell_rad``,
+    ``cell_arcsec``, ``reference_pixel`` (0-based [x, y]), ``reference_frequency_hz``,
+    ``bandwidth_hz``, ``spectral_frame``, ``bunit``, ``nvis`` ((row, channel) Stokes I samples
+    gridded), ``sum_weights``, ``stokes``, ``weighting``, and when known ``date_obs``,
+    ``telescope``, ``observer``, ``object``.
+    ``data_group`` picks the xradio data group (``base`` is the MSv2 DATA column).
+    """
+    if not datasets:
+        raise ValueError("no datasets to image")
+    cell_rad = math.radians(cell_arcsec / 3600.0)
+    _check_geometry(imsize, cell_rad)
+    centres = [_phase_center_of(ds) for ds in datasets]
+    ref = centres[0]
+    for ds, pc in zip(datasets, centres, strict=True):
+        same_frame = str(pc.get("frame")).lower() == str(ref.get("frame")).lower()
+        if not same_frame or abs(pc["ra"] - ref["ra"]) > 1e-8 or abs(pc["dec"] - ref["dec"]) > 1e-8:
+            raise ValueError(
+                f"partition {ds.attrs.get('partition_name', '?')} has another phase centre "
+                f"({pc}) than the first ({ref}); image them separately"
+            )
+    total = DirtySum(image=np.zeros((imsize, imsize)))
+    half_width = 0.0
+    spectral_frames = set()
+    for ds in datasets:
+        part = dataset_dirty_sum(
+            ds,
+            imsize=imsize,
+            cell_rad=cell_rad,
+            epsilon=epsilon,
+            nthreads=nthreads,
+            data_group=data_group,
+        )
+        if part.nvis:
+            half_width = max(half_width, _channel_width(ds) / 2)
+            spectral_frames.add(str(ds["frequency"].attrs.get("observer", "TOPO")).upper())
+        total = total + part
+    if total.weight_sum <= 0:
+        names = [ds.attrs.get("partition_name", "?") for ds in datasets]
+        raise ValueError(f"no unflagged visibilities with positive weight in {names}")
+    low, high = total.freq_low - half_width, total.freq_high + half_width
+    n = imsize // 2
+    offsets = (np.arange(imsize) - n) * cell_rad
+    attrs: dict[str, Any] = {
+        "phase_center_ra_rad": float(ref["ra"]),
+        "phase_center_dec_rad": float(ref["dec"]),
+        "phase_center_frame": str(ref.get("frame", "fk5")),
+        "cell_rad": cell_rad,
+        "cell_arcsec": float(cell_arcsec),
+        "reference_pixel": [n, n],
+        "reference_frequency_hz": (low + high) / 2,
+        "bandwidth_hz": high - low,
+        "spectral_frame": spectral_frames.pop() if len(spectral_frames) == 1 else "TOPO",
+        "bunit": "Jy/beam",
+        "nvis": total.nvis,
+        "sum_weights": total.weight_sum,
+        "stokes": "I",
+        "weighting": "natural",
+        "specmode": "mfs",
+        "gridder": f"ducc0.wgridder {ducc0.__version__} epsilon={epsilon}",
+    }
+    attrs.update(_descriptive_attrs(datasets, ref))
+    return xr.DataArray(
+        total.image / total.weight_sum,
+        dims=("y", "x"),
+        coords={
+            "l": ("x", -offsets, {"units": "rad", "long_name": "direction cosine towards east"}),
+            "m": ("y", offsets, {"units": "rad", "long_name": "direction cosine towards north"}),
+        },
+        name="dirty",
+        attrs=attrs,
+    )
+
+
+def _descriptive_attrs(datasets: Sequence[xr.Dataset], ref: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    date = _date_obs(datasets)
+    if date:
+        out["date_obs"] = date
+    first = datasets[0].attrs
+    if first.get("telescope_name"):
+        out["telescope"] = str(first["telescope_name"])
+    observer = (first.get("observation_info") or {}).get("observer")
+    if observer:
+        out["observer"] = str(observer[0] if isinstance(observer, list | tuple) else observer)
+    obj = first.get("source_name") or ref.get("field_name")
+    if obj:
+        out["object"] = str(obj)
+    return out

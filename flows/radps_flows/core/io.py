@@ -1,0 +1,335 @@
+"""Open visibility data as xradio MSv4 datasets.
+
+Every pipeline starts here, whatever the user points it at: an MSv2 MeasurementSet (converted
+once with xradio and cached) or an MSv4 processing-set zarr store. Failures about the *input*
+become :class:`InputDataError` with the path and the problem in the message, so a flow can
+report them to the user instead of a traceback from deep inside xradio or casacore.
+
+xradio 1.3 keeps the phase centre in a sub-node of the processing-set tree
+(``<partition>/field_and_source_base_xds``), which a plain ``xr.Dataset`` loses. We copy what
+imaging needs into the attributes of each returned dataset:
+
+``phase_center``
+    ``{"ra": rad, "dec": rad, "frame": "fk5"|"icrs"|..., "field_name": str}`` when the partition
+    has a single phase centre, else absent and ``phase_centers`` lists them per field.
+``telescope_name``, ``source_name``, ``partition_name``, ``source_path``
+    plain strings (FITS headers, titles, error messages).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+log = logging.getLogger(__name__)
+
+#: Suffix xradio insists on for processing sets (it appends it to any other output name).
+PS_SUFFIX = ".ps.zarr"
+#: Environment variable naming the default folder for MSv2 -> MSv4 conversions.
+CACHE_ENV = "RADPS_CACHE_DIR"
+#: Partition by field too (xradio's default is by spectral window and observation only), so that
+#: every dataset has one phase centre and can be imaged without phase rotation.
+PARTITION_SCHEME = ("FIELD_ID",)
+
+
+class InputDataError(ValueError):
+    """The input data is missing, of the wrong kind, or unreadable.
+
+    The message names the path and what is wrong; it is meant for the user.
+    """
+
+
+def open_processing_set(
+    path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+) -> list[xr.Dataset]:
+    """Open an MSv2 MeasurementSet or an MSv4 processing set as lazy MSv4 correlated datasets.
+
+    An MSv2 directory is converted once with
+    ``xradio.measurement_set.convert_msv2_to_processing_set`` (one partition per spectral
+    window, polarisation setup, observation and field) into ``cache_dir``; the conversion is
+    reused while the MS is unchanged (same newest modification time, file count and size).
+    Default ``cache_dir``: ``$RADPS_CACHE_DIR`` if set, else ``<path>.radps-cache`` beside the MS
+    when that folder is writable, else a folder under the system temporary directory.
+
+    Returns one dataset per partition (dims time, baseline_id, frequency, polarization; with
+    VISIBILITY, FLAG, WEIGHT, UVW as Dask arrays), sorted by partition name, with the
+    attributes described in the module docstring. Raises :class:`InputDataError` for a missing
+    path, something that is neither an MS nor a processing set, or data xradio cannot read.
+    """
+    tree = open_datatree(path, cache_dir=cache_dir)
+    source = Path(path)
+    # A processing set holds partitions; a single MSv4 (one partition's folder) is accepted too.
+    nodes = {source.name: tree} if tree.attrs.get("type") == "visibility" else tree.children
+    datasets = [
+        _with_metadata(node, name, source)
+        for name, node in sorted(nodes.items())
+        if node.attrs.get("type") == "visibility"
+    ]
+    if not datasets:
+        kinds = sorted({str(node.attrs.get("type")) for node in tree.children.values()})
+        raise InputDataError(
+            f"{source}: no interferometric visibility partitions found "
+            f"(partition types present: {kinds or 'none'})"
+        )
+    return datasets
+
+
+def open_datatree(
+    path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+) -> xr.DataTree:
+    """Open the whole processing-set tree (sub-datasets such as antenna_xds included).
+
+    Same inputs, conversion and errors as :func:`open_processing_set`; for steps that need the
+    sub-datasets (calibration needs antenna_xds, for example).
+    """
+    store = ensure_processing_set(path, cache_dir=cache_dir)
+    try:
+        # What xradio.measurement_set.open_processing_set does for a local store, without
+        # importing xradio (~3 s): lazy Dask arrays, metadata only.
+        tree = xr.open_datatree(str(store), engine="zarr", chunks={}, chunked_array_type="dask")
+    except Exception as exc:
+        raise InputDataError(f"{path}: cannot open the MSv4 processing set {store}: {exc}") from exc
+    if tree.attrs.get("type") != "processing_set" and not tree.children:
+        raise InputDataError(f"{path}: zarr store {store} is not an xradio processing set")
+    return tree
+
+
+def ensure_processing_set(
+    path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+) -> Path:
+    """Return the path of an MSv4 processing set for ``path``, converting an MSv2 if needed."""
+    source = Path(path)
+    kind = detect_input_kind(source)
+    if kind == "msv4":
+        return source
+    return _converted(source, _cache_dir_for(source, cache_dir))
+
+
+def detect_input_kind(path: Path) -> str:
+    """Say whether ``path`` is an MSv2 MeasurementSet ("msv2") or a processing set ("msv4").
+
+    Checks only the directory layout (cheap); anything else is an :class:`InputDataError`
+    whose message says what was found instead.
+    """
+    if not path.exists():
+        raise InputDataError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        hint = ""
+        if path.name.endswith((".tar", ".tar.gz", ".tgz")):
+            hint = " (it looks like an archive: unpack it first)"
+        raise InputDataError(
+            f"{path}: not a MeasurementSet or processing set (a file, not a directory){hint}"
+        )
+    if (path / "table.dat").is_file():
+        missing = [t for t in ("ANTENNA", "SPECTRAL_WINDOW", "FIELD") if not (path / t).is_dir()]
+        if missing:
+            raise InputDataError(
+                f"{path}: a casacore table but not a MeasurementSet "
+                f"(no {', '.join(missing)} subtable)"
+            )
+        return "msv2"
+    if (path / "zarr.json").is_file() or (path / ".zgroup").is_file():
+        return "msv4"
+    raise InputDataError(
+        f"{path}: neither an MSv2 MeasurementSet (no table.dat) nor an MSv4 processing set "
+        "(no zarr.json)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# MSv2 conversion cache
+
+
+def _cache_dir_for(ms: Path, cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir is None and os.environ.get(CACHE_ENV):
+        cache_dir = os.environ[CACHE_ENV]
+    if cache_dir is not None:
+        return Path(cache_dir)
+    parent = ms.resolve().parent
+    # Mode bits as well as access(): root passes access() on folders meant to be read-only.
+    if parent.stat().st_mode & 0o222 and os.access(parent, os.W_OK):
+        beside = parent / f"{ms.name}.radps-cache"
+        try:
+            beside.mkdir(exist_ok=True)
+            return beside
+        except OSError:  # read-only mount
+            pass
+    digest = hashlib.sha1(str(ms.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / "radps-cache" / f"{ms.name}-{digest}"
+
+
+def _fingerprint(ms: Path) -> dict[str, Any]:
+    """What decides whether a conversion is stale: newest mtime, file count, total size."""
+    newest, count, size = 0, 0, 0
+    for root, _dirs, files in os.walk(ms):
+        for name in files:
+            st = os.stat(os.path.join(root, name))
+            newest = max(newest, st.st_mtime_ns)
+            count += 1
+            size += st.st_size
+    return {"newest_mtime_ns": newest, "files": count, "bytes": size}
+
+
+def _xradio_version() -> str:
+    from importlib.metadata import version
+
+    return version("xradio")
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Serialise conversions of the same MS (two flow runs on one input convert it once)."""
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _converted(ms: Path, cache_dir: Path) -> Path:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputDataError(
+            f"{ms}: cannot create the conversion cache {cache_dir}: {exc}"
+        ) from exc
+    stem = ms.name[:-3] if ms.name.lower().endswith(".ms") else ms.name
+    store = cache_dir / f"{stem}{PS_SUFFIX}"
+    marker = cache_dir / f"{stem}{PS_SUFFIX}.radps.json"
+    wanted = {
+        "source": str(ms.resolve()),
+        "fingerprint": _fingerprint(ms),
+        "xradio": _xradio_version(),
+        "partition_scheme": list(PARTITION_SCHEME),
+    }
+    with _locked(cache_dir / f"{stem}.lock"):
+        if store.is_dir() and marker.is_file():
+            try:
+                if json.loads(marker.read_text()) == wanted:
+                    log.info("reusing the MSv4 conversion %s of %s", store, ms)
+                    return store
+            except (OSError, ValueError):
+                pass
+        marker.unlink(missing_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=PS_SUFFIX, dir=cache_dir))
+        try:
+            _convert(ms, tmp)
+            if store.exists():
+                shutil.rmtree(store)
+            tmp.rename(store)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        marker.write_text(json.dumps(wanted, indent=1))
+    return store
+
+
+def _convert(ms: Path, out: Path) -> None:
+    """Run xradio's converter, turning its failures into an InputDataError about ``ms``."""
+    try:
+        from xradio.measurement_set import convert_msv2_to_processing_set
+    except ImportError as exc:  # the optional casacore/arcae backend is missing
+        raise InputDataError(
+            f"{ms}: MSv2 input needs xradio's MSv2 backend (xradio[casacore]): {exc}"
+        ) from exc
+    log.info("converting %s to MSv4 in %s", ms, out)
+    _route_toolviper_logs()
+    try:
+        with warnings.catch_warnings():
+            # xradio writes fixed-length strings and consolidated metadata, which zarr 3 warns
+            # about on every array; they say nothing about the user's data.
+            warnings.filterwarnings("ignore", module=r"zarr\.")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"xradio\.")
+            convert_msv2_to_processing_set(
+                str(ms),
+                str(out),
+                partition_scheme=list(PARTITION_SCHEME),
+                with_pointing=False,  # imaging does not use it; it is the slowest subtable
+                persistence_mode="w",
+            )
+    except Exception as exc:
+        raise InputDataError(f"{ms}: xradio could not convert this MeasurementSet: {exc}") from exc
+
+
+def _route_toolviper_logs() -> None:
+    """xradio logs through toolviper, which prints straight to stdout unless its logger already
+    has a handler; give it one that defers to the caller's logging configuration."""
+    name = os.getenv("VIPER_LOGGER_NAME", "viperlog")
+    viper = logging.getLogger(name)
+    if not viper.handlers:
+        viper.addHandler(logging.NullHandler())
+        viper.propagate = True
+        viper.setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata copied from the tree into each dataset
+
+
+def _with_metadata(node: xr.DataTree, name: str, source: Path) -> xr.Dataset:
+    ds = node.to_dataset()
+    group = ds.attrs.get("data_groups", {}).get("base", {})
+    required = [group.get("correlated_data", "VISIBILITY"), group.get("uvw") or "UVW"]
+    missing = [v for v in required if v not in ds.data_vars]
+    if missing:
+        raise InputDataError(f"{source}: partition {name} lacks {', '.join(missing)}")
+    attrs: dict[str, Any] = {"partition_name": name, "source_path": str(source)}
+    fs_name = group.get("field_and_source", "field_and_source_base_xds")
+    if fs_name in node.children:
+        attrs.update(_phase_centre(node[fs_name].to_dataset(), name, source))
+    if "antenna_xds" in node.children:
+        tel = node["antenna_xds"].attrs.get("overall_telescope_name")
+        if tel:
+            attrs["telescope_name"] = str(tel)
+    ds.attrs.update(attrs)
+    return ds
+
+
+def _phase_centre(fs: xr.Dataset, name: str, source: Path) -> dict[str, Any]:
+    """Phase centre(s) of a partition from its field_and_source_xds (radians)."""
+    var = fs.get("FIELD_PHASE_CENTER_DIRECTION")
+    if var is None:
+        return {}
+    frame = str(var.attrs.get("frame", "fk5")).lower()
+    units = var.attrs.get("units", "rad")
+    units = units[0] if isinstance(units, list) else units
+    try:
+        values = np.asarray(var.transpose(..., "sky_dir_label").values, dtype=float).reshape(-1, 2)
+    except Exception as exc:
+        raise InputDataError(f"{source}: partition {name}: unreadable phase centre: {exc}") from exc
+    if units != "rad":
+        raise InputDataError(f"{source}: partition {name}: phase centre in {units!r}, not rad")
+    fields = (
+        [str(f) for f in fs["field_name"].values.ravel()]
+        if "field_name" in fs.coords
+        else ["?"] * len(values)
+    )
+    out: dict[str, Any] = {}
+    if "source_name" in fs.coords:
+        out["source_name"] = str(np.asarray(fs["source_name"].values).ravel()[0])
+    if np.allclose(values, values[0], rtol=0, atol=1e-9):
+        out["phase_center"] = {
+            "ra": float(values[0, 0]),
+            "dec": float(values[0, 1]),
+            "frame": frame,
+            "field_name": fields[0] if len(set(fields)) == 1 else ",".join(sorted(set(fields))),
+        }
+    else:  # several fields (or an ephemeris) in one partition: imaging must refuse it
+        out["phase_centers"] = {
+            f: [float(v[0]), float(v[1]), frame] for f, v in zip(fields, values, strict=False)
+        }
+    return out

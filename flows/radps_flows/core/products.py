@@ -1,0 +1,173 @@
+"""Image products: FITS (as CASA writes them), PNG preview, zarr.
+
+All take the ``(y, x)`` DataArray of :func:`radps_flows.core.imaging.make_dirty_image` (FITS
+orientation, attrs describing the WCS) and return the path written. The FITS file has CASA's
+four axes (RA---SIN, DEC--SIN, FREQ, STOKES) so viewers and CASA-based comparisons treat both
+alike.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from astropy.io import fits
+from astropy.time import Time
+
+#: MSv4 frame names -> FITS RADESYS and EQUINOX (None: keyword not written).
+_RADESYS = {"fk5": ("FK5", 2000.0), "icrs": ("ICRS", None), "fk4": ("FK4", 1950.0)}
+#: MSv4 spectral frames (astropy names, CASA's TOPO) -> FITS SPECSYS.
+_SPECSYS = {
+    "topo": "TOPOCENT",
+    "lsrk": "LSRK",
+    "lsrd": "LSRD",
+    "bary": "BARYCENT",
+    "barycentric": "BARYCENT",
+    "icrs": "BARYCENT",
+    "geo": "GEOCENTR",
+    "gcrs": "GEOCENTR",
+}
+
+
+def _required(image: xr.DataArray, key: str) -> float:
+    if key not in image.attrs:
+        raise ValueError(f"image lacks the {key!r} attribute (made by make_dirty_image?)")
+    return float(image.attrs[key])
+
+
+def fits_header(image: xr.DataArray) -> fits.Header:
+    """CASA-like primary header for ``image``: 4 axes, SIN projection, phase centre at CRPIX."""
+    ny, nx = image.sizes["y"], image.sizes["x"]
+    cell_deg = math.degrees(_required(image, "cell_rad"))
+    ra = math.degrees(_required(image, "phase_center_ra_rad")) % 360.0
+    dec = math.degrees(_required(image, "phase_center_dec_rad"))
+    ref_x, ref_y = image.attrs.get("reference_pixel", [nx // 2, ny // 2])
+    frame = str(image.attrs.get("phase_center_frame", "fk5")).lower()
+    if frame not in _RADESYS:
+        raise ValueError(f"cannot write a FITS celestial frame for {frame!r}")
+    radesys, equinox = _RADESYS[frame]
+    h = fits.Header()
+    h["BUNIT"] = (str(image.attrs.get("bunit", "Jy/beam")), "Brightness (pixel) unit")
+    h["BTYPE"] = "Intensity"
+    axes = [
+        ("RA---SIN", ra, -cell_deg, ref_x + 1, "deg"),
+        ("DEC--SIN", dec, cell_deg, ref_y + 1, "deg"),
+        (
+            "FREQ",
+            _required(image, "reference_frequency_hz"),
+            float(image.attrs.get("bandwidth_hz", 0.0)) or 1.0,
+            1.0,
+            "Hz",
+        ),
+        ("STOKES", 1.0, 1.0, 1.0, ""),  # 1 = I
+    ]
+    for i, (ctype, crval, cdelt, crpix, cunit) in enumerate(axes, start=1):
+        h[f"CTYPE{i}"] = ctype
+        h[f"CRVAL{i}"] = crval
+        h[f"CDELT{i}"] = cdelt
+        h[f"CRPIX{i}"] = float(crpix)
+        h[f"CUNIT{i}"] = cunit
+    h["RADESYS"] = radesys
+    if equinox is not None:
+        h["EQUINOX"] = equinox
+    h["LONPOLE"] = 180.0
+    h["LATPOLE"] = dec
+    spec = str(image.attrs.get("spectral_frame", "TOPO")).lower()
+    h["SPECSYS"] = (_SPECSYS.get(spec, "TOPOCENT"), "Spectral reference frame")
+    h["RESTFRQ"] = (_required(image, "reference_frequency_hz"), "Rest Frequency (Hz)")
+    for key, attr in (("TELESCOP", "telescope"), ("OBSERVER", "observer"), ("OBJECT", "object")):
+        if image.attrs.get(attr):
+            h[key] = str(image.attrs[attr])
+    if image.attrs.get("date_obs"):
+        h["DATE-OBS"] = str(image.attrs["date_obs"])
+        h["MJD-OBS"] = Time(str(image.attrs["date_obs"]), scale="utc").mjd
+        h["TIMESYS"] = "UTC"
+    if "nvis" in image.attrs:
+        h["NVIS"] = (int(image.attrs["nvis"]), "Stokes I (row, channel) samples gridded")
+    if "sum_weights" in image.attrs:
+        h["SUMWT"] = (float(image.attrs["sum_weights"]), "Sum of natural weights")
+    h["DATE"] = (datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%S"), "Date FITS file was written")
+    h["ORIGIN"] = "radps"
+    for key in ("weighting", "specmode", "gridder"):
+        if key in image.attrs:
+            h.add_history(f"{key} = {image.attrs[key]}")
+    return h
+
+
+def _prepare(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_fits(image: xr.DataArray, path: str | os.PathLike) -> Path:
+    """Write ``image`` as a 4-axis float32 FITS image ``[stokes, freq, y, x]`` like CASA's."""
+    path = _prepare(path)
+    data = np.asarray(image.transpose("y", "x").values, dtype=np.float32)[None, None]
+    fits.PrimaryHDU(data=data, header=fits_header(image)).writeto(path, overwrite=True)
+    return path
+
+
+def _offset_unit(half_width_arcsec: float) -> tuple[str, float]:
+    if half_width_arcsec < 600:
+        return "arcsec", 1.0
+    if half_width_arcsec < 36000:
+        return "arcmin", 60.0
+    return "deg", 3600.0
+
+
+def write_png(image: xr.DataArray, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Preview with RA/Dec offset axes (east to the left) and a colourbar; Agg, no pyplot.
+
+    Uses matplotlib's object API so it neither touches the global backend nor leaks figures
+    when called from worker threads.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = _prepare(path)
+    data = np.asarray(image.transpose("y", "x").values, dtype=float)
+    ny, nx = data.shape
+    cell = math.degrees(_required(image, "cell_rad")) * 3600.0
+    ref_x, ref_y = image.attrs.get("reference_pixel", [nx // 2, ny // 2])
+    unit, scale = _offset_unit(max(nx, ny) * cell / 2)
+    # Pixel edges in offsets from the phase centre; RA offset grows to the left.
+    extent = (
+        (ref_x + 0.5) * cell / scale,
+        -(nx - 0.5 - ref_x) * cell / scale,
+        -(ref_y + 0.5) * cell / scale,
+        (ny - 0.5 - ref_y) * cell / scale,
+    )
+    finite = data[np.isfinite(data)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    fig = Figure(figsize=(6.4, 5.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(
+        data, origin="lower", extent=extent, cmap="inferno", vmin=vmin, vmax=vmax, aspect="equal"
+    )
+    ax.set_xlabel(f"RA offset ({unit})")
+    ax.set_ylabel(f"Dec offset ({unit})")
+    if title is None:
+        obj = image.attrs.get("object", "")
+        freq = image.attrs.get("reference_frequency_hz")
+        ghz = f" {float(freq) / 1e9:.4g} GHz" if freq else ""
+        title = f"{obj} Stokes {image.attrs.get('stokes', 'I')}{ghz}".strip()
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=str(image.attrs.get("bunit", "")))
+    fig.savefig(path, format="png")
+    return path
+
+
+def write_zarr(image: xr.DataArray, path: str | os.PathLike) -> Path:
+    """Write ``image`` (data, coords, attrs) as a zarr store, replacing any existing one."""
+    path = _prepare(path)
+    name = image.name if isinstance(image.name, str) and image.name else "image"
+    ds = image.to_dataset(name=name)
+    ds.attrs = dict(image.attrs)
+    ds.to_zarr(path, mode="w", consolidated=False)
+    return path

@@ -1,0 +1,1 @@
+"""Prefect flows, one per pipeline; each stage is one coarse Prefect task (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Running PipelineRuns without a cluster: a local Prefect server and the `radps run` loop."""

@@ -1,0 +1,30 @@
+"""The radps home folder: all local state (Prefect database, server records, logs) lives here,
+never in the user's ~/.prefect, so radps cannot disturb another Prefect installation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOME_ENV = "RADPS_HOME"
+
+
+def radps_home() -> Path:
+    home = Path(os.environ.get(HOME_ENV) or Path.home() / ".radps").expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def prefect_base_env(home: Path, database: Path | None = None) -> dict[str, str]:
+    """Prefect settings for every process radps starts or runs in; set before `import prefect`
+    (Prefect reads its settings when first imported)."""
+    prefect_home = home / "prefect"
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    database = database or prefect_home / "radps.db"
+    return {
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_PROFILES_PATH": str(prefect_home / "profiles.toml"),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{database}",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "false",
+    }

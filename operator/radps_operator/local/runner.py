@@ -1,0 +1,271 @@
+"""`radps run`: one PipelineRun through the same flows, on this machine.
+
+The flow runs in the main thread (so Ctrl-C and Prefect's timeouts behave) with a DaskTaskRunner
+over a LocalCluster; a second thread reads the flow run back from Prefect to draw progress, the
+same way the operator follows runs in a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from radps_operator import api
+from radps_operator.local import server as local_server
+from radps_operator.local.home import prefect_base_env
+
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class RunResult:
+    state: str
+    """Prefect state name: Completed, Failed, Crashed, Cancelled, TimedOut."""
+    message: str = ""
+    outputs: list[dict[str, str]] = field(default_factory=list)
+    flow_run_id: str | None = None
+    link: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.state == "Completed":
+            return EXIT_COMPLETED
+        if self.state == "Cancelled":
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED
+
+
+def configure_process_env(home: Path, verbose: bool) -> None:
+    """Settings for Prefect and Dask in this process and every worker it spawns; must run
+    before `import prefect`."""
+    os.environ.update(prefect_base_env(home))
+    # Our own progress bar and summary replace Prefect's console log; everything still goes
+    # to the Prefect API (`radps server` shows it) and `--verbose` brings it back.
+    os.environ.setdefault(
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL"
+    )
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "error")
+    os.environ.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "true")
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, console: Console) -> Iterator[local_server.LocalServer]:
+    """The running `radps server` if there is one, else a private server for this run."""
+    running = local_server.find_running_server(home)
+    if running is not None:
+        yield running
+        return
+    with _database_for_this_run(home) as database:
+        console.print("[dim]starting an embedded Prefect server (radps server keeps one up)[/]")
+        server = local_server.start_server(home, database=database)
+        try:
+            yield server
+        finally:
+            _drain_prefect_services()
+            server.stop()
+
+
+@contextlib.contextmanager
+def _database_for_this_run(home: Path) -> Iterator[Path]:
+    """The shared database when no other embedded server holds it; otherwise a private one
+    (two servers on one SQLite file fail with 'database is locked')."""
+    shared = Path(prefect_base_env(home)["PREFECT_HOME"]) / "radps.db"
+    with open(shared.with_suffix(".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            private = shared.with_name(f"radps-{os.getpid()}.db")
+            try:
+                yield private
+            finally:
+                for leftover in private.parent.glob(f"{private.name}*"):
+                    leftover.unlink(missing_ok=True)
+            return
+        yield shared
+
+
+def _drain_prefect_services() -> None:
+    """Send queued logs and events while the server is still up; otherwise Prefect retries
+    them against the stopped server for over a minute at exit ('Error logging to API')."""
+    with contextlib.suppress(Exception):
+        from prefect._internal.concurrency.services import QueueService
+
+        QueueService.drain_all(timeout=15)
+
+
+def run_locally(runs: list[api.PipelineRun], home: Path, console: Console) -> list[RunResult]:
+    """Run the PipelineRuns one after the other on one Prefect server, each to its end,
+    stopping after the first that does not complete (later ones usually need its outputs)."""
+    results = []
+    with prefect_server(home, console) as server:
+        for run in runs:
+            result = _run_with_server(run, server, console)
+            print_result(console, result)
+            results.append(result)
+            if result.state != "Completed":
+                break
+    return results
+
+
+def _run_with_server(
+    run: api.PipelineRun, server: local_server.LocalServer, console: Console
+) -> RunResult:
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from radps_flows.catalog import get_pipeline
+    from radps_flows.cluster import DaskClusterConfig, local_task_runner
+
+    pipeline = get_pipeline(run.spec.pipeline)
+    assert pipeline is not None, "validated before"
+    dask = run.spec.dask_or_default()
+    config = DaskClusterConfig(
+        workers=dask.workers,
+        threads_per_worker=dask.threads_per_worker,
+        idle_timeout_seconds=dask.idle_timeout_seconds,
+    )
+    os.environ.update(config.to_env())
+    flow = pipeline.flow.with_options(
+        task_runner=local_task_runner(config),
+        retries=run.spec.retries,
+        timeout_seconds=run.spec.timeout_seconds,
+    )
+    with temporary_settings({PREFECT_API_URL: server.api_url}):
+        with get_client(sync_client=True) as client:
+            flow_run = client.create_flow_run(
+                flow,
+                parameters=run.spec.parameters,
+                name=run.metadata.name,
+                tags=["radps", f"pipeline:{pipeline.name}"],
+            )
+        link = server.flow_run_link(flow_run.id) if server.process is None else None
+        if link:
+            console.print(f"flow run [bold]{flow_run.name}[/]: {link}")
+        with _ProgressDisplay(console, run, flow_run.id):
+            try:
+                state = run_flow(
+                    flow, flow_run=flow_run, parameters=run.spec.parameters, return_type="state"
+                )
+            except KeyboardInterrupt:
+                _mark_cancelled(flow_run.id)
+                return RunResult(
+                    "Cancelled", "interrupted (Ctrl-C)", flow_run_id=str(flow_run.id), link=link
+                )
+        outputs: list[dict[str, str]] = []
+        message = state.message or ""
+        if state.is_completed():
+            outputs = state.result(raise_on_failure=False) or []
+        else:
+            error = state.result(raise_on_failure=False)
+            if isinstance(error, BaseException):
+                message = f"{type(error).__name__}: {error}"
+        return RunResult(
+            state=state.name or str(state.type.value).title(),
+            message=message,
+            outputs=outputs,
+            flow_run_id=str(flow_run.id),
+            link=link,
+        )
+
+
+def _mark_cancelled(flow_run_id: Any) -> None:
+    """Ctrl-C leaves the flow run Crashed in Prefect's eyes; the user meant Cancelled."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+        client.set_flow_run_state(
+            flow_run_id, Cancelled(message="Cancelled from radps run (Ctrl-C)"), force=True
+        )
+
+
+class _ProgressDisplay:
+    """Progress bar fed by reading the flow run back from Prefect twice a second."""
+
+    POLL_SECONDS = 0.5
+
+    def __init__(self, console: Console, run: api.PipelineRun, flow_run_id: Any):
+        self._console = console
+        self._run = run
+        self._flow_run_id = flow_run_id
+        self._stop = threading.Event()
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[state]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = self._progress.add_task(
+            f"{run.spec.pipeline} {run.metadata.name}", total=None, state="Pending"
+        )
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _ProgressDisplay:
+        self._progress.start()
+        # The poller must see this thread's Prefect settings (the API URL), which live in
+        # context variables that a new thread does not inherit.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._poll,), name="radps-progress", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._refresh()
+        self._progress.stop()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.POLL_SECONDS):
+            self._refresh()
+
+    def _refresh(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        from radps_flows.progress import read_progress
+
+        try:
+            with get_client(sync_client=True) as client:
+                flow_run = client.read_flow_run(self._flow_run_id)
+        except Exception:  # a missed refresh only delays the bar
+            return
+        state = flow_run.state.name if flow_run.state else "Pending"
+        progress = read_progress(flow_run.labels)
+        if progress:
+            completed, total = progress
+            self._progress.update(self._task, completed=completed, total=total, state=state)
+        else:
+            self._progress.update(self._task, state=state)
+
+
+def print_result(console: Console, result: RunResult) -> None:
+    colour = {"Completed": "green", "Cancelled": "yellow"}.get(result.state, "red")
+    detail = f": {result.message}" if result.message and result.state != "Completed" else ""
+    console.print(f"[bold {colour}]{result.state}[/]{detail}")
+    if result.outputs:
+        table = Table("output", "kind", "where", box=None, header_style="bold")
+        for output in result.outputs:
+            table.add_row(output["name"], output["kind"], output["uri"])
+        console.print(table)
+    if result.link:
+        console.print(f"flow run: {result.link}")

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 VLA_TARBALL = "day2_TDEM0003_10s_norx_1src_1spw.ms.tar.gz"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep every Prefect import of the test run away from the user's ~/.prefect."""
+    home = Path(tempfile.mkdtemp(prefix="radps-test-home-"))
+    os.environ.setdefault("RADPS_HOME", str(home))
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def shared_dir() -> Path:
@@ -30,3 +45,53 @@ def vla_ms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if len(found) != 1:
         pytest.fail(f"{tarball} should hold one .ms directory, found {found}")
     return found[0]
+
+
+REPO = Path(__file__).resolve().parents[1]
+RADPS = str(Path(sys.executable).parent / "radps")
+
+
+@dataclass
+class RadpsServer:
+    """A real `radps server` (Prefect API + UI on loopback) in its own radps home."""
+
+    home: Path
+    api_url: str
+    process: subprocess.Popen[bytes]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "RADPS_HOME": str(self.home), **extra}
+
+
+@pytest.fixture(scope="session")
+def radps_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadpsServer]:
+    """Started once per test run on a free loopback port; `radps run` finds it through the
+    record it writes in its home, as it would on a user's laptop."""
+    from radps_operator.local.server import RECORD_FILE, free_port, is_healthy
+
+    home = tmp_path_factory.mktemp("radps-home")
+    port = free_port()
+    log = open(home / "server.out", "wb")  # noqa: SIM115 (closed at teardown)
+    process = subprocess.Popen(
+        [RADPS, "server", "--port", str(port)],
+        env={**os.environ, "RADPS_HOME": str(home)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    api_url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while not ((home / RECORD_FILE).exists() and is_healthy(api_url)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"radps server did not start: {(home / 'server.out').read_text()}")
+        time.sleep(0.25)
+    yield RadpsServer(home=home, api_url=api_url, process=process)
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(60)
+    finally:
+        log.close()
+    assert process.returncode == 0, (home / "server.out").read_text()
+    assert not (home / RECORD_FILE).exists(), "radps server left its record behind"
+    assert not is_healthy(api_url), "the Prefect server outlived radps server"

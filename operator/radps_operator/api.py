@@ -53,7 +53,7 @@ class _WireModel(BaseModel):
 def _check_quantity(value: int | str) -> int | str:
     ok = value >= 0 if isinstance(value, int) else re.fullmatch(QUANTITY_PATTERN, value)
     if not ok:
-        raise ValueError(f"must be a non-negative quantity such as 500m, 2 or 4Gi, not {value!r}")
+        raise ValueError("must be a non-negative quantity such as 500m, 2 or 4Gi")
     return value
 
 

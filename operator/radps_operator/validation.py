@@ -153,6 +153,11 @@ def _reason(error: dict[str, Any]) -> str:
         return "unknown field"
     if kind == "missing":
         return "required field is missing"
+    if kind == "string_pattern_mismatch" and error["ctx"]["pattern"] == api.DNS_LABEL_PATTERN:
+        return (
+            "must be a lowercase DNS label: a-z, 0-9 and '-', starting and ending "
+            f"alphanumeric, at most 63 characters (got {json.dumps(value)})"
+        )
     shown = json.dumps(value, default=str)[:80] if value is not None else "null"
     message = error["msg"].removeprefix("Value error, ")
     return f"{message} (got {shown})"

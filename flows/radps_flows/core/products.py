@@ -53,6 +53,10 @@ def fits_header(image: xr.DataArray) -> fits.Header:
     h = fits.Header()
     h["BUNIT"] = (str(image.attrs.get("bunit", "Jy/beam")), "Brightness (pixel) unit")
     h["BTYPE"] = "Intensity"
+    if "beam_major_arcsec" in image.attrs:  # restoring beam, CASA's convention (deg, PA E of N)
+        h["BMAJ"] = float(image.attrs["beam_major_arcsec"]) / 3600.0
+        h["BMIN"] = float(image.attrs["beam_minor_arcsec"]) / 3600.0
+        h["BPA"] = float(image.attrs["beam_pa_deg"])
     axes = [
         ("RA---SIN", ra, -cell_deg, ref_x + 1, "deg"),
         ("DEC--SIN", dec, cell_deg, ref_y + 1, "deg"),

@@ -267,5 +267,3 @@ def print_result(console: Console, result: RunResult) -> None:
         for output in result.outputs:
             table.add_row(output["name"], output["kind"], output["uri"])
         console.print(table)
-    if result.link:
-        console.print(f"flow run: {result.link}")

@@ -1,0 +1,251 @@
+"""`radps run` end to end: real Prefect server, real Dask LocalCluster, real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+import yaml
+from astropy.io import fits
+
+from tests.conftest import RADPS, RadpsServer, shared_dir
+
+pytestmark = pytest.mark.integration
+
+
+def manifest(folder: Path, name: str, pipeline: str, parameters: dict[str, Any]) -> Path:
+    path = folder / f"{name}.yaml"
+    document = {
+        "apiVersion": "radps.io/v1alpha1",
+        "kind": "PipelineRun",
+        "metadata": {"name": name},
+        "spec": {
+            "pipeline": pipeline,
+            "parameters": parameters,
+            "dask": {"workers": 1, "threadsPerWorker": 2},
+        },
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def radps_run(env: dict[str, str], *files: Path, timeout: float = 300) -> tuple[int, str]:
+    result = subprocess.run(
+        [RADPS, "run", *map(str, files)],
+        env={**env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    return result.returncode, output
+
+
+def prefect_flow_run(server: RadpsServer, flow_run_id: str):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings({PREFECT_API_URL: server.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        flow_run = client.read_flow_run(flow_run_id)
+        artifacts = client.read_artifacts()
+    return flow_run, [a for a in artifacts if a.flow_run_id == flow_run.id]
+
+
+def flow_run_ids(output: str) -> list[str]:
+    return re.findall(r"/runs/flow-run/([0-9a-f-]{36})", output)
+
+
+def test_synthesize_then_image_a_point_source(radps_server: RadpsServer, tmp_path: Path):
+    """The demo's path: two PipelineRuns in one `radps run`, outputs printed, state, progress
+    and outputs recorded in Prefect; a 1 Jy source at the phase centre images to 1.000."""
+    synth = manifest(
+        tmp_path,
+        "synth",
+        "synthesize",
+        {"output": str(tmp_path / "sky.ps.zarr"), "n_antennas": 12, "n_times": 20},
+    )
+    image = manifest(
+        tmp_path,
+        "image",
+        "imaging",
+        {"input": str(tmp_path / "sky.ps.zarr"), "output": str(tmp_path / "img"), "imsize": 256},
+    )
+    code, output = radps_run(radps_server.env(), synth, image)
+    assert code == 0, output
+    assert output.count("Completed") >= 2
+    fits_path = tmp_path / "img" / "image.fits"
+    assert str(fits_path) in output and str(tmp_path / "img" / "image.png") in output
+    data = fits.getdata(fits_path)
+    assert data.shape == (1, 1, 256, 256)
+    assert data[0, 0, 128, 128] == pytest.approx(1.0, abs=1e-3)
+    assert np.unravel_index(np.argmax(data), data.shape)[2:] == (128, 128)
+
+    ids = flow_run_ids(output)
+    assert len(ids) == 2, output
+    flow_run, artifacts = prefect_flow_run(radps_server, ids[1])
+    assert flow_run.state.is_completed()
+    assert flow_run.name == "image"
+    assert flow_run.labels["radps.io/progress-completed"] == "3"
+    assert flow_run.labels["radps.io/progress-total"] == "3"
+    rows = [row for a in artifacts if a.type == "table" for row in json.loads(a.data)]
+    assert {"name": "image", "uri": str(fits_path), "kind": "fits"} in rows
+
+
+def test_real_vla_set_reproduces_casa_dirty_image(
+    radps_server: RadpsServer, vla_ms: Path, tmp_path: Path
+):
+    """The shipped example, pointed at the unpacked data, through the whole pipeline."""
+    repo = Path(__file__).resolve().parents[2]
+    document = yaml.safe_load((repo / "manifests" / "examples" / "vla-imaging.yaml").read_text())
+    document["spec"]["parameters"].update(input=str(vla_ms), output=str(tmp_path / "vla"))
+    path = tmp_path / "vla.yaml"
+    path.write_text(yaml.safe_dump(document))
+    code, output = radps_run(radps_server.env(), path)
+    assert code == 0, output
+    ours = fits.getdata(tmp_path / "vla" / "image.fits")[0, 0]
+    casa = fits.getdata(shared_dir() / "reference" / "vla_dirty.image.fits")[0, 0]
+    assert np.unravel_index(np.argmax(ours), ours.shape) == (39, 480)
+    assert ours.max() == pytest.approx(5.4607e-4, rel=0.01)
+    inner = np.s_[128:384, 128:384]
+    assert np.corrcoef(ours[inner].ravel(), casa[inner].ravel())[0, 1] >= 0.999
+
+
+def test_missing_input_fails_with_a_clear_message(radps_server: RadpsServer, tmp_path: Path):
+    missing = tmp_path / "nowhere.ms"
+    run = manifest(tmp_path, "missing", "imaging", {"input": str(missing), "output": str(tmp_path)})
+    code, output = radps_run(radps_server.env(), run)
+    assert code == 1
+    assert "Failed" in output
+    assert "InputDataError" in output and str(missing) in output
+
+
+def test_unreadable_input_fails_with_a_clear_message(radps_server: RadpsServer, tmp_path: Path):
+    garbage = tmp_path / "garbage.ms"
+    garbage.mkdir()
+    (garbage / "table.dat").write_bytes(b"not a casacore table")
+    run = manifest(tmp_path, "garbage", "imaging", {"input": str(garbage), "output": str(tmp_path)})
+    code, output = radps_run(radps_server.env(), run)
+    assert code == 1
+    assert "InputDataError" in output and str(garbage) in output
+
+
+def test_full_disk_fails_with_a_clear_message(radps_server: RadpsServer, tmp_path: Path):
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        run = manifest(
+            tmp_path,
+            "full",
+            "synthesize",
+            {"output": str(small / "sky.ps.zarr"), "n_antennas": 12, "n_times": 20},
+        )
+        code, output = radps_run(radps_server.env(), run)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert code == 1
+    assert "no space left on device" in output.lower()
+
+
+def _descendants(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    try:
+        return psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _interrupt_while_running(
+    env: dict[str, str], tmp_path: Path
+) -> tuple[int, str, list[psutil.Process], list[str]]:
+    """Start a long run, wait until its Dask workers are up, then Ctrl-C it the way a terminal
+    does (SIGINT to the whole foreground process group)."""
+    sources = [
+        {"flux_jy": 0.01, "offset_ra_arcsec": i, "offset_dec_arcsec": -i} for i in range(400)
+    ]
+    run = manifest(
+        tmp_path,
+        "long",
+        "synthesize",
+        {"output": str(tmp_path / "long.ps.zarr"), "n_times": 600, "sources": sources},
+    )
+    log = tmp_path / "run.out"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [RADPS, "run", str(run)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        # Dask's worker processes are multiprocessing children of the run
+        while not any(
+            "multiprocessing" in " ".join(p.cmdline()) for p in _safe(_descendants(process))
+        ):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "Dask workers never started"
+            time.sleep(0.2)
+        time.sleep(3)
+        started = _safe(_descendants(process))
+        commands = [" ".join(p.cmdline()) for p in started]
+        os.killpg(process.pid, signal.SIGINT)
+        code = process.wait(90)
+    return code, log.read_text(), started, commands
+
+
+def _safe(processes: list[psutil.Process]) -> list[psutil.Process]:
+    alive = []
+    for p in processes:
+        try:
+            p.cmdline()
+            alive.append(p)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            pass
+    return alive
+
+
+def _assert_all_gone(processes: list[psutil.Process]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        left = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not left, [" ".join(p.cmdline()) for p in left]
+
+
+def test_ctrl_c_cancels_the_flow_run(radps_server: RadpsServer, tmp_path: Path):
+    code, output, started, _ = _interrupt_while_running(radps_server.env(), tmp_path)
+    assert code == 130, output
+    assert "Cancelled" in output
+    _assert_all_gone(started)
+    (flow_run_id,) = flow_run_ids(output)
+    flow_run, _ = prefect_flow_run(radps_server, flow_run_id)
+    assert flow_run.state.is_cancelled(), flow_run.state
+
+
+def test_ctrl_c_with_the_embedded_server_leaves_no_process(tmp_path: Path):
+    home = tmp_path / "home"
+    env = {**os.environ, "RADPS_HOME": str(home)}
+    code, output, started, commands = _interrupt_while_running(env, tmp_path)
+    assert code == 130, output
+    assert "Cancelled" in output
+    assert any("prefect server start" in c for c in commands), commands
+    _assert_all_gone(started)

@@ -1,0 +1,65 @@
+"""Every entry point imports in a fresh interpreter of this environment (a partial install once
+failed with `No module named 'opentelemetry'` at `import prefect`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+MODULES = [
+    "prefect",
+    "prefect.flow_engine",
+    "prefect_dask",
+    "prefect_kubernetes",
+    "kopf",
+    "kubernetes",
+    "distributed",
+    "dask_kubernetes.operator",
+    "xradio.measurement_set",
+    "ducc0",
+    "astropy.io.fits",
+    "matplotlib",
+    "radps_operator.cli",
+    "radps_operator.local.runner",
+    "radps_flows.catalog",
+    "radps_flows.pipelines.imaging",
+    "radps_flows.pipelines.synthesize",
+]
+
+
+def test_every_module_imports_in_a_fresh_interpreter():
+    code = "import importlib, sys\nfor m in sys.argv[1:]: importlib.import_module(m)"
+    result = subprocess.run(
+        [sys.executable, "-c", code, *MODULES], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[str(BIN / "radps"), "--version"], [sys.executable, "-m", "radps_operator", "--version"]],
+    ids=["console-script", "python-m"],
+)
+def test_cli_entry_points(command):
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("radps ")
+
+
+def test_core_has_no_orchestration_imports():
+    """The array core stays pure: Prefect wraps it, never the other way round."""
+    core = Path(__file__).resolve().parents[2] / "flows" / "radps_flows" / "core"
+    offenders = [
+        path.name
+        for path in core.glob("*.py")
+        if any(
+            line.lstrip().startswith(("import prefect", "from prefect", "import kopf"))
+            for line in path.read_text().splitlines()
+        )
+    ]
+    assert offenders == []

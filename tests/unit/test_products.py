@@ -1,0 +1,41 @@
+"""FITS products carry what viewers and CASA need: the restoring beam among it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.io import fits
+
+from radps_flows.core.products import write_fits
+
+
+def _image(**attrs: object) -> xr.DataArray:
+    return xr.DataArray(
+        np.zeros((32, 32), dtype=np.float32),
+        dims=("y", "x"),
+        attrs={
+            "cell_rad": np.radians(1 / 3600),
+            "phase_center_ra_rad": 2.6,
+            "phase_center_dec_rad": 0.13,
+            "phase_center_frame": "fk5",
+            "reference_frequency_hz": 3.6e10,
+            **attrs,
+        },
+    )
+
+
+def test_restoring_beam_is_written_in_degrees(tmp_path):
+    path = write_fits(
+        _image(beam_major_arcsec=2.7, beam_minor_arcsec=1.98, beam_pa_deg=3.25), tmp_path / "a"
+    )
+    header = fits.getheader(path)
+    assert header["BMAJ"] == pytest.approx(2.7 / 3600)
+    assert header["BMIN"] == pytest.approx(1.98 / 3600)
+    assert header["BPA"] == pytest.approx(3.25)
+
+
+def test_no_beam_keywords_without_a_beam(tmp_path):
+    header = fits.getheader(write_fits(_image(bunit="Jy/pixel"), tmp_path / "b"))
+    assert "BMAJ" not in header
+    assert header["BUNIT"] == "Jy/pixel"

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,10 @@ def test_ctrl_c_with_the_embedded_server_leaves_no_process(tmp_path: Path):
     assert "Cancelled" in output
     assert any("prefect server start" in c for c in commands), commands
     _assert_all_gone(started)
+
+
+def test_radps_server_serves_the_ui(radps_server: RadpsServer):
+    ui = radps_server.api_url.removesuffix("/api")
+    with urllib.request.urlopen(ui, timeout=30) as response:
+        page = response.read().decode()
+    assert response.status == 200 and "<html" in page.lower()

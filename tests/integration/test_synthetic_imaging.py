@@ -24,8 +24,8 @@ def test_off_centre_source_lands_on_its_true_pixel(tmp_path, east, north):
     image = make_dirty_image(
         open_processing_set(result.path), imsize=imsize, cell_arcsec=cell_arcsec
     ).values
-    l, m, _ = result.source_lmn[0]
+    east_l, north_m, _ = result.source_lmn[0]
     cell = np.radians(cell_arcsec / 3600)
-    expected = (round(imsize / 2 + m / cell), round(imsize / 2 - l / cell))
+    expected = (round(imsize / 2 + north_m / cell), round(imsize / 2 - east_l / cell))
     assert np.unravel_index(np.argmax(image), image.shape) == expected
     assert image[expected] > 0.95

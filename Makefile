@@ -33,6 +33,8 @@ format: venv
 
 crd: venv
 	$(BIN)/radps crd > manifests/crd/pipelineruns.radps.io.yaml
+	cp manifests/crd/pipelineruns.radps.io.yaml charts/radps/crds/
+	$(BIN)/radps crd --dask > charts/radps/crds/daskclusters.kubernetes.dask.org.yaml
 
 bench: venv
 	$(BIN)/python -m tests.benchmarks --out results

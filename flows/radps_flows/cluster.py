@@ -6,13 +6,18 @@ variables in a cluster) so the same flow code runs unchanged in both places.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
 ENV_PREFIX = "RADPS_DASK_"
+RUN_UID_LABEL = "radps.io/run-uid"
+RUN_NAME_LABEL = "radps.io/run-name"
+RUN_AS_USER = 10001
 
 
 @dataclass(frozen=True)
@@ -66,5 +71,116 @@ def local_task_runner(config: DaskClusterConfig) -> DaskTaskRunner:
     )
 
 
+@dataclass(frozen=True)
+class KubeContext:
+    """Where a flow run runs in Kubernetes: its pod (from the downward API, set by the work
+    pool's job template) and its PipelineRun (set by the operator's job variables)."""
+
+    pod_name: str
+    pod_uid: str
+    namespace: str
+    run_name: str
+    run_uid: str
+    image: str
+    data_claim: str | None = None
+    data_mount_path: str = "/data"
+    worker_resources: dict[str, Any] | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> KubeContext | None:
+        """None outside a Kubernetes flow-run pod."""
+        if not environ.get("RADPS_POD_UID"):
+            return None
+        resources = environ.get(f"{ENV_PREFIX}WORKER_RESOURCES")
+        return cls(
+            pod_name=environ["RADPS_POD_NAME"],
+            pod_uid=environ["RADPS_POD_UID"],
+            namespace=environ.get("RADPS_POD_NAMESPACE", "default"),
+            run_name=environ.get("RADPS_RUN_NAME", environ["RADPS_POD_NAME"]),
+            run_uid=environ.get("RADPS_RUN_UID", environ["RADPS_POD_UID"]),
+            image=environ.get("RADPS_IMAGE", "radps:0.1.0"),
+            data_claim=environ.get("RADPS_DATA_CLAIM") or None,
+            data_mount_path=environ.get("RADPS_DATA_MOUNT_PATH") or "/data",
+            worker_resources=json.loads(resources) if resources else None,
+        )
+
+    @property
+    def cluster_name(self) -> str:
+        """DNS-safe and unique per run; the scheduler Service is `<name>-scheduler`."""
+        return f"{self.run_name[:40].rstrip('-')}-{self.run_uid[:8]}"
+
+
+def dask_cluster_spec(config: DaskClusterConfig, kube: KubeContext) -> dict[str, Any]:
+    """The run's DaskCluster: labelled with the PipelineRun, owned by the flow-run pod (so
+    Kubernetes deletes it if the pod dies), pods fit for the restricted Pod Security Standard,
+    and the data volume at the same path as in the flow pod."""
+    from dask_kubernetes.operator import make_cluster_spec
+
+    spec = make_cluster_spec(
+        name=kube.cluster_name,
+        image=kube.image,
+        n_workers=config.workers,
+        resources=kube.worker_resources,
+        env={"HOME": "/tmp"},
+        worker_command=f"dask-worker --nthreads {config.threads_per_worker}",
+        idle_timeout=config.idle_timeout_seconds,
+    )
+    spec["metadata"]["labels"] = {
+        RUN_UID_LABEL: kube.run_uid,
+        RUN_NAME_LABEL: kube.run_name,
+        "app.kubernetes.io/part-of": "radps",
+        "app.kubernetes.io/component": "dask",
+    }
+    spec["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "Pod", "name": kube.pod_name, "uid": kube.pod_uid}
+    ]
+    for pod in (spec["spec"]["scheduler"]["spec"], spec["spec"]["worker"]["spec"]):
+        _harden(pod, kube)
+    return spec
+
+
+def _harden(pod: dict[str, Any], kube: KubeContext) -> None:
+    pod["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    pod["volumes"] = [{"name": "tmp", "emptyDir": {}}]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    if kube.data_claim:
+        pod["volumes"].append(
+            {"name": "data", "persistentVolumeClaim": {"claimName": kube.data_claim}}
+        )
+        mounts.append({"name": "data", "mountPath": kube.data_mount_path})
+    for container in pod["containers"]:
+        container["imagePullPolicy"] = "IfNotPresent"
+        container["securityContext"] = {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        container["volumeMounts"] = mounts
+
+
+def kube_task_runner(config: DaskClusterConfig, kube: KubeContext) -> DaskTaskRunner:
+    """A DaskTaskRunner over the run's own KubeCluster, created on the first task and deleted
+    when the flow run ends."""
+    return DaskTaskRunner(
+        cluster_class="dask_kubernetes.operator.KubeCluster",
+        cluster_kwargs={
+            "custom_cluster_spec": dask_cluster_spec(config, kube),
+            "namespace": kube.namespace,
+            "shutdown_on_close": True,
+            "quiet": True,
+        },
+    )
+
+
 def task_runner_from_env() -> DaskTaskRunner:
-    return local_task_runner(DaskClusterConfig.from_env())
+    config = DaskClusterConfig.from_env()
+    kube = KubeContext.from_env()
+    if kube is not None and not config.address:
+        return kube_task_runner(config, kube)
+    return local_task_runner(config)

@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     crd = commands.add_parser("crd", help="print the PipelineRun CRD generated from the API")
+    crd.add_argument(
+        "--dask", action="store_true", help="print the dask-kubernetes CRDs the chart installs"
+    )
     crd.set_defaults(command=cmd_crd)
 
     pipelines = commands.add_parser("pipelines", help="list the pipeline catalog")
@@ -76,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
+    if args.dask:
+        from radps_operator.dask_crds import render_dask_crds
+
+        stdout.out(render_dask_crds(), end="")
+        return 0
     from radps_operator.crd import render_crd
 
     stdout.out(render_crd(), end="")

@@ -128,3 +128,22 @@ def test_names_columns_and_subresources():
 def test_crd_yaml_is_a_single_valid_document():
     documents = list(yaml.safe_load_all(CHECKED_IN.read_text()))
     assert len(documents) == 1 and documents[0]["kind"] == "CustomResourceDefinition"
+
+
+CHART_CRDS = CHECKED_IN.parents[2] / "charts" / "radps" / "crds"
+
+
+def test_chart_installs_the_same_crds():
+    from radps_operator.dask_crds import render_dask_crds
+
+    assert (CHART_CRDS / CHECKED_IN.name).read_text() == render_crd(), "run `make crd`"
+    dask = (CHART_CRDS / "daskclusters.kubernetes.dask.org.yaml").read_text()
+    assert dask == render_dask_crds(), "run `make crd`"
+    documents = list(yaml.safe_load_all(dask))
+    assert [d["spec"]["names"]["kind"] for d in documents] == [
+        "DaskCluster",
+        "DaskWorkerGroup",
+        "DaskJob",
+        "DaskAutoscaler",
+    ]
+    assert "$ref" not in dask

@@ -1,0 +1,124 @@
+{{- define "radps.name" -}}radps{{- end -}}
+
+{{- define "radps.fullname" -}}
+{{- if contains "radps" .Release.Name -}}{{ .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else -}}{{ printf "%s-radps" .Release.Name | trunc 50 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
+
+{{- define "radps.labels" -}}
+app.kubernetes.io/name: {{ include "radps.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: radps
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* selector labels of one component: (dict "root" $ "component" "operator") */}}
+{{- define "radps.selector" -}}
+app.kubernetes.io/name: {{ include "radps.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "radps.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "radps.serverName" -}}{{ include "radps.fullname" . }}-prefect-server{{- end -}}
+
+{{- define "radps.apiUrl" -}}
+{{- if .Values.prefect.apiUrl -}}{{ .Values.prefect.apiUrl }}
+{{- else -}}http://{{ include "radps.serverName" . }}.{{ .Release.Namespace }}.svc:{{ .Values.prefect.server.port }}/api
+{{- end -}}
+{{- end -}}
+
+{{- define "radps.uiUrl" -}}
+{{- if .Values.prefect.uiUrl -}}{{ .Values.prefect.uiUrl }}
+{{- else -}}{{ include "radps.apiUrl" . | trimSuffix "/api" }}
+{{- end -}}
+{{- end -}}
+
+{{/* Prefect client settings shared by every container that calls the API */}}
+{{- define "radps.prefectClientEnv" -}}
+- name: PREFECT_API_URL
+  value: {{ include "radps.apiUrl" . | quote }}
+- name: PREFECT_SERVER_ANALYTICS_ENABLED
+  value: "false"
+- name: PREFECT_HOME
+  value: /tmp/prefect
+- name: HOME
+  value: /tmp
+{{- if .Values.prefect.basicAuth.existingSecret }}
+- name: PREFECT_API_AUTH_STRING
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.prefect.basicAuth.existingSecret }}
+      key: {{ .Values.prefect.basicAuth.secretKey }}
+{{- end }}
+{{- end -}}
+
+{{- define "radps.podSecurity" -}}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{- define "radps.containerSecurity" -}}
+securityContext:
+  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{- define "radps.watchedNamespaces" -}}
+{{- if .Values.operator.watchNamespaces -}}{{ join "," .Values.operator.watchNamespaces }}
+{{- else -}}{{ .Release.Namespace }}{{- end -}}
+{{- end -}}
+
+{{- define "radps.clusterWide" -}}
+{{- if has "*" .Values.operator.watchNamespaces -}}true{{- end -}}
+{{- end -}}
+
+{{/* settings of the flow-pod template, read by radps_operator.work_pool */}}
+{{- define "radps.workerEnv" -}}
+{{ include "radps.prefectClientEnv" . }}
+- {name: RADPS_FLOW_NAMESPACE, value: {{ .Release.Namespace | quote }}}
+- {name: RADPS_DEFAULT_IMAGE, value: {{ include "radps.image" . | quote }}}
+- {name: RADPS_FLOW_SERVICE_ACCOUNT, value: {{ .Values.flowRuns.serviceAccount.name | quote }}}
+- {name: RADPS_DATA_CLAIM, value: {{ .Values.data.existingClaim | quote }}}
+- {name: RADPS_DATA_MOUNT_PATH, value: {{ .Values.data.mountPath | quote }}}
+- {name: RADPS_AUTH_SECRET, value: {{ .Values.prefect.basicAuth.existingSecret | quote }}}
+- {name: RADPS_AUTH_SECRET_KEY, value: {{ .Values.prefect.basicAuth.secretKey | quote }}}
+- {name: RADPS_FINISHED_JOB_TTL_SECONDS, value: {{ .Values.flowRuns.finishedJobTtlSeconds | quote }}}
+{{- end -}}
+
+{{/* Bind ClusterRole .name to service account .subject (default .name) in every watched
+namespace, or cluster-wide when the operator watches all: (dict "root" $ "name" N) */}}
+{{- define "radps.bindPerWatchedNamespace" -}}
+{{- $root := .root }}
+{{- $subject := .subject | default .name }}
+{{- if include "radps.clusterWide" $root }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ .name }}
+  labels:
+    {{- include "radps.labels" $root | nindent 4 }}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {{ .name }}}
+subjects:
+  - {kind: ServiceAccount, name: {{ $subject }}, namespace: {{ $root.Release.Namespace }}}
+{{- else }}
+{{- range ($root.Values.operator.watchNamespaces | default (list $root.Release.Namespace)) }}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: {{ $.name }}
+  namespace: {{ . }}
+  labels:
+    {{- include "radps.labels" $root | nindent 4 }}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {{ $.name }}}
+subjects:
+  - {kind: ServiceAccount, name: {{ $subject }}, namespace: {{ $root.Release.Namespace }}}
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,159 @@
+"""The Kubernetes work pool every flow run goes through, and its base job template.
+
+The template starts from prefect-kubernetes' own default (so Prefect's job variables keep
+working) and adds what radps needs of a flow-run pod: the restricted Pod Security Standard, a
+writable /tmp on a read-only root, the shared data volume at the same path as in the Dask pods,
+and the pod's own name and UID so the run's DaskCluster can be owned by it (Kubernetes then
+garbage-collects the cluster if the pod dies).
+
+The Prefect worker of the Helm chart runs `python -m radps_operator.work_pool` before it starts,
+so the pool is created or updated from this one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+POD_IDENTITY_ENV = ("RADPS_POD_NAME", "RADPS_POD_UID", "RADPS_POD_NAMESPACE")
+RUN_LABEL_PREFIX = "radps.io/"
+
+
+@dataclass(frozen=True)
+class FlowPodOptions:
+    namespace: str = "default"
+    image: str = "radps:0.1.0"
+    service_account: str = "radps-flow"
+    data_claim: str | None = None
+    data_mount_path: str = "/data"
+    auth_secret: str | None = None
+    """Secret holding `auth-string` for a Prefect server behind basic auth."""
+    auth_secret_key: str = "auth-string"
+    finished_job_ttl_seconds: int = 3600
+    run_as_user: int = 10001
+
+
+def base_job_template(options: FlowPodOptions) -> dict[str, Any]:
+    from prefect_kubernetes.worker import KubernetesWorker
+
+    template = copy.deepcopy(KubernetesWorker.get_default_base_job_template())
+    defaults = template["variables"]["properties"]
+    defaults["namespace"]["default"] = options.namespace
+    defaults["image"]["default"] = options.image
+    defaults["service_account_name"]["default"] = options.service_account
+    defaults["image_pull_policy"]["default"] = "IfNotPresent"
+    defaults["finished_job_ttl"]["default"] = options.finished_job_ttl_seconds
+
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    pod["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": options.run_as_user,
+        "runAsGroup": options.run_as_user,
+        "fsGroup": options.run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    volumes = [{"name": "tmp", "emptyDir": {}}]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    if options.data_claim:
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": options.data_claim}})
+        mounts.append({"name": "data", "mountPath": options.data_mount_path})
+    pod["volumes"] = volumes
+
+    container = pod["containers"][0]
+    container["securityContext"] = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    container["volumeMounts"] = mounts
+    # A list here (instead of the "{{ env }}" placeholder) keeps these valueFrom entries;
+    # the worker prepends the run's job-variable env to it.
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "PREFECT_HOME", "value": "/tmp/prefect"},
+        _field_env("RADPS_POD_NAME", "metadata.name"),
+        _field_env("RADPS_POD_UID", "metadata.uid"),
+        _field_env("RADPS_POD_NAMESPACE", "metadata.namespace"),
+        {"name": "RADPS_DATA_MOUNT_PATH", "value": options.data_mount_path},
+    ]
+    if options.data_claim:  # the flow's Dask pods mount the same claim at the same path
+        env.append({"name": "RADPS_DATA_CLAIM", "value": options.data_claim})
+    if options.auth_secret:
+        env.append(
+            {
+                "name": "PREFECT_API_AUTH_STRING",
+                "valueFrom": {
+                    "secretKeyRef": {"name": options.auth_secret, "key": options.auth_secret_key}
+                },
+            }
+        )
+    container["env"] = env
+    return template
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def ensure_work_pool(name: str, template: dict[str, Any], pool_type: str = "kubernetes") -> str:
+    """Create the pool, or bring an existing one's template up to date; says which."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(
+                WorkPoolCreate(name=name, type=pool_type, base_job_template=template)
+            )
+            return "created"
+        if existing.type != pool_type:
+            raise ValueError(
+                f"work pool {name!r} exists with type {existing.type!r}, not {pool_type!r}"
+            )
+        client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+        return "updated"
+
+
+def options_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> FlowPodOptions:
+    defaults = FlowPodOptions()
+    return FlowPodOptions(
+        namespace=environ.get("RADPS_FLOW_NAMESPACE", defaults.namespace),
+        image=environ.get("RADPS_DEFAULT_IMAGE", defaults.image),
+        service_account=environ.get("RADPS_FLOW_SERVICE_ACCOUNT", defaults.service_account),
+        data_claim=environ.get("RADPS_DATA_CLAIM") or None,
+        data_mount_path=environ.get("RADPS_DATA_MOUNT_PATH", defaults.data_mount_path),
+        auth_secret=environ.get("RADPS_AUTH_SECRET") or None,
+        auth_secret_key=environ.get("RADPS_AUTH_SECRET_KEY", defaults.auth_secret_key),
+        finished_job_ttl_seconds=int(
+            environ.get("RADPS_FINISHED_JOB_TTL_SECONDS", defaults.finished_job_ttl_seconds)
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m radps_operator.work_pool",
+        description="Create or update the Kubernetes work pool of flow runs (settings from "
+        "RADPS_* environment variables; see FlowPodOptions).",
+    )
+    parser.add_argument("--name", default=os.environ.get("RADPS_WORK_POOL", "radps"))
+    parser.add_argument("--print", action="store_true", help="print the template, change nothing")
+    args = parser.parse_args(argv)
+    template = base_job_template(options_from_env())
+    if args.print:
+        print(json.dumps(template, indent=2))
+        return 0
+    print(f"work pool {args.name!r} {ensure_work_pool(args.name, template)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

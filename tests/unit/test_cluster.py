@@ -1,0 +1,67 @@
+"""Which Dask cluster a flow run gets, and what its DaskCluster looks like in Kubernetes."""
+
+from __future__ import annotations
+
+from radps_flows.cluster import (
+    RUN_UID_LABEL,
+    DaskClusterConfig,
+    KubeContext,
+    dask_cluster_spec,
+    task_runner_from_env,
+)
+
+POD_ENV = {
+    "RADPS_POD_NAME": "run-abc-xyz",
+    "RADPS_POD_UID": "1111-2222",
+    "RADPS_POD_NAMESPACE": "astro",
+    "RADPS_RUN_NAME": "j1008-continuum",
+    "RADPS_RUN_UID": "abcdef12-3456",
+    "RADPS_IMAGE": "radps:9",
+    "RADPS_DATA_CLAIM": "survey",
+    "RADPS_DATA_MOUNT_PATH": "/data",
+    "RADPS_DASK_WORKER_RESOURCES": '{"limits":{"cpu":"2","memory":"4Gi"}}',
+}
+
+
+def test_config_round_trips_through_the_environment():
+    config = DaskClusterConfig(workers=3, threads_per_worker=2, idle_timeout_seconds=60)
+    assert DaskClusterConfig.from_env(config.to_env()) == config
+    assert DaskClusterConfig.from_env({}) == DaskClusterConfig()
+
+
+def test_outside_kubernetes_there_is_no_kube_context():
+    assert KubeContext.from_env({}) is None
+
+
+def test_dask_cluster_is_labelled_owned_and_restricted():
+    kube = KubeContext.from_env(POD_ENV)
+    assert kube is not None
+    spec = dask_cluster_spec(DaskClusterConfig(workers=3, threads_per_worker=2), kube)
+    meta = spec["metadata"]
+    assert meta["name"] == "j1008-continuum-abcdef12"
+    assert meta["labels"][RUN_UID_LABEL] == "abcdef12-3456"
+    assert meta["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Pod", "name": "run-abc-xyz", "uid": "1111-2222"}
+    ]
+    worker = spec["spec"]["worker"]
+    assert worker["replicas"] == 3
+    for pod in (spec["spec"]["scheduler"]["spec"], worker["spec"]):
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        container = pod["containers"][0]
+        assert container["image"] == "radps:9"
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    worker_container = worker["spec"]["containers"][0]
+    assert worker_container["resources"] == {"limits": {"cpu": "2", "memory": "4Gi"}}
+    assert "--nthreads" in worker_container["args"]
+    assert worker_container["args"][worker_container["args"].index("--nthreads") + 1] == "2"
+
+
+def test_task_runner_follows_the_environment(monkeypatch):
+    for key, value in POD_ENV.items():
+        monkeypatch.setenv(key, value)
+    runner = task_runner_from_env()
+    assert "KubeCluster" in str(runner.cluster_class)
+    for key in POD_ENV:
+        monkeypatch.delenv(key)
+    assert "LocalCluster" in str(task_runner_from_env().cluster_class)

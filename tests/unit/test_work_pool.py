@@ -1,0 +1,50 @@
+"""The flow-run pod template: restricted PSS, data volume, pod identity for Dask ownership."""
+
+from __future__ import annotations
+
+from radps_operator.work_pool import FlowPodOptions, base_job_template, options_from_env
+
+
+def _pod(template):
+    return template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+
+
+def test_flow_pods_meet_the_restricted_pod_security_standard():
+    pod = _pod(base_job_template(FlowPodOptions()))
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = pod["containers"][0]["securityContext"]
+    assert container["allowPrivilegeEscalation"] is False
+    assert container["capabilities"] == {"drop": ["ALL"]}
+    assert not any("hostPath" in v for v in pod["volumes"])
+
+
+def test_data_volume_and_defaults_follow_the_options():
+    options = FlowPodOptions(
+        namespace="astro", image="radps:9", data_claim="survey", data_mount_path="/survey"
+    )
+    template = base_job_template(options)
+    pod = _pod(template)
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "survey"}} in pod["volumes"]
+    assert {"name": "data", "mountPath": "/survey"} in pod["containers"][0]["volumeMounts"]
+    variables = template["variables"]["properties"]
+    assert variables["namespace"]["default"] == "astro"
+    assert variables["image"]["default"] == "radps:9"
+    assert not any(
+        v["name"] == "data" for v in _pod(base_job_template(FlowPodOptions()))["volumes"]
+    )
+
+
+def test_pod_knows_its_own_identity_and_keeps_prefect_placeholders():
+    template = base_job_template(FlowPodOptions(auth_secret="prefect-auth"))
+    container = _pod(template)["containers"][0]
+    names = {e["name"]: e for e in container["env"]}
+    assert names["RADPS_POD_UID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.uid"
+    assert names["PREFECT_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"]["name"] == "prefect-auth"
+    assert container["image"] == "{{ image }}"
+
+
+def test_options_from_env():
+    options = options_from_env({"RADPS_DATA_CLAIM": "d", "RADPS_FINISHED_JOB_TTL_SECONDS": "60"})
+    assert options.data_claim == "d" and options.finished_job_ttl_seconds == 60
+    assert options_from_env({}).data_claim is None

@@ -21,6 +21,7 @@ demo: venv
 	$(BIN)/radps run manifests/examples/synthesize-demo.yaml manifests/examples/imaging-demo.yaml
 
 test: venv
+	hack/host-deps.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
@@ -41,3 +42,5 @@ bench: venv
 
 clean:
 	rm -rf demo-output results .pytest_cache
+
+include hack/cluster.mk

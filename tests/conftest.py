@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.k8s"]  # the local Kubernetes cluster fixtures
+
 VLA_TARBALL = "day2_TDEM0003_10s_norx_1src_1spw.ms.tar.gz"
 
 

@@ -46,10 +46,17 @@ class ParameterError:
 
 @cache
 def pipelines() -> dict[str, Pipeline]:
+    from radps_flows.pipelines.calibration import calibration
+    from radps_flows.pipelines.flagging import flagging
     from radps_flows.pipelines.imaging import imaging
     from radps_flows.pipelines.synthesize import synthesize
 
-    flows = {"synthesize": synthesize, "imaging": imaging}
+    flows = {
+        "synthesize": synthesize,
+        "imaging": imaging,
+        "calibration": calibration,
+        "flagging": flagging,
+    }
     return {
         name: Pipeline(name=name, flow=flow, entrypoint=f"{flow.fn.__module__}:{flow.fn.__name__}")
         for name, flow in flows.items()

@@ -14,9 +14,9 @@ from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
+from radps_flows.labels import RUN_NAME_LABEL, RUN_UID_LABEL
+
 ENV_PREFIX = "RADPS_DASK_"
-RUN_UID_LABEL = "radps.io/run-uid"
-RUN_NAME_LABEL = "radps.io/run-name"
 RUN_AS_USER = 10001
 
 
@@ -54,8 +54,12 @@ class DaskClusterConfig:
 
 
 def local_task_runner(config: DaskClusterConfig) -> DaskTaskRunner:
-    """A DaskTaskRunner over a LocalCluster of worker processes, started lazily by Prefect
-    on the first submitted task and closed when the flow run ends."""
+    """A DaskTaskRunner over a LocalCluster, started lazily by Prefect on the first submitted
+    task and closed when the flow run ends.
+
+    Workers are threads of the flow-run process: the array kernels (numpy, ducc0) release the
+    GIL, and a worker process would first spend ~10 s importing Prefect, xradio and the
+    pipelines before its first task (measured on the VLA example: 29 s with processes)."""
     if config.address:
         return DaskTaskRunner(address=config.address)
     return DaskTaskRunner(
@@ -64,9 +68,8 @@ def local_task_runner(config: DaskClusterConfig) -> DaskTaskRunner:
             # workers=0 is valid for a Kubernetes cluster that scales up; locally it needs one.
             "n_workers": max(1, config.workers),
             "threads_per_worker": config.threads_per_worker,
-            "processes": True,
+            "processes": False,
             "dashboard_address": "127.0.0.1:0",
-            "host": "127.0.0.1",
         },
     )
 

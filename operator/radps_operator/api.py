@@ -262,6 +262,10 @@ class PipelineRunStatus(_WireModel):
     dask: DaskStatus | None = Field(default=None, description="The run's Dask cluster.")
     progress: Progress | None = Field(default=None, description="Stages done / total.")
     outputs: list[Output] = Field(default_factory=list, description="Products of the run.")
+    kopf: dict[str, Any] | None = Field(
+        default=None,
+        description="The operator's own bookkeeping (handler progress); not for users.",
+    )
 
 
 class ObjectMeta(BaseModel):

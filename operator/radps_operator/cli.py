@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--port", type=int, default=4200)
     server.set_defaults(command=cmd_server)
+
+    operator = commands.add_parser(
+        "operator",
+        help="run the Kubernetes operator (configured from RADPS_* environment variables)",
+    )
+    operator.set_defaults(command=cmd_operator)
     return parser
 
 
@@ -198,6 +204,22 @@ def cmd_server(args: argparse.Namespace) -> int:
     finally:
         local_server.remove_record(home)
         server.stop()
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from radps_operator.settings import OperatorSettings, SettingsError
+
+    try:
+        settings = OperatorSettings.from_env()
+    except SettingsError as exc:
+        stderr.print(f"[red]radps operator: {exc}[/]")
+        return EXIT_INVALID
+    os.environ.setdefault("PREFECT_API_URL", settings.prefect_api_url)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from radps_operator.handlers import run_operator
+
+    run_operator(settings)
+    return 0
 
 
 def _prepare_prefect_env() -> None:

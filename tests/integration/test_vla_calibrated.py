@@ -13,7 +13,6 @@ residual rms after CLEAN to 3 rms 0.01556 (0.01545), beam 2.670" x 1.966" at 3.4
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -25,14 +24,10 @@ from radps_flows.core.calibration import apply_gains, solve_gains
 from radps_flows.core.clean import make_clean_image
 from radps_flows.core.imaging import make_dirty_image
 from radps_flows.core.io import open_processing_set
+from tests.conftest import shared_dir
 
 INNER = slice(128, 384)
 OFF = slice(20, 141)  # CASA's off-source box x, y 20..140 (inclusive)
-
-
-def shared_dir() -> Path:
-    env = os.environ.get("RADPS_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
 
 
 @pytest.fixture(scope="module")

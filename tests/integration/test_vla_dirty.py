@@ -7,7 +7,6 @@ are compared over the inner half only; the peak is a noise peak of the uncalibra
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -21,14 +20,9 @@ from astropy.wcs import WCS
 from radps_flows.core.imaging import make_dirty_image
 from radps_flows.core.io import InputDataError, open_processing_set
 from radps_flows.core.products import write_fits, write_png, write_zarr
+from tests.conftest import shared_dir
 
 INNER = slice(128, 384)
-
-
-def shared_dir() -> Path:
-    """Same rule as the ``vla_ms`` fixture in tests/conftest.py."""
-    env = os.environ.get("RADPS_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,8 @@ def test_shipped_examples_are_valid(example, capsys):
         ),
         pytest.param(
             _replace("pipeline: imaging", "pipeline: imagine"),
-            "spec.pipeline: unknown pipeline 'imagine' (known: imaging, synthesize)",
+            "spec.pipeline: unknown pipeline 'imagine' "
+            "(known: calibration, flagging, imaging, synthesize)",
             id="unknown-pipeline",
         ),
         pytest.param(

@@ -480,13 +480,16 @@ def _resolve_refant(refant: str | int | None, names: Sequence[str]) -> int | Non
     raise ValueError(f"reference antenna {refant!r} not among {list(names)}")
 
 
-def _time_bins(times: np.ndarray, solint: str | float | None) -> np.ndarray:
+def _time_bins(
+    times: np.ndarray, solint: str | float | None, origin: float | None = None
+) -> np.ndarray:
     if solint in ("int", 0):
         return np.arange(len(times))
     if solint is None or solint == "inf":
         return np.zeros(len(times), dtype=np.int64)
     step = float(solint)
-    raw = np.floor((times - times.min()) / step).astype(np.int64)
+    start = times.min() if origin is None else origin
+    raw = np.floor((times - start) / step).astype(np.int64)
     _, inv = np.unique(raw, return_inverse=True)
     return inv
 
@@ -535,6 +538,7 @@ def solve_gains(
     preaverage: bool = True,
     data_group: str = "base",
     nthreads: int = 1,
+    time_origin: float | None = None,
 ) -> xr.Dataset:
     """Antenna gains of one MSv4 dataset (loaded into memory; pass a time slice for large
     data, intervals never span slices).
@@ -545,6 +549,8 @@ def solve_gains(
     interval); ``chans_per_solution``: channels per frequency interval (None: all, CASA's
     default for G). Returns a Dataset with dims ``time``, ``frequency`` (interval centres),
     ``antenna_name``, ``receptor`` and variables ``GAIN`` (complex), ``FLAG``, ``SNR``.
+    ``time_origin``: start of the first interval when ``solint`` is in seconds (default the
+    first time); give the whole data set's first time when solving it slice by slice.
     """
     names = _data_names(ds, data_group)
     pols = [str(p) for p in ds["polarization"].values]
@@ -566,7 +572,7 @@ def solve_gains(
     vis_r = vis[..., parallel]
     w_r = weight[..., parallel]
     model_r = np.repeat(m_i[..., None], len(parallel), axis=-1)
-    tb, fb = _time_bins(times, solint), _freq_bins(len(freq), chans_per_solution)
+    tb, fb = _time_bins(times, solint, time_origin), _freq_bins(len(freq), chans_per_solution)
     gain, gflag, snr = solve_gains_arrays(
         vis_r,
         model_r,

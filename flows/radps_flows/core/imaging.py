@@ -102,14 +102,16 @@ def dirty_sum_from_arrays(
         return out
     single = np.asarray(vis).dtype == np.complex64 and epsilon >= 2e-5
     cdt, rdt = (np.complex64, np.float32) if single else (np.complex128, np.float64)
-    wgt = np.ascontiguousarray(weight[rows], dtype=rdt)
-    vis_r = np.ascontiguousarray(np.where(wgt > 0, vis[rows], 0), dtype=cdt)
-    mask = (wgt > 0).astype(np.uint8)
+    every = bool(rows.all())  # the usual case: no row copies
+    wgt = np.ascontiguousarray(weight if every else weight[rows], dtype=rdt)
+    used = wgt > 0
+    vis_r = np.ascontiguousarray(np.where(used, vis if every else vis[rows], 0), dtype=cdt)
+    mask = used.view(np.uint8)
     textbook = uvw_sign > 0
     # With textbook UVW: flip u so that ducc's first axis runs along -l (the FITS x axis),
     # flip w for ducc's w sign. With the negated vector the complementary flips do the same.
     dirty = ducc0.wgridder.vis2dirty(
-        uvw=np.ascontiguousarray(uvw[rows]),
+        uvw=np.ascontiguousarray(uvw if every else uvw[rows]),
         freq=freq,
         vis=vis_r,
         wgt=wgt,
@@ -126,7 +128,6 @@ def dirty_sum_from_arrays(
         divide_by_n=False,
         nthreads=nthreads,
     )
-    used = wgt > 0
     chans = used.any(axis=0)
     out.image = np.ascontiguousarray(dirty.T, dtype=np.float64)  # ducc [-l, m] -> [y, x]
     out.weight_sum = float(wgt.sum(dtype=np.float64))
@@ -346,6 +347,24 @@ def make_dirty_image(
         raise ValueError("no datasets to image")
     cell_rad = math.radians(cell_arcsec / 3600.0)
     _check_geometry(imsize, cell_rad)
+    common_phase_center(datasets)
+    parts = [
+        dataset_dirty_sum(
+            ds,
+            imsize=imsize,
+            cell_rad=cell_rad,
+            epsilon=epsilon,
+            nthreads=nthreads,
+            data_group=data_group,
+        )
+        for ds in datasets
+    ]
+    return dirty_image_from_sums(datasets, parts, cell_arcsec=cell_arcsec, epsilon=epsilon)
+
+
+def common_phase_center(datasets: Sequence[xr.Dataset]) -> dict[str, Any]:
+    """The phase centre the datasets share (``phase_center`` attribute); ValueError if they
+    do not share one."""
     centres = [_phase_center_of(ds) for ds in datasets]
     ref = centres[0]
     for ds, pc in zip(datasets, centres, strict=True):
@@ -355,18 +374,29 @@ def make_dirty_image(
                 f"partition {ds.attrs.get('partition_name', '?')} has another phase centre "
                 f"({pc}) than the first ({ref}); image them separately"
             )
+    return ref
+
+
+def dirty_image_from_sums(
+    datasets: Sequence[xr.Dataset],
+    parts: Sequence[DirtySum],
+    *,
+    cell_arcsec: float,
+    epsilon: float = 1e-4,
+    weighting: str = "natural",
+) -> xr.DataArray:
+    """The normalised image and attributes of :func:`make_dirty_image` from one
+    :class:`DirtySum` per dataset (however they were computed: block by block, on Dask
+    workers...). ``weighting`` is only recorded."""
+    if len(parts) != len(datasets):
+        raise ValueError("one DirtySum per dataset expected")
+    cell_rad = math.radians(cell_arcsec / 3600.0)
+    ref = _phase_center_of(datasets[0])
+    imsize = parts[0].image.shape[0]
     total = DirtySum(image=np.zeros((imsize, imsize)))
     half_width = 0.0
     spectral_frames = set()
-    for ds in datasets:
-        part = dataset_dirty_sum(
-            ds,
-            imsize=imsize,
-            cell_rad=cell_rad,
-            epsilon=epsilon,
-            nthreads=nthreads,
-            data_group=data_group,
-        )
+    for ds, part in zip(datasets, parts, strict=True):
         if part.nvis:
             half_width = max(half_width, _channel_width(ds) / 2)
             spectral_frames.add(str(ds["frequency"].attrs.get("observer", "TOPO")).upper())
@@ -391,7 +421,7 @@ def make_dirty_image(
         "nvis": total.nvis,
         "sum_weights": total.weight_sum,
         "stokes": "I",
-        "weighting": "natural",
+        "weighting": weighting,
         "specmode": "mfs",
         "gridder": f"ducc0.wgridder {ducc0.__version__} epsilon={epsilon}",
     }

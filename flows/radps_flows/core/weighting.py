@@ -13,9 +13,15 @@ from __future__ import annotations
 import numpy as np
 
 from .conventions import MSV4_UVW_SIGN
-from .imaging import dirty_sum_from_arrays
+from .imaging import dirty_image_from_arrays, dirty_sum_from_arrays
 
-__all__ = ["dirty_cube", "imaging_weights", "psf_image"]
+__all__ = [
+    "dirty_cube",
+    "imaging_weights",
+    "psf_image",
+    "weight_density",
+    "weights_from_density",
+]
 
 C_M_S = 299_792_458.0
 
@@ -49,6 +55,19 @@ def imaging_weights(
         return weight
     if scheme not in ("uniform", "briggs"):
         raise ValueError(f"unknown weighting {scheme!r} (natural, uniform, briggs)")
+    grid = weight_density(uvw, freq, weight, imsize=imsize, cell_rad=cell_rad)
+    return weights_from_density(
+        uvw, freq, weight, grid, cell_rad=cell_rad, scheme=scheme, robust=robust
+    )
+
+
+def weight_density(
+    uvw: np.ndarray, freq: np.ndarray, weight: np.ndarray, *, imsize: int, cell_rad: float
+) -> np.ndarray:
+    """Gridded weight density ``(imsize, imsize)`` (every sample and its Hermitian mirror) on
+    the image's uv grid; densities of blocks of samples add, so a data set can be summed block
+    by block and the total handed to :func:`weights_from_density`."""
+    weight = np.where(np.isfinite(weight) & (weight > 0), weight, 0).astype(np.float64)
     uvw = np.where(np.isfinite(uvw), uvw, 0.0)
     iu, iv = _cells(uvw, np.asarray(freq, dtype=np.float64), imsize, cell_rad)
     half = imsize // 2
@@ -57,10 +76,36 @@ def imaging_weights(
     sel = inside & (weight > 0)
     for su in (1, -1):  # the sample and its Hermitian mirror
         np.add.at(grid, ((su * iv[sel]) % imsize, (su * iu[sel]) % imsize), weight[sel])
+    return grid
+
+
+def weights_from_density(
+    uvw: np.ndarray,
+    freq: np.ndarray,
+    weight: np.ndarray,
+    grid: np.ndarray,
+    *,
+    cell_rad: float,
+    scheme: str = "natural",
+    robust: float = 0.0,
+) -> np.ndarray:
+    """Uniform or Briggs weights of samples given the density ``grid`` of the whole data set
+    (:func:`weight_density`, summed over all blocks)."""
+    weight = np.where(np.isfinite(weight) & (weight > 0), weight, 0).astype(np.float64)
+    if scheme == "natural":
+        return weight
+    if scheme not in ("uniform", "briggs"):
+        raise ValueError(f"unknown weighting {scheme!r} (natural, uniform, briggs)")
+    imsize = grid.shape[0]
+    uvw = np.where(np.isfinite(uvw), uvw, 0.0)
+    iu, iv = _cells(uvw, np.asarray(freq, dtype=np.float64), imsize, cell_rad)
+    half = imsize // 2
+    inside = (np.abs(iu) < half) & (np.abs(iv) < half)
     density = np.where(inside, grid[iv % imsize, iu % imsize], 0.0)
     if scheme == "uniform":
         return np.divide(weight, density, out=weight.copy(), where=density > 0)
-    f2 = (5 * 10 ** (-robust)) ** 2 / ((grid**2).sum() / (2 * weight[sel].sum()))
+    # sum over samples inside of 2 w (sample + mirror) is the grid's total
+    f2 = (5 * 10 ** (-robust)) ** 2 / ((grid**2).sum() / grid.sum())
     return weight / (1 + density * f2)
 
 
@@ -75,8 +120,9 @@ def psf_image(
     epsilon: float = 1e-5,
     nthreads: int = 1,
 ) -> np.ndarray:
-    """Point spread function ``[y, x]`` (peak 1 at pixel N/2) of samples with ``weight``."""
-    total = dirty_sum_from_arrays(
+    """Point spread function ``[y, x]`` (peak 1 at pixel N/2) of samples with ``weight``:
+    the dirty image of unit visibilities."""
+    return dirty_image_from_arrays(
         uvw,
         freq,
         np.ones(np.shape(weight), dtype=np.complex128),
@@ -87,9 +133,6 @@ def psf_image(
         nthreads=nthreads,
         uvw_sign=uvw_sign,
     )
-    if total.weight_sum <= 0:
-        raise ValueError("no visibilities with positive weight")
-    return total.image / total.weight_sum
 
 
 def dirty_cube(

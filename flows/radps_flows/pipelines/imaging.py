@@ -1,37 +1,237 @@
-"""The `imaging` pipeline: visibilities in, a dirty image (FITS, PNG, zarr) out."""
+"""The `imaging` pipeline: visibilities in; dirty image, optionally flagged, calibrated and
+CLEANed, out (FITS, PNG, zarr; gain solutions when calibrating).
+
+Every stage works block by block (see :mod:`radps_flows.pipelines.blocks`): time blocks of the
+MSv4 zarr store are read, flagged, calibrated and gridded on the flow run's Dask workers and
+only partial images come back, so the data set may be larger than memory. The default (dirty
+image, natural weighting) makes one pass over the data. CLEAN and uniform/Briggs weighting
+revisit the visibilities: their Stokes I samples are kept on the workers between passes.
+"""
 
 from __future__ import annotations
 
-import os
+import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
+import numpy as np
 import xarray as xr
 from prefect import flow, task
 from pydantic import Field
 
-from radps_flows.cluster import DaskClusterConfig, task_runner_from_env
+from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import imaging as core_imaging
 from radps_flows.core import io as core_io
 from radps_flows.core import products
+from radps_flows.core.beam import fit_beam, restore
+from radps_flows.core.clean import hogbom, psf_sidelobe
+from radps_flows.pipelines import blocks as blk
+from radps_flows.pipelines.common import (
+    Box,
+    ModelSource,
+    Solint,
+    merge_gains,
+    plot_gains,
+    point_models,
+    publish_gain_table,
+    writable_folder,
+    write_gains,
+)
 from radps_flows.pipelines.outputs import Output, file_output, publish_outputs
 from radps_flows.progress import report_progress
 
-STAGES = 3
-
 
 @task(name="open-visibilities")
-def open_visibilities(input: str, cache_dir: str) -> list[xr.Dataset]:
-    return core_io.open_processing_set(input, cache_dir=cache_dir)
+def open_visibilities(input: str, cache_dir: str) -> tuple[str, list[xr.Dataset]]:
+    store = core_io.ensure_processing_set(input, cache_dir=cache_dir)
+    return str(store), core_io.open_processing_set(store)
+
+
+def _steps(datasets: list[xr.Dataset], params: dict) -> blk.Steps:
+    pc = core_imaging.common_phase_center(datasets)
+    t0 = min(float(np.nanmin(ds["time"].values)) for ds in datasets if ds.sizes["time"])
+    return blk.Steps(
+        flag=params["flag"],
+        flag_threshold=params["flag_threshold"],
+        calibrate=params["calibrate"],
+        model=point_models(params["model"], float(pc["dec"])),
+        refant=params["refant"],
+        solint=params["solint"],
+        minsnr=params["minsnr"],
+        time_origin=t0,
+    )
+
+
+def _rms(image: np.ndarray, box: list[int] | None) -> float:
+    """rms in a CASA-style box [x0, y0, x1, y1] (inclusive), else a robust estimate over the
+    whole image (1.4826 x median absolute deviation)."""
+    if box:
+        x0, y0, x1, y1 = box
+        region = image[y0 : y1 + 1, x0 : x1 + 1]
+        return float(np.sqrt(np.mean(region**2)))
+    return float(1.4826 * np.median(np.abs(image - np.median(image))))
+
+
+def _mask(boxes: list[list[int]] | None, imsize: int) -> np.ndarray | None:
+    if not boxes:
+        return None
+    mask = np.zeros((imsize, imsize), dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        mask[y0 : y1 + 1, x0 : x1 + 1] = True
+    return mask
+
+
+def _flag_report(summaries: list[dict]) -> dict:
+    samples = sum(s["samples"] for s in summaries)
+    before = sum(s["flagged_before"] for s in summaries)
+    after = sum(s["flagged_after"] for s in summaries)
+    return {
+        "samples": samples,
+        "flagged_before": before,
+        "flagged_after": after,
+        "flagged_fraction": after / samples if samples else 0.0,
+    }
 
 
 @task(name="dirty-image")
 def dirty_image(
-    datasets: list[xr.Dataset], imsize: int, cell_arcsec: float, epsilon: float, nthreads: int
-) -> xr.DataArray:
-    return core_imaging.make_dirty_image(
-        datasets, imsize=imsize, cell_arcsec=cell_arcsec, epsilon=epsilon, nthreads=nthreads
+    store: str, datasets: list[xr.Dataset], imsize: int, cell_arcsec: float, params: dict
+) -> tuple[xr.DataArray, list[xr.Dataset]]:
+    """One pass over the blocks: read, flag, calibrate, grid; partial images summed."""
+    steps = _steps(datasets, params)
+    grid = blk.Grid(imsize, math.radians(cell_arcsec / 3600), params["epsilon"])
+    blocks = blk.plan_blocks(store, datasets, block_mb=params["block_mb"], solint=steps.solint)
+    sums: dict[str, core_imaging.DirtySum] = {}
+    summaries = []
+    with blk.executor() as ex:
+        handles = ex.map(blk.dirty_block, blocks, steps=steps, grid=grid)
+        for i, (part, info) in ex.completed(handles):
+            name = blocks[i].partition
+            sums[name] = part if name not in sums else sums[name] + part
+            summaries.append(info)
+    parts = [sums.get(ds.attrs["partition_name"], _empty(imsize)) for ds in datasets]
+    image = core_imaging.dirty_image_from_sums(
+        datasets, parts, cell_arcsec=cell_arcsec, epsilon=params["epsilon"]
     )
+    report = _flag_report(summaries)
+    print(
+        f"imaged {image.attrs['nvis']:,} Stokes I samples in {len(blocks)} blocks; "
+        f"flagged {report['flagged_fraction']:.2%} of {report['samples']:,} visibilities"
+    )
+    image.attrs["flagged_fraction"] = report["flagged_fraction"]
+    return image, [s["gains"] for s in summaries if s["gains"] is not None]
+
+
+def _empty(imsize: int) -> core_imaging.DirtySum:
+    return core_imaging.DirtySum(image=np.zeros((imsize, imsize)))
+
+
+@task(name="clean")
+def clean_image(
+    store: str, datasets: list[xr.Dataset], imsize: int, cell_arcsec: float, params: dict
+) -> tuple[xr.Dataset, list[xr.Dataset]]:
+    """Hogbom CLEAN with major cycles through the visibilities kept on the workers."""
+    steps = _steps(datasets, params)
+    cell_rad = math.radians(cell_arcsec / 3600)
+    eps = params["clean_epsilon"]
+    grid = blk.Grid(imsize, cell_rad, eps)
+    blocks = blk.plan_blocks(store, datasets, block_mb=params["block_mb"], solint=steps.solint)
+    with blk.executor() as ex:
+        prepared = ex.map(blk.prepare_block, blocks, steps=steps)
+        summaries = ex.gather(ex.map(blk.summary, prepared))
+        if params["weighting"] != "natural":
+            density = blk.total(ex, ex.map(blk.density_block, prepared, grid=grid))
+            shared = ex.share(density)
+            reweighted = ex.map(
+                blk.reweight_block,
+                prepared,
+                density=shared,
+                grid=grid,
+                scheme=params["weighting"],
+                robust=params["robust"],
+            )
+            ex.release(prepared)
+            prepared = reweighted
+        psf_sum = blk.total(
+            ex, ex.map(blk.psf_block, prepared, grid=blk.Grid(2 * imsize, cell_rad, eps))
+        )
+        psf2 = psf_sum.image / psf_sum.weight_sum
+        q = imsize // 2
+        psf = psf2[q : q + imsize, q : q + imsize]
+        beam = fit_beam(psf, cell_arcsec)
+        sidelobe = psf_sidelobe(psf)
+        sums = blk.sums_by_partition(ex, ex.map(blk.residual_block, prepared, grid=grid), blocks)
+        parts = [sums.get(ds.attrs["partition_name"], _empty(imsize)) for ds in datasets]
+        dirty = core_imaging.dirty_image_from_sums(
+            datasets, parts, cell_arcsec=cell_arcsec, epsilon=eps, weighting=params["weighting"]
+        )
+        weight_sum = float(dirty.attrs["sum_weights"])
+        residual = dirty.values.copy()
+        rms = _rms(residual, params["rms_box"])
+        threshold = max(params["threshold_jy"], params["threshold_rms"] * rms)
+        mask = _mask(params["mask"], imsize)
+        model = np.zeros((imsize, imsize))
+        niter, done, cycles = params["niter"], 0, 0
+        while done < niter and cycles < params["max_major"]:
+            region = residual if mask is None else np.where(mask, residual, 0)
+            peak = float(np.abs(region).max())
+            if peak < threshold:
+                break
+            frac = min(0.8, max(0.05, params["cyclefactor"] * sidelobe))
+            cycle_threshold = max(threshold, frac * peak)
+            delta, _, n = hogbom(
+                residual,
+                psf2,
+                gain=params["clean_gain"],
+                threshold=cycle_threshold,
+                niter=niter - done,
+                mask=mask,
+            )
+            if n == 0:
+                break
+            done += n
+            model += delta
+            shared = ex.share(model.copy())
+            total = blk.total(ex, ex.map(blk.residual_block, prepared, grid=grid, model=shared))
+            residual = total.image / weight_sum
+            cycles += 1
+            print(f"major cycle {cycles}: {n} components, cycle threshold {cycle_threshold:.4g}")
+        ex.release(prepared)
+    restored = restore(model, residual, beam, cell_arcsec)
+    report = _flag_report(summaries)
+    print(
+        f"CLEAN: {done} components in {cycles} major cycles, dirty rms {rms:.4g}, threshold "
+        f'{threshold:.4g} Jy/beam; beam {beam.major_arcsec:.3f}" x {beam.minor_arcsec:.3f}" '
+        f"PA {beam.pa_deg:.2f} deg; flagged {report['flagged_fraction']:.2%}"
+    )
+    attrs = {
+        **dirty.attrs,
+        **beam.attrs(),
+        "clean_iterations": done,
+        "clean_major_cycles": cycles,
+        "clean_threshold": float(threshold),
+        "clean_gain": float(params["clean_gain"]),
+        "dirty_rms": rms,
+        "deconvolver": "hogbom",
+        "flagged_fraction": report["flagged_fraction"],
+    }
+
+    def da(values: np.ndarray, name: str, bunit: str) -> xr.DataArray:
+        return xr.DataArray(
+            values, dims=("y", "x"), coords=dirty.coords, name=name, attrs={**attrs, "bunit": bunit}
+        )
+
+    images = xr.Dataset(
+        {
+            "dirty": da(dirty.values, "dirty", "Jy/beam"),
+            "model": da(model, "model", "Jy/pixel"),
+            "residual": da(residual, "residual", "Jy/beam"),
+            "restored": da(restored, "restored", "Jy/beam"),
+            "psf": da(psf, "psf", ""),
+        },
+        attrs=attrs,
+    )
+    return images, [s["gains"] for s in summaries if s["gains"] is not None]
 
 
 @task(name="write-products")
@@ -44,6 +244,33 @@ def write_products(image: xr.DataArray, output: str, title: str) -> list[Output]
     ]
 
 
+@task(name="write-clean-products")
+def write_clean_products(images: xr.Dataset, output: str, title: str) -> list[Output]:
+    folder = Path(output)
+    out = []
+    for name in ("restored", "residual", "model", "psf"):
+        out.append(
+            file_output(name, products.write_fits(images[name], folder / f"{name}.fits"), "fits")
+        )
+    for name in ("restored", "residual"):
+        png = products.write_png(images[name], folder / f"{name}.png", f"{title}: {name}")
+        out.append(file_output(f"{name}-preview", png, "png"))
+    path = folder / "images.zarr"
+    images.to_zarr(path, mode="w", consolidated=False)
+    out.append(file_output("images-zarr", path, "zarr"))
+    return out
+
+
+@task(name="write-gains")
+def write_gain_products(gains: list[xr.Dataset], output: str) -> list[Output]:
+    tables = merge_gains(gains)
+    folder = Path(output)
+    zarr_path = write_gains(tables, folder / "gains.zarr")
+    png = plot_gains(tables, folder / "gains.png")
+    publish_gain_table(tables)
+    return [file_output("gains", zarr_path, "zarr"), file_output("gains-plot", png, "png")]
+
+
 @flow(name="imaging", task_runner=task_runner_from_env(), log_prints=True)
 def imaging(
     input: str,
@@ -51,26 +278,81 @@ def imaging(
     imsize: Annotated[int, Field(ge=16, le=65536)] = 512,
     cell_arcsec: Annotated[float, Field(gt=0)] = 1.0,
     epsilon: Annotated[float, Field(ge=1e-7, le=1e-1)] = 1e-4,
+    weighting: Literal["natural", "uniform", "briggs"] = "natural",
+    robust: Annotated[float, Field(ge=-2, le=2)] = 0.5,
+    flag: bool = False,
+    flag_threshold: Annotated[float, Field(gt=0)] = 5.0,
+    calibrate: bool = False,
+    model: list[ModelSource] | None = None,
+    refant: str | None = None,
+    solint: Solint = "int",
+    minsnr: Annotated[float, Field(ge=0)] = 3.0,
+    clean: bool = False,
+    niter: Annotated[int, Field(ge=0)] = 1000,
+    clean_gain: Annotated[float, Field(gt=0, le=1)] = 0.1,
+    threshold_jy: Annotated[float, Field(ge=0)] = 0.0,
+    threshold_rms: Annotated[float, Field(ge=0)] = 0.0,
+    rms_box: Box | None = None,
+    mask: list[Box] | None = None,
+    cyclefactor: Annotated[float, Field(gt=0)] = 1.0,
+    max_major: Annotated[int, Field(ge=1)] = 50,
+    clean_epsilon: Annotated[float, Field(ge=1e-8, le=1e-2)] = 1e-6,
+    block_mb: Annotated[float, Field(gt=0)] = blk.DEFAULT_BLOCK_MB,
 ) -> list[dict[str, str]]:
-    """Dirty image of a MeasurementSet: Stokes I, natural weighting, MFS, w-gridding.
+    """Image a MeasurementSet (Stokes I MFS), optionally flagged, calibrated and CLEANed.
 
     Args:
         input: MeasurementSet v2 directory or MSv4 processing set (zarr) to image.
-        output: Folder for the products (image.fits, image.png, image.zarr); created if missing.
+        output: Folder for the products (image.fits/png/zarr; with clean restored, residual,
+            model, psf FITS and PNG, images.zarr; with calibrate gains.zarr, gains.png).
         imsize: Image width and height in pixels.
         cell_arcsec: Pixel size in arcseconds.
-        epsilon: Gridding accuracy of ducc0's wgridder (1e-4 gives ~1e-5 Jy error).
+        epsilon: Gridding accuracy of ducc0's wgridder for the dirty image (1e-4: ~1e-5 Jy).
+        weighting: natural, uniform or briggs (uniform and briggs need clean: true).
+        robust: Briggs robustness (-2 ~ uniform, +2 ~ natural).
+        flag: Flag RFI first: median/MAD clipping per baseline over each block's time x
+            frequency plane (NaN samples are always ignored).
+        flag_threshold: Clip at this many robust standard deviations.
+        calibrate: Solve antenna gains with StEFCal against `model` and apply them.
+        model: Calibration model: point sources (default 1 Jy at the phase centre, as CASA).
+        refant: Reference antenna: name, CASA antenna number ("2") or pad ("E02").
+        solint: Solution interval: "int" (each integration), "inf" or seconds.
+        minsnr: Flag gain solutions below this SNR (and the data they calibrate).
+        clean: Deconvolve with Hogbom CLEAN (major cycles through the visibilities).
+        niter: Maximum number of CLEAN components.
+        clean_gain: CLEAN loop gain.
+        threshold_jy: Stop when the residual peak is below this (Jy/beam).
+        threshold_rms: Or below this many times the dirty image rms (see rms_box); the larger
+            of the two thresholds applies.
+        rms_box: Box [x0, y0, x1, y1] (pixels, inclusive) where the rms is measured; default a
+            robust (MAD) estimate over the whole dirty image.
+        mask: CLEAN only inside these boxes [x0, y0, x1, y1] (pixels, inclusive).
+        cyclefactor: Minor cycle depth, as tclean's.
+        max_major: Maximum number of major cycles.
+        clean_epsilon: Gridder accuracy inside CLEAN (residuals need more than dirty images).
+        block_mb: Visibility megabytes per block of work (memory per worker thread ~4x this).
     """
-    folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"output folder {folder} is not writable")
-    report_progress(0, STAGES)
-    datasets = open_visibilities.submit(input, str(folder / "msv4")).result()
-    report_progress(1, STAGES)
-    threads = DaskClusterConfig.from_env().threads_per_worker
-    image = dirty_image.submit(datasets, imsize, cell_arcsec, epsilon, threads).result()
-    report_progress(2, STAGES)
-    outputs = write_products.submit(image, output, f"{Path(input).name}: dirty image").result()
-    report_progress(3, STAGES)
+    if weighting != "natural" and not clean:
+        raise ValueError("uniform and briggs weighting are implemented with clean: true")
+    folder = writable_folder(output)
+    params = {k: v for k, v in locals().items() if k not in ("input", "output", "folder")}
+    stages = 4 if clean or calibrate else 3
+    report_progress(0, stages)
+    store, datasets = open_visibilities.submit(input, str(folder / "msv4")).result()
+    report_progress(1, stages)
+    title = Path(input).name
+    if clean:
+        images, gains = clean_image.submit(store, datasets, imsize, cell_arcsec, params).result()
+        report_progress(2, stages)
+        outputs = write_products.submit(images["dirty"], output, f"{title}: dirty image").result()
+        outputs += write_clean_products.submit(images, output, title).result()
+    else:
+        image, gains = dirty_image.submit(store, datasets, imsize, cell_arcsec, params).result()
+        report_progress(2, stages)
+        outputs = write_products.submit(image, output, f"{title}: dirty image").result()
+    if calibrate or clean:
+        report_progress(3, stages)
+    if gains:
+        outputs += write_gain_products.submit(gains, output).result()
+    report_progress(stages, stages)
     return publish_outputs(outputs)

@@ -1,0 +1,382 @@
+"""Block-level work of the pipelines: time blocks of MSv4 partitions, mapped over Dask workers.
+
+A *block* is a run of whole zarr time chunks of one partition (a few tens of MB of
+visibilities, seconds of work). Each block is read, flagged, calibrated and turned into
+Stokes I samples on a worker; blocks only ever come back to the Prefect task as small
+things (partial images, gain tables), so memory stays bounded by the block size times the
+worker threads, whatever the size of the data set. Where visibilities must be revisited
+(CLEAN's major cycles, uniform/Briggs weights), their Stokes I samples stay on the workers as
+Dask futures (Dask spills them to disk under memory pressure).
+
+Inside a Prefect task run by the DaskTaskRunner, :func:`executor` gives a
+:class:`DaskExecutor` over the flow run's own cluster (``distributed.worker_client``, which
+secedes the task's thread so the blocks can use it); anywhere else a :class:`SerialExecutor`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from radps_flows.core import calibration as cal
+from radps_flows.core import imaging as core_imaging
+from radps_flows.core import io as core_io
+from radps_flows.core import weighting
+from radps_flows.core.clean import StokesIVisibilities, gather_stokes_i
+from radps_flows.core.flagging import mad_flags
+
+#: Default uncompressed VISIBILITY bytes per block.
+DEFAULT_BLOCK_MB = 64
+ORDER = ("time", "baseline_id", "frequency", "polarization")
+
+
+# ---------------------------------------------------------------------------------------------
+# Executors
+
+
+class SerialExecutor:
+    """Runs blocks one after the other in this process (no Dask cluster around)."""
+
+    def map(self, fn: Callable, items: Sequence, **kwargs: Any) -> list:
+        return [fn(item, **kwargs) for item in items]
+
+    def share(self, value: Any) -> Any:
+        return value
+
+    def completed(self, handles: Sequence) -> Iterator[tuple[int, Any]]:
+        """(index, result) of every handle, in order of completion."""
+        yield from enumerate(handles)
+
+    def gather(self, handles: Sequence) -> list:
+        return list(handles)
+
+    def release(self, handles: Sequence) -> None:
+        pass
+
+    def compute(self, collection: Any) -> Any:
+        with dask.config.set(scheduler="synchronous"):
+            return dask.compute(collection)[0]
+
+
+class DaskExecutor:
+    """Maps blocks over a Dask cluster; results are folded as they complete."""
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    def map(self, fn: Callable, items: Sequence, **kwargs: Any) -> list:
+        return self.client.map(fn, list(items), pure=False, **kwargs)
+
+    def share(self, value: Any) -> Any:
+        """Send a large argument once to every worker instead of once per block."""
+        return self.client.scatter(value, broadcast=True, hash=False)
+
+    def completed(self, handles: Sequence) -> Iterator[tuple[int, Any]]:
+        """(index, result) of every handle, in order of completion; each future is released
+        once its result is here, so only finished, unconsumed results hold memory."""
+        from distributed import as_completed
+
+        index = {f.key: i for i, f in enumerate(handles)}
+        for future, result in as_completed(list(handles), with_results=True):
+            yield index[future.key], result
+            future.release()
+
+    def gather(self, handles: Sequence) -> list:
+        return self.client.gather(list(handles))
+
+    def release(self, handles: Sequence) -> None:
+        for h in handles:
+            h.release()
+
+    def compute(self, collection: Any) -> Any:
+        """Compute a Dask collection (a lazy zarr write, say) on the cluster."""
+        return self.client.gather(self.client.compute(collection))
+
+
+@contextlib.contextmanager
+def executor() -> Iterator[SerialExecutor | DaskExecutor]:
+    """The flow run's Dask cluster when running on one of its workers, else serial."""
+    try:
+        from distributed import get_worker, worker_client
+
+        get_worker()
+    except (ImportError, ValueError):
+        yield SerialExecutor()
+        return
+    with worker_client() as client:
+        yield DaskExecutor(client)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+
+
+@dataclass(frozen=True)
+class Block:
+    """Times ``start:stop`` of partition ``partition`` of the processing set ``store``."""
+
+    store: str
+    partition: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What happens to each block before imaging."""
+
+    data_group: str = "base"
+    flag: bool = False
+    flag_threshold: float = 5.0
+    calibrate: bool = False
+    model: tuple[cal.PointModel, ...] = (cal.PointModel(1.0),)
+    refant: str | None = None
+    solint: str | float = "int"
+    minsnr: float = 3.0
+    time_origin: float | None = None
+
+
+@functools.lru_cache(maxsize=8)
+def _partitions(store: str) -> dict[str, xr.Dataset]:
+    return {ds.attrs["partition_name"]: ds for ds in core_io.open_processing_set(store)}
+
+
+def open_partition(store: str, partition: str) -> xr.Dataset:
+    """The lazy dataset of one partition (opened once per process)."""
+    return _partitions(store)[partition]
+
+
+def _names(ds: xr.Dataset, data_group: str) -> dict[str, str]:
+    return cal._data_names(ds, data_group)
+
+
+def plan_blocks(
+    store: str,
+    datasets: Sequence[xr.Dataset],
+    *,
+    block_mb: float = DEFAULT_BLOCK_MB,
+    solint: str | float | None = "int",
+    data_group: str = "base",
+) -> list[Block]:
+    """Split every partition into blocks of whole zarr time chunks of about ``block_mb`` MB of
+    visibilities. With ``solint`` in seconds a block never splits a solution interval; with
+    ``"inf"`` a partition is one block."""
+    target = max(1.0, block_mb) * 2**20
+    blocks = []
+    for ds in datasets:
+        name = ds.attrs["partition_name"]
+        var = ds[_names(ds, data_group)["vis"]]
+        nt = ds.sizes["time"]
+        if nt == 0:
+            continue
+        per_time = var.isel(time=0).size * var.dtype.itemsize
+        chunks = var.chunks[var.dims.index("time")] if var.chunks else (nt,)
+        bounds = np.cumsum((0, *chunks))
+        step = max(1, int(target // per_time))
+        cuts = [0]
+        for edge in bounds[1:]:
+            if edge - cuts[-1] >= step or edge == nt:
+                cuts.append(int(edge))
+        # chunks much larger than the target are split (reads stay inside one chunk)
+        fine = [0]
+        for a, b in itertools.pairwise(cuts):
+            n = max(1, math.ceil((b - a) / (2 * step)))
+            fine.extend(int(a + round(i * (b - a) / n)) for i in range(1, n + 1))
+        cuts = fine
+        if solint not in ("int", 0, None) and solint != "inf":
+            times = np.asarray(ds["time"].values, dtype=np.float64)
+            bins = cal._time_bins(times, solint)
+            cuts = [c for c in cuts if c in (0, nt) or bins[c] != bins[c - 1]]
+        elif solint in (None, "inf"):
+            cuts = [0, nt]
+        blocks.extend(Block(str(store), name, a, b) for a, b in itertools.pairwise(cuts))
+    return blocks
+
+
+def load_block(block: Block, data_group: str = "base") -> xr.Dataset:
+    """The block's visibilities, flags, weights and UVW in memory."""
+    ds = open_partition(block.store, block.partition)
+    names = _names(ds, data_group)
+    keep = [v for v in names.values() if v in ds.data_vars]
+    with dask.config.set(scheduler="synchronous"):
+        try:
+            return ds[keep].isel(time=slice(block.start, block.stop)).load()
+        except Exception as exc:
+            raise core_io.InputDataError(
+                f"{block.store}: cannot read partition {block.partition} "
+                f"(times {block.start}..{block.stop}): {exc}"
+            ) from exc
+
+
+@dataclass
+class Prepared:
+    """A block after flagging and calibration: its Stokes I samples, gain solutions (or None)
+    and flag counts."""
+
+    vis: StokesIVisibilities
+    gains: xr.Dataset | None
+    flagged_before: int
+    flagged_after: int
+    samples: int
+    partition: str
+
+
+def flag_block(ds: xr.Dataset, data_group: str, threshold: float) -> tuple[xr.Dataset, int, int]:
+    """Median/MAD flags of the block's own time x frequency plane per baseline (existing flags
+    kept). Returns the dataset with the new FLAG and the flag counts before and after."""
+    names = _names(ds, data_group)
+    vis = ds[names["vis"]].transpose(*ORDER)
+    old = (
+        ds[names["flag"]].transpose(*ORDER).values
+        if names["flag"] in ds
+        else np.zeros(vis.shape, dtype=bool)
+    )
+    new = mad_flags(vis.values, old, threshold=threshold)
+    out = ds.copy()
+    out[names["flag"]] = (ORDER, new)
+    out[names["flag"]] = out[names["flag"]].transpose(*ds[names["vis"]].dims)
+    return out, int(old.sum()), int(new.sum())
+
+
+def prepare_block(block: Block, steps: Steps) -> Prepared:
+    """Read, flag, calibrate and form Stokes I for one block."""
+    ds = load_block(block, steps.data_group)
+    names = _names(ds, steps.data_group)
+    present = np.isfinite(ds[names["vis"]].values)  # not xradio's padding
+    samples = int(present.sum())
+
+    def flagged(name: str) -> int:
+        return int((ds[name].values & present).sum()) if name in ds else 0
+
+    before = after = flagged(names["flag"])
+    if steps.flag:
+        ds, _, _ = flag_block(ds, steps.data_group, steps.flag_threshold)
+        after = flagged(names["flag"])
+    group = steps.data_group
+    gains = None
+    if steps.calibrate:
+        gains = cal.solve_gains(
+            ds,
+            model=list(steps.model),
+            refant=steps.refant,
+            solint=steps.solint,
+            minsnr=steps.minsnr,
+            data_group=group,
+            time_origin=steps.time_origin,
+        )
+        ds = cal.apply_gains(ds, gains, data_group=group, output_group="corrected")
+        group = "corrected"
+        after = flagged("FLAG_CORRECTED")
+    return Prepared(gather_stokes_i(ds, group), gains, before, after, samples, block.partition)
+
+
+# ---------------------------------------------------------------------------------------------
+# Imaging kernels on prepared blocks
+
+
+@dataclass(frozen=True)
+class Grid:
+    imsize: int
+    cell_rad: float
+    epsilon: float = 1e-4
+    nthreads: int = 1
+
+
+def _sum(v: StokesIVisibilities, vis: np.ndarray, grid: Grid) -> core_imaging.DirtySum:
+    return core_imaging.dirty_sum_from_arrays(
+        v.uvw,
+        v.freq,
+        vis,
+        v.weight,
+        imsize=grid.imsize,
+        cell_rad=grid.cell_rad,
+        epsilon=grid.epsilon,
+        nthreads=grid.nthreads,
+        uvw_sign=v.uvw_sign,
+    )
+
+
+def dirty_block(block: Block, steps: Steps, grid: Grid) -> tuple[core_imaging.DirtySum, dict]:
+    """One pass: read, flag, calibrate, grid. Returns the partial image and a small summary
+    (partition, flag counts, gains)."""
+    p = prepare_block(block, steps)
+    part = _sum(p.vis, p.vis.vis, grid)
+    return part, summary(p)
+
+
+def summary(p: Prepared) -> dict:
+    return {
+        "partition": p.partition,
+        "samples": p.samples,
+        "flagged_before": p.flagged_before,
+        "flagged_after": p.flagged_after,
+        "gains": p.gains,
+    }
+
+
+def residual_block(
+    p: Prepared, grid: Grid, model: np.ndarray | None = None
+) -> core_imaging.DirtySum:
+    """Partial image of the block's visibilities minus those predicted from ``model``."""
+    vis = p.vis.vis
+    if model is not None and np.any(model):
+        predicted = cal.image_model_visibilities(
+            model,
+            p.vis.uvw,
+            p.vis.freq,
+            cell_rad=grid.cell_rad,
+            uvw_sign=p.vis.uvw_sign,
+            epsilon=grid.epsilon,
+            nthreads=grid.nthreads,
+        )
+        vis = vis - predicted
+    return _sum(p.vis, vis, grid)
+
+
+def psf_block(p: Prepared, grid: Grid) -> core_imaging.DirtySum:
+    return _sum(p.vis, np.ones(p.vis.vis.shape, dtype=np.complex128), grid)
+
+
+def density_block(p: Prepared, grid: Grid) -> np.ndarray:
+    v = p.vis
+    return weighting.weight_density(
+        v.uvw, v.freq, v.weight, imsize=grid.imsize, cell_rad=grid.cell_rad
+    )
+
+
+def reweight_block(
+    p: Prepared, density: np.ndarray, grid: Grid, scheme: str, robust: float
+) -> Prepared:
+    v = p.vis
+    w = weighting.weights_from_density(
+        v.uvw, v.freq, v.weight, density, cell_rad=grid.cell_rad, scheme=scheme, robust=robust
+    )
+    return replace(p, vis=replace(v, weight=w))
+
+
+def total(ex: SerialExecutor | DaskExecutor, handles: Sequence) -> Any:
+    """Sum of the results (partial images, densities)."""
+    out = None
+    for _, result in ex.completed(handles):
+        out = result if out is None else out + result
+    return out
+
+
+def sums_by_partition(
+    ex: SerialExecutor | DaskExecutor, handles: Sequence, blocks: Sequence[Block]
+) -> dict[str, core_imaging.DirtySum]:
+    """Partial images summed per partition (the image attributes are per partition)."""
+    out: dict[str, core_imaging.DirtySum] = {}
+    for i, result in ex.completed(handles):
+        name = blocks[i].partition
+        out[name] = result if name not in out else out[name] + result
+    return out

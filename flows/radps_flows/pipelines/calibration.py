@@ -1,0 +1,134 @@
+"""The `calibration` pipeline: antenna gains solved with StEFCal, block by block, written as a
+gain table (zarr, plot, Prefect table artifact) and applied to give a calibrated MSv4 copy.
+
+The calibrated copy (``calibrated.ps.zarr``) holds the corrected visibilities and flags as its
+base data group (``VISIBILITY``, ``FLAG``; weights unchanged, as CASA's ``calwt=False``), like
+CASA's ``split`` of the corrected column, so it can be imaged as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import xarray as xr
+from prefect import flow, task
+from pydantic import Field
+
+from radps_flows.cluster import task_runner_from_env
+from radps_flows.core import calibration as cal
+from radps_flows.pipelines import blocks as blk
+from radps_flows.pipelines import msv4
+from radps_flows.pipelines.common import (
+    ModelSource,
+    Solint,
+    merge_gains,
+    plot_gains,
+    publish_gain_table,
+    writable_folder,
+    write_gains,
+)
+from radps_flows.pipelines.imaging import _steps, open_visibilities
+from radps_flows.pipelines.outputs import Output, file_output, publish_outputs
+from radps_flows.progress import report_progress
+
+STAGES = 4
+
+
+def _solve_block(block: blk.Block, steps: blk.Steps) -> xr.Dataset:
+    ds = blk.load_block(block, steps.data_group)
+    if steps.flag:
+        ds, _, _ = blk.flag_block(ds, steps.data_group, steps.flag_threshold)
+    return cal.solve_gains(
+        ds,
+        model=list(steps.model),
+        refant=steps.refant,
+        solint=steps.solint,
+        minsnr=steps.minsnr,
+        data_group=steps.data_group,
+        time_origin=steps.time_origin,
+    )
+
+
+@task(name="solve-gains")
+def solve(store: str, datasets: list[xr.Dataset], params: dict) -> dict[str, xr.Dataset]:
+    """StEFCal per solution interval, one Dask task per block of whole intervals."""
+    steps = _steps(datasets, {**params, "flag": False, "flag_threshold": 5.0, "calibrate": True})
+    blocks = blk.plan_blocks(store, datasets, block_mb=params["block_mb"], solint=steps.solint)
+    with blk.executor() as ex:
+        tables = ex.gather(ex.map(_solve_block, blocks, steps=steps))
+    merged = merge_gains(tables)
+    for name, ds in merged.items():
+        flagged = float(ds["FLAG"].values.mean())
+        print(f"{name}: {ds.sizes['time']} intervals, {flagged:.2%} of solutions flagged")
+    return merged
+
+
+@task(name="write-gains")
+def write_gain_table(tables: dict[str, xr.Dataset], output: str) -> list[Output]:
+    folder = Path(output)
+    path = write_gains(tables, folder / "gains.zarr")
+    png = plot_gains(tables, folder / "gains.png")
+    publish_gain_table(tables)
+    return [file_output("gains", path, "zarr"), file_output("gains-plot", png, "png")]
+
+
+@task(name="apply-gains")
+def apply(
+    store: str, datasets: list[xr.Dataset], tables: dict[str, xr.Dataset], output: str
+) -> list[Output]:
+    """Calibrated copy of the input: corrected VISIBILITY and FLAG, chunk by chunk."""
+    dest = msv4.copy_processing_set(store, msv4.output_store(output, "calibrated"))
+    with blk.executor() as ex:
+        for ds in datasets:
+            name = ds.attrs["partition_name"]
+            if name not in tables:
+                continue
+            corrected = cal.apply_gains(ds, tables[name])
+            msv4.replace_arrays(
+                dest,
+                name,
+                {
+                    "VISIBILITY": corrected["VISIBILITY_CORRECTED"],
+                    "FLAG": corrected["FLAG_CORRECTED"],
+                },
+                ex,
+            )
+    return [file_output("calibrated", dest, "msv4")]
+
+
+@flow(name="calibration", task_runner=task_runner_from_env(), log_prints=True)
+def calibration(
+    input: str,
+    output: str,
+    model: list[ModelSource] | None = None,
+    refant: str | None = None,
+    solint: Solint = "int",
+    minsnr: Annotated[float, Field(ge=0)] = 3.0,
+    block_mb: Annotated[float, Field(gt=0)] = blk.DEFAULT_BLOCK_MB,
+) -> list[dict[str, str]]:
+    """Antenna gain calibration (StEFCal): gain table and a calibrated MSv4 copy.
+
+    Args:
+        input: MeasurementSet v2 directory or MSv4 processing set (zarr) to calibrate.
+        output: Folder for gains.zarr, gains.png and calibrated.ps.zarr (the input with
+            corrected VISIBILITY and FLAG).
+        model: Point sources of the model (default 1 Jy at the phase centre, as CASA).
+        refant: Reference antenna: name, CASA antenna number ("2") or pad ("E02").
+        solint: Solution interval: "int" (each integration), "inf" or seconds.
+        minsnr: Flag solutions below this SNR (and the data they calibrate).
+        block_mb: Visibility megabytes per block of work.
+    """
+    folder = writable_folder(output)
+    params = {"model": model, "refant": refant, "solint": solint, "minsnr": minsnr}
+    params["block_mb"] = block_mb
+    report_progress(0, STAGES)
+    store, datasets = open_visibilities.submit(input, str(folder / "msv4")).result()
+    report_progress(1, STAGES)
+    tables = solve.submit(store, datasets, params).result()
+    report_progress(2, STAGES)
+    outputs = write_gain_table.submit(tables, output).result()
+    report_progress(3, STAGES)
+    outputs += apply.submit(store, datasets, tables, output).result()
+    report_progress(4, STAGES)
+    return publish_outputs(outputs)

@@ -1,0 +1,139 @@
+"""Pieces the pipelines share: parameter models, output folders, gain-table products."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import xarray as xr
+from prefect.artifacts import create_table_artifact
+from pydantic import BaseModel, Field
+
+from radps_flows.core.calibration import PointModel
+
+Solint = Literal["int", "inf"] | Annotated[float, Field(gt=0)]
+"""Solution interval: "int" (each integration), "inf" (one per partition) or seconds."""
+
+Box = Annotated[list[int], Field(min_length=4, max_length=4)]
+"""Pixel box [x0, y0, x1, y1], 0-based and inclusive, as CASA's box regions."""
+
+
+class ModelSource(BaseModel):
+    """A point source of the calibration model, offset from the phase centre."""
+
+    flux_jy: float = Field(default=1.0, description="Flux density (Jy), flat spectrum.")
+    offset_ra_arcsec: float = Field(default=0.0, description="East offset (arcsec).")
+    offset_dec_arcsec: float = Field(default=0.0, description="North offset (arcsec).")
+
+    model_config = {"extra": "forbid"}
+
+
+def point_models(sources: Sequence[ModelSource] | None, dec0_rad: float) -> tuple[PointModel, ...]:
+    """Direction cosines of the model sources (1 Jy at the phase centre when none), with the
+    synthesizer's convention (RA offset scaled by 1/cos(dec) on the sky)."""
+    if not sources:
+        return (PointModel(1.0),)
+    arcsec = math.pi / (180 * 3600)
+    out = []
+    for s in sources:
+        s = ModelSource.model_validate(s) if isinstance(s, dict) else s
+        d_ra = s.offset_ra_arcsec * arcsec / math.cos(dec0_rad)
+        dec = dec0_rad + s.offset_dec_arcsec * arcsec
+        l = math.cos(dec) * math.sin(d_ra)  # noqa: E741
+        m = math.sin(dec) * math.cos(dec0_rad) - math.cos(dec) * math.sin(dec0_rad) * math.cos(d_ra)
+        out.append(PointModel(float(s.flux_jy), l, m))
+    return tuple(out)
+
+
+def writable_folder(output: str) -> Path:
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"output folder {folder} is not writable")
+    return folder
+
+
+def merge_gains(per_block: Sequence[xr.Dataset]) -> dict[str, xr.Dataset]:
+    """Gain tables of blocks, concatenated along time per partition."""
+    by_part: dict[str, list[xr.Dataset]] = {}
+    for g in per_block:
+        by_part.setdefault(str(g.attrs.get("partition_name", "")), []).append(g)
+    out = {}
+    for name, parts in sorted(by_part.items()):
+        parts.sort(key=lambda g: float(g["time"].values[0]))
+        merged = xr.concat(parts, dim="time", combine_attrs="override")
+        out[name] = merged
+    return out
+
+
+def write_gains(tables: dict[str, xr.Dataset], path: Path) -> Path:
+    """Gain solutions as zarr: one group per partition (dims time, frequency, antenna_name,
+    receptor; GAIN complex, FLAG, SNR)."""
+    tree = xr.DataTree.from_dict({name or "gains": ds for name, ds in tables.items()})
+    with warnings.catch_warnings():  # fixed-length strings (antenna names) in zarr v3
+        warnings.filterwarnings("ignore", module=r"zarr\.")
+        tree.to_zarr(path, mode="w", consolidated=True)
+    return path
+
+
+def gain_rows(tables: dict[str, xr.Dataset]) -> list[dict]:
+    """One row per partition, antenna and receptor: what a Prefect table artifact shows."""
+    rows = []
+    for name, ds in tables.items():
+        gain = ds["GAIN"].values
+        flag = ds["FLAG"].values
+        for a, ant in enumerate(ds["antenna_name"].values):
+            for r, rec in enumerate(ds["receptor"].values):
+                g = gain[:, :, a, r][~flag[:, :, a, r]]
+                rows.append(
+                    {
+                        "partition": name,
+                        "antenna": str(ant),
+                        "receptor": str(rec),
+                        "solutions": int(flag[:, :, a, r].size),
+                        "flagged_pct": round(100 * float(flag[:, :, a, r].mean()), 2),
+                        "median_amplitude": round(float(np.median(np.abs(g))), 5)
+                        if g.size
+                        else None,
+                        "phase_rms_deg": round(float(np.degrees(np.std(np.angle(g)))), 3)
+                        if g.size
+                        else None,
+                    }
+                )
+    return rows
+
+
+def publish_gain_table(tables: dict[str, xr.Dataset]) -> None:
+    rows = gain_rows(tables)
+    create_table_artifact(table=rows, key=None, description="radps gain solutions")
+
+
+def plot_gains(tables: dict[str, xr.Dataset], path: Path) -> Path:
+    """Amplitude and phase of every antenna's gain against time (Agg, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 6), dpi=100)
+    FigureCanvasAgg(fig)
+    amp_ax, ph_ax = fig.subplots(2, 1, sharex=True)
+    for name, ds in tables.items():
+        t = np.asarray(ds["time"].values, dtype=float)
+        t = t - t.min()
+        gain = np.where(ds["FLAG"].values, np.nan, ds["GAIN"].values)
+        for a, ant in enumerate(ds["antenna_name"].values):
+            for r, rec in enumerate(ds["receptor"].values):
+                g = gain[:, 0, a, r]
+                label = f"{ant} {rec}" if len(tables) == 1 else f"{name} {ant} {rec}"
+                amp_ax.plot(t, np.abs(g), ".-", lw=0.6, ms=2, label=label)
+                ph_ax.plot(t, np.degrees(np.angle(g)), ".-", lw=0.6, ms=2)
+    amp_ax.set_ylabel("|g|")
+    ph_ax.set_ylabel("phase (deg)")
+    ph_ax.set_xlabel("time since start (s)")
+    amp_ax.set_title("antenna gains (StEFCal)")
+    fig.savefig(path, format="png")
+    return path

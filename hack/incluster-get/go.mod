@@ -1,0 +1,3 @@
+module radps.local/incluster-get
+
+go 1.26

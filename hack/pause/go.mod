@@ -1,0 +1,3 @@
+module radps.local/pause
+
+go 1.26

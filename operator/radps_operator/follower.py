@@ -1,0 +1,418 @@
+"""One asyncio loop that mirrors every followed flow run into its PipelineRun's `.status`.
+
+Per-object kopf timers do not scale (DESIGN.md): instead one Prefect event-stream consumer marks
+flow runs dirty, one loop reads the dirty ones in bulk (and every run each resync period, which
+catches missed events and progress labels) and patches the statuses that changed. The same loop
+enforces `timeoutSeconds` and `ttlSecondsAfterFinished`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from radps_operator import api, metrics
+from radps_operator import reconcile as r
+from radps_operator.prefect_gateway import PrefectGateway, PrefectUnavailable
+from radps_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+DASK_GROUP, DASK_VERSION, DASK_PLURAL = "kubernetes.dask.org", "v1", "daskclusters"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Tracked:
+    namespace: str
+    name: str
+    uid: str
+    spec: api.PipelineRunSpec
+    status: api.PipelineRunStatus
+    created: datetime | None
+    generation: int | None
+    work_pool: str
+    flow_run_id: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def ref(self) -> dict[str, str]:
+        return {"namespace": self.namespace, "name": self.name, "uid": self.uid}
+
+
+class Kube:
+    """The few Kubernetes calls the operator makes outside kopf (kubernetes_asyncio)."""
+
+    def __init__(self) -> None:
+        self.api: Any = None
+
+    async def __aenter__(self) -> Kube:
+        from kubernetes_asyncio import client, config
+
+        try:
+            config.load_incluster_config()
+            self.api = client.ApiClient()
+        except config.ConfigException:
+            configuration = client.Configuration()
+            # KUBECONFIG read now (kubernetes_asyncio reads it once, when first imported)
+            await config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG") or None,
+                client_configuration=configuration,
+            )
+            self.api = client.ApiClient(configuration)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.api is not None:
+            await self.api.close()
+
+    def _custom(self) -> Any:
+        from kubernetes_asyncio import client
+
+        return client.CustomObjectsApi(self.api)
+
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+        """Merge-patch `.status`; False when the object is gone."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        try:
+            await self._custom().patch_namespaced_custom_object_status(
+                api.GROUP,
+                api.VERSION,
+                namespace,
+                api.PLURAL,
+                name,
+                {"status": patch},
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        metrics.STATUS_PATCHES.inc()
+        return True
+
+    async def delete_run(self, namespace: str, name: str) -> None:
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        try:
+            await self._custom().delete_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    async def delete_dask_clusters(self, namespace: str, uid: str) -> list[str]:
+        """Delete every DaskCluster labelled with the run; nothing when the CRD is absent."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        custom = self._custom()
+        try:
+            found = await custom.list_namespaced_custom_object(
+                DASK_GROUP,
+                DASK_VERSION,
+                namespace,
+                DASK_PLURAL,
+                label_selector=f"{r.RUN_UID_LABEL}={uid}",
+            )
+        except ApiException as exc:
+            if exc.status == 404:  # the dask-kubernetes CRDs are not installed
+                return []
+            raise
+        names = [item["metadata"]["name"] for item in found.get("items", [])]
+        for name in names:
+            with contextlib.suppress(ApiException):
+                await custom.delete_namespaced_custom_object(
+                    DASK_GROUP, DASK_VERSION, namespace, DASK_PLURAL, name
+                )
+        return names
+
+    async def dask_clusters(self, namespace: str) -> list[dict[str, Any]]:
+        """DaskClusters of radps runs in `namespace`; none when the CRD is not installed."""
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        try:
+            found = await self._custom().list_namespaced_custom_object(
+                DASK_GROUP, DASK_VERSION, namespace, DASK_PLURAL, label_selector=r.RUN_UID_LABEL
+            )
+        except ApiException as exc:
+            if exc.status in (403, 404):
+                return []
+            raise
+        return list(found.get("items", []))
+
+    async def post_event(self, ref: dict[str, str], type_: str, reason: str, message: str) -> None:
+        from kubernetes_asyncio import client
+
+        now = utcnow()
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                generate_name=f"{ref['name']}.", namespace=ref["namespace"]
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version=api.API_VERSION,
+                kind=api.KIND,
+                name=ref["name"],
+                namespace=ref["namespace"],
+                uid=ref["uid"],
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            source=client.V1EventSource(component="radps-operator"),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            reporting_component="radps-operator",
+        )
+        try:
+            await client.CoreV1Api(self.api).create_namespaced_event(ref["namespace"], event)
+        except Exception as exc:  # an Event is advisory
+            log.debug("could not post event %s for %s: %r", reason, ref, exc)
+
+
+class Follower:
+    def __init__(self, settings: OperatorSettings, gateway: PrefectGateway, kube: Kube):
+        self.settings = settings
+        self.gateway = gateway
+        self.kube = kube
+        self.runs: dict[str, Tracked] = {}
+        self.by_flow_run: dict[str, str] = {}
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._reachable = True
+        self._event_tasks: set[asyncio.Task[Any]] = set()
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="radps-follower"),
+            asyncio.create_task(
+                self.gateway.follow_flow_run_events(self._on_flow_run_event),
+                name="radps-prefect-events",
+            ),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _on_flow_run_event(self, flow_run_id: str) -> None:
+        if flow_run_id in self.by_flow_run:
+            self._dirty.add(flow_run_id)
+            self._wake.set()
+
+    # --- tracking -----------------------------------------------------------------------------
+
+    def track(self, run: Tracked) -> Tracked:
+        existing = self.runs.get(run.uid)
+        if existing is not None:
+            existing.spec = run.spec
+            if run.flow_run_id and not existing.flow_run_id:
+                existing.flow_run_id = run.flow_run_id
+                self.by_flow_run[run.flow_run_id] = run.uid
+            return existing
+        self.runs[run.uid] = run
+        if run.flow_run_id:
+            self.by_flow_run[run.flow_run_id] = run.uid
+        self._wake.set()
+        return run
+
+    def untrack(self, uid: str) -> None:
+        run = self.runs.pop(uid, None)
+        if run is not None and run.flow_run_id:
+            self.by_flow_run.pop(run.flow_run_id, None)
+
+    async def write(self, run: Tracked, new: api.PipelineRunStatus) -> None:
+        """Patch what changed (caller holds run.lock); post an Event on a phase change."""
+        patch = r.status_patch(run.status, new)
+        if patch is None:
+            return
+        old = run.status
+        if not await self.kube.patch_status(run.namespace, run.name, patch):
+            self.untrack(run.uid)
+            return
+        run.status = new
+        event = r.phase_event(old, new)
+        if event is not None:
+            self.post_event(run, *event)
+
+    def post_event(self, run: Tracked, type_: str, reason: str, message: str) -> None:
+        task = asyncio.create_task(self.kube.post_event(run.ref(), type_, reason, message))
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
+
+    async def apply(
+        self, run: Tracked, snapshot: r.FlowRunSnapshot, outputs: list[dict[str, Any]] | None
+    ) -> None:
+        async with run.lock:
+            new = r.status_from_flow_run(
+                run.status,
+                snapshot,
+                now=utcnow(),
+                settings=self.settings,
+                work_pool=run.work_pool,
+                outputs=outputs,
+                generation=run.generation,
+            )
+            if not self._reachable or r.get_condition(run.status, r.PREFECT_REACHABLE):
+                new = r.reachability_status(new, True, None, utcnow())
+            state_changed = (run.status.prefect is None) or run.status.prefect.state != (
+                snapshot.state_name
+            )
+            await self.write(run, new)
+            if state_changed and snapshot.state_time is not None:
+                lag = (utcnow() - snapshot.state_time).total_seconds()
+                metrics.STATUS_LAG_SECONDS.observe(max(0.0, lag))
+
+    async def set_reachable(self, reachable: bool, message: str | None) -> None:
+        """Show Prefect's reachability on every unfinished run (only on a change)."""
+        metrics.PREFECT_REACHABLE.set(1 if reachable else 0)
+        if reachable == self._reachable:
+            return
+        self._reachable = reachable
+        for run in list(self.runs.values()):
+            if r.is_finished(run.status):
+                continue
+            try:
+                async with run.lock:
+                    await self.write(
+                        run, r.reachability_status(run.status, reachable, message, utcnow())
+                    )
+            except Exception as exc:
+                log.warning("status of %s/%s: %r", run.namespace, run.name, exc)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        next_resync = 0.0
+        backoff = 0.5
+        while True:
+            timeout = max(0.0, min(next_resync - time.monotonic(), 1.0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            resync = time.monotonic() >= next_resync
+            try:
+                await self._refresh(resync)
+                await self.set_reachable(True, None)
+                backoff = 0.5
+            except PrefectUnavailable as exc:
+                await self.set_reachable(False, str(exc)[:500])
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            except Exception:
+                log.exception("follower pass failed")
+                await asyncio.sleep(1)
+            if resync:
+                next_resync = time.monotonic() + self.settings.resync_seconds
+            await self._deadlines()
+            self._count_phases()
+
+    async def _refresh(self, everything: bool) -> None:
+        if everything:
+            ids = [run.flow_run_id for run in self.runs.values() if run.flow_run_id]
+            ids = [i for i in ids if not r.is_finished(self.runs[self.by_flow_run[i]].status)]
+            self._dirty.clear()
+        else:
+            ids, self._dirty = list(self._dirty), set()
+        if not ids:
+            return
+        try:
+            snapshots = await self.gateway.read_flow_runs(ids)
+        except PrefectUnavailable:
+            self._dirty.update(ids)
+            raise
+        for snapshot in snapshots:
+            uid = self.by_flow_run.get(snapshot.id)
+            run = self.runs.get(uid) if uid else None
+            if run is None:
+                continue
+            try:
+                outputs = None
+                if snapshot.state_type == r.COMPLETED and not run.status.outputs:
+                    outputs = await self.gateway.read_outputs(snapshot.id)
+                await self.apply(run, snapshot, outputs)
+                if r.is_finished(run.status) and run.spec.ttl_seconds_after_finished is None:
+                    self.untrack(run.uid)
+            except PrefectUnavailable:
+                raise
+            except Exception as exc:  # one bad object never stops the others
+                log.warning("status of %s/%s: %r", run.namespace, run.name, exc)
+        if everything:
+            await self._refresh_dask()
+
+    async def _refresh_dask(self) -> None:
+        """`.status.dask` of running runs from their DaskClusters (one list per namespace)."""
+        running = [run for run in self.runs.values() if run.status.phase == api.Phase.RUNNING]
+        for namespace in {run.namespace for run in running}:
+            try:
+                clusters = await self.kube.dask_clusters(namespace)
+            except Exception as exc:
+                log.debug("DaskClusters in %s: %r", namespace, exc)
+                continue
+            by_uid = {c["metadata"].get("labels", {}).get(r.RUN_UID_LABEL): c for c in clusters}
+            for run in running:
+                cluster = by_uid.get(run.uid) if run.namespace == namespace else None
+                if cluster is None:
+                    continue
+                async with run.lock:
+                    dask = r.dask_status(cluster)
+                    if dask != run.status.dask:
+                        await self.write(run, run.status.model_copy(update={"dask": dask}))
+
+    async def _deadlines(self) -> None:
+        now = utcnow()
+        for run in list(self.runs.values()):
+            try:
+                ttl = r.ttl_deadline(run.spec, run.status)
+                if ttl is not None and now >= ttl:
+                    log.info("TTL: deleting %s/%s", run.namespace, run.name)
+                    self.untrack(run.uid)
+                    await self.kube.delete_run(run.namespace, run.name)
+                    continue
+                deadline = r.timeout_deadline(run.spec, run.status, run.created)
+                if (
+                    deadline is not None
+                    and now >= deadline
+                    and run.status.phase != api.Phase.TIMED_OUT
+                    and run.flow_run_id
+                ):
+                    await self.time_out(run)
+            except PrefectUnavailable:
+                return
+            except Exception as exc:
+                log.warning("deadlines of %s/%s: %r", run.namespace, run.name, exc)
+
+    async def time_out(self, run: Tracked) -> None:
+        assert run.spec.timeout_seconds is not None and run.flow_run_id
+        message = f"exceeded spec.timeoutSeconds ({run.spec.timeout_seconds} s)"
+        await self.gateway.cancel_flow_run(run.flow_run_id, message)
+        async with run.lock:
+            await self.write(
+                run, r.timed_out_status(run.status, run.spec.timeout_seconds, utcnow())
+            )
+        self._dirty.add(run.flow_run_id)
+        self._wake.set()
+
+    def _count_phases(self) -> None:
+        counts: dict[str, int] = {}
+        for run in self.runs.values():
+            phase = str(run.status.phase or api.Phase.PENDING)
+            counts[phase] = counts.get(phase, 0) + 1
+        metrics.set_phase_counts(counts)

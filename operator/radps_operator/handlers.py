@@ -1,0 +1,254 @@
+"""Thin kopf registrations: each handler turns an object event into calls on the gateway and
+the follower. Registered on radps's own registry, never kopf's default one (importing
+prefect_kubernetes registers five handlers there; DESIGN.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import kopf
+import uvloop
+
+from radps_operator import api, metrics
+from radps_operator import reconcile as r
+from radps_operator.follower import Follower, Kube, Tracked, utcnow
+from radps_operator.prefect_gateway import PrefectGateway, PrefectUnavailable
+from radps_operator.settings import OperatorSettings
+
+registry = kopf.OperatorRegistry()
+RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
+FINALIZER = "radps.io/finalizer"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: OperatorSettings
+    gateway: PrefectGateway
+    kube: Kube
+    follower: Follower
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    if _runtime is None:
+        raise kopf.TemporaryError("operator still starting", delay=1)
+    return _runtime
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Status storages (one PATCH per object instead of two; DESIGN.md), our finalizer, no
+    Events for kopf's own handler logs (we post the meaningful ones)."""
+    settings.persistence.progress_storage = kopf.StatusProgressStorage()
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+
+
+@kopf.on.login(registry=registry)
+def login(**kwargs: Any) -> Any:
+    """In a pod: its service account; elsewhere: $KUBECONFIG (kopf's default login handlers
+    live in the default registry, which radps does not use)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup(registry=registry)
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _runtime
+    configure(settings)
+    config = OperatorSettings.from_env()
+    # The catalog imports the science stack (seconds): load it before the first object, not
+    # inside the first create handler, which would stall every handler on this event loop.
+    await asyncio.to_thread(_catalog)
+    metrics.start_metrics_server(config.metrics_port)
+    gateway = await PrefectGateway(config.prefect_api_url, config.prefect_auth_string).__aenter__()
+    kube = await Kube().__aenter__()
+    follower = Follower(config, gateway, kube)
+    follower.start()
+    _runtime = Runtime(config, gateway, kube, follower)
+    log.info(
+        "radps operator: Prefect %s, work pool %s, namespaces %s",
+        config.prefect_api_url,
+        config.work_pool,
+        ",".join(config.namespaces) or "all",
+    )
+
+
+@kopf.on.cleanup(registry=registry)
+async def cleanup(**_: Any) -> None:
+    global _runtime
+    if _runtime is not None:
+        rt, _runtime = _runtime, None
+        await rt.follower.stop()
+        await rt.gateway.__aexit__(None, None, None)
+        await rt.kube.__aexit__(None, None, None)
+
+
+@kopf.on.probe(registry=registry, id="prefect")
+async def prefect_probe(**_: Any) -> bool:
+    """Shown on the liveness endpoint; Prefect being down does not make the operator dead."""
+    return _runtime is not None and await _runtime.gateway.healthy()
+
+
+def _tracked(body: kopf.Body, spec: api.PipelineRunSpec, status: api.PipelineRunStatus) -> Tracked:
+    rt = runtime()
+    meta = body["metadata"]
+    created = meta.get("creationTimestamp")
+    return Tracked(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        uid=meta["uid"],
+        spec=spec,
+        status=status,
+        created=datetime.fromisoformat(created.replace("Z", "+00:00")) if created else None,
+        generation=meta.get("generation"),
+        work_pool=spec.work_pool or rt.settings.work_pool,
+        flow_run_id=status.prefect.flow_run_id if status.prefect else None,
+    )
+
+
+@functools.cache
+def _catalog() -> dict[str, tuple[str, str, dict[str, Any], str]]:
+    """pipeline name -> (entrypoint, flow name, parameter schema, description)."""
+    from radps_flows.catalog import pipelines
+
+    return {
+        name: (p.entrypoint, p.flow.name, p.parameter_schema, p.description)
+        for name, p in pipelines().items()
+    }
+
+
+def _retry_delay(retry: int) -> float:
+    return float(min(2 ** min(retry, 5), 30))
+
+
+@kopf.on.resume(*RESOURCE, registry=registry)
+@kopf.on.create(*RESOURCE, registry=registry)
+async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
+    """Validate, then make sure the run's one flow run exists and is followed. Idempotent:
+    the flow run's idempotency key is the object's UID, so a retry or a restart finds the
+    same flow run instead of creating another."""
+    from radps_operator.validation import InvalidPipelineRun, validate_spec
+
+    started = time.perf_counter()
+    rt = runtime()
+    status = r.parse_status(dict(body.get("status") or {}))
+    raw_spec = dict(body["spec"])
+    try:
+        spec = validate_spec(raw_spec)
+    except InvalidPipelineRun as invalid:
+        if status.phase is not None:
+            return  # already rejected
+        run = _tracked(body, api.PipelineRunSpec.model_construct(**{"pipeline": "?"}), status)
+        message = f"invalid spec: {invalid}"
+        async with run.lock:
+            await rt.follower.write(
+                run, r.invalid_spec_status(status, message, utcnow(), run.generation)
+            )
+        rt.follower.post_event(run, "Warning", "InvalidSpec", message)
+        return
+    run = rt.follower.track(_tracked(body, spec, status))
+    if r.is_finished(run.status):
+        if spec.ttl_seconds_after_finished is None:
+            rt.follower.untrack(run.uid)
+        return
+    if run.flow_run_id is not None:  # created before (e.g. by a previous operator process)
+        rt.follower._on_flow_run_event(run.flow_run_id)
+        if spec.cancel:
+            await _cancel(run, "spec.cancel is true")
+        return
+    async with run.lock:
+        await rt.follower.write(run, r.pending_status(run.status, utcnow(), run.generation))
+    deployment = r.desired_deployment(spec, rt.settings, *_catalog()[spec.pipeline])
+    request = r.desired_flow_run(run.namespace, run.name, run.uid, spec, rt.settings)
+    try:
+        deployment_id = await rt.gateway.ensure_deployment(deployment)
+        snapshot = await rt.gateway.create_flow_run(deployment_id, request, deployment.work_pool)
+    except PrefectUnavailable as exc:
+        async with run.lock:
+            await rt.follower.write(
+                run, r.reachability_status(run.status, False, str(exc)[:500], utcnow())
+            )
+        raise kopf.TemporaryError(f"Prefect unreachable: {exc}", delay=_retry_delay(retry)) from exc
+    metrics.FLOW_RUNS_CREATED.inc()
+    if run.flow_run_id is None:
+        run.flow_run_id = snapshot.id
+        rt.follower.by_flow_run[snapshot.id] = run.uid
+    await rt.follower.apply(run, snapshot, None)
+    if spec.cancel:
+        await _cancel(run, "spec.cancel is true")
+    metrics.RECONCILE_SECONDS.labels("create").observe(time.perf_counter() - started)
+
+
+async def _cancel(run: Tracked, why: str) -> None:
+    rt = runtime()
+    if run.flow_run_id is None or r.is_finished(run.status):
+        return
+    try:
+        await rt.gateway.cancel_flow_run(run.flow_run_id, f"cancelled: {why}")
+    except PrefectUnavailable as exc:
+        raise kopf.TemporaryError(f"Prefect unreachable: {exc}", delay=2) from exc
+    rt.follower.post_event(run, "Normal", "Cancelling", f"cancelling the flow run: {why}")
+    rt.follower._on_flow_run_event(run.flow_run_id)
+
+
+@kopf.on.update(*RESOURCE, registry=registry, field="spec.cancel")
+async def cancel(body: kopf.Body, new: Any, **_: Any) -> None:
+    if not new:
+        return
+    rt = runtime()
+    run = rt.follower.runs.get(body["metadata"]["uid"])
+    if run is not None:
+        await _cancel(run, "spec.cancel set to true")
+
+
+@kopf.on.delete(*RESOURCE, registry=registry)
+async def delete(body: kopf.Body, **_: Any) -> None:
+    """Before the object goes: cancel an unfinished flow run and remove its DaskClusters."""
+    started = time.perf_counter()
+    rt = runtime()
+    meta = body["metadata"]
+    uid, namespace = meta["uid"], meta["namespace"]
+    run = rt.follower.runs.get(uid)
+    status = run.status if run else r.parse_status(dict(body.get("status") or {}))
+    flow_run_id = status.prefect.flow_run_id if status.prefect else None
+    if flow_run_id and not r.is_finished(status):
+        try:
+            await rt.gateway.cancel_flow_run(flow_run_id, "cancelled: PipelineRun deleted")
+        except PrefectUnavailable as exc:
+            raise kopf.TemporaryError(f"Prefect unreachable: {exc}", delay=2) from exc
+    removed = await rt.kube.delete_dask_clusters(namespace, uid)
+    if removed:
+        log.info("deleted DaskClusters %s of %s/%s", removed, namespace, meta["name"])
+    rt.follower.untrack(uid)
+    metrics.RECONCILE_SECONDS.labels("delete").observe(time.perf_counter() - started)
+
+
+def run_operator(settings: OperatorSettings | None = None) -> None:
+    """`radps operator`: kopf with radps's registry, in this process, until SIGTERM/SIGINT."""
+    settings = settings or OperatorSettings.from_env()
+    metrics.configure_logging(settings.log_format)
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    # uvloop: part of the measured kopf floor in DESIGN.md (p50 0.47-0.53 s for 200 objects)
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            standalone=True,
+            clusterwide=settings.clusterwide,
+            namespaces=list(settings.namespaces),
+            liveness_endpoint=liveness,
+        )
+    )

@@ -1,0 +1,314 @@
+"""The only module that talks to Prefect: one async client for the operator's lifetime.
+
+Every failure to reach Prefect (connection refused, timeouts, 5xx) surfaces as
+:class:`PrefectUnavailable`, so callers can show `PrefectReachable=False` and retry; any other
+error is the request's own fault and is raised as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID
+
+import httpx
+
+from radps_operator import metrics
+from radps_operator.reconcile import DeploymentRequest, FlowRunRequest, FlowRunSnapshot
+
+log = logging.getLogger(__name__)
+
+OUTPUTS_ARTIFACT_DESCRIPTION = "radps outputs"
+FLOW_RUN_EVENT_PREFIX = "prefect.flow-run."
+READ_BATCH = 200
+
+
+class PrefectUnavailable(RuntimeError):
+    """Prefect did not answer (or answered 5xx): retry later."""
+
+
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError | OSError | asyncio.TimeoutError):
+        return True
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500 or exc.response.status_code in (408, 429)
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(exc, PrefectHTTPStatusError):
+        return exc.response.status_code >= 500
+    return False
+
+
+def snapshot_of(flow_run: Any) -> FlowRunSnapshot:
+    state = flow_run.state
+    return FlowRunSnapshot(
+        id=str(flow_run.id),
+        name=flow_run.name,
+        state_type=state.type.value if state else None,
+        state_name=state.name if state else None,
+        state_message=(state.message or None) if state else None,
+        start_time=flow_run.start_time,
+        end_time=flow_run.end_time,
+        labels=dict(flow_run.labels or {}),
+        deployment_id=str(flow_run.deployment_id) if flow_run.deployment_id else None,
+        work_pool=flow_run.work_pool_name,
+        state_time=state.timestamp if state else None,
+    )
+
+
+class PrefectGateway:
+    def __init__(self, api_url: str, auth_string: str | None = None):
+        self.api_url = api_url
+        self.auth_string = auth_string
+        self._client: Any = None
+        self._deployments: dict[tuple[str, str, str], asyncio.Future[str]] = {}
+        self._pool_variables: dict[str, set[str] | None] = {}
+        self._settings: Any = None
+
+    def _settings_context(self) -> Any:
+        """Prefect settings for the operator's calls: the configured server and auth, and at
+        most one client-side retry, so an outage surfaces in seconds (the operator retries
+        with its own backoff and shows PrefectReachable=False meanwhile)."""
+        from prefect.context import SettingsContext
+        from prefect.settings import (
+            PREFECT_API_AUTH_STRING,
+            PREFECT_API_URL,
+            PREFECT_CLIENT_MAX_RETRIES,
+            get_current_settings,
+        )
+
+        if self._settings is None:
+            updates: dict[Any, Any] = {PREFECT_CLIENT_MAX_RETRIES: 1, PREFECT_API_URL: self.api_url}
+            if self.auth_string:
+                updates[PREFECT_API_AUTH_STRING] = self.auth_string
+            self._settings = get_current_settings().copy_with_update(updates=updates)
+        return SettingsContext(profile=SettingsContext.get().profile, settings=self._settings)
+
+    async def __aenter__(self) -> PrefectGateway:
+        from prefect.client.orchestration import PrefectClient
+
+        self._client = PrefectClient(
+            self.api_url,
+            auth_string=self.auth_string,
+            httpx_settings={"timeout": httpx.Timeout(30.0, connect=5.0)},
+        )
+        await self._client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+            self._client = None
+
+    async def _call(self, operation: str, coro: Awaitable[Any]) -> Any:
+        with metrics.PREFECT_CALL_SECONDS.labels(operation).time(), self._settings_context():
+            try:
+                return await coro
+            except Exception as exc:
+                if _unavailable(exc):
+                    metrics.PREFECT_API_ERRORS.labels(operation).inc()
+                    raise PrefectUnavailable(f"Prefect API {self.api_url}: {exc!r}") from exc
+                raise
+
+    async def healthy(self) -> bool:
+        try:
+            error = await self._call("health", self._client.api_healthcheck())
+        except PrefectUnavailable:
+            return False
+        return error is None
+
+    # --- deployments and flow runs ------------------------------------------------------------
+
+    async def ensure_deployment(self, request: DeploymentRequest) -> str:
+        """The deployment's id, created or updated once per operator process; concurrent
+        callers for the same deployment share one request."""
+        future = self._deployments.get(request.key)
+        if future is None or (future.done() and future.exception() is not None):
+            future = asyncio.get_running_loop().create_future()
+            self._deployments[request.key] = future
+            try:
+                future.set_result(await self._upsert_deployment(request))
+            except BaseException as exc:
+                future.set_exception(exc)
+                future.exception()  # retrieved: no "never retrieved" warning
+                del self._deployments[request.key]
+                raise
+        return await asyncio.shield(future)
+
+    async def _upsert_deployment(self, request: DeploymentRequest) -> str:
+        flow_id = await self._call(
+            "create_flow", self._client.create_flow_from_name(request.flow_name)
+        )
+        variables = await self._known_variables(request.work_pool, {"image": request.image})
+        deployment_id = await self._call(
+            "create_deployment",
+            self._client.create_deployment(
+                flow_id=flow_id,
+                name=request.name,
+                version=request.image,
+                entrypoint=request.entrypoint,
+                work_pool_name=request.work_pool,
+                parameter_openapi_schema=request.parameter_schema,
+                enforce_parameter_schema=True,
+                job_variables=variables,
+                tags=list(request.tags),
+                description=request.description,
+            ),
+        )
+        log.info("deployment %s/%s is %s", request.flow_name, request.name, deployment_id)
+        return str(deployment_id)
+
+    async def _known_variables(self, work_pool: str, variables: dict[str, Any]) -> dict[str, Any]:
+        """Only the job variables the pool's template declares (a process pool has no image,
+        namespace or resources; Prefect rejects variables a template does not know)."""
+        if work_pool not in self._pool_variables:
+            from prefect.exceptions import ObjectNotFound
+
+            try:
+                pool = await self._call("read_work_pool", self._client.read_work_pool(work_pool))
+            except ObjectNotFound:
+                return variables
+            properties = (pool.base_job_template or {}).get("variables", {}).get("properties")
+            self._pool_variables[work_pool] = set(properties) if properties else None
+        known = self._pool_variables[work_pool]
+        if known is None:
+            return variables
+        return {k: v for k, v in variables.items() if k in known}
+
+    async def create_flow_run(
+        self, deployment_id: str, request: FlowRunRequest, work_pool: str
+    ) -> FlowRunSnapshot:
+        """The flow run for `request.idempotency_key`: created, or the existing one."""
+        flow_run = await self._call(
+            "create_flow_run",
+            self._client.create_flow_run_from_deployment(
+                UUID(deployment_id),
+                parameters=request.parameters,
+                name=request.name,
+                tags=list(request.tags),
+                idempotency_key=request.idempotency_key,
+                job_variables=await self._known_variables(work_pool, request.job_variables),
+            ),
+        )
+        return snapshot_of(flow_run)
+
+    async def read_flow_runs(self, flow_run_ids: list[str]) -> list[FlowRunSnapshot]:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        out: list[FlowRunSnapshot] = []
+        for i in range(0, len(flow_run_ids), READ_BATCH):
+            batch = [UUID(x) for x in flow_run_ids[i : i + READ_BATCH]]
+            runs = await self._call(
+                "read_flow_runs",
+                self._client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=batch)),
+                    limit=len(batch),
+                ),
+            )
+            out.extend(snapshot_of(run) for run in runs)
+        return out
+
+    async def read_flow_run_by_key(self, idempotency_key: str) -> FlowRunSnapshot | None:
+        """Not used for creation (the key makes creation idempotent); for tests and tools."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempotencyKey
+
+        runs = await self._call(
+            "read_flow_runs",
+            self._client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    idempotency_key=FlowRunFilterIdempotencyKey(any_=[idempotency_key])
+                )
+            ),
+        )
+        return snapshot_of(runs[0]) if runs else None
+
+    async def cancel_flow_run(self, flow_run_id: str, message: str) -> None:
+        """Ask for cancellation: Cancelling (the worker stops the infrastructure, then
+        Cancelled); a run that never started goes straight to Cancelled."""
+        from prefect.states import Cancelled, Cancelling
+
+        runs = await self.read_flow_runs([flow_run_id])
+        if not runs or runs[0].terminal or runs[0].state_type == "CANCELLING":
+            return
+        state_type = runs[0].state_type
+        new_state = Cancelled if state_type in ("SCHEDULED", None) else Cancelling
+        result = await self._call(
+            "set_flow_run_state",
+            self._client.set_flow_run_state(UUID(flow_run_id), new_state(message=message)),
+        )
+        if getattr(result.status, "value", result.status) != "ACCEPT" and new_state is Cancelling:
+            # e.g. "no infrastructure to terminate" for a run not yet picked up
+            await self._call(
+                "set_flow_run_state",
+                self._client.set_flow_run_state(
+                    UUID(flow_run_id), Cancelled(message=message), force=True
+                ),
+            )
+
+    async def read_outputs(self, flow_run_id: str) -> list[dict[str, Any]]:
+        """Rows {name, uri, kind} of the flow run's "radps outputs" table artifact."""
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        artifacts = await self._call(
+            "read_artifacts",
+            self._client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])
+                )
+            ),
+        )
+        for artifact in artifacts:
+            if artifact.description != OUTPUTS_ARTIFACT_DESCRIPTION:
+                continue
+            data = artifact.data
+            if isinstance(data, str):
+                with contextlib.suppress(ValueError):
+                    data = json.loads(data)
+            if isinstance(data, list):
+                return [
+                    {k: str(row.get(k, "")) for k in ("name", "uri", "kind")}
+                    for row in data
+                    if isinstance(row, dict)
+                ]
+        return []
+
+    # --- the event stream -----------------------------------------------------------------------
+
+    async def follow_flow_run_events(
+        self,
+        on_flow_run: Callable[[str], None],
+        on_connected: Callable[[bool], None] = lambda _: None,
+    ) -> None:
+        """Call `on_flow_run(id)` for every flow-run state event, forever; reconnects with
+        backoff (the resync covers what a reconnect window misses)."""
+        from prefect.events.clients import PrefectEventSubscriber
+        from prefect.events.filters import EventFilter, EventNameFilter
+
+        delay = 0.5
+        while True:
+            try:
+                with self._settings_context():
+                    subscriber = PrefectEventSubscriber(
+                        api_url=self.api_url,
+                        filter=EventFilter(event=EventNameFilter(prefix=[FLOW_RUN_EVENT_PREFIX])),
+                        reconnection_attempts=2,
+                    )
+                async with subscriber:
+                    on_connected(True)
+                    delay = 0.5
+                    async for event in subscriber:
+                        resource_id = event.resource.id
+                        if resource_id.startswith(FLOW_RUN_EVENT_PREFIX):
+                            metrics.PREFECT_EVENTS.inc()
+                            on_flow_run(resource_id.removeprefix(FLOW_RUN_EVENT_PREFIX))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("Prefect event stream: %r; reconnecting in %.1f s", exc, delay)
+            on_connected(False)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

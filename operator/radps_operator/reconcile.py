@@ -1,0 +1,464 @@
+"""The operator's decisions as pure functions: no I/O, no clocks (``now`` is an argument).
+
+spec -> the Prefect deployment and flow run a PipelineRun needs; a Prefect flow run (read
+back as a :class:`FlowRunSnapshot`) -> the PipelineRun's ``.status``; and the small rules
+around them (timeouts, TTL, merge patches, conditions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from radps_flows.labels import PIPELINE_LABEL, RUN_NAME_LABEL, RUN_UID_LABEL
+from radps_operator import api
+from radps_operator.settings import OperatorSettings
+
+SUCCEEDED = "Succeeded"
+PREFECT_REACHABLE = "PrefectReachable"
+
+# Prefect state types (StateType values), kept as strings so this module never imports Prefect.
+SCHEDULED, PENDING, RUNNING, PAUSED = "SCHEDULED", "PENDING", "RUNNING", "PAUSED"
+COMPLETED, FAILED, CRASHED = "COMPLETED", "FAILED", "CRASHED"
+CANCELLING, CANCELLED = "CANCELLING", "CANCELLED"
+TERMINAL_STATE_TYPES = frozenset({COMPLETED, FAILED, CRASHED, CANCELLED})
+
+_PHASE_OF_STATE_TYPE = {
+    SCHEDULED: api.Phase.SCHEDULED,
+    PENDING: api.Phase.PENDING,
+    RUNNING: api.Phase.RUNNING,
+    PAUSED: api.Phase.RUNNING,
+    COMPLETED: api.Phase.COMPLETED,
+    FAILED: api.Phase.FAILED,
+    CRASHED: api.Phase.CRASHED,
+    CANCELLING: api.Phase.CANCELLING,
+    CANCELLED: api.Phase.CANCELLED,
+}
+
+
+# --- spec -> Prefect --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeploymentRequest:
+    """One deployment per (pipeline, image) on a work pool."""
+
+    flow_name: str
+    name: str
+    entrypoint: str
+    work_pool: str
+    image: str
+    parameter_schema: dict[str, Any]
+    description: str = ""
+    tags: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.flow_name, self.name, self.work_pool)
+
+
+@dataclass(frozen=True)
+class FlowRunRequest:
+    name: str
+    idempotency_key: str
+    parameters: dict[str, Any]
+    tags: tuple[str, ...]
+    job_variables: dict[str, Any]
+
+
+def deployment_name(pipeline: str, image: str) -> str:
+    """A readable, stable deployment name for (pipeline, image): `imaging-radps-0-1-0-1a2b3c4d`."""
+    slug = re.sub(r"[^a-z0-9]+", "-", image.rsplit("/", 1)[-1].lower()).strip("-")[:40]
+    digest = hashlib.sha256(image.encode()).hexdigest()[:8]
+    return f"{pipeline}-{slug}-{digest}"
+
+
+def desired_deployment(
+    spec: api.PipelineRunSpec,
+    settings: OperatorSettings,
+    entrypoint: str,
+    flow_name: str,
+    parameter_schema: dict[str, Any],
+    description: str = "",
+) -> DeploymentRequest:
+    image = spec.image or settings.default_image
+    return DeploymentRequest(
+        flow_name=flow_name,
+        name=deployment_name(spec.pipeline, image),
+        entrypoint=entrypoint,
+        work_pool=spec.work_pool or settings.work_pool,
+        image=image,
+        parameter_schema=parameter_schema,
+        description=description,
+        tags=("radps", f"pipeline:{spec.pipeline}"),
+    )
+
+
+def _quantity(value: int | str | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def job_variables(
+    namespace: str, name: str, uid: str, spec: api.PipelineRunSpec, settings: OperatorSettings
+) -> dict[str, Any]:
+    """What the worker needs to start the flow-run pod (prefect-kubernetes' variable names).
+
+    A process pool ignores what its template does not know (the gateway keeps only the
+    variables the pool declares)."""
+    from radps_flows.cluster import DaskClusterConfig
+
+    dask = spec.dask_or_default()
+    env = {
+        "RADPS_RUN_NAMESPACE": namespace,
+        "RADPS_RUN_NAME": name,
+        "RADPS_RUN_UID": uid,
+        "RADPS_IMAGE": spec.image or settings.default_image,
+        **DaskClusterConfig(
+            workers=dask.workers,
+            threads_per_worker=dask.threads_per_worker,
+            idle_timeout_seconds=dask.idle_timeout_seconds,
+        ).to_env(),
+    }
+    if dask.worker_resources is not None:
+        import json
+
+        env["RADPS_DASK_WORKER_RESOURCES"] = json.dumps(
+            dask.worker_resources.to_wire(), separators=(",", ":")
+        )
+    variables: dict[str, Any] = {
+        "image": spec.image or settings.default_image,
+        "namespace": namespace,
+        "env": env,
+        "labels": {RUN_UID_LABEL: uid, RUN_NAME_LABEL: name, PIPELINE_LABEL: spec.pipeline},
+    }
+    if settings.flow_service_account:
+        variables["service_account_name"] = settings.flow_service_account
+    resources = spec.resources
+    if resources is not None:
+        for kind, values in (("request", resources.requests), ("limit", resources.limits)):
+            for resource in ("cpu", "memory"):
+                quantity = _quantity((values or {}).get(resource))
+                if quantity is not None:
+                    variables[f"{resource}_{kind}"] = quantity
+    return variables
+
+
+def desired_flow_run(
+    namespace: str, name: str, uid: str, spec: api.PipelineRunSpec, settings: OperatorSettings
+) -> FlowRunRequest:
+    return FlowRunRequest(
+        name=name,
+        idempotency_key=uid,
+        parameters=dict(spec.parameters),
+        tags=("radps", f"pipeline:{spec.pipeline}", f"namespace:{namespace}"),
+        job_variables=job_variables(namespace, name, uid, spec, settings),
+    )
+
+
+# --- Prefect -> status ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlowRunSnapshot:
+    """What the operator reads from a Prefect flow run (Prefect-free, so tests build them)."""
+
+    id: str
+    name: str
+    state_type: str | None
+    state_name: str | None = None
+    state_message: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    labels: dict[str, Any] = field(default_factory=dict)
+    deployment_id: str | None = None
+    work_pool: str | None = None
+    state_time: datetime | None = None
+    """When Prefect entered the current state (for the status-lag metric)."""
+
+    @property
+    def terminal(self) -> bool:
+        return self.state_type in TERMINAL_STATE_TYPES
+
+
+def parse_status(raw: dict[str, Any] | None) -> api.PipelineRunStatus:
+    """The object's `.status` as the model (kopf's bookkeeping is kept apart, untouched)."""
+    raw = {k: v for k, v in (raw or {}).items() if k != "kopf"}
+    try:
+        return api.PipelineRunStatus.model_validate(raw)
+    except ValueError:
+        return api.PipelineRunStatus()
+
+
+def set_condition(
+    conditions: list[api.Condition],
+    type_: str,
+    status: str,
+    reason: str | None,
+    message: str | None,
+    now: datetime,
+) -> list[api.Condition]:
+    """Conditions with `type_` set; lastTransitionTime moves only when the status changes."""
+    out = []
+    found = False
+    for condition in conditions:
+        if condition.type == type_:
+            found = True
+            changed = condition.status != status
+            out.append(
+                api.Condition(
+                    type=type_,
+                    status=status,  # type: ignore[arg-type]
+                    reason=reason,
+                    message=message,
+                    last_transition_time=now if changed else condition.last_transition_time,
+                )
+            )
+        else:
+            out.append(condition)
+    if not found:
+        out.append(
+            api.Condition(
+                type=type_,
+                status=status,  # type: ignore[arg-type]
+                reason=reason,
+                message=message,
+                last_transition_time=now,
+            )
+        )
+    return out
+
+
+def get_condition(status: api.PipelineRunStatus, type_: str) -> api.Condition | None:
+    return next((c for c in status.conditions if c.type == type_), None)
+
+
+def format_duration(seconds: float) -> str:
+    """`kubectl`-style durations: 45s, 2m13s, 1h4m, 3d2h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60}m"
+    return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+def _progress(labels: dict[str, Any]) -> api.Progress | None:
+    from radps_flows.progress import read_progress
+
+    found = read_progress(labels)
+    if found is None:
+        return None
+    completed, total = found
+    return api.Progress(completed=completed, total=total, summary=f"{completed}/{total}")
+
+
+def _phase_and_reason(
+    snapshot: FlowRunSnapshot, previous: api.PipelineRunStatus, work_pool: str
+) -> tuple[api.Phase, str, str | None]:
+    state_type = snapshot.state_type or SCHEDULED
+    name = snapshot.state_name or state_type.title()
+    message = snapshot.state_message or None
+    if state_type == FAILED and name == "TimedOut":
+        return api.Phase.TIMED_OUT, "TimedOut", message
+    if previous.phase == api.Phase.TIMED_OUT and state_type in (CANCELLING, CANCELLED):
+        # The operator cancelled the run because of spec.timeoutSeconds.
+        return api.Phase.TIMED_OUT, "TimedOut", previous.message
+    phase = _PHASE_OF_STATE_TYPE.get(state_type, api.Phase.PENDING)
+    if name == "Late":
+        message = (
+            f"no worker has started the flow run yet (work pool {work_pool!r}): is a worker up?"
+        )
+    if state_type == CRASHED and not message:
+        message = "the flow run's infrastructure stopped unexpectedly"
+    return phase, re.sub(r"[^A-Za-z0-9]", "", name) or phase.value, message
+
+
+def status_from_flow_run(
+    previous: api.PipelineRunStatus,
+    snapshot: FlowRunSnapshot,
+    *,
+    now: datetime,
+    settings: OperatorSettings,
+    work_pool: str,
+    outputs: list[dict[str, Any]] | None = None,
+    generation: int | None = None,
+) -> api.PipelineRunStatus:
+    """The status that tells the truth about `snapshot`, built on the previous status (whose
+    conditions keep their transition times). A finished status never goes back to running."""
+    if is_finished(previous) and not snapshot.terminal:
+        return previous
+    phase, reason, message = _phase_and_reason(snapshot, previous, work_pool)
+    # TimedOut while Prefect still cancels is not finished: completion comes with Cancelled.
+    finished = phase in api.FINISHED_PHASES and snapshot.terminal
+    if phase == api.Phase.COMPLETED:
+        condition = ("True", "Completed", message)
+    elif finished:
+        condition = ("False", reason, message)
+    else:
+        condition = ("Unknown", reason, message)
+    start = snapshot.start_time or previous.start_time
+    completion = (snapshot.end_time or previous.completion_time or now) if finished else None
+    duration = None
+    if start is not None:
+        duration = format_duration(((completion or now) - start).total_seconds())
+    prefect = api.PrefectStatus(
+        deployment_id=snapshot.deployment_id
+        or (previous.prefect.deployment_id if previous.prefect else None),
+        flow_run_id=snapshot.id,
+        flow_run_name=snapshot.name,
+        state=snapshot.state_name,
+        url=settings.flow_run_url(snapshot.id),
+    )
+    new_outputs = previous.outputs
+    if outputs is not None:
+        new_outputs = [api.Output.model_validate(o) for o in outputs]
+    return previous.model_copy(
+        update={
+            "phase": phase,
+            "conditions": set_condition(previous.conditions, SUCCEEDED, *condition, now=now),
+            "observed_generation": generation or previous.observed_generation,
+            "start_time": start,
+            "completion_time": completion,
+            "duration": duration,
+            "message": message,
+            "prefect": prefect,
+            "progress": _progress(snapshot.labels) or previous.progress,
+            "outputs": new_outputs,
+        }
+    )
+
+
+def dask_status(cluster: dict[str, Any]) -> api.DaskStatus:
+    """`.status.dask` from the run's DaskCluster object (dask-kubernetes names the scheduler
+    Service `<cluster>-scheduler`; the dashboard is its port 8787)."""
+    meta = cluster.get("metadata", {})
+    name, namespace = meta.get("name"), meta.get("namespace")
+    replicas = (cluster.get("spec") or {}).get("worker", {}).get("replicas")
+    return api.DaskStatus(
+        cluster=name,
+        dashboard_url=f"http://{name}-scheduler.{namespace}.svc:8787/status" if name else None,
+        workers=replicas if isinstance(replicas, int) and replicas >= 0 else None,
+    )
+
+
+def pending_status(
+    previous: api.PipelineRunStatus, now: datetime, generation: int | None
+) -> api.PipelineRunStatus:
+    """Accepted by the operator, flow run not created yet."""
+    if previous.phase is not None:
+        return previous
+    return previous.model_copy(
+        update={
+            "phase": api.Phase.PENDING,
+            "observed_generation": generation,
+            "message": "creating the Prefect flow run",
+            "conditions": set_condition(
+                previous.conditions, SUCCEEDED, "Unknown", "Pending", None, now
+            ),
+        }
+    )
+
+
+def invalid_spec_status(
+    previous: api.PipelineRunStatus, message: str, now: datetime, generation: int | None
+) -> api.PipelineRunStatus:
+    return previous.model_copy(
+        update={
+            "phase": api.Phase.FAILED,
+            "observed_generation": generation,
+            "message": message,
+            "completion_time": now,
+            "conditions": set_condition(
+                previous.conditions, SUCCEEDED, "False", "InvalidSpec", message, now
+            ),
+        }
+    )
+
+
+def timed_out_status(
+    previous: api.PipelineRunStatus, timeout_seconds: int, now: datetime
+) -> api.PipelineRunStatus:
+    message = f"exceeded spec.timeoutSeconds ({timeout_seconds} s): flow run cancelled"
+    return previous.model_copy(
+        update={
+            "phase": api.Phase.TIMED_OUT,
+            "message": message,
+            "conditions": set_condition(
+                previous.conditions, SUCCEEDED, "Unknown", "TimedOut", message, now
+            ),
+        }
+    )
+
+
+def reachability_status(
+    previous: api.PipelineRunStatus, reachable: bool, message: str | None, now: datetime
+) -> api.PipelineRunStatus:
+    if reachable:
+        condition = ("True", "Reachable", None)
+    else:
+        condition = ("False", "PrefectUnreachable", message)
+    return previous.model_copy(
+        update={
+            "conditions": set_condition(previous.conditions, PREFECT_REACHABLE, *condition, now)
+        }
+    )
+
+
+def is_finished(status: api.PipelineRunStatus) -> bool:
+    return status.phase in api.FINISHED_PHASES and status.completion_time is not None
+
+
+def timeout_deadline(
+    spec: api.PipelineRunSpec, status: api.PipelineRunStatus, created: datetime | None
+) -> datetime | None:
+    """When an unfinished run times out: `timeoutSeconds` after it started running (after
+    its creation while it has not started, so a run no worker takes still times out)."""
+    if spec.timeout_seconds is None or is_finished(status):
+        return None
+    since = status.start_time or created
+    return None if since is None else since + timedelta(seconds=spec.timeout_seconds)
+
+
+def ttl_deadline(spec: api.PipelineRunSpec, status: api.PipelineRunStatus) -> datetime | None:
+    if spec.ttl_seconds_after_finished is None or not is_finished(status):
+        return None
+    assert status.completion_time is not None
+    return status.completion_time + timedelta(seconds=spec.ttl_seconds_after_finished)
+
+
+def status_patch(
+    old: api.PipelineRunStatus | None, new: api.PipelineRunStatus
+) -> dict[str, Any] | None:
+    """A JSON merge patch for `.status` turning `old` into `new`, or None when equal."""
+    before = old.to_wire() if old is not None else {}
+    after = new.to_wire()
+    patch: dict[str, Any] = {}
+    for key in set(before) | set(after):
+        if key == "kopf":
+            continue
+        if before.get(key) != after.get(key):
+            patch[key] = after.get(key)
+    return patch or None
+
+
+def phase_event(
+    old: api.PipelineRunStatus | None, new: api.PipelineRunStatus
+) -> tuple[str, str, str] | None:
+    """(type, reason, message) of the Kubernetes Event a phase change deserves, if any."""
+    old_phase = old.phase if old is not None else None
+    if new.phase is None or new.phase == old_phase:
+        return None
+    failed = new.phase in (
+        api.Phase.FAILED,
+        api.Phase.CRASHED,
+        api.Phase.TIMED_OUT,
+    )
+    message = f"phase {old_phase or '-'} -> {new.phase}"
+    if new.message:
+        message += f": {new.message}"
+    return ("Warning" if failed else "Normal", str(new.phase), message[:1000])

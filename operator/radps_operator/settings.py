@@ -1,0 +1,102 @@
+"""Operator configuration, all from the environment (the Helm chart sets these).
+
+| variable | default | meaning |
+|---|---|---|
+| `RADPS_PREFECT_API_URL` | `$PREFECT_API_URL` or `http://radps-prefect-server:4200/api` | API |
+| `RADPS_PREFECT_UI_URL` | the API URL without `/api` | base of `.status.prefect.url` |
+| `RADPS_PREFECT_AUTH_STRING` | unset | `user:password` for a server behind basic auth |
+| `RADPS_PREFECT_AUTH_STRING_FILE` | unset | file holding that string (a mounted Secret key) |
+| `RADPS_DEFAULT_IMAGE` | `radps:<version>` | image of runs whose spec names none |
+| `RADPS_WORK_POOL` | `radps` | work pool of runs whose spec names none |
+| `RADPS_FLOW_SERVICE_ACCOUNT` | `radps-flow` | service account of the flow-run pod ("" for none) |
+| `RADPS_WATCH_NAMESPACES` | `*` (all) | namespaces watched: `*`, one name, or a comma list |
+| `RADPS_RESYNC_SECONDS` | `5` | period of the full re-read of every unfinished run |
+| `RADPS_METRICS_PORT` | `9090` | Prometheus `/metrics` (0: off) |
+| `RADPS_HEALTH_PORT` | `8080` | liveness `/healthz` (0: off) |
+| `RADPS_LOG_FORMAT` | `json` | `json` or `text` |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from radps_operator import __version__
+
+DEFAULT_API_URL = "http://radps-prefect-server:4200/api"
+ALL_NAMESPACES = "*"
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    prefect_api_url: str = DEFAULT_API_URL
+    prefect_ui_url: str = "http://radps-prefect-server:4200"
+    prefect_auth_string: str | None = None
+    default_image: str = f"radps:{__version__}"
+    work_pool: str = "radps"
+    flow_service_account: str | None = "radps-flow"
+    namespaces: tuple[str, ...] = ()
+    """Empty: every namespace (cluster-wide)."""
+    resync_seconds: float = 5.0
+    metrics_port: int = 9090
+    health_port: int = 8080
+    log_format: str = "json"
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    def flow_run_url(self, flow_run_id: object) -> str:
+        return f"{self.prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> OperatorSettings:
+        def get(name: str, default: str) -> str:
+            value = environ.get(name)
+            return default if value is None else value.strip()
+
+        def number(name: str, default: float, kind: type = float) -> float:
+            raw = get(name, str(default))
+            try:
+                return kind(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a number") from None
+
+        api_url = get("RADPS_PREFECT_API_URL", "") or get("PREFECT_API_URL", "") or DEFAULT_API_URL
+        api_url = api_url.rstrip("/")
+        ui_url = get("RADPS_PREFECT_UI_URL", "") or api_url.removesuffix("/api")
+        auth = get("RADPS_PREFECT_AUTH_STRING", "") or None
+        auth_file = get("RADPS_PREFECT_AUTH_STRING_FILE", "")
+        if auth_file:
+            try:
+                auth = Path(auth_file).read_text().strip() or None
+            except OSError as exc:
+                raise SettingsError(f"RADPS_PREFECT_AUTH_STRING_FILE: {exc}") from None
+        namespaces_raw = get("RADPS_WATCH_NAMESPACES", ALL_NAMESPACES)
+        namespaces = tuple(
+            n.strip() for n in namespaces_raw.split(",") if n.strip() and n.strip() != "*"
+        )
+        if ALL_NAMESPACES in [n.strip() for n in namespaces_raw.split(",")]:
+            namespaces = ()
+        log_format = get("RADPS_LOG_FORMAT", "json")
+        if log_format not in ("json", "text"):
+            raise SettingsError(f"RADPS_LOG_FORMAT={log_format!r}: use json or text")
+        return cls(
+            prefect_api_url=api_url,
+            prefect_ui_url=ui_url,
+            prefect_auth_string=auth,
+            default_image=get("RADPS_DEFAULT_IMAGE", "") or cls.default_image,
+            work_pool=get("RADPS_WORK_POOL", "") or cls.work_pool,
+            flow_service_account=get("RADPS_FLOW_SERVICE_ACCOUNT", "radps-flow") or None,
+            namespaces=namespaces,
+            resync_seconds=max(0.5, number("RADPS_RESYNC_SECONDS", 5.0)),
+            metrics_port=int(number("RADPS_METRICS_PORT", 9090, int)),
+            health_port=int(number("RADPS_HEALTH_PORT", 8080, int)),
+            log_format=log_format,
+        )

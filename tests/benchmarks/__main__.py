@@ -1,0 +1,109 @@
+"""`python -m tests.benchmarks --out results`: array-core and pipeline benchmarks, JSON out.
+
+Sizes are visibilities of synthesized sets (default a quick 1e6,1e7; `--sizes 1e8` or
+`--large` adds 1e8, which takes minutes and a few GB of disk). Each size writes
+`<out>/arraycore-<n>.json`; `<out>/summary.json` collects them with the targets checked.
+Not tests: nothing here fails on a slow machine, the numbers are for reading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import arraycore, pipeline
+
+
+def _environment() -> dict:
+    import ducc0
+    import numpy
+
+    return {
+        "python": sys.version.split()[0],
+        "numpy": numpy.__version__,
+        "ducc0": ducc0.__version__,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "load_average": os.getloadavg(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--sizes", default="1e6,1e7", help="comma-separated visibility counts")
+    parser.add_argument("--large", action="store_true", help="add 1e8 visibilities")
+    parser.add_argument("--data", type=Path, help="folder for synthesized sets (kept)")
+    parser.add_argument("--no-pipeline", action="store_true", help="skip the end-to-end runs")
+    args = parser.parse_args(argv)
+    sizes = [int(float(s)) for s in args.sizes.split(",") if s]
+    if args.large and int(1e8) not in sizes:
+        sizes.append(int(1e8))
+    args.out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="radps-bench-"))
+    data = args.data or scratch / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    results = {"environment": _environment(), "sizes": {}}
+    try:
+        server = None if args.no_pipeline else pipeline.prefect_server()
+        env = server.__enter__() if server else None
+        try:
+            for n in sizes:
+                print(f"== {n:.0e} visibilities", flush=True)
+                path, info = arraycore.synthesize(n, data)
+                n_vis = info["n_visibilities"]
+                entry: dict = {"data": info}
+                entry["imaging"] = arraycore.imaging(path, n_vis)
+                print(" imaging", json.dumps(entry["imaging"]["ratio_vs_ducc0"]), flush=True)
+                entry["calibration"] = arraycore.calibration(path, n_vis)
+                print(" calibration x", round(entry["calibration"]["speedup_vs_reference"], 1))
+                entry["flagging"] = arraycore.flagging(path, n_vis)
+                if env is not None:
+                    entry["pipeline"] = pipeline.end_to_end(env, path, n_vis, scratch)
+                    p = entry["pipeline"]
+                    print(
+                        f" pipeline {p['flow_run_s']:.1f} s, overhead "
+                        f"{p['overhead_fraction']:.1%}, peak RSS {p['peak_rss_gb']:.2f} GB",
+                        flush=True,
+                    )
+                entry["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+                (args.out / f"arraycore-{n_vis}.json").write_text(json.dumps(entry, indent=1))
+                results["sizes"][str(n_vis)] = entry
+                if args.data is None:
+                    shutil.rmtree(path, ignore_errors=True)
+        finally:
+            if server:
+                server.__exit__(None, None, None)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    results["targets"] = _targets(results["sizes"])
+    (args.out / "summary.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results["targets"], indent=1))
+    return 0
+
+
+def _targets(sizes: dict) -> dict:
+    out = {}
+    for n, e in sizes.items():
+        row = {"imaging_in_memory_vs_ducc0": e["imaging"]["ratio_vs_ducc0"]["stage_in_memory"]}
+        if "pipeline" in e:
+            row["pipeline_overhead_fraction"] = e["pipeline"]["overhead_fraction"]
+            row["pipeline_peak_rss_gb"] = e["pipeline"]["peak_rss_gb"]
+            if int(n) >= 10**8:
+                row["rss_le_4gb"] = e["pipeline"]["peak_rss_gb"] <= 4.0
+                row["overhead_le_5pct"] = e["pipeline"]["overhead_fraction"] <= 0.05
+        row["imaging_ge_0p8_ducc0"] = row["imaging_in_memory_vs_ducc0"] >= 0.8
+        out[n] = row
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,246 @@
+"""The operator end to end on real parts: a real kube-apiserver (local control plane), a real
+Prefect server, a real process worker running the real flows, the operator in KopfRunner."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.operator_helpers import (
+    Runs,
+    condition,
+    install_crd,
+    kopf_operator,
+    operator_env,
+)
+from tests.integration.prefect_helpers import TINY_SYNTH, process_worker  # noqa: F401
+from tests.k8s import KubeCluster, wait_until
+
+pytest_plugins = ["tests.k8s"]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(kube_cluster, radps_server, process_worker):  # noqa: F811
+    install_crd(kube_cluster)
+    return operator_env(kube_cluster, radps_server.api_url, process_worker.pool)
+
+
+@pytest.fixture
+def runs(kube_api, kube_namespace):
+    return Runs(kube_api, kube_namespace)
+
+
+def synth(tmp_path: Path, name: str, **extra) -> dict:
+    return {
+        "pipeline": "synthesize",
+        "parameters": {"output": str(tmp_path / f"{name}.ps.zarr"), **TINY_SYNTH},
+        "dask": {"workers": 1},
+        **extra,
+    }
+
+
+def test_happy_path_completes_with_outputs_and_events(env, runs, tmp_path):
+    with kopf_operator(runs.namespace, env):
+        runs.create("happy", **synth(tmp_path, "happy"))
+        first = wait_until(
+            lambda: (s := runs.status("happy")).get("prefect", {}).get("flowRunId") and s,
+            timeout=30,
+            what="the flow run in status",
+        )
+        assert first["prefect"]["flowRunName"] == "happy" and first["prefect"]["flowRunId"]
+        assert first["prefect"]["url"].endswith(first["prefect"]["flowRunId"])
+        status = runs.wait_phase("happy", "Completed", timeout=120)
+        runs.delete_all()
+    succeeded = condition(status, "Succeeded")
+    assert (succeeded["status"], succeeded["reason"]) == ("True", "Completed")
+    assert {o["name"] for o in status["outputs"]} == {"visibilities", "truth"}
+    assert status["progress"]["summary"] == "1/1"
+    assert status["startTime"] and status["completionTime"] and status["duration"]
+    reasons = [reason for _, reason, _ in runs.events("happy")]
+    assert "Completed" in reasons and "Running" in reasons, reasons
+
+
+def test_failing_flow_and_invalid_spec(env, runs, tmp_path):
+    with kopf_operator(runs.namespace, env):
+        runs.create(
+            "bad-input",
+            pipeline="imaging",
+            parameters={"input": str(tmp_path / "missing.ms"), "output": str(tmp_path / "o")},
+            dask={"workers": 1},
+        )
+        runs.create("invalid", pipeline="synthesize", parameters={"n_antennas": "four"})
+        invalid = runs.wait_phase("invalid", "Failed", timeout=30)
+        failed = runs.wait_phase("bad-input", "Failed", timeout=120)
+        runs.delete_all()
+    cond = condition(invalid, "Succeeded")
+    assert cond["reason"] == "InvalidSpec" and "spec.parameters.output" in cond["message"]
+    assert "spec.parameters.n_antennas" in invalid["message"]
+    assert "prefect" not in invalid
+    assert ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in runs.events("invalid")]
+    cond = condition(failed, "Succeeded")
+    assert (cond["status"], cond["reason"]) == ("False", "Failed")
+    assert "missing.ms" in failed["message"] or "InputDataError" in failed["message"], failed
+
+
+def test_cancel_delete_timeout_and_ttl(env, runs, tmp_path):
+    # Runs that stay Late (their pool has no worker) show reason Late and are controllable.
+    from tests.integration.prefect_helpers import create_process_pool
+
+    idle_pool = f"idle-{uuid.uuid4().hex[:6]}"
+    create_process_pool(env["RADPS_PREFECT_API_URL"], idle_pool)
+    idle = {"workPool": idle_pool}
+    with kopf_operator(runs.namespace, env):
+        runs.create("cancel-me", **synth(tmp_path, "c", **idle))
+        runs.create("delete-me", **synth(tmp_path, "d", **idle))
+        runs.create("time-me", **synth(tmp_path, "t", timeoutSeconds=3, **idle))
+        runs.create("ttl-me", **synth(tmp_path, "ttl", ttlSecondsAfterFinished=2))
+        runs.wait_phase("cancel-me", "Scheduled", timeout=30)
+        runs.patch_spec("cancel-me", cancel=True)
+        cancelled = runs.wait_phase("cancel-me", "Cancelled", timeout=30)
+        late = wait_until(
+            lambda: (
+                (condition(runs.status("delete-me"), "Succeeded") or {}).get("reason") == "Late"
+            ),
+            timeout=60,
+            what="reason Late (no worker on the pool)",
+        )
+        assert late
+        dask = DaskClusters(env, runs)
+        mine = dask.create("dc-mine", runs.get("delete-me")["metadata"]["uid"])
+        other = dask.create("dc-other", "someone-else")
+        runs.delete("delete-me")
+        wait_until(lambda: not runs.exists("delete-me"), timeout=30, what="delete-me gone")
+        assert dask.names() == [other] and mine != other
+        runs.wait_phase("time-me", "TimedOut", timeout=30)
+        wait_until(lambda: timed_out_done(runs), timeout=30, what="time-me finished")
+        wait_until(lambda: not runs.exists("ttl-me"), timeout=120, what="ttl-me deleted by TTL")
+        runs.delete_all()
+    assert condition(cancelled, "Succeeded")["reason"] == "Cancelled"
+    assert "TimedOut" in [r for _, r, _ in runs.events("time-me")]
+    assert "Completed" in [r for _, r, _ in runs.events("ttl-me")], "deleted before it completed"
+
+
+class DaskClusters:
+    """DaskCluster objects (the dask-kubernetes CRDs, no dask operator: nothing runs)."""
+
+    def __init__(self, env: dict[str, str], runs: Runs):
+        import subprocess
+
+        crds = subprocess.run(
+            [str(Path(sys.executable).parent / "radps"), "crd", "--dask"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        cluster_ = KubeCluster(Path(env["KUBECONFIG"]), full=False, kubectl_path=_kubectl())
+        cluster_.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crds)
+        cluster_.kubectl(
+            "wait", "--for=condition=Established", "crd/daskclusters.kubernetes.dask.org"
+        )
+        self.custom, self.namespace = runs.custom, runs.namespace
+
+    def create(self, name: str, uid: str) -> str:
+        body = {
+            "apiVersion": "kubernetes.dask.org/v1",
+            "kind": "DaskCluster",
+            "metadata": {"name": name, "labels": {"radps.io/run-uid": uid}},
+            "spec": {"worker": {"replicas": 1}, "scheduler": {}},
+        }
+        self.custom.create_namespaced_custom_object(
+            "kubernetes.dask.org", "v1", self.namespace, "daskclusters", body
+        )
+        return name
+
+    def names(self) -> list[str]:
+        found = self.custom.list_namespaced_custom_object(
+            "kubernetes.dask.org", "v1", self.namespace, "daskclusters"
+        )
+        return [item["metadata"]["name"] for item in found["items"]]
+
+
+def _kubectl() -> str:
+    from tests.k8s import _local_kubectl
+
+    return _local_kubectl()
+
+
+def timed_out_done(runs: Runs) -> bool:
+    status = runs.status("time-me")
+    return status.get("phase") == "TimedOut" and bool(status.get("completionTime"))
+
+
+def test_kubernetes_pool_job_carries_the_run(kube_cluster, kube_api, runs, radps_server, tmp_path):
+    """The real prefect-kubernetes worker turns the flow run into a Job (created by the API
+    server even without a node): image, env, resources, labels and service account."""
+    import subprocess
+    import sys
+
+    from kubernetes import client
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect_kubernetes.worker import KubernetesWorker
+
+    install_crd(kube_cluster)
+    pool = f"k8s-{uuid.uuid4().hex[:6]}"
+    with SyncPrefectClient(radps_server.api_url) as prefect:
+        prefect.create_work_pool(
+            WorkPoolCreate(
+                name=pool,
+                type="kubernetes",
+                base_job_template=KubernetesWorker.get_default_base_job_template(),
+            )
+        )
+    worker_env = {
+        **os.environ,
+        "KUBECONFIG": str(kube_cluster.kubeconfig),
+        "PREFECT_API_URL": radps_server.api_url,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+    }
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", pool],
+        env=worker_env,
+        stdout=open(tmp_path / "worker.log", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    env = operator_env(kube_cluster, radps_server.api_url, pool)
+    batch = client.BatchV1Api(kube_api)
+    try:
+        with kopf_operator(runs.namespace, env):
+            runs.create(
+                "on-k8s",
+                **synth(tmp_path, "k8s", image="radps:test"),
+                resources={"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"cpu": "1"}},
+            )
+            jobs = wait_until(
+                lambda: batch.list_namespaced_job(runs.namespace).items,
+                timeout=240,  # the worker's start and first poll, on a loaded machine
+                what="the flow run's Job",
+            )
+            uid = runs.get("on-k8s")["metadata"]["uid"]
+            runs.delete_all()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    job = jobs[0]
+    pod = job.spec.template.spec
+    container = pod.containers[0]
+    env_vars = {e.name: e.value for e in container.env}
+    assert container.image == "radps:test"
+    assert env_vars["RADPS_RUN_UID"] == uid and env_vars["RADPS_RUN_NAME"] == "on-k8s"
+    assert env_vars["RADPS_RUN_NAMESPACE"] == runs.namespace
+    assert env_vars["RADPS_DASK_WORKERS"] == "1" and "PREFECT__FLOW_RUN_ID" in env_vars
+    assert container.resources.requests == {"cpu": "250m", "memory": "1Gi"}
+    assert container.resources.limits == {"cpu": "1"}
+    assert job.metadata.labels["radps.io/run-uid"] == uid
+    assert pod.service_account_name == "radps-flow"
+
+
+def reason(runs: Runs, name: str) -> str | None:
+    return (condition(runs.status(name), "Succeeded") or {}).get("reason")

@@ -1,0 +1,168 @@
+"""The `imaging` pipeline with flag, calibrate and clean steps, and the standalone `calibration`
+and `flagging` pipelines, through `radps run` (real Prefect server, real Dask LocalCluster).
+
+The VLA example manifest must reproduce CASA 6.7's calibrated CLEAN (shared/reference/
+casa-vla.json): peak 1.00486 Jy within 0.5% at pixel (256, 256), fitted beam within 2%,
+residual rms within 10% of 0.01545 in the off-source box 20..140.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+from astropy.io import fits
+
+from radps_flows.core.io import open_processing_set
+from tests.conftest import RadpsServer, shared_dir
+from tests.integration.test_local_run import (
+    flow_run_ids,
+    manifest,
+    prefect_flow_run,
+    radps_run,
+)
+
+pytestmark = pytest.mark.integration
+
+OFF = slice(20, 141)
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def casa() -> dict:
+    path = shared_dir() / "reference" / "casa-vla.json"
+    if not path.is_file():
+        pytest.skip(f"CASA reference not found: {path}")
+    return json.loads(path.read_text())
+
+
+def test_vla_calibrated_clean_example_matches_casa(
+    radps_server: RadpsServer, vla_ms: Path, tmp_path: Path, casa: dict
+):
+    document = yaml.safe_load(
+        (REPO / "manifests" / "examples" / "vla-calibrated-clean.yaml").read_text()
+    )
+    document["spec"]["parameters"].update(input=str(vla_ms), output=str(tmp_path / "vla"))
+    path = tmp_path / "vla.yaml"
+    path.write_text(yaml.safe_dump(document))
+    code, output = radps_run(radps_server.env(), path)
+    assert code == 0, output
+    out = tmp_path / "vla"
+    ref = casa["calibrated_clean"]
+    with fits.open(out / "restored.fits") as hdul:
+        restored = hdul[0].data[0, 0]
+        header = hdul[0].header
+    residual = fits.getdata(out / "residual.fits")[0, 0]
+    assert np.unravel_index(np.argmax(restored), restored.shape) == (256, 256)
+    assert restored.max() == pytest.approx(ref["peak"], rel=0.005)
+    assert float(np.sqrt(np.mean(residual[OFF, OFF] ** 2))) == pytest.approx(
+        ref["residual"]["rms_off"], rel=0.10
+    )
+    beam = ref["beam"]
+    assert header["BMAJ"] * 3600 == pytest.approx(beam["major"]["value"], rel=0.02)
+    assert header["BMIN"] * 3600 == pytest.approx(beam["minor"]["value"], rel=0.02)
+    for name in ("image.fits", "model.fits", "psf.fits", "restored.png", "gains.zarr"):
+        assert (out / name).exists(), name
+    gains = xr.open_datatree(out / "gains.zarr", engine="zarr")
+    (table,) = [node.to_dataset() for node in gains.children.values()]
+    assert table.sizes["time"] == 15 and table.attrs["refant"] == "2_E02"
+
+    (flow_run_id,) = flow_run_ids(output)
+    flow_run, artifacts = prefect_flow_run(radps_server, flow_run_id)
+    assert (
+        flow_run.labels["radps.io/progress-completed"] == flow_run.labels["radps.io/progress-total"]
+    )
+    rows = [row for a in artifacts if a.type == "table" for row in json.loads(a.data)]
+    assert any(row.get("antenna") == "2_E02" for row in rows)
+    assert any(row.get("name") == "restored" for row in rows)
+
+
+def test_synthetic_flagging_calibration_and_clean(radps_server: RadpsServer, tmp_path: Path):
+    """Known gains and RFI: `flagging` then `calibration` then `imaging` (clean, briggs) on
+    their outputs, and `imaging` doing all three itself, in one `radps run`."""
+    sky = str(tmp_path / "sky.ps.zarr")
+    sources = [{"flux_jy": 1.0}, {"flux_jy": 0.5, "offset_ra_arcsec": 60}]
+    runs = [
+        manifest(
+            tmp_path,
+            "synth",
+            "synthesize",
+            {
+                "output": sky,
+                "n_antennas": 12,
+                "n_times": 20,
+                "n_channels": 16,
+                "sources": sources,
+                "gain_amplitude_rms": 0.1,
+                "gain_phase_rms_deg": 30,
+                "rfi_fraction": 0.03,
+            },
+        ),
+        manifest(tmp_path, "flag", "flagging", {"input": sky, "output": str(tmp_path / "f")}),
+        manifest(
+            tmp_path,
+            "cal",
+            "calibration",
+            {
+                "input": str(tmp_path / "f" / "flagged.ps.zarr"),
+                "output": str(tmp_path / "c"),
+                "model": sources,
+            },
+        ),
+        manifest(
+            tmp_path,
+            "img",
+            "imaging",
+            {
+                "input": str(tmp_path / "c" / "calibrated.ps.zarr"),
+                "output": str(tmp_path / "i"),
+                "imsize": 256,
+                "cell_arcsec": 2.0,
+                "clean": True,
+                "weighting": "briggs",
+                "threshold_jy": 0.001,
+            },
+        ),
+        manifest(
+            tmp_path,
+            "all",
+            "imaging",
+            {
+                "input": sky,
+                "output": str(tmp_path / "a"),
+                "imsize": 256,
+                "cell_arcsec": 2.0,
+                "flag": True,
+                "calibrate": True,
+                "model": sources,
+                "clean": True,
+                "threshold_jy": 0.001,
+                "block_mb": 0.1,
+            },
+        ),
+    ]
+    code, output = radps_run(radps_server.env(), *runs, timeout=600)
+    assert code == 0, output
+    assert output.count("Completed") >= 5, output
+    (flagged,) = open_processing_set(tmp_path / "f" / "flagged.ps.zarr")
+    assert 0.02 < float(flagged["FLAG"].values.mean()) < 0.05
+    truth = json.loads((tmp_path / "sky.truth.json").read_text())
+    rfi = np.zeros(flagged["FLAG"].shape[::2], dtype=bool)  # (time, frequency)
+    for t, f in truth["rfi_cells"]:
+        rfi[t, f] = True
+    found = flagged["FLAG"].values.all(axis=(1, 3))
+    assert found[rfi].mean() >= 0.95
+    assert found[~rfi].mean() <= 0.01
+    for folder in ("i", "a"):
+        model = fits.getdata(tmp_path / folder / "model.fits")[0, 0]
+        restored = fits.getdata(tmp_path / folder / "restored.fits")[0, 0]
+        assert np.unravel_index(np.argmax(restored), restored.shape) == (128, 128)
+        assert model.sum() == pytest.approx(1.5, rel=0.01), folder
+        assert restored.max() == pytest.approx(1.0, rel=0.01), folder
+    (calibrated,) = open_processing_set(tmp_path / "c" / "calibrated.ps.zarr")
+    vis = calibrated["VISIBILITY"].values[~calibrated["FLAG"].values]
+    assert np.all(np.isfinite(vis))

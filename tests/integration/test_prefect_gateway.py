@@ -1,0 +1,107 @@
+"""The operator's Prefect gateway against a real Prefect server and a real process worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from radps_operator import api, reconcile
+from radps_operator.prefect_gateway import PrefectGateway, PrefectUnavailable
+from radps_operator.settings import OperatorSettings
+from tests.integration.prefect_helpers import (  # noqa: F401
+    TINY_SYNTH,
+    create_process_pool,
+    process_worker,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _requests(settings, tmp_path, name="gw", **spec_fields):
+    from radps_flows.catalog import get_pipeline
+
+    spec = api.PipelineRunSpec.model_validate(
+        {
+            "pipeline": "synthesize",
+            "parameters": {"output": str(tmp_path / f"{name}.ps.zarr"), **TINY_SYNTH},
+            "dask": {"workers": 1},
+            **spec_fields,
+        }
+    )
+    pipeline = get_pipeline("synthesize")
+    dep = reconcile.desired_deployment(
+        spec, settings, pipeline.entrypoint, pipeline.flow.name, pipeline.parameter_schema
+    )
+    uid = str(uuid.uuid4())
+    return dep, reconcile.desired_flow_run("ns", name, uid, spec, settings)
+
+
+def test_deploy_create_idempotently_follow_events_and_read_outputs(
+    radps_server,
+    process_worker,  # noqa: F811
+    tmp_path,
+):
+    settings = OperatorSettings(prefect_api_url=radps_server.api_url, work_pool=process_worker.pool)
+    dep, req = _requests(settings, tmp_path)
+
+    async def scenario():
+        seen: list[str] = []
+        async with PrefectGateway(radps_server.api_url) as gw:
+            follower = asyncio.create_task(gw.follow_flow_run_events(seen.append))
+            ids = await asyncio.gather(gw.ensure_deployment(dep), gw.ensure_deployment(dep))
+            assert ids[0] == ids[1]
+            first = await gw.create_flow_run(ids[0], req, dep.work_pool)
+            again = await gw.create_flow_run(ids[0], req, dep.work_pool)
+            assert first.id == again.id and first.name == "gw"
+            assert (await gw.read_flow_run_by_key(req.idempotency_key)).id == first.id
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                (run,) = await gw.read_flow_runs([first.id])
+                if run.terminal:
+                    break
+                await asyncio.sleep(0.5)
+            outputs = await gw.read_outputs(first.id)
+            await asyncio.sleep(0.5)
+            follower.cancel()
+            return run, outputs, seen
+
+    run, outputs, seen = asyncio.run(scenario())
+    assert run.state_type == "COMPLETED", run
+    assert run.labels["radps.io/progress-completed"] == "1"
+    assert [o["name"] for o in outputs] == ["visibilities", "truth"]
+    assert run.id in seen, "no flow-run event arrived through the event stream"
+
+
+def test_schema_is_enforced_and_cancel_of_unstarted_run(radps_server, tmp_path):
+    create_process_pool(radps_server.api_url, "no-worker-pool")
+    settings = OperatorSettings(prefect_api_url=radps_server.api_url, work_pool="no-worker-pool")
+    dep, req = _requests(settings, tmp_path, name="gw-cancel")
+
+    async def scenario():
+        async with PrefectGateway(radps_server.api_url) as gw:
+            dep_id = await gw.ensure_deployment(dep)
+            run = await gw.create_flow_run(dep_id, req, dep.work_pool)
+            await gw.cancel_flow_run(run.id, "cancelled by test")
+            (run,) = await gw.read_flow_runs([run.id])
+            bad = reconcile.FlowRunRequest(
+                name="bad", idempotency_key="k-bad", parameters={}, tags=(), job_variables={}
+            )
+            with pytest.raises(Exception, match="Validation failed"):
+                await gw.create_flow_run(dep_id, bad, dep.work_pool)
+            return run
+
+    run = asyncio.run(scenario())
+    assert run.state_type == "CANCELLED"
+
+
+def test_unreachable_prefect_is_reported_as_such():
+    async def scenario():
+        async with PrefectGateway("http://127.0.0.1:9/api") as gw:
+            assert not await gw.healthy()
+            with pytest.raises(PrefectUnavailable):
+                await gw.read_flow_runs([str(uuid.uuid4())])
+
+    asyncio.run(scenario())

@@ -1,0 +1,205 @@
+"""The operator's pure decisions: spec -> Prefect requests, Prefect flow run -> status."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from radps_operator import api
+from radps_operator import reconcile as r
+from radps_operator.settings import OperatorSettings, SettingsError
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+SETTINGS = OperatorSettings(prefect_ui_url="http://ui:4200", default_image="radps:9")
+
+
+def spec(**fields) -> api.PipelineRunSpec:
+    return api.PipelineRunSpec.model_validate({"pipeline": "synthesize", **fields})
+
+
+def snap(state_type, name=None, message=None, **kw) -> r.FlowRunSnapshot:
+    return r.FlowRunSnapshot(
+        id="fr-1", name="run-a", state_type=state_type, state_name=name, state_message=message, **kw
+    )
+
+
+def to_status(previous=None, *snapshots, outputs=None) -> api.PipelineRunStatus:
+    status = previous or api.PipelineRunStatus()
+    for s in snapshots:
+        status = r.status_from_flow_run(
+            status, s, now=NOW, settings=SETTINGS, work_pool="radps", outputs=outputs
+        )
+    return status
+
+
+def test_flow_run_request_carries_identity_image_resources_and_dask_env():
+    s = spec(
+        parameters={"output": "/x"},
+        image="radps:1.2",
+        dask={"workers": 3, "threadsPerWorker": 2},
+        resources={"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+    )
+    req = r.desired_flow_run("ns", "run-a", "uid-1", s, SETTINGS)
+    assert (req.name, req.idempotency_key, req.parameters) == ("run-a", "uid-1", {"output": "/x"})
+    jv = req.job_variables
+    assert jv["image"] == "radps:1.2" and jv["namespace"] == "ns"
+    assert jv["service_account_name"] == "radps-flow"
+    assert (jv["cpu_request"], jv["memory_request"], jv["memory_limit"]) == ("500m", "1Gi", "2Gi")
+    assert "cpu_limit" not in jv
+    assert jv["env"]["RADPS_RUN_UID"] == "uid-1" and jv["env"]["RADPS_RUN_NAME"] == "run-a"
+    assert jv["env"]["RADPS_DASK_WORKERS"] == "3"
+    assert jv["env"]["RADPS_DASK_THREADS_PER_WORKER"] == "2"
+    assert jv["labels"][r.RUN_UID_LABEL] == "uid-1"
+
+
+def test_one_deployment_per_pipeline_and_image():
+    a = r.desired_deployment(spec(), SETTINGS, "m:f", "synthesize", {})
+    b = r.desired_deployment(spec(image="radps:9"), SETTINGS, "m:f", "synthesize", {})
+    c = r.desired_deployment(spec(image="reg.io/radps:10"), SETTINGS, "m:f", "synthesize", {})
+    assert a.name == b.name != c.name
+    assert a.image == "radps:9" and a.work_pool == "radps"
+    assert r.deployment_name("imaging", "reg.io/x/radps:0.1.0").startswith("imaging-radps-0-1-0-")
+
+
+def test_happy_path_statuses():
+    started = NOW - timedelta(seconds=133)
+    s = to_status(None, snap("SCHEDULED", "Scheduled"))
+    assert s.phase == "Scheduled" and s.conditions[0].status == "Unknown"
+    assert s.prefect.url == "http://ui:4200/runs/flow-run/fr-1"
+    s = to_status(
+        s,
+        snap(
+            "RUNNING",
+            "Running",
+            start_time=started,
+            labels={"radps.io/progress-completed": "1", "radps.io/progress-total": "3"},
+        ),
+    )
+    assert (s.phase, s.progress.summary, s.duration, s.completion_time) == (
+        "Running",
+        "1/3",
+        "2m13s",
+        None,
+    )
+    rows = [{"name": "image", "uri": "/o/image.fits", "kind": "fits"}]
+    s = to_status(s, snap("COMPLETED", "Completed", start_time=started, end_time=NOW), outputs=rows)
+    cond = r.get_condition(s, r.SUCCEEDED)
+    assert (s.phase, cond.status, cond.reason) == ("Completed", "True", "Completed")
+    assert s.completion_time == NOW and s.outputs[0].uri == "/o/image.fits"
+    # a stale, out-of-order Running read never undoes a finished status
+    assert to_status(s, snap("RUNNING", "Running")) == s
+
+
+@pytest.mark.parametrize(
+    ("state_type", "name", "message", "phase", "status", "reason"),
+    [
+        ("SCHEDULED", "Late", None, "Scheduled", "Unknown", "Late"),
+        ("SCHEDULED", "AwaitingRetry", None, "Scheduled", "Unknown", "AwaitingRetry"),
+        ("PENDING", "Pending", None, "Pending", "Unknown", "Pending"),
+        ("FAILED", "Failed", "InputDataError: no such MS", "Failed", "False", "Failed"),
+        ("CRASHED", "Crashed", "exit code 137", "Crashed", "False", "Crashed"),
+        ("FAILED", "TimedOut", "Flow run exceeded timeout", "TimedOut", "False", "TimedOut"),
+        ("CANCELLING", "Cancelling", None, "Cancelling", "Unknown", "Cancelling"),
+        ("CANCELLED", "Cancelled", "by user", "Cancelled", "False", "Cancelled"),
+        ("PAUSED", "Suspended", None, "Running", "Unknown", "Suspended"),
+    ],
+)
+def test_phase_mapping(state_type, name, message, phase, status, reason):
+    s = to_status(None, snap(state_type, name, message))
+    cond = r.get_condition(s, r.SUCCEEDED)
+    assert (s.phase, cond.status, cond.reason) == (phase, status, reason)
+    if name == "Late":
+        assert "no worker" in s.message and "radps" in s.message
+    elif message:
+        assert s.message == message == cond.message
+    assert (s.completion_time is not None) == (status != "Unknown")
+
+
+def test_crashed_without_message_says_infrastructure():
+    assert "infrastructure" in to_status(None, snap("CRASHED", "Crashed")).message
+
+
+def test_operator_timeout_stays_timed_out_through_cancellation():
+    s = to_status(None, snap("RUNNING", "Running", start_time=NOW))
+    s = r.timed_out_status(s, 10, NOW)
+    assert s.phase == "TimedOut" and not r.is_finished(s)
+    s = to_status(s, snap("CANCELLING", "Cancelling"))
+    assert s.phase == "TimedOut" and s.completion_time is None
+    s = to_status(s, snap("CANCELLED", "Cancelled", end_time=NOW))
+    cond = r.get_condition(s, r.SUCCEEDED)
+    assert (s.phase, cond.status, cond.reason) == ("TimedOut", "False", "TimedOut")
+    assert r.is_finished(s) and "timeoutSeconds" in s.message
+
+
+def test_condition_transition_time_moves_only_on_status_change():
+    later = NOW + timedelta(seconds=5)
+    conds = r.set_condition([], "X", "Unknown", "A", None, NOW)
+    conds = r.set_condition(conds, "X", "Unknown", "B", "m", later)
+    assert conds[0].last_transition_time == NOW and conds[0].reason == "B"
+    conds = r.set_condition(conds, "X", "True", "C", None, later)
+    assert conds[0].last_transition_time == later and len(conds) == 1
+
+
+def test_invalid_reachability_patch_and_events():
+    s = r.invalid_spec_status(api.PipelineRunStatus(), "spec.parameters.x: unknown", NOW, 1)
+    cond = r.get_condition(s, r.SUCCEEDED)
+    assert (s.phase, cond.reason, r.is_finished(s)) == ("Failed", "InvalidSpec", True)
+    assert r.phase_event(None, s)[0:2] == ("Warning", "Failed")
+    down = r.reachability_status(s, False, "connection refused", NOW)
+    assert r.get_condition(down, r.PREFECT_REACHABLE).status == "False"
+    patch = r.status_patch(s, down)
+    assert list(patch) == ["conditions"] and len(patch["conditions"]) == 2
+    assert r.status_patch(down, down) is None
+    assert r.phase_event(s, down) is None
+
+
+def test_deadlines():
+    s = to_status(None, snap("RUNNING", "Running", start_time=NOW))
+    assert r.timeout_deadline(spec(timeoutSeconds=30), s, None) == NOW + timedelta(seconds=30)
+    assert r.timeout_deadline(spec(), s, NOW) is None
+    assert r.ttl_deadline(spec(ttlSecondsAfterFinished=5), s) is None
+    done = to_status(s, snap("COMPLETED", "Completed", end_time=NOW))
+    assert r.ttl_deadline(spec(ttlSecondsAfterFinished=5), done) == NOW + timedelta(seconds=5)
+    assert r.timeout_deadline(spec(timeoutSeconds=30), done, None) is None
+
+
+def test_parse_status_ignores_kopf_bookkeeping():
+    raw = {"phase": "Running", "kopf": {"progress": {}}}
+    assert r.parse_status(raw).phase == "Running"
+
+
+def test_durations():
+    assert [r.format_duration(x) for x in (5, 133, 3840, 90000)] == ["5s", "2m13s", "1h4m", "1d1h"]
+
+
+def test_settings_from_env(tmp_path):
+    auth = tmp_path / "auth"
+    auth.write_text("admin:pw\n")
+    s = OperatorSettings.from_env(
+        {
+            "RADPS_PREFECT_API_URL": "http://p:4200/api/",
+            "RADPS_PREFECT_AUTH_STRING_FILE": str(auth),
+            "RADPS_WATCH_NAMESPACES": "a, b",
+            "RADPS_FLOW_SERVICE_ACCOUNT": "",
+        }
+    )
+    assert (s.prefect_api_url, s.prefect_ui_url, s.prefect_auth_string) == (
+        "http://p:4200/api",
+        "http://p:4200",
+        "admin:pw",
+    )
+    assert s.namespaces == ("a", "b") and not s.clusterwide and s.flow_service_account is None
+    assert OperatorSettings.from_env({}).clusterwide
+    with pytest.raises(SettingsError, match="RADPS_RESYNC_SECONDS"):
+        OperatorSettings.from_env({"RADPS_RESYNC_SECONDS": "soon"})
+
+
+def test_dask_status_from_the_daskcluster():
+    cluster = {
+        "metadata": {"name": "radps-abc", "namespace": "ns", "labels": {r.RUN_UID_LABEL: "u"}},
+        "spec": {"worker": {"replicas": 3}},
+    }
+    d = r.dask_status(cluster)
+    assert (d.cluster, d.workers) == ("radps-abc", 3)
+    assert d.dashboard_url == "http://radps-abc-scheduler.ns.svc:8787/status"

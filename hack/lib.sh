@@ -120,8 +120,10 @@ start_daemon() {
   fi
   mkdir -p "${RUN_DIR}" "${LOG_DIR}"
   log "starting ${name}"
-  # fd 9 is cluster-up's lock: the daemon must not inherit (and so hold) it.
-  setsid "$@" >>"${LOG_DIR}/${name}.log" 2>&1 </dev/null 9>&- &
+  # fd 9 is cluster-up's lock: the daemon must not inherit (and so hold) it. umask 022: the
+  # PKI steps run under 077, and containerd would then create every container's root
+  # directory 0700, which no non-root container user can enter ("libc.so.6: Permission denied").
+  (umask 022 && exec setsid "$@" >>"${LOG_DIR}/${name}.log" 2>&1 </dev/null 9>&-) &
   echo $! >"$(pid_file "${name}")"
   readlink -f "$(command -v "$1")" >"${RUN_DIR}/${name}.exe"
 }

@@ -125,9 +125,13 @@ def dask_cluster_spec(config: DaskClusterConfig, kube: KubeContext) -> dict[str,
         n_workers=config.workers,
         resources=kube.worker_resources,
         env={"HOME": "/tmp"},
-        worker_command=f"dask-worker --nthreads {config.threads_per_worker}",
+        # distributed no longer installs the dask-worker/dask-scheduler scripts: `dask <role>`
+        worker_command=f"dask worker --nthreads {config.threads_per_worker}",
         idle_timeout=config.idle_timeout_seconds,
     )
+    scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]
+    if scheduler["args"][:1] == ["dask-scheduler"]:
+        scheduler["args"] = ["dask", "scheduler", *scheduler["args"][1:]]
     spec["metadata"]["labels"] = {
         RUN_UID_LABEL: kube.run_uid,
         RUN_NAME_LABEL: kube.run_name,

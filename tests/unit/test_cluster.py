@@ -53,6 +53,9 @@ def test_dask_cluster_is_labelled_owned_and_restricted():
         assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
     worker_container = worker["spec"]["containers"][0]
     assert worker_container["resources"] == {"limits": {"cpu": "2", "memory": "4Gi"}}
+    assert worker_container["args"][:2] == ["dask", "worker"]  # no dask-worker script any more
+    scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]
+    assert scheduler["args"][:2] == ["dask", "scheduler"]
     assert "--nthreads" in worker_container["args"]
     assert worker_container["args"][worker_container["args"].index("--nthreads") + 1] == "2"
 

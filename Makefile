@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-radps
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint format crd bench clean
+.PHONY: venv demo test e2e lint format crd bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,13 @@ demo: venv
 
 test: venv
 	hack/host-deps.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ignore tests/e2e/test_mission.py $(PYTEST_ARGS)
+
+# The whole system on a real node: image, helm install, the real-VLA PipelineRun, helm test.
+# Not yet in `make test`: one CI-like run ended TimedOut (see the issue notes).
+e2e: venv
+	hack/host-deps.sh
+	$(BIN)/python -m pytest tests/e2e/test_mission.py $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

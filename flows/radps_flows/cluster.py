@@ -18,6 +18,7 @@ from radps_flows.labels import RUN_NAME_LABEL, RUN_UID_LABEL
 
 ENV_PREFIX = "RADPS_DASK_"
 RUN_AS_USER = 10001
+KUBE_CLUSTER_START_TIMEOUT_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,10 @@ def kube_task_runner(config: DaskClusterConfig, kube: KubeContext) -> DaskTaskRu
             "namespace": kube.namespace,
             "shutdown_on_close": True,
             "quiet": True,
+            # dask-kubernetes waits 60 s by default for the scheduler; a node pulling or
+            # unpacking the image for the first Dask pods can take longer (a CI-like e2e run
+            # ended TimedOut after 62 s)
+            "resource_timeout": KUBE_CLUSTER_START_TIMEOUT_SECONDS,
         },
     )
 

@@ -65,6 +65,7 @@ def test_task_runner_follows_the_environment(monkeypatch):
         monkeypatch.setenv(key, value)
     runner = task_runner_from_env()
     assert "KubeCluster" in str(runner.cluster_class)
+    assert runner.cluster_kwargs["resource_timeout"] >= 300  # first pods may unpack the image
     for key in POD_ENV:
         monkeypatch.delenv(key)
     assert "LocalCluster" in str(task_runner_from_env().cluster_class)

@@ -25,7 +25,7 @@ test: venv
 	$(BIN)/python -m pytest --ignore tests/e2e/test_mission.py $(PYTEST_ARGS)
 
 # The whole system on a real node: image, helm install, the real-VLA PipelineRun, helm test.
-# Not yet in `make test`: one CI-like run ended TimedOut (see the issue notes).
+# Not yet in `make test`: it passed once and failed twice (TimedOut, then Failed; see the notes).
 e2e: venv
 	hack/host-deps.sh
 	$(BIN)/python -m pytest tests/e2e/test_mission.py $(PYTEST_ARGS)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from .io import data_variable_names
+
 __all__ = ["average_arrays", "average_dataset"]
 
 
@@ -80,11 +82,11 @@ def average_dataset(
     """Averaged copy of one MSv4 dataset (loaded into memory): its data group's visibilities,
     weights and flags, UVW, time and frequency coordinates. Other per-(time, baseline)
     variables are averaged like UVW; the result keeps the attrs."""
-    groups = (ds.attrs.get("data_groups") or {}).get(data_group, {})
-    vname = groups.get("correlated_data", "VISIBILITY")
-    fname = groups.get("flag", "FLAG")
-    wname = groups.get("weight", "WEIGHT")
-    uname = groups.get("uvw") or "UVW"
+    names = data_variable_names(ds, data_group)
+    vname = names["vis"]
+    fname = names["flag"]
+    wname = names["weight"]
+    uname = names["uvw"]
     order = ("time", "baseline_id", "frequency", "polarization")
     vis = ds[vname].transpose(*order).values
     flag = ds[fname].transpose(*order).values if fname in ds else np.zeros(vis.shape, bool)

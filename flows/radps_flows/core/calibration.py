@@ -38,6 +38,7 @@ import numpy as np
 import xarray as xr
 
 from .conventions import MSV4_UVW_SIGN
+from .io import data_variable_names
 from .synth import point_source_visibilities
 
 __all__ = [
@@ -505,18 +506,6 @@ def _centres(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
     return np.array([values[bins == i].mean() for i in range(n)])
 
 
-def _data_names(ds: xr.Dataset, data_group: str) -> dict[str, str]:
-    g = (ds.attrs.get("data_groups") or {}).get(data_group, {})
-    if not g and data_group != "base":
-        raise ValueError(f"data group {data_group!r} not in {sorted(ds.attrs.get('data_groups'))}")
-    return {
-        "vis": g.get("correlated_data", "VISIBILITY"),
-        "flag": g.get("flag", "FLAG"),
-        "weight": g.get("weight", "WEIGHT"),
-        "uvw": g.get("uvw") or "UVW",
-    }
-
-
 def _weights(ds: xr.Dataset, names: dict[str, str], shape: tuple[int, ...]) -> np.ndarray:
     if names["weight"] not in ds:
         return np.ones(shape, dtype=np.float32)
@@ -552,7 +541,7 @@ def solve_gains(
     ``time_origin``: start of the first interval when ``solint`` is in seconds (default the
     first time); give the whole data set's first time when solving it slice by slice.
     """
-    names = _data_names(ds, data_group)
+    names = data_variable_names(ds, data_group)
     pols = [str(p) for p in ds["polarization"].values]
     _, receptors, parallel = receptor_pairs(pols)
     ant_names, ant1, ant2 = baseline_indices(ds)
@@ -648,7 +637,7 @@ def apply_gains(
     ``FLAG_CORRECTED``; weights unchanged, as CASA's ``calwt=False``), lazily (Dask) when
     the input is. Each sample uses the nearest solution in time and frequency; data whose
     solution is flagged (or missing for its antenna) are flagged and zeroed."""
-    names = _data_names(ds, data_group)
+    names = data_variable_names(ds, data_group)
     pols = [str(p) for p in ds["polarization"].values]
     pairs, receptors, _ = receptor_pairs(pols)
     sol_receptors = [str(r) for r in solutions["receptor"].values]

@@ -26,6 +26,7 @@ from .beam import Beam, fit_beam, restore
 from .calibration import image_model_visibilities
 from .conventions import MSV4_UVW_SIGN
 from .imaging import dirty_sum_from_arrays, make_dirty_image, stokes_i
+from .io import data_variable_names
 
 __all__ = [
     "CleanResult",
@@ -71,11 +72,11 @@ def gather_stokes_i(ds: xr.Dataset, data_group: str = "base") -> StokesIVisibili
     """Stokes I visibilities of one MSv4 dataset (in memory), the way the imager forms them:
     parallel hands combined with their weights, flagged/NaN samples and autocorrelations
     weighted 0."""
-    groups = (ds.attrs.get("data_groups") or {}).get(data_group, {})
-    vname = groups.get("correlated_data", "VISIBILITY")
-    fname = groups.get("flag", "FLAG")
-    wname = groups.get("weight", "WEIGHT")
-    uname = groups.get("uvw") or "UVW"
+    names = data_variable_names(ds, data_group)
+    vname = names["vis"]
+    fname = names["flag"]
+    wname = names["weight"]
+    uname = names["uvw"]
     order = ("time", "baseline_id", "frequency", "polarization")
     vis = ds[vname].transpose(*order).values
     flag = ds[fname].transpose(*order).values if fname in ds else None

@@ -21,6 +21,8 @@ import warnings
 import numpy as np
 import xarray as xr
 
+from .io import data_variable_names
+
 __all__ = ["aoflagger_available", "aoflagger_flags", "flag_dataset", "mad_flags"]
 
 _MAD_TO_SIGMA = 1.4826
@@ -79,10 +81,10 @@ def flag_dataset(
 ) -> xr.DataArray:
     """A new FLAG for one MSv4 dataset (same dims as its FLAG), lazily when it is Dask-backed:
     the work is split by baseline (each baseline needs its whole time x frequency plane)."""
-    groups = (ds.attrs.get("data_groups") or {}).get(data_group, {})
-    vname = groups.get("correlated_data", "VISIBILITY")
-    fname = groups.get("flag", "FLAG")
-    wname = groups.get("weight", "WEIGHT")
+    names = data_variable_names(ds, data_group)
+    vname = names["vis"]
+    fname = names["flag"]
+    wname = names["weight"]
     order = ("time", "baseline_id", "frequency", "polarization")
     vis = ds[vname].transpose(*order)
     flag = ds[fname].transpose(*order) if fname in ds else xr.zeros_like(vis, dtype=bool)

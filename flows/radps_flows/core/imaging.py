@@ -31,7 +31,7 @@ import numpy as np
 import xarray as xr
 
 from .conventions import MSV4_UVW_SIGN
-from .io import InputDataError
+from .io import InputDataError, data_variable_names
 
 #: Parallel-hand correlations that estimate Stokes I, in order of preference.
 _STOKES_I_PAIRS = (("RR", "LL"), ("XX", "YY"))
@@ -207,19 +207,6 @@ def stokes_i(
     return vis_i, den
 
 
-def _group(ds: xr.Dataset, data_group: str) -> dict[str, str]:
-    groups = ds.attrs.get("data_groups") or {}
-    if data_group not in groups and data_group != "base":
-        raise ValueError(f"data group {data_group!r} not in {sorted(groups)}")
-    g = groups.get(data_group, {})
-    return {
-        "vis": g.get("correlated_data", "VISIBILITY"),
-        "flag": g.get("flag", "FLAG"),
-        "weight": g.get("weight", "WEIGHT"),
-        "uvw": g.get("uvw") or "UVW",
-    }
-
-
 def _time_blocks(ds: xr.Dataset, var: str) -> Iterator[slice]:
     """Time slices following the Dask chunks, split further to bound memory."""
     n = ds.sizes["time"]
@@ -244,7 +231,7 @@ def dataset_dirty_sum(
     data_group: str = "base",
 ) -> DirtySum:
     """Un-normalised Stokes I dirty image of one MSv4 dataset, gridded time block by block."""
-    names = _group(ds, data_group)
+    names = data_variable_names(ds, data_group)
     pols = [str(p) for p in ds["polarization"].values]
     freq = np.asarray(ds["frequency"].values, dtype=np.float64)
     auto = None

@@ -52,6 +52,22 @@ class InputDataError(ValueError):
     """
 
 
+def data_variable_names(ds: xr.Dataset, data_group: str = "base") -> dict[str, str]:
+    """Names of the visibility, flag, weight and UVW variables of ``data_group`` (xradio's
+    ``data_groups`` attribute; MSv4 defaults when a dataset has none). A group the dataset does
+    not have is an error, so another group's data is never used by mistake."""
+    groups = ds.attrs.get("data_groups") or {}
+    if data_group not in groups and data_group != "base":
+        raise ValueError(f"data group {data_group!r} not in {sorted(groups)}")
+    g = groups.get(data_group, {})
+    return {
+        "vis": g.get("correlated_data", "VISIBILITY"),
+        "flag": g.get("flag", "FLAG"),
+        "weight": g.get("weight", "WEIGHT"),
+        "uvw": g.get("uvw") or "UVW",
+    }
+
+
 def open_processing_set(
     path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
 ) -> list[xr.Dataset]:

@@ -156,7 +156,7 @@ def open_partition(store: str, partition: str) -> xr.Dataset:
 
 
 def _names(ds: xr.Dataset, data_group: str) -> dict[str, str]:
-    return cal._data_names(ds, data_group)
+    return core_io.data_variable_names(ds, data_group)
 
 
 def plan_blocks(

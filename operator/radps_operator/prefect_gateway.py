@@ -57,6 +57,7 @@ def snapshot_of(flow_run: Any) -> FlowRunSnapshot:
         deployment_id=str(flow_run.deployment_id) if flow_run.deployment_id else None,
         work_pool=flow_run.work_pool_name,
         state_time=state.timestamp if state else None,
+        expected_start_time=flow_run.expected_start_time,
     )
 
 

@@ -22,6 +22,8 @@ PREFECT_REACHABLE = "PrefectReachable"
 
 # Prefect state types (StateType values), kept as strings so this module never imports Prefect.
 SCHEDULED, PENDING, RUNNING, PAUSED = "SCHEDULED", "PENDING", "RUNNING", "PAUSED"
+LATE_AFTER = timedelta(seconds=15)
+"""Prefect's default PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS."""
 COMPLETED, FAILED, CRASHED = "COMPLETED", "FAILED", "CRASHED"
 CANCELLING, CANCELLED = "CANCELLING", "CANCELLED"
 TERMINAL_STATE_TYPES = frozenset({COMPLETED, FAILED, CRASHED, CANCELLED})
@@ -177,6 +179,8 @@ class FlowRunSnapshot:
     work_pool: str | None = None
     state_time: datetime | None = None
     """When Prefect entered the current state (for the status-lag metric)."""
+    expected_start_time: datetime | None = None
+    """When a scheduled run should start: past it by LATE_AFTER, the run is late."""
 
     @property
     def terminal(self) -> bool:
@@ -257,11 +261,22 @@ def _progress(labels: dict[str, Any]) -> api.Progress | None:
     return api.Progress(completed=completed, total=total, summary=f"{completed}/{total}")
 
 
+def is_late(snapshot: FlowRunSnapshot, now: datetime) -> bool:
+    """Prefect's own late-runs service renames such runs "Late", but it may be off, behind, or
+    fail its write on a busy SQLite server; the operator does not wait for it to say so."""
+    if snapshot.state_type != SCHEDULED:
+        return False
+    if snapshot.state_name == "Late":
+        return True
+    expected = snapshot.expected_start_time
+    return expected is not None and now - expected > LATE_AFTER
+
+
 def _phase_and_reason(
-    snapshot: FlowRunSnapshot, previous: api.PipelineRunStatus, work_pool: str
+    snapshot: FlowRunSnapshot, previous: api.PipelineRunStatus, work_pool: str, now: datetime
 ) -> tuple[api.Phase, str, str | None]:
     state_type = snapshot.state_type or SCHEDULED
-    name = snapshot.state_name or state_type.title()
+    name = "Late" if is_late(snapshot, now) else snapshot.state_name or state_type.title()
     message = snapshot.state_message or None
     if state_type == FAILED and name == "TimedOut":
         return api.Phase.TIMED_OUT, "TimedOut", message
@@ -292,7 +307,7 @@ def status_from_flow_run(
     conditions keep their transition times). A finished status never goes back to running."""
     if is_finished(previous) and not snapshot.terminal:
         return previous
-    phase, reason, message = _phase_and_reason(snapshot, previous, work_pool)
+    phase, reason, message = _phase_and_reason(snapshot, previous, work_pool, now)
     # TimedOut while Prefect still cancels is not finished: completion comes with Cancelled.
     finished = phase in api.FINISHED_PHASES and snapshot.terminal
     if phase == api.Phase.COMPLETED:

@@ -116,6 +116,16 @@ def test_phase_mapping(state_type, name, message, phase, status, reason):
     assert (s.completion_time is not None) == (status != "Unknown")
 
 
+def test_scheduled_past_its_start_is_late_without_prefects_late_service():
+    on_time = snap("SCHEDULED", "Scheduled", expected_start_time=NOW - timedelta(seconds=5))
+    overdue = snap("SCHEDULED", "Scheduled", expected_start_time=NOW - timedelta(seconds=16))
+    assert r.get_condition(to_status(None, on_time), r.SUCCEEDED).reason == "Scheduled"
+    late = to_status(None, overdue)
+    assert r.get_condition(late, r.SUCCEEDED).reason == "Late" and "no worker" in late.message
+    running = snap("RUNNING", "Running", expected_start_time=NOW - timedelta(hours=1))
+    assert r.get_condition(to_status(None, running), r.SUCCEEDED).reason == "Running"
+
+
 def test_crashed_without_message_says_infrastructure():
     assert "infrastructure" in to_status(None, snap("CRASHED", "Crashed")).message
 

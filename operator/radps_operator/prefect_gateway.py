@@ -186,16 +186,39 @@ class PrefectGateway:
         """The flow run for `request.idempotency_key`: created, or the existing one."""
         flow_run = await self._call(
             "create_flow_run",
-            self._client.create_flow_run_from_deployment(
-                UUID(deployment_id),
-                parameters=request.parameters,
-                name=request.name,
-                tags=list(request.tags),
-                idempotency_key=request.idempotency_key,
-                job_variables=await self._known_variables(work_pool, request.job_variables),
+            self._create_flow_run(
+                deployment_id,
+                request,
+                await self._known_variables(work_pool, request.job_variables),
             ),
         )
         return snapshot_of(flow_run)
+
+    async def _create_flow_run(
+        self, deployment_id: str, request: FlowRunRequest, job_variables: dict[str, Any]
+    ) -> Any:
+        """`create_flow_run_from_deployment` without its one gap: it cannot set the run's retry
+        policy, which the server's RetryFailedFlows rule reads (the engine keeps a set one)."""
+        from prefect.client.schemas.actions import DeploymentFlowRunCreate
+        from prefect.client.schemas.objects import FlowRun, FlowRunPolicy
+        from prefect.states import Scheduled, to_state_create
+
+        body = DeploymentFlowRunCreate(
+            parameters=request.parameters,
+            state=to_state_create(Scheduled()),
+            name=request.name,
+            tags=list(request.tags),
+            idempotency_key=request.idempotency_key,
+            job_variables=job_variables,
+            empirical_policy=FlowRunPolicy(retries=request.retries, retry_delay=0),
+        )
+        response = await self._client.request(
+            "POST",
+            "/deployments/{id}/create_flow_run",
+            path_params={"id": UUID(deployment_id)},
+            json=body.model_dump(mode="json", exclude_unset=True),
+        )
+        return FlowRun.model_validate(response.json())
 
     async def read_flow_runs(self, flow_run_ids: list[str]) -> list[FlowRunSnapshot]:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId

@@ -69,6 +69,8 @@ class FlowRunRequest:
     parameters: dict[str, Any]
     tags: tuple[str, ...]
     job_variables: dict[str, Any]
+    retries: int = 0
+    """Prefect's server retries a failed flow run this many times (its empirical policy)."""
 
 
 def deployment_name(pipeline: str, image: str) -> str:
@@ -157,6 +159,7 @@ def desired_flow_run(
         parameters=dict(spec.parameters),
         tags=("radps", f"pipeline:{spec.pipeline}", f"namespace:{namespace}"),
         job_variables=job_variables(namespace, name, uid, spec, settings),
+        retries=spec.retries,
     )
 
 

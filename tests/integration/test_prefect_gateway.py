@@ -75,6 +75,33 @@ def test_deploy_create_idempotently_follow_events_and_read_outputs(
     assert run.id in seen, "no flow-run event arrived through the event stream"
 
 
+def test_spec_retries_make_prefect_run_a_failing_flow_again(
+    radps_server,
+    process_worker,  # noqa: F811
+    tmp_path,
+):
+    from prefect.client.orchestration import PrefectClient
+
+    settings = OperatorSettings(prefect_api_url=radps_server.api_url, work_pool=process_worker.pool)
+    (tmp_path / "a-file").write_text("not a folder")
+    dep, req = _requests(settings, tmp_path / "a-file", name="gw-retry", retries=1)
+
+    async def scenario():
+        async with PrefectGateway(radps_server.api_url) as gw:
+            run = await gw.create_flow_run(await gw.ensure_deployment(dep), req, dep.work_pool)
+            deadline = time.monotonic() + 180
+            while not run.terminal and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                (run,) = await gw.read_flow_runs([run.id])
+        async with PrefectClient(radps_server.api_url) as client:
+            return run, await client.read_flow_run(uuid.UUID(run.id))
+
+    run, flow_run = asyncio.run(scenario())
+    assert run.state_type == "FAILED", run
+    assert flow_run.empirical_policy.retries == 1
+    assert flow_run.run_count == 2, "Prefect did not retry the failed run once"
+
+
 def test_schema_is_enforced_and_cancel_of_unstarted_run(radps_server, tmp_path):
     create_process_pool(radps_server.api_url, "no-worker-pool")
     settings = OperatorSettings(prefect_api_url=radps_server.api_url, work_pool="no-worker-pool")

@@ -51,6 +51,8 @@ def test_flow_run_request_carries_identity_image_resources_and_dask_env():
     assert jv["env"]["RADPS_DASK_WORKERS"] == "3"
     assert jv["env"]["RADPS_DASK_THREADS_PER_WORKER"] == "2"
     assert jv["labels"][r.RUN_UID_LABEL] == "uid-1"
+    assert req.retries == 0
+    assert r.desired_flow_run("ns", "run-a", "uid-1", spec(retries=2), SETTINGS).retries == 2
 
 
 def test_one_deployment_per_pipeline_and_image():

@@ -108,7 +108,7 @@ class KubeCluster:
         self, *args: str, check: bool = True, timeout: float = 600
     ) -> subprocess.CompletedProcess[str]:
         """Run the pinned helm (hack/build.sh all) against this cluster."""
-        helm = Path(_script_value("HELM_BIN")) / "helm"
+        helm = Path(hack_setting("HELM_BIN")) / "helm"
         proc = subprocess.run(
             [str(helm) if helm.exists() else "helm", "--kubeconfig", str(self.kubeconfig), *args],
             capture_output=True,
@@ -155,7 +155,7 @@ def _hack_env() -> dict[str, str]:
     return {**os.environ}
 
 
-def _script_value(name: str) -> str:
+def hack_setting(name: str) -> str:
     """Ask hack/lib.sh for a setting, so the fixtures and the scripts never disagree."""
     out = subprocess.run(
         ["bash", "-c", f'source "{HACK / "lib.sh"}" && echo "${{{name}}}"'],
@@ -168,7 +168,7 @@ def _script_value(name: str) -> str:
 
 
 def _local_kubectl() -> str:
-    path = Path(_script_value("KUBE_BIN")) / "kubectl"
+    path = Path(hack_setting("KUBE_BIN")) / "kubectl"
     return str(path) if path.exists() else (shutil.which("kubectl") or "kubectl")
 
 
@@ -191,7 +191,7 @@ def _has_ready_node(cluster: KubeCluster) -> bool:
 
 
 def _local_mode() -> str:
-    run_dir = Path(_script_value("RUN_DIR"))
+    run_dir = Path(hack_setting("RUN_DIR"))
     try:
         return (run_dir / "mode").read_text().strip()
     except OSError:
@@ -245,7 +245,7 @@ class _ClusterManager:
             else:
                 # Make sure a cluster that is recorded as up really is (restarts dead parts).
                 _cluster_up(mode)
-            kubeconfig = Path(_script_value("KUBECONFIG_PATH"))
+            kubeconfig = Path(hack_setting("KUBECONFIG_PATH"))
             cluster = KubeCluster(kubeconfig, full=False, kubectl_path=_local_kubectl())
             wait_until(lambda: _api_ready(cluster), timeout=60, what="the API server /readyz")
             cluster.full = _local_mode() == "full"

@@ -38,6 +38,51 @@ class Pipeline:
 
 
 @dataclass(frozen=True)
+class PipelineInfo:
+    """What the operator needs of a pipeline, as plain data: it learns these from a child
+    process (`python -m radps_flows.catalog`), so the operator never imports the science
+    stack (about 200 MiB of its memory otherwise)."""
+
+    name: str
+    entrypoint: str
+    flow_name: str
+    description: str
+    parameter_schema: dict[str, Any]
+
+    @classmethod
+    def of(cls, pipeline: Pipeline) -> PipelineInfo:
+        return cls(
+            name=pipeline.name,
+            entrypoint=pipeline.entrypoint,
+            flow_name=pipeline.flow.name,
+            description=pipeline.description,
+            parameter_schema=pipeline.parameter_schema,
+        )
+
+
+@cache
+def catalog_info() -> dict[str, PipelineInfo]:
+    return {name: PipelineInfo.of(p) for name, p in pipelines().items()}
+
+
+def catalog_info_from_child_process(timeout: float = 300) -> dict[str, PipelineInfo]:
+    """`catalog_info()` computed in a child process, which frees that memory when it exits."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "radps_flows.catalog"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"listing the pipeline catalog failed: {out.stderr[-2000:]}")
+    return {row["name"]: PipelineInfo(**row) for row in json.loads(out.stdout)}
+
+
+@dataclass(frozen=True)
 class ParameterError:
     path: str
     """Dotted path below `spec.parameters`, empty for the object itself."""
@@ -67,7 +112,9 @@ def get_pipeline(name: str) -> Pipeline | None:
     return pipelines().get(name)
 
 
-def validate_parameters(pipeline: Pipeline, parameters: dict[str, Any]) -> list[ParameterError]:
+def validate_parameters(
+    pipeline: Pipeline | PipelineInfo, parameters: dict[str, Any]
+) -> list[ParameterError]:
     """Every way `parameters` break the pipeline's schema, each with its exact path."""
     validator = jsonschema.Draft202012Validator(pipeline.parameter_schema)
     errors = []
@@ -109,3 +156,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
         case "enum" | "const":
             return f"must be one of {error.validator_value}, got {got}"
     return error.message
+
+
+if __name__ == "__main__":
+    from dataclasses import asdict
+
+    print(json.dumps([asdict(info) for info in catalog_info().values()]))

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 import uvloop
@@ -18,12 +19,15 @@ import uvloop
 from radps_operator import api, metrics
 from radps_operator import reconcile as r
 from radps_operator.follower import Follower, Kube, Tracked, utcnow
-from radps_operator.prefect_gateway import PrefectGateway, PrefectUnavailable
+from radps_operator.prefect_gateway import PrefectBusy, PrefectGateway, PrefectUnavailable
 from radps_operator.settings import OperatorSettings
 
 registry = kopf.OperatorRegistry()
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
 FINALIZER = "radps.io/finalizer"
+
+if TYPE_CHECKING:
+    from radps_flows.catalog import PipelineInfo
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +73,13 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _runtime
     configure(settings)
     config = OperatorSettings.from_env()
-    # The catalog imports the science stack (seconds): load it before the first object, not
-    # inside the first create handler, which would stall every handler on this event loop.
+    # Listing the catalog imports the science stack (seconds, ~200 MiB): a child process does
+    # it once, before the first object, and this process keeps only the plain result.
     await asyncio.to_thread(_catalog)
     metrics.start_metrics_server(config.metrics_port)
-    gateway = await PrefectGateway(config.prefect_api_url, config.prefect_auth_string).__aenter__()
+    gateway = await PrefectGateway(
+        config.prefect_api_url, config.prefect_auth_string, config.prefect_max_concurrent_calls
+    ).__aenter__()
     kube = await Kube().__aenter__()
     follower = Follower(config, gateway, kube)
     follower.start()
@@ -120,18 +126,19 @@ def _tracked(body: kopf.Body, spec: api.PipelineRunSpec, status: api.PipelineRun
 
 
 @functools.cache
-def _catalog() -> dict[str, tuple[str, str, dict[str, Any], str]]:
-    """pipeline name -> (entrypoint, flow name, parameter schema, description)."""
-    from radps_flows.catalog import pipelines
+def _catalog() -> dict[str, PipelineInfo]:
+    from radps_flows.catalog import catalog_info_from_child_process
 
-    return {
-        name: (p.entrypoint, p.flow.name, p.parameter_schema, p.description)
-        for name, p in pipelines().items()
-    }
+    return catalog_info_from_child_process()
 
 
 def _retry_delay(retry: int) -> float:
     return float(min(2 ** min(retry, 5), 30))
+
+
+def _busy_delay(retry: int) -> float:
+    """An overloaded Prefect answers again within moments; jitter spreads the retries."""
+    return min(0.2 * 2 ** min(retry, 5), 5.0) * random.uniform(0.5, 1.5)
 
 
 @kopf.on.resume(*RESOURCE, registry=registry)
@@ -147,7 +154,7 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
     status = r.parse_status(dict(body.get("status") or {}))
     raw_spec = dict(body["spec"])
     try:
-        spec = validate_spec(raw_spec)
+        spec = validate_spec(raw_spec, _catalog())
     except InvalidPipelineRun as invalid:
         if status.phase is not None:
             return  # already rejected
@@ -171,11 +178,16 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
         return
     async with run.lock:
         await rt.follower.write(run, r.pending_status(run.status, utcnow(), run.generation))
-    deployment = r.desired_deployment(spec, rt.settings, *_catalog()[spec.pipeline])
+    info = _catalog()[spec.pipeline]
+    deployment = r.desired_deployment(
+        spec, rt.settings, info.entrypoint, info.flow_name, info.parameter_schema, info.description
+    )
     request = r.desired_flow_run(run.namespace, run.name, run.uid, spec, rt.settings)
     try:
         deployment_id = await rt.gateway.ensure_deployment(deployment)
         snapshot = await rt.gateway.create_flow_run(deployment_id, request, deployment.work_pool)
+    except PrefectBusy as exc:
+        raise kopf.TemporaryError(f"Prefect busy: {exc}", delay=_busy_delay(retry)) from exc
     except PrefectUnavailable as exc:
         async with run.lock:
             await rt.follower.write(

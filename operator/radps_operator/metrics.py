@@ -31,6 +31,11 @@ PREFECT_CALL_SECONDS = Histogram(
     ["operation"],
     buckets=_LATENCY_BUCKETS,
 )
+PREFECT_SLOT_WAIT_SECONDS = Histogram(
+    "radps_prefect_api_wait_seconds",
+    "Time a Prefect API call waited for one of the operator's concurrent-call slots",
+    buckets=_LATENCY_BUCKETS,
+)
 PREFECT_API_ERRORS = Counter(
     "radps_prefect_api_errors_total",
     "Prefect API calls that failed to reach Prefect",

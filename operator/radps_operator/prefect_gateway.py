@@ -27,20 +27,29 @@ FLOW_RUN_EVENT_PREFIX = "prefect.flow-run."
 READ_BATCH = 200
 
 
+DEFAULT_MAX_CONCURRENT_CALLS = 8
+
+
 class PrefectUnavailable(RuntimeError):
     """Prefect did not answer (or answered 5xx): retry later."""
 
 
-def _unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, httpx.TransportError | OSError | asyncio.TimeoutError):
-        return True
-    if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code >= 500 or exc.response.status_code in (408, 429)
-    from prefect.exceptions import PrefectHTTPStatusError
+class PrefectBusy(PrefectUnavailable):
+    """Prefect answered 503 or 429: it is up but overloaded (a SQLite server answers 503 when
+    its database is locked). Retry soon; it is not an outage."""
 
-    if isinstance(exc, PrefectHTTPStatusError):
-        return exc.response.status_code >= 500
-    return False
+
+def _unavailable(exc: BaseException) -> type[PrefectUnavailable] | None:
+    """Which retryable failure `exc` is, or None for an answer to act on (e.g. a 4xx)."""
+    if isinstance(exc, httpx.TransportError | OSError | asyncio.TimeoutError):
+        return PrefectUnavailable
+    if isinstance(exc, httpx.HTTPStatusError):  # Prefect's own error type derives from it
+        code = exc.response.status_code
+        if code in (429, 503):
+            return PrefectBusy
+        if code >= 500 or code == 408:
+            return PrefectUnavailable
+    return None
 
 
 def snapshot_of(flow_run: Any) -> FlowRunSnapshot:
@@ -61,10 +70,35 @@ def snapshot_of(flow_run: Any) -> FlowRunSnapshot:
     )
 
 
+def _output_rows(artifact: Any) -> list[dict[str, str]] | None:
+    """The rows of a "radps outputs" table artifact; None for any other artifact."""
+    if artifact.description != OUTPUTS_ARTIFACT_DESCRIPTION:
+        return None
+    data = artifact.data
+    if isinstance(data, str):
+        with contextlib.suppress(ValueError):
+            data = json.loads(data)
+    if not isinstance(data, list):
+        return None
+    return [
+        {k: str(row.get(k, "")) for k in ("name", "uri", "kind")}
+        for row in data
+        if isinstance(row, dict)
+    ]
+
+
 class PrefectGateway:
-    def __init__(self, api_url: str, auth_string: str | None = None):
+    def __init__(
+        self,
+        api_url: str,
+        auth_string: str | None = None,
+        max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
+    ):
         self.api_url = api_url
         self.auth_string = auth_string
+        self._slots = asyncio.Semaphore(max_concurrent_calls)
+        """A burst of creates must not become a burst of concurrent writes: SQLite serialises
+        them anyway and answers the surplus with "database is locked" (503)."""
         self._client: Any = None
         self._deployments: dict[tuple[str, str, str], asyncio.Future[str]] = {}
         self._pool_variables: dict[str, set[str] | None] = {}
@@ -106,14 +140,23 @@ class PrefectGateway:
             self._client = None
 
     async def _call(self, operation: str, coro: Awaitable[Any]) -> Any:
+        with metrics.PREFECT_SLOT_WAIT_SECONDS.time():
+            await self._slots.acquire()
+        try:
+            return await self._call_now(operation, coro)
+        finally:
+            self._slots.release()
+
+    async def _call_now(self, operation: str, coro: Awaitable[Any]) -> Any:
         with metrics.PREFECT_CALL_SECONDS.labels(operation).time(), self._settings_context():
             try:
                 return await coro
             except Exception as exc:
-                if _unavailable(exc):
-                    metrics.PREFECT_API_ERRORS.labels(operation).inc()
-                    raise PrefectUnavailable(f"Prefect API {self.api_url}: {exc!r}") from exc
-                raise
+                kind = _unavailable(exc)
+                if kind is None:
+                    raise
+                metrics.PREFECT_API_ERRORS.labels(operation).inc()
+                raise kind(f"Prefect API {self.api_url}: {exc!r}") from exc
 
     async def healthy(self) -> bool:
         try:
@@ -275,40 +318,43 @@ class PrefectGateway:
 
     async def read_outputs(self, flow_run_id: str) -> list[dict[str, Any]]:
         """Rows {name, uri, kind} of the flow run's "radps outputs" table artifact."""
+        return (await self.read_outputs_of([flow_run_id]))[flow_run_id]
+
+    async def read_outputs_of(self, flow_run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """`read_outputs` of many flow runs, READ_BATCH per call (1000 runs finishing together
+        would otherwise make 1000 calls, one after another)."""
         from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-        artifacts = await self._call(
-            "read_artifacts",
-            self._client.read_artifacts(
-                artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])
+        out: dict[str, list[dict[str, Any]]] = {i: [] for i in flow_run_ids}
+        for i in range(0, len(flow_run_ids), READ_BATCH):
+            batch = [UUID(x) for x in flow_run_ids[i : i + READ_BATCH]]
+            where = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=batch))
+            offset = 0
+            while True:  # a run may have several artifacts: page through them
+                page = await self._call(
+                    "read_artifacts",
+                    self._client.read_artifacts(
+                        artifact_filter=where, limit=READ_BATCH, offset=offset
+                    ),
                 )
-            ),
-        )
-        for artifact in artifacts:
-            if artifact.description != OUTPUTS_ARTIFACT_DESCRIPTION:
-                continue
-            data = artifact.data
-            if isinstance(data, str):
-                with contextlib.suppress(ValueError):
-                    data = json.loads(data)
-            if isinstance(data, list):
-                return [
-                    {k: str(row.get(k, "")) for k in ("name", "uri", "kind")}
-                    for row in data
-                    if isinstance(row, dict)
-                ]
-        return []
+                for artifact in page:
+                    rows = _output_rows(artifact)
+                    if rows is not None and str(artifact.flow_run_id) in out:
+                        out[str(artifact.flow_run_id)] = rows
+                if len(page) < READ_BATCH:
+                    break
+                offset += READ_BATCH
+        return out
 
     # --- the event stream -----------------------------------------------------------------------
 
     async def follow_flow_run_events(
         self,
-        on_flow_run: Callable[[str], None],
+        on_flow_run: Callable[[str, str], None],
         on_connected: Callable[[bool], None] = lambda _: None,
     ) -> None:
-        """Call `on_flow_run(id)` for every flow-run state event, forever; reconnects with
-        backoff (the resync covers what a reconnect window misses)."""
+        """Call `on_flow_run(id, state name)` for every flow-run state event, forever;
+        reconnects with backoff (the resync covers what a reconnect window misses)."""
         from prefect.events.clients import PrefectEventSubscriber
         from prefect.events.filters import EventFilter, EventNameFilter
 
@@ -328,7 +374,10 @@ class PrefectGateway:
                         resource_id = event.resource.id
                         if resource_id.startswith(FLOW_RUN_EVENT_PREFIX):
                             metrics.PREFECT_EVENTS.inc()
-                            on_flow_run(resource_id.removeprefix(FLOW_RUN_EVENT_PREFIX))
+                            on_flow_run(
+                                resource_id.removeprefix(FLOW_RUN_EVENT_PREFIX),
+                                event.event.removeprefix(FLOW_RUN_EVENT_PREFIX),
+                            )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

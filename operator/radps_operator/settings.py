@@ -11,6 +11,7 @@
 | `RADPS_FLOW_SERVICE_ACCOUNT` | `radps-flow` | service account of the flow-run pod ("" for none) |
 | `RADPS_WATCH_NAMESPACES` | `*` (all) | namespaces watched: `*`, one name, or a comma list |
 | `RADPS_RESYNC_SECONDS` | `5` | period of the full re-read of every unfinished run |
+| `RADPS_PREFECT_MAX_CONCURRENT_CALLS` | `8` | Prefect API calls in flight at once |
 | `RADPS_METRICS_PORT` | `9090` | Prometheus `/metrics` (0: off) |
 | `RADPS_HEALTH_PORT` | `8080` | liveness `/healthz` (0: off) |
 | `RADPS_LOG_FORMAT` | `json` | `json` or `text` |
@@ -44,6 +45,7 @@ class OperatorSettings:
     namespaces: tuple[str, ...] = ()
     """Empty: every namespace (cluster-wide)."""
     resync_seconds: float = 5.0
+    prefect_max_concurrent_calls: int = 8
     metrics_port: int = 9090
     health_port: int = 8080
     log_format: str = "json"
@@ -96,6 +98,9 @@ class OperatorSettings:
             flow_service_account=get("RADPS_FLOW_SERVICE_ACCOUNT", "radps-flow") or None,
             namespaces=namespaces,
             resync_seconds=max(0.5, number("RADPS_RESYNC_SECONDS", 5.0)),
+            prefect_max_concurrent_calls=max(
+                1, int(number("RADPS_PREFECT_MAX_CONCURRENT_CALLS", 8, int))
+            ),
             metrics_port=int(number("RADPS_METRICS_PORT", 9090, int)),
             health_port=int(number("RADPS_HEALTH_PORT", 8080, int)),
             log_format=log_format,

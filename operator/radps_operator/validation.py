@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
 from radps_operator import api
+
+if TYPE_CHECKING:
+    from radps_flows.catalog import PipelineInfo
 
 
 @dataclass(frozen=True)
@@ -87,13 +91,15 @@ def validate_manifest(document: dict[str, Any]) -> api.PipelineRun:
     return run
 
 
-def validate_spec(spec: dict[str, Any]) -> api.PipelineRunSpec:
+def validate_spec(
+    spec: dict[str, Any], catalog: Mapping[str, PipelineInfo] | None = None
+) -> api.PipelineRunSpec:
     """The operator's entry: the spec of an object the API server already admitted."""
     try:
         parsed = api.PipelineRunSpec.model_validate(spec)
     except ValidationError as exc:
         raise InvalidPipelineRun(pydantic_errors(exc, prefix="spec")) from None
-    errors = check_spec_against_catalog(parsed)
+    errors = check_spec_against_catalog(parsed, catalog)
     if errors:
         raise InvalidPipelineRun(errors)
     return parsed
@@ -113,12 +119,16 @@ def _check_type_meta(document: dict[str, Any]) -> list[FieldError]:
     return errors
 
 
-def check_spec_against_catalog(spec: api.PipelineRunSpec) -> list[FieldError]:
-    from radps_flows.catalog import get_pipeline, pipelines, validate_parameters
+def check_spec_against_catalog(
+    spec: api.PipelineRunSpec, catalog: Mapping[str, PipelineInfo] | None = None
+) -> list[FieldError]:
+    """`catalog` defaults to this process's own (which imports every pipeline)."""
+    from radps_flows.catalog import catalog_info, validate_parameters
 
-    pipeline = get_pipeline(spec.pipeline)
+    catalog = catalog_info() if catalog is None else catalog
+    pipeline = catalog.get(spec.pipeline)
     if pipeline is None:
-        known = ", ".join(sorted(pipelines()))
+        known = ", ".join(sorted(catalog))
         return [FieldError("spec.pipeline", f"unknown pipeline {spec.pipeline!r} (known: {known})")]
     size = len(json.dumps(spec.parameters, separators=(",", ":")).encode())
     if size > api.MAX_PARAMETERS_BYTES:

@@ -1,8 +1,12 @@
-"""`python -m tests.benchmarks --out results`: array-core and pipeline benchmarks, JSON out.
+"""`python -m tests.benchmarks --out results`: array-core, pipeline and operator benchmarks,
+JSON out (`--only arraycore|operator` for one part).
 
 Sizes are visibilities of synthesized sets (default a quick 1e6,1e7; `--sizes 1e8` or
 `--large` adds 1e8, which takes minutes and a few GB of disk). Each size writes
-`<out>/arraycore-<n>.json`; `<out>/summary.json` collects them with the targets checked.
+`<out>/arraycore-<n>.json`; the operator part (operator.py: PipelineRuns applied at once on
+the local control plane; its Prefect server on SQLite and on a throwaway PostgreSQL) writes
+`<out>/operator-<db>.json`; `<out>/summary.json` collects them with
+the targets checked.
 Not tests: nothing here fails on a slow machine, the numbers are for reading.
 """
 
@@ -19,6 +23,7 @@ import time
 from pathlib import Path
 
 from . import arraycore, pipeline
+from . import operator as operator_bench
 
 
 def _environment() -> dict:
@@ -43,15 +48,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", action="store_true", help="add 1e8 visibilities")
     parser.add_argument("--data", type=Path, help="folder for synthesized sets (kept)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the end-to-end runs")
+    parser.add_argument(
+        "--only", choices=("all", "arraycore", "operator"), default="all", help="one part only"
+    )
+    parser.add_argument(
+        "--operator-runs",
+        default="1,200,1000",
+        help="PipelineRuns applied at once, comma-separated (1: single runs, one at a time)",
+    )
+    parser.add_argument(
+        "--prefect-db",
+        default="sqlite,postgres",
+        help="databases of the operator benchmark's Prefect server: sqlite, postgres or both",
+    )
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"environment": _environment()}
+    if args.only in ("all", "arraycore"):
+        results |= _arraycore(args)
+    if args.only in ("all", "operator"):
+        runs = [int(float(n)) for n in args.operator_runs.split(",") if n]
+        for db in args.prefect_db.split(","):
+            print(f"== operator: {runs} (Prefect on {db})", flush=True)
+            results[f"operator-{db}"] = operator_bench.main_standalone(args.out, runs, db)
+            print(json.dumps(results[f"operator-{db}"]["targets"]), flush=True)
+    (args.out / "summary.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def _arraycore(args: argparse.Namespace) -> dict:
     sizes = [int(float(s)) for s in args.sizes.split(",") if s]
     if args.large and int(1e8) not in sizes:
         sizes.append(int(1e8))
-    args.out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="radps-bench-"))
     data = args.data or scratch / "data"
     data.mkdir(parents=True, exist_ok=True)
-    results = {"environment": _environment(), "sizes": {}}
+    results: dict = {"sizes": {}}
     try:
         server = None if args.no_pipeline else pipeline.prefect_server()
         env = server.__enter__() if server else None
@@ -85,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     results["targets"] = _targets(results["sizes"])
-    (args.out / "summary.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results["targets"], indent=1))
-    return 0
+    return results
 
 
 def _targets(sizes: dict) -> dict:

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.k8s import HACK, KubeCluster, _script_value, wait_until
+from tests.k8s import HACK, KubeCluster, hack_setting, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s_full]
 
 
 def smoke_image() -> str:
-    return os.environ.get("RADPS_SMOKE_IMAGE") or _script_value("BUSYBOX_IMAGE")
+    return os.environ.get("RADPS_SMOKE_IMAGE") or hack_setting("BUSYBOX_IMAGE")
 
 
 def apply(cluster: KubeCluster, namespace: str, *docs: dict[str, Any]) -> None:
@@ -274,7 +274,7 @@ def test_job_completes(kube_cluster: KubeCluster, kube_namespace: str) -> None:
 
 
 def _pids() -> dict[str, int]:
-    run_dir = Path(_script_value("RUN_DIR"))
+    run_dir = Path(hack_setting("RUN_DIR"))
     return {p.stem: int(p.read_text()) for p in run_dir.glob("*.pid") if p.read_text().strip()}
 
 
@@ -288,9 +288,9 @@ def _alive(pid: int) -> bool:
 
 
 def _leftovers() -> list[str]:
-    state = _script_value("RADPS_CLUSTER_DIR")
-    sock = _script_value("CONTAINERD_SOCK")
-    bridge = _script_value("BRIDGE_NAME")
+    state = hack_setting("RADPS_CLUSTER_DIR")
+    sock = hack_setting("CONTAINERD_SOCK")
+    bridge = hack_setting("BRIDGE_NAME")
     found = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         mount_point = line.split()[4]

@@ -126,6 +126,41 @@ def test_cancel_delete_timeout_and_ttl(env, runs, tmp_path):
     assert "Completed" in [r for _, r, _ in runs.events("ttl-me")], "deleted before it completed"
 
 
+def test_running_run_shows_its_dask_cluster(env, runs, tmp_path):
+    # The flow run is moved to Running by hand (as its engine would): no pod needed to check
+    # that the operator finds the DaskCluster labelled with the run and shows it.
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.states import Running
+
+    from tests.integration.prefect_helpers import create_process_pool
+
+    idle_pool = f"idle-{uuid.uuid4().hex[:6]}"
+    create_process_pool(env["RADPS_PREFECT_API_URL"], idle_pool)
+    with kopf_operator(runs.namespace, env):
+        runs.create("dask-me", **synth(tmp_path, "dm", workPool=idle_pool))
+        scheduled = runs.wait_phase("dask-me", "Scheduled", timeout=30)
+        with SyncPrefectClient(env["RADPS_PREFECT_API_URL"]) as client:
+            client.set_flow_run_state(
+                uuid.UUID(scheduled["prefect"]["flowRunId"]), Running(), force=True
+            )
+        runs.wait_phase("dask-me", "Running", timeout=30)
+        dask = DaskClusters(env, runs)
+        dask.create("dc-dask-me", runs.get("dask-me")["metadata"]["uid"])
+        shown = wait_until(
+            lambda: (
+                runs.status("dask-me").get("dask", {}).get("cluster") == "dc-dask-me"
+                and runs.status("dask-me")["dask"]
+            ),
+            timeout=30,
+            what=".status.dask",
+        )
+        runs.delete("dask-me")
+        wait_until(lambda: dask.names() == [], timeout=30, what="DaskCluster removed with it")
+        runs.delete_all()
+    assert shown["workers"] == 1
+    assert shown["dashboardUrl"] == f"http://dc-dask-me-scheduler.{runs.namespace}.svc:8787/status"
+
+
 class DaskClusters:
     """DaskCluster objects (the dask-kubernetes CRDs, no dask operator: nothing runs)."""
 

@@ -50,7 +50,9 @@ def test_deploy_create_idempotently_follow_events_and_read_outputs(
     async def scenario():
         seen: list[str] = []
         async with PrefectGateway(radps_server.api_url) as gw:
-            follower = asyncio.create_task(gw.follow_flow_run_events(seen.append))
+            follower = asyncio.create_task(
+                gw.follow_flow_run_events(lambda run_id, state: seen.append(run_id))
+            )
             ids = await asyncio.gather(gw.ensure_deployment(dep), gw.ensure_deployment(dep))
             assert ids[0] == ids[1]
             first = await gw.create_flow_run(ids[0], req, dep.work_pool)

@@ -194,8 +194,11 @@ def test_settings_from_env(tmp_path):
             "RADPS_PREFECT_AUTH_STRING_FILE": str(auth),
             "RADPS_WATCH_NAMESPACES": "a, b",
             "RADPS_FLOW_SERVICE_ACCOUNT": "",
+            "RADPS_PREFECT_MAX_CONCURRENT_CALLS": "3",
         }
     )
+    assert s.prefect_max_concurrent_calls == 3
+    assert OperatorSettings.from_env({}).prefect_max_concurrent_calls == 8
     assert (s.prefect_api_url, s.prefect_ui_url, s.prefect_auth_string) == (
         "http://p:4200/api",
         "http://p:4200",
@@ -205,6 +208,22 @@ def test_settings_from_env(tmp_path):
     assert OperatorSettings.from_env({}).clusterwide
     with pytest.raises(SettingsError, match="RADPS_RESYNC_SECONDS"):
         OperatorSettings.from_env({"RADPS_RESYNC_SECONDS": "soon"})
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"), [(503, "PrefectBusy"), (429, "PrefectBusy"), (500, "PrefectUnavailable")]
+)
+def test_overloaded_prefect_is_busy_not_down(code, kind):
+    import httpx
+
+    from radps_operator.prefect_gateway import _unavailable
+
+    request = httpx.Request("POST", "http://prefect/api/flow_runs/")
+    error = httpx.HTTPStatusError("x", request=request, response=httpx.Response(code))
+    assert _unavailable(error).__name__ == kind
+    refused = httpx.HTTPStatusError("x", request=request, response=httpx.Response(409))
+    assert _unavailable(refused) is None
+    assert _unavailable(httpx.ConnectError("refused")).__name__ == "PrefectUnavailable"
 
 
 def test_dask_status_from_the_daskcluster():

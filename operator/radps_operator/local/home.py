@@ -7,6 +7,10 @@ import os
 from pathlib import Path
 
 HOME_ENV = "RADPS_HOME"
+DATABASE_URL_ENV = "RADPS_PREFECT_DATABASE_URL"
+"""A Prefect database other than the home's SQLite file, e.g.
+`postgresql+asyncpg://user:password@127.0.0.1:5432/prefect`: SQLite serialises every write and
+answers a burst of them with "database is locked"."""
 
 
 def radps_home() -> Path:
@@ -20,11 +24,13 @@ def prefect_base_env(home: Path, database: Path | None = None) -> dict[str, str]
     (Prefect reads its settings when first imported)."""
     prefect_home = home / "prefect"
     prefect_home.mkdir(parents=True, exist_ok=True)
-    database = database or prefect_home / "radps.db"
+    url = f"sqlite+aiosqlite:///{database or prefect_home / 'radps.db'}"
+    if database is None and os.environ.get(DATABASE_URL_ENV):
+        url = os.environ[DATABASE_URL_ENV]
     return {
         "PREFECT_HOME": str(prefect_home),
         "PREFECT_PROFILES_PATH": str(prefect_home / "profiles.toml"),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{database}",
+        "PREFECT_API_DATABASE_CONNECTION_URL": url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "false",
     }

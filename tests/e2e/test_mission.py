@@ -157,6 +157,7 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
         input=f"/data/vla/{MS_NAME}", output="/data/products/vla-j1008-dirty"
     )
     run["spec"]["dask"] = {"workers": 2, "threadsPerWorker": 1}
+    applied = time.monotonic()
     kube_cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(run))
     name = run["metadata"]["name"]
 
@@ -171,6 +172,7 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
         if phase in ("Completed", "Failed", "Crashed", "Cancelled", "TimedOut"):
             break
         time.sleep(1)
+    print(f"\nkubectl apply -> {phase}: {time.monotonic() - applied:.0f} s")
     assert phase == "Completed", status
     assert most_workers == 2, "the run's DaskCluster never had its 2 worker pods"
     assert {o["kind"] for o in status["outputs"]} >= {"fits", "png"}
@@ -194,3 +196,33 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
 def test_helm_test_passes(kube_cluster: KubeCluster, installed: Path):
     result = kube_cluster.helm("test", RELEASE, "-n", NAMESPACE, "--logs", timeout=900)
     assert "Phase:          Succeeded" in result.stdout or "Succeeded" in result.stdout
+
+
+def test_uninstall_deletes_running_runs_first(kube_cluster: KubeCluster, installed: Path):
+    # Last in this module: the release is gone afterwards.
+    run = yaml.safe_load((REPO / "manifests" / "examples" / "synthesize-demo.yaml").read_text())
+    run["metadata"]["name"] = "uninstall-me"
+    run["spec"]["parameters"]["output"] = "/data/products/uninstall-me.ps.zarr"
+    kube_cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(run))
+    wait_until(
+        lambda: (
+            (_get(kube_cluster, "prun", "uninstall-me").get("status") or {}).get("phase")
+            in ("Scheduled", "Pending", "Running")
+        ),
+        timeout=120,
+        what="the run under way",
+    )
+    result = kube_cluster.helm(
+        "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "8m", check=False
+    )
+    hook_logs = kube_cluster.kubectl(
+        "logs", "-n", NAMESPACE, "job/radps-delete-runs", check=False
+    ).stdout
+    assert result.returncode == 0, result.stderr + hook_logs
+    assert not _get(kube_cluster, "prun")["items"]
+    left = kube_cluster.kubectl(
+        "get", "deployments,services,serviceaccounts,roles,rolebindings,configmaps,pvc", "-n",
+        NAMESPACE,
+        "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name", check=False,
+    ).stdout.split()  # fmt: skip
+    assert not left, left

@@ -161,6 +161,27 @@ def test_running_run_shows_its_dask_cluster(env, runs, tmp_path):
     assert shown["dashboardUrl"] == f"http://dc-dask-me-scheduler.{runs.namespace}.svc:8787/status"
 
 
+def test_release_cleanup_deletes_every_run_through_the_operator(env, runs, tmp_path):
+    # What the chart's pre-delete hook runs before `helm uninstall` removes the operator.
+    from radps_operator.release_cleanup import delete_all_runs
+    from tests.integration.prefect_helpers import create_process_pool
+
+    idle_pool = f"idle-{uuid.uuid4().hex[:6]}"
+    create_process_pool(env["RADPS_PREFECT_API_URL"], idle_pool)
+    with kopf_operator(runs.namespace, env):
+        for name in ("u-1", "u-2"):
+            runs.create(name, **synth(tmp_path, name, workPool=idle_pool))
+            runs.wait_phase(name, "Scheduled", timeout=30)
+    # no operator now: its finalizer holds the runs, and the cleanup says which are left
+    assert delete_all_runs(runs.custom, [runs.namespace], timeout=3) == [
+        f"{runs.namespace}/u-1",
+        f"{runs.namespace}/u-2",
+    ]
+    with kopf_operator(runs.namespace, env):
+        assert delete_all_runs(runs.custom, [runs.namespace], timeout=60) == []
+    assert runs.names() == []
+
+
 class DaskClusters:
     """DaskCluster objects (the dask-kubernetes CRDs, no dask operator: nothing runs)."""
 

@@ -67,6 +67,7 @@ def test_every_pod_meets_the_restricted_standard(helm):
         "t-radps-prefect-worker",
         "t-radps-dask-operator",
         "t-radps-test",
+        "t-radps-delete-runs",
     }
     for name, spec in specs:
         security = spec["securityContext"]
@@ -117,6 +118,20 @@ def test_namespaced_by_default_cluster_wide_on_request(helm):
         for c in spec["containers"]
     )
     assert {"name": "RADPS_WATCH_NAMESPACES", "value": "*"} in env
+
+
+def test_uninstall_first_deletes_the_runs_as_the_operator(helm):
+    (hook,) = [d for d in render(helm) if d["metadata"]["name"] == "t-radps-delete-runs"]
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    spec = hook["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "t-radps-operator"
+    command = spec["containers"][0]["command"]
+    assert command[:3] == ["python", "-m", "radps_operator.release_cleanup"]
+    assert command[command.index("--namespaces") + 1] == "radps"
+    wide = render(helm, "operator.watchNamespaces={*}")
+    (hook,) = [d for d in wide if d["metadata"]["name"] == "t-radps-delete-runs"]
+    assert "*" in hook["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert not [d for d in render(helm, "uninstall.deleteRuns=false") if d["kind"] == "Job"]
 
 
 def test_postgresql_replaces_the_sqlite_volume(helm):

@@ -283,8 +283,11 @@ def _phase_and_reason(
     message = snapshot.state_message or None
     if state_type == FAILED and name == "TimedOut":
         return api.Phase.TIMED_OUT, "TimedOut", message
-    if previous.phase == api.Phase.TIMED_OUT and state_type in (CANCELLING, CANCELLED):
-        # The operator cancelled the run because of spec.timeoutSeconds.
+    if previous.phase == api.Phase.TIMED_OUT and (
+        state_type == CANCELLED or state_type not in TERMINAL_STATE_TYPES
+    ):
+        # The operator cancelled the run because of spec.timeoutSeconds. A read from before
+        # the cancel (e.g. the snapshot its create handler still holds) must not undo that.
         return api.Phase.TIMED_OUT, "TimedOut", previous.message
     phase = _PHASE_OF_STATE_TYPE.get(state_type, api.Phase.PENDING)
     if name == "Late":

@@ -138,6 +138,9 @@ def test_operator_timeout_stays_timed_out_through_cancellation():
     assert s.phase == "TimedOut" and not r.is_finished(s)
     s = to_status(s, snap("CANCELLING", "Cancelling"))
     assert s.phase == "TimedOut" and s.completion_time is None
+    # a stale read from before the cancel (the create handler's snapshot) does not undo it
+    s = to_status(s, snap("SCHEDULED", "Scheduled"))
+    assert s.phase == "TimedOut" and s.completion_time is None
     s = to_status(s, snap("CANCELLED", "Cancelled", end_time=NOW))
     cond = r.get_condition(s, r.SUCCEEDED)
     assert (s.phase, cond.status, cond.reason) == ("TimedOut", "False", "TimedOut")

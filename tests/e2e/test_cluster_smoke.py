@@ -329,6 +329,7 @@ def test_cluster_down_leaves_nothing_behind(kube_cluster: KubeCluster) -> None:
         assert _leftovers() == []
     finally:
         # Bring it back so the session (and later tests) find the cluster as they left it.
-        subprocess.run(
-            [str(HACK / "cluster-up.sh"), "full"], check=True, capture_output=True, timeout=600
+        up = subprocess.run(
+            [str(HACK / "cluster-up.sh"), "full"], capture_output=True, text=True, timeout=600
         )
+        assert up.returncode == 0, f"cluster-up.sh full after cluster-down: {up.stderr[-4000:]}"

@@ -25,6 +25,18 @@ def install_crd(cluster: KubeCluster) -> None:
     )
 
 
+def install_dask_crds(cluster: KubeCluster) -> None:
+    """The dask-kubernetes CRDs as the chart ships them (`radps crd --dask`)."""
+    crds = subprocess.run(
+        [str(Path(sys.executable).parent / "radps"), "crd", "--dask"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crds)
+    cluster.kubectl("wait", "--for=condition=Established", "crd/daskclusters.kubernetes.dask.org")
+
+
 def operator_env(cluster: KubeCluster, api_url: str, pool: str, **extra: str) -> dict[str, str]:
     return {
         "KUBECONFIG": str(cluster.kubeconfig),

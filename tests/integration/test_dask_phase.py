@@ -5,12 +5,10 @@ stays Pending. The timer runs in kopf, as in the dask-operator pod."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.integration.operator_helpers import install_dask_crds
 from tests.k8s import wait_until
 
 pytest_plugins = ["tests.k8s"]
@@ -28,16 +26,7 @@ def test_pending_cluster_with_a_scheduler_service_becomes_running(
 
     from radps_operator.dask_phase import CHECK_SECONDS, settle_pending_phase
 
-    crds = subprocess.run(
-        [str(Path(sys.executable).parent / "radps"), "crd", "--dask"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crds)
-    kube_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/daskclusters.kubernetes.dask.org"
-    )
+    install_dask_crds(kube_cluster)
     custom, core = client.CustomObjectsApi(kube_api), client.CoreV1Api(kube_api)
     for name in ("raced", "starting"):
         body = {

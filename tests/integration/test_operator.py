@@ -15,6 +15,7 @@ from tests.integration.operator_helpers import (
     Runs,
     condition,
     install_crd,
+    install_dask_crds,
     kopf_operator,
     operator_env,
 )
@@ -186,19 +187,7 @@ class DaskClusters:
     """DaskCluster objects (the dask-kubernetes CRDs, no dask operator: nothing runs)."""
 
     def __init__(self, env: dict[str, str], runs: Runs):
-        import subprocess
-
-        crds = subprocess.run(
-            [str(Path(sys.executable).parent / "radps"), "crd", "--dask"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        cluster_ = KubeCluster(Path(env["KUBECONFIG"]), full=False, kubectl_path=_kubectl())
-        cluster_.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crds)
-        cluster_.kubectl(
-            "wait", "--for=condition=Established", "crd/daskclusters.kubernetes.dask.org"
-        )
+        install_dask_crds(KubeCluster(Path(env["KUBECONFIG"]), full=False, kubectl_path=_kubectl()))
         self.custom, self.namespace = runs.custom, runs.namespace
 
     def create(self, name: str, uid: str) -> str:
@@ -235,7 +224,6 @@ def test_kubernetes_pool_job_carries_the_run(kube_cluster, kube_api, runs, radps
     """The real prefect-kubernetes worker turns the flow run into a Job (created by the API
     server even without a node): image, env, resources, labels and service account."""
     import subprocess
-    import sys
 
     from kubernetes import client
     from prefect.client.orchestration import SyncPrefectClient

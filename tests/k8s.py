@@ -109,18 +109,7 @@ class KubeCluster:
     ) -> subprocess.CompletedProcess[str]:
         """Run the pinned helm (hack/build.sh all) against this cluster."""
         helm = Path(hack_setting("HELM_BIN")) / "helm"
-        proc = subprocess.run(
-            [str(helm) if helm.exists() else "helm", "--kubeconfig", str(self.kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, **self.env},
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(
-                f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}"
-            )
-        return proc
+        return self._run(str(helm) if helm.exists() else "helm", args, None, check, timeout)
 
     def api_client(self) -> Any:
         from kubernetes import client, config
@@ -135,8 +124,13 @@ class KubeCluster:
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl against this cluster; on failure the assertion shows its stderr."""
+        return self._run(self.kubectl_path, args, input, check, timeout)
+
+    def _run(
+        self, tool: str, args: tuple[str, ...], input: str | None, check: bool, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [self.kubectl_path, "--kubeconfig", str(self.kubeconfig), *args],
+            [tool, "--kubeconfig", str(self.kubeconfig), *args],
             input=input,
             capture_output=True,
             text=True,
@@ -144,8 +138,9 @@ class KubeCluster:
             env={**os.environ, **self.env},
         )
         if check and proc.returncode != 0:
+            name = Path(tool).name
             raise AssertionError(
-                f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}"
+                f"{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}"
             )
         return proc
 

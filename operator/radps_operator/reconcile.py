@@ -208,34 +208,18 @@ def set_condition(
     now: datetime,
 ) -> list[api.Condition]:
     """Conditions with `type_` set; lastTransitionTime moves only when the status changes."""
-    out = []
-    found = False
-    for condition in conditions:
-        if condition.type == type_:
-            found = True
-            changed = condition.status != status
-            out.append(
-                api.Condition(
-                    type=type_,
-                    status=status,  # type: ignore[arg-type]
-                    reason=reason,
-                    message=message,
-                    last_transition_time=now if changed else condition.last_transition_time,
-                )
-            )
-        else:
-            out.append(condition)
-    if not found:
-        out.append(
-            api.Condition(
-                type=type_,
-                status=status,  # type: ignore[arg-type]
-                reason=reason,
-                message=message,
-                last_transition_time=now,
-            )
-        )
-    return out
+    previous = next((c for c in conditions if c.type == type_), None)
+    changed = previous is None or previous.status != status
+    new = api.Condition(
+        type=type_,
+        status=status,  # type: ignore[arg-type]
+        reason=reason,
+        message=message,
+        last_transition_time=now if changed else previous.last_transition_time,
+    )
+    if previous is None:
+        return [*conditions, new]
+    return [new if c.type == type_ else c for c in conditions]
 
 
 def get_condition(status: api.PipelineRunStatus, type_: str) -> api.Condition | None:

@@ -73,11 +73,13 @@ def wait_until(
     interval: float = 0.2,
     what: str = "condition",
     ignore: tuple[type[BaseException], ...] = (),
+    describe: Callable[[], object] | None = None,
 ) -> T:
     """Call ``condition`` until it returns something truthy; return that value.
 
     Exceptions of the ``ignore`` types count as "not yet". On timeout raise :class:`WaitTimeout`
-    with the last value or exception seen, so a failure says what the cluster looked like.
+    with the last value or exception seen (and what ``describe`` returns, when the last value
+    alone is a bare False), so a failure says what the cluster looked like.
     """
     deadline = time.monotonic() + timeout
     last: object = None
@@ -90,7 +92,10 @@ def wait_until(
         except ignore as exc:
             last = exc
         if time.monotonic() >= deadline:
-            raise WaitTimeout(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+            seen = f"last: {last!r}"
+            if describe is not None:
+                seen += f"; then: {describe()!r}"
+            raise WaitTimeout(f"timed out after {timeout:.0f} s waiting for {what}; {seen}")
         time.sleep(interval)
 
 

@@ -46,7 +46,7 @@ _PHASE_OF_STATE_TYPE = {
 
 @dataclass(frozen=True)
 class DeploymentRequest:
-    """One deployment per (pipeline, image) on a work pool."""
+    """One deployment per (pipeline, image, work pool)."""
 
     flow_name: str
     name: str
@@ -73,11 +73,17 @@ class FlowRunRequest:
     """Prefect's server retries a failed flow run this many times (its empirical policy)."""
 
 
-def deployment_name(pipeline: str, image: str) -> str:
-    """A readable, stable deployment name for (pipeline, image): `imaging-radps-0-1-0-1a2b3c4d`."""
-    slug = re.sub(r"[^a-z0-9]+", "-", image.rsplit("/", 1)[-1].lower()).strip("-")[:40]
-    digest = hashlib.sha256(image.encode()).hexdigest()[:8]
-    return f"{pipeline}-{slug}-{digest}"
+def deployment_name(pipeline: str, image: str, work_pool: str) -> str:
+    """A readable, stable deployment name for (pipeline, image, work pool), such as
+    `imaging-radps-0-1-0-radps-1a2b3c4d`.
+
+    The pool is part of the name because Prefect keys deployments by (flow, name): one name
+    shared by two pools would be moved to whichever pool upserted it last, and a run asking for
+    one pool would start on the other."""
+    image_slug = re.sub(r"[^a-z0-9]+", "-", image.rsplit("/", 1)[-1].lower()).strip("-")[:40]
+    pool_slug = re.sub(r"[^a-z0-9]+", "-", work_pool.lower()).strip("-")[:40]
+    digest = hashlib.sha256(f"{image}\0{work_pool}".encode()).hexdigest()[:8]
+    return f"{pipeline}-{image_slug}-{pool_slug}-{digest}"
 
 
 def desired_deployment(
@@ -89,11 +95,12 @@ def desired_deployment(
     description: str = "",
 ) -> DeploymentRequest:
     image = spec.image or settings.default_image
+    work_pool = spec.work_pool or settings.work_pool
     return DeploymentRequest(
         flow_name=flow_name,
-        name=deployment_name(spec.pipeline, image),
+        name=deployment_name(spec.pipeline, image, work_pool),
         entrypoint=entrypoint,
-        work_pool=spec.work_pool or settings.work_pool,
+        work_pool=work_pool,
         image=image,
         parameter_schema=parameter_schema,
         description=description,

@@ -110,6 +110,7 @@ def test_cancel_delete_timeout_and_ttl(env, runs, tmp_path):
             ),
             timeout=60,
             what="reason Late (no worker on the pool)",
+            describe=lambda: runs.status("delete-me"),
         )
         assert late
         dask = DaskClusters(env, runs)

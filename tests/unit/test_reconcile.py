@@ -55,13 +55,18 @@ def test_flow_run_request_carries_identity_image_resources_and_dask_env():
     assert r.desired_flow_run("ns", "run-a", "uid-1", spec(retries=2), SETTINGS).retries == 2
 
 
-def test_one_deployment_per_pipeline_and_image():
+def test_one_deployment_per_pipeline_image_and_pool():
     a = r.desired_deployment(spec(), SETTINGS, "m:f", "synthesize", {})
     b = r.desired_deployment(spec(image="radps:9"), SETTINGS, "m:f", "synthesize", {})
     c = r.desired_deployment(spec(image="reg.io/radps:10"), SETTINGS, "m:f", "synthesize", {})
+    # Prefect keys deployments by (flow, name): another pool must get another name, or the
+    # shared deployment moves to whichever pool upserted last (runs started on the wrong pool).
+    d = r.desired_deployment(spec(workPool="gpu"), SETTINGS, "m:f", "synthesize", {})
     assert a.name == b.name != c.name
+    assert d.name != a.name and d.work_pool == "gpu"
     assert a.image == "radps:9" and a.work_pool == "radps"
-    assert r.deployment_name("imaging", "reg.io/x/radps:0.1.0").startswith("imaging-radps-0-1-0-")
+    name = r.deployment_name("imaging", "reg.io/x/radps:0.1.0", "radps")
+    assert name.startswith("imaging-radps-0-1-0-radps-")
 
 
 def test_happy_path_statuses():

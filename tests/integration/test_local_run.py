@@ -84,9 +84,23 @@ def test_synthesize_then_image_a_point_source(radps_server: RadpsServer, tmp_pat
         "imaging",
         {"input": str(tmp_path / "sky.ps.zarr"), "output": str(tmp_path / "img"), "imsize": 256},
     )
-    code, output = radps_run(radps_server.env(), synth, image)
+    cube = manifest(
+        tmp_path,
+        "cube",
+        "imaging",
+        {
+            "input": str(tmp_path / "sky.ps.zarr"),
+            "output": str(tmp_path / "cube"),
+            "imsize": 64,
+            "specmode": "cube",
+        },
+    )
+    code, output = radps_run(radps_server.env(), synth, image, cube)
     assert code == 0, output
-    assert output.count("Completed") >= 2
+    assert output.count("Completed") >= 3
+    cube_data = fits.getdata(tmp_path / "cube" / "image.fits")
+    assert cube_data.shape == (1, 32, 64, 64)  # the synthesizer's 32 channels
+    np.testing.assert_allclose(cube_data[0, :, 32, 32], 1.0, atol=1e-3)
     fits_path = tmp_path / "img" / "image.fits"
     assert str(fits_path) in output and str(tmp_path / "img" / "image.png") in output
     data = fits.getdata(fits_path)
@@ -95,7 +109,7 @@ def test_synthesize_then_image_a_point_source(radps_server: RadpsServer, tmp_pat
     assert np.unravel_index(np.argmax(data), data.shape)[2:] == (128, 128)
 
     ids = flow_run_ids(output)
-    assert len(ids) == 2, output
+    assert len(ids) == 3, output
     flow_run, artifacts = prefect_flow_run(radps_server, ids[1])
     assert flow_run.state.is_completed()
     assert flow_run.name == "image"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -57,16 +58,16 @@ def fits_header(image: xr.DataArray) -> fits.Header:
         h["BMAJ"] = float(image.attrs["beam_major_arcsec"]) / 3600.0
         h["BMIN"] = float(image.attrs["beam_minor_arcsec"]) / 3600.0
         h["BPA"] = float(image.attrs["beam_pa_deg"])
+    if "frequency" in image.dims:  # a cube: one plane per channel, the first at CRPIX 1
+        freq_step = float(image.attrs.get("channel_increment_hz", 0.0)) or 1.0
+        freq_ref = float(image["frequency"].values[0])
+    else:  # MFS: one plane as wide as the band
+        freq_step = float(image.attrs.get("bandwidth_hz", 0.0)) or 1.0
+        freq_ref = _required(image, "reference_frequency_hz")
     axes = [
         ("RA---SIN", ra, -cell_deg, ref_x + 1, "deg"),
         ("DEC--SIN", dec, cell_deg, ref_y + 1, "deg"),
-        (
-            "FREQ",
-            _required(image, "reference_frequency_hz"),
-            float(image.attrs.get("bandwidth_hz", 0.0)) or 1.0,
-            1.0,
-            "Hz",
-        ),
+        ("FREQ", freq_ref, freq_step, 1.0, "Hz"),
         ("STOKES", 1.0, 1.0, 1.0, ""),  # 1 = I
     ]
     for i, (ctype, crval, cdelt, crpix, cunit) in enumerate(axes, start=1):
@@ -109,9 +110,13 @@ def _prepare(path: str | os.PathLike) -> Path:
 
 
 def write_fits(image: xr.DataArray, path: str | os.PathLike) -> Path:
-    """Write ``image`` as a 4-axis float32 FITS image ``[stokes, freq, y, x]`` like CASA's."""
+    """Write ``image`` as a 4-axis float32 FITS image ``[stokes, freq, y, x]`` like CASA's
+    (a cube, dims ``(frequency, y, x)``, fills the frequency axis)."""
     path = _prepare(path)
-    data = np.asarray(image.transpose("y", "x").values, dtype=np.float32)[None, None]
+    if "frequency" in image.dims:
+        data = np.asarray(image.transpose("frequency", "y", "x").values, dtype=np.float32)[None]
+    else:
+        data = np.asarray(image.transpose("y", "x").values, dtype=np.float32)[None, None]
     fits.PrimaryHDU(data=data, header=fits_header(image)).writeto(path, overwrite=True)
     return path
 
@@ -134,7 +139,14 @@ def write_png(image: xr.DataArray, path: str | os.PathLike, title: str | None = 
     from matplotlib.figure import Figure
 
     path = _prepare(path)
-    data = np.asarray(image.transpose("y", "x").values, dtype=float)
+    if "frequency" in image.dims:  # a cube: preview its mean over the channels with data
+        n_chan = image.sizes["frequency"]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels stay NaN
+            data = np.nanmean(image.transpose("frequency", "y", "x").values, axis=0)
+        title = f"{title or image.attrs.get('object', '')} (mean of {n_chan} channels)".strip()
+    else:
+        data = np.asarray(image.transpose("y", "x").values, dtype=float)
     ny, nx = data.shape
     cell = math.degrees(_required(image, "cell_rad")) * 3600.0
     ref_x, ref_y = image.attrs.get("reference_pixel", [nx // 2, ny // 2])

@@ -32,10 +32,13 @@ from radps_flows.core import imaging as core_imaging
 from radps_flows.core import io as core_io
 from radps_flows.core import weighting
 from radps_flows.core.clean import StokesIVisibilities, gather_stokes_i
+from radps_flows.core.cube import CubeSum, cube_sum_from_arrays
 from radps_flows.core.flagging import mad_flags
 
 #: Default uncompressed VISIBILITY bytes per block.
 DEFAULT_BLOCK_MB = 64
+#: Largest partial cube (float64 megabytes) one cube block task returns.
+CUBE_GROUP_MB = 64
 ORDER = ("time", "baseline_id", "frequency", "polarization")
 
 
@@ -310,6 +313,39 @@ def dirty_block(block: Block, steps: Steps, grid: Grid) -> tuple[core_imaging.Di
     (partition, flag counts, gains)."""
     p = prepare_block(block, steps)
     part = _sum(p.vis, p.vis.vis, grid)
+    return part, summary(p)
+
+
+def channel_groups(nchan: int, imsize: int, max_mb: float | None = None) -> list[tuple[int, int]]:
+    """Channel ranges ``(start, stop)`` whose partial cube (float64) stays under ``max_mb``
+    (default :data:`CUBE_GROUP_MB`): what one block task holds and returns, whatever the
+    number of channels."""
+    per_channel = imsize * imsize * 8
+    size = max(1, int((max_mb or CUBE_GROUP_MB) * 2**20 // per_channel))
+    return [(a, min(a + size, nchan)) for a in range(0, nchan, size)]
+
+
+def cube_block(
+    job: tuple[Block, tuple[int, int]], steps: Steps, grid: Grid
+) -> tuple[CubeSum, dict]:
+    """Per-channel partial images of channels ``start:stop`` of one block (read, flagged and
+    calibrated over all its channels first, as for the MFS image)."""
+    block, channels = job
+    p = prepare_block(block, steps)
+    v = p.vis
+    a, b = channels
+    part = cube_sum_from_arrays(
+        v.uvw,
+        v.freq[a:b],
+        v.vis[:, a:b],
+        v.weight[:, a:b],
+        imsize=grid.imsize,
+        cell_rad=grid.cell_rad,
+        epsilon=grid.epsilon,
+        nthreads=grid.nthreads,
+        uvw_sign=v.uvw_sign,
+        start=a,
+    )
     return part, summary(p)
 
 

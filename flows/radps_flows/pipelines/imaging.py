@@ -20,6 +20,7 @@ from prefect import flow, task
 from pydantic import Field
 
 from radps_flows.cluster import task_runner_from_env
+from radps_flows.core import cube as core_cube
 from radps_flows.core import imaging as core_imaging
 from radps_flows.core import io as core_io
 from radps_flows.core import products
@@ -117,6 +118,51 @@ def dirty_image(
     print(
         f"imaged {image.attrs['nvis']:,} Stokes I samples in {len(blocks)} blocks; "
         f"flagged {report['flagged_fraction']:.2%} of {report['samples']:,} visibilities"
+    )
+    image.attrs["flagged_fraction"] = report["flagged_fraction"]
+    return image, [s["gains"] for s in summaries if s["gains"] is not None]
+
+
+@task(name="dirty-cube")
+def dirty_cube(
+    store: str, datasets: list[xr.Dataset], imsize: int, cell_arcsec: float, params: dict
+) -> tuple[xr.DataArray, list[xr.Dataset]]:
+    """One task per (block, channel group); a group's partial cubes are summed as they come
+    back and normalised into the cube once all its blocks are in, so the flow holds the cube
+    (float32) and the groups still open, whatever the size of the data."""
+    steps = _steps(datasets, params)
+    freq = core_cube.common_frequencies(datasets)
+    grid = blk.Grid(imsize, math.radians(cell_arcsec / 3600), params["epsilon"])
+    blocks = blk.plan_blocks(store, datasets, block_mb=params["block_mb"], solint=steps.solint)
+    groups = blk.channel_groups(len(freq), imsize)
+    jobs = [(b, g) for g in groups for b in blocks]
+    cube = np.full((len(freq), imsize, imsize), np.nan, dtype=np.float32)
+    weight_sum = np.zeros(len(freq))
+    nvis = np.zeros(len(freq), dtype=np.int64)
+    open_groups: dict[tuple[int, int], core_cube.CubeSum] = {}
+    missing = dict.fromkeys(groups, len(blocks))
+    summaries = []
+    with blk.executor() as ex:
+        handles = ex.map(blk.cube_block, jobs, steps=steps, grid=grid)
+        for i, (part, info) in ex.completed(handles):
+            group = jobs[i][1]
+            if group == groups[0]:  # every group sees the same flags and gains
+                summaries.append(info)
+            open_groups[group] = part if group not in open_groups else open_groups[group] + part
+            missing[group] -= 1
+            if missing[group] == 0:
+                done = open_groups.pop(group)
+                a, b = group
+                cube[a:b] = done.normalised()
+                weight_sum[a:b], nvis[a:b] = done.weight_sum, done.nvis
+    image = core_cube.cube_image(
+        datasets, cube, weight_sum, nvis, cell_arcsec=cell_arcsec, epsilon=params["epsilon"]
+    )
+    report = _flag_report(summaries)
+    print(
+        f"imaged a cube of {len(freq)} channels ({int(nvis.sum()):,} Stokes I samples) in "
+        f"{len(jobs)} tasks; flagged {report['flagged_fraction']:.2%} of "
+        f"{report['samples']:,} visibilities"
     )
     image.attrs["flagged_fraction"] = report["flagged_fraction"]
     return image, [s["gains"] for s in summaries if s["gains"] is not None]
@@ -278,6 +324,7 @@ def imaging(
     imsize: Annotated[int, Field(ge=16, le=65536)] = 512,
     cell_arcsec: Annotated[float, Field(gt=0)] = 1.0,
     epsilon: Annotated[float, Field(ge=1e-7, le=1e-1)] = 1e-4,
+    specmode: Literal["mfs", "cube"] = "mfs",
     weighting: Literal["natural", "uniform", "briggs"] = "natural",
     robust: Annotated[float, Field(ge=-2, le=2)] = 0.5,
     flag: bool = False,
@@ -299,7 +346,8 @@ def imaging(
     clean_epsilon: Annotated[float, Field(ge=1e-8, le=1e-2)] = 1e-6,
     block_mb: Annotated[float, Field(gt=0)] = blk.DEFAULT_BLOCK_MB,
 ) -> list[dict[str, str]]:
-    """Image a MeasurementSet (Stokes I MFS), optionally flagged, calibrated and CLEANed.
+    """Image a MeasurementSet (Stokes I, MFS or a per-channel cube), optionally flagged,
+    calibrated and CLEANed (MFS).
 
     Args:
         input: MeasurementSet v2 directory or MSv4 processing set (zarr) to image.
@@ -308,6 +356,8 @@ def imaging(
         imsize: Image width and height in pixels.
         cell_arcsec: Pixel size in arcseconds.
         epsilon: Gridding accuracy of ducc0's wgridder for the dirty image (1e-4: ~1e-5 Jy).
+        specmode: mfs (one image over the band) or cube (one dirty image per channel, each
+            normalised by its own weights; all partitions must share one frequency axis).
         weighting: natural, uniform or briggs (uniform and briggs need clean: true).
         robust: Briggs robustness (-2 ~ uniform, +2 ~ natural).
         flag: Flag RFI first: median/MAD clipping per baseline over each block's time x
@@ -334,6 +384,8 @@ def imaging(
     """
     if weighting != "natural" and not clean:
         raise ValueError("uniform and briggs weighting are implemented with clean: true")
+    if specmode == "cube" and clean:
+        raise ValueError("specmode cube makes dirty cubes only: set clean: false")
     folder = writable_folder(output)
     params = {k: v for k, v in locals().items() if k not in ("input", "output", "folder")}
     stages = 4 if clean or calibrate else 3
@@ -347,9 +399,11 @@ def imaging(
         outputs = write_products.submit(images["dirty"], output, f"{title}: dirty image").result()
         outputs += write_clean_products.submit(images, output, title).result()
     else:
-        image, gains = dirty_image.submit(store, datasets, imsize, cell_arcsec, params).result()
+        make = dirty_cube if specmode == "cube" else dirty_image
+        image, gains = make.submit(store, datasets, imsize, cell_arcsec, params).result()
         report_progress(2, stages)
-        outputs = write_products.submit(image, output, f"{title}: dirty image").result()
+        kind = "cube" if specmode == "cube" else "image"
+        outputs = write_products.submit(image, output, f"{title}: dirty {kind}").result()
     if calibrate or clean:
         report_progress(3, stages)
     if gains:

@@ -10,8 +10,11 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# uv resolves and installs in seconds with a warm cache; plain pip is the fallback.
+	# Bytecode is compiled at install: where PYTHONDONTWRITEBYTECODE is set, Python never
+	# caches it, and every process (a flow run's first task: ~10 s) recompiles Prefect,
+	# kubernetes and xarray from source.
 	( $(BIN)/python -m pip install -q uv && \
-	  $(BIN)/python -m uv pip install -q --python $(BIN)/python -e '.[test,bench]' ) || \
+	  $(BIN)/python -m uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[test,bench]' ) || \
 	  $(BIN)/python -m pip install -q -e '.[test,bench]'
 	touch $@
 

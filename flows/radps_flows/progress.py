@@ -6,34 +6,109 @@ from the same place without counting task runs or keeping state of their own.
 
 from __future__ import annotations
 
+import atexit
+import contextvars
 import logging
+import threading
+from collections.abc import Callable
+from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.context import get_run_context
 
 COMPLETED_LABEL = "radps.io/progress-completed"
 TOTAL_LABEL = "radps.io/progress-total"
+#: How long a process about to exit waits for its last progress labels to land.
+FLUSH_TIMEOUT_SECONDS = 30.0
 
 log = logging.getLogger(__name__)
 
 
+class ProgressSender:
+    """Sends progress labels from one background thread, so a slow Prefect server (a label
+    write took 2 s at the end of a 5 s flow run) never holds up the science: a report returns
+    at once, and a newer report of the same flow run replaces an unsent older one. Readers
+    take a Completed run as fully done, and :meth:`flush` (at process exit) lets the last
+    labels land."""
+
+    def __init__(self, send: Callable[[Any, int, int], None]):
+        self._send = send
+        self._lock = threading.Condition()
+        self._latest: dict[Any, tuple[int, int, contextvars.Context, threading.Event]] = {}
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def report(self, flow_run_id: Any, completed: int, total: int) -> threading.Event:
+        """Queue the report; the returned event is set once it is sent (or replaced)."""
+        sent = threading.Event()
+        with self._lock:
+            # the caller's context travels along: it says which Prefect API to talk to
+            replaced = self._latest.get(flow_run_id)
+            self._latest[flow_run_id] = (completed, total, contextvars.copy_context(), sent)
+            if replaced is not None:
+                replaced[3].set()
+            self._lock.notify_all()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="radps-progress-labels")
+                self._thread.daemon = True
+                self._thread.start()
+        return sent
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT_SECONDS) -> bool:
+        """Wait until every queued report is sent; False if that took longer than timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._latest and not self._busy, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._latest:
+                    self._lock.wait()
+                flow_run_id, (completed, total, context, sent) = self._latest.popitem()
+                self._busy = True
+            try:
+                context.run(self._send, flow_run_id, completed, total)
+            except Exception as exc:  # progress is advisory: a lost update must not fail science
+                log.warning("could not record progress %d/%d: %s", completed, total, exc)
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._lock.notify_all()
+                sent.set()
+
+
+def _update_labels(flow_run_id: Any, completed: int, total: int) -> None:
+    with get_client(sync_client=True) as client:
+        client.update_flow_run_labels(
+            flow_run_id, {COMPLETED_LABEL: str(completed), TOTAL_LABEL: str(total)}
+        )
+
+
+_SENDER = ProgressSender(_update_labels)
+atexit.register(_SENDER.flush)
+
+
 def report_progress(completed: int, total: int) -> None:
-    """Record that `completed` of `total` stages are done; never fails the run."""
+    """Record that `completed` of `total` stages are done; never fails or waits."""
     try:
         flow_run = get_run_context().flow_run  # type: ignore[union-attr]
-        with get_client(sync_client=True) as client:
-            client.update_flow_run_labels(
-                flow_run.id, {COMPLETED_LABEL: str(completed), TOTAL_LABEL: str(total)}
-            )
-    except Exception as exc:  # progress is advisory: a lost update must not fail science
+    except Exception as exc:
         log.warning("could not record progress %d/%d: %s", completed, total, exc)
+        return
+    if flow_run is None:
+        return
+    _SENDER.report(flow_run.id, completed, total)
 
 
-def read_progress(labels: dict[str, object] | None) -> tuple[int, int] | None:
-    """(completed, total) from a flow run's labels, or None before the first report."""
+def read_progress(
+    labels: dict[str, object] | None, *, run_completed: bool = False
+) -> tuple[int, int] | None:
+    """(completed, total) from a flow run's labels, or None before the first report. A
+    Completed run has done every stage, even while its last labels are still on their way."""
     if not labels or TOTAL_LABEL not in labels:
         return None
     try:
-        return int(str(labels.get(COMPLETED_LABEL, 0))), int(str(labels[TOTAL_LABEL]))
+        completed, total = int(str(labels.get(COMPLETED_LABEL, 0))), int(str(labels[TOTAL_LABEL]))
     except ValueError:
         return None
+    return (total, total) if run_completed else (completed, total)

@@ -245,10 +245,15 @@ def format_duration(seconds: float) -> str:
     return f"{s // 86400}d{(s % 86400) // 3600}h"
 
 
-def _progress(labels: dict[str, Any]) -> api.Progress | None:
+def _progress(snapshot: FlowRunSnapshot, previous: api.Progress | None) -> api.Progress | None:
+    """From the labels (else as before); a Completed run has done every stage, even while
+    its flow's last label write is still on its way."""
     from radps_flows.progress import read_progress
 
-    found = read_progress(labels)
+    done = snapshot.state_type == COMPLETED
+    found = read_progress(snapshot.labels, run_completed=done)
+    if found is None and previous is not None:
+        found = (previous.total, previous.total) if done else (previous.completed, previous.total)
     if found is None:
         return None
     completed, total = found
@@ -339,7 +344,7 @@ def status_from_flow_run(
             "duration": duration,
             "message": message,
             "prefect": prefect,
-            "progress": _progress(snapshot.labels) or previous.progress,
+            "progress": _progress(snapshot, previous.progress),
             "outputs": new_outputs,
         }
     )

@@ -94,6 +94,8 @@ def test_happy_path_statuses():
     cond = r.get_condition(s, r.SUCCEEDED)
     assert (s.phase, cond.status, cond.reason) == ("Completed", "True", "Completed")
     assert s.completion_time == NOW and s.outputs[0].uri == "/o/image.fits"
+    # the flow's last progress label may land after Completed: a Completed run is all done
+    assert s.progress.summary == "3/3"
     # a stale, out-of-order Running read never undoes a finished status
     assert to_status(s, snap("RUNNING", "Running")) == s
 

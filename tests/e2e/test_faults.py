@@ -1,6 +1,7 @@
-"""Faults on a real node, mid-run: a cancelled run leaves no pod behind, and an operator pod
-killed during a run neither duplicates nor loses it. `make e2e` runs these; `make test` does
-not yet (see the notes)."""
+"""Faults on a real node, mid-run: a cancelled run leaves no pod behind, an operator pod
+killed during a run neither duplicates nor loses it, and a deleted flow-run pod is
+rescheduled while its DaskCluster is collected. `make e2e` runs these; `make test` does not
+yet (see the notes)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,52 @@ def test_operator_killed_mid_run_neither_duplicates_nor_loses_it(
     assert status["prefect"]["flowRunId"] == running["prefect"]["flowRunId"]
     jobs = _get(kube_cluster, "jobs", "-l", f"radps.io/run-uid={uid}")["items"]
     assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]
+
+
+def test_flow_pod_deleted_mid_run_is_rescheduled_and_its_dask_cluster_collected(
+    kube_cluster: KubeCluster,
+    installed: Path,  # noqa: F811
+):
+    """A deleted (or evicted) flow-run pod gets SIGTERM; prefect-kubernetes' Jobs have
+    backoffLimit 0, so the run is rescheduled rather than failed, and the worker starts it
+    again in a new pod. The first pod's DaskCluster is owned by that pod, so Kubernetes
+    collects it; the run still completes, as the same flow run."""
+    _apply_vla_run(kube_cluster, "pod-deleted")
+    uid = _get(kube_cluster, "prun", "pod-deleted")["metadata"]["uid"]
+    running = _wait_running(kube_cluster, "pod-deleted")
+    first = wait_until(
+        lambda: _get(kube_cluster, "daskclusters", "-l", f"radps.io/run-uid={uid}")["items"],
+        timeout=120,
+        what="the run's DaskCluster",
+    )[0]["metadata"]["uid"]
+    (job,) = _get(kube_cluster, "jobs", "-l", f"radps.io/run-uid={uid}")["items"]
+    kube_cluster.kubectl(
+        "delete", "pod", "-n", NAMESPACE, "-l", f"job-name={job['metadata']['name']}",
+        "--wait=false",
+    )  # fmt: skip
+    wait_until(
+        lambda: (
+            first
+            not in [
+                c["metadata"]["uid"]
+                for c in _get(kube_cluster, "daskclusters", "-l", f"radps.io/run-uid={uid}")[
+                    "items"
+                ]
+            ]
+        ),
+        timeout=90,
+        what="the deleted pod's DaskCluster garbage-collected",
+    )
+    wait_until(
+        lambda: _status(kube_cluster, "pod-deleted").get("phase") in FINISHED,
+        timeout=600,
+        what="the rescheduled run to finish",
+    )
+    status = _status(kube_cluster, "pod-deleted")
+    assert status["phase"] == "Completed", status
+    assert status["prefect"]["flowRunId"] == running["prefect"]["flowRunId"]
+    wait_until(
+        lambda: not _get(kube_cluster, "daskclusters", "-l", f"radps.io/run-uid={uid}")["items"],
+        timeout=120,
+        what="no DaskCluster left after the run",
+    )

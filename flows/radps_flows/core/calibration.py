@@ -37,7 +37,7 @@ import ducc0
 import numpy as np
 import xarray as xr
 
-from .conventions import MSV4_UVW_SIGN
+from .conventions import MSV4_UVW_SIGN, ducc0_flips
 from .io import data_variable_names
 from .synth import point_source_visibilities
 
@@ -405,8 +405,6 @@ def image_model_visibilities(
     :func:`radps_flows.core.imaging.dirty_sum_from_arrays`, same flips, so a model made by
     CLEAN from our images predicts the visibilities that made them."""
     uvw = np.asarray(uvw, dtype=np.float64).reshape(-1, 3)
-
-    textbook = uvw_sign > 0
     good = np.isfinite(uvw).all(axis=1)
     out = np.zeros((len(uvw), len(freq)), dtype=np.complex128)
     if not good.any():
@@ -419,11 +417,9 @@ def image_model_visibilities(
         pixsize_y=cell_rad,
         epsilon=epsilon,
         do_wgridding=True,
-        flip_u=textbook,
-        flip_v=not textbook,
-        flip_w=textbook,
         divide_by_n=False,
         nthreads=nthreads,
+        **ducc0_flips(uvw_sign),
     )
     return out
 

@@ -10,3 +10,14 @@ and real data image alike.
 
 MSV4_UVW_SIGN = -1
 """Multiply xradio/MSv2 UVW by this to get textbook UVW (measured against CASA on the VLA set)."""
+
+
+def ducc0_flips(uvw_sign: int) -> dict[str, bool]:
+    """ducc0 wgridder flips that put images in FITS orientation (``[y, x]`` after a transpose,
+    x towards -l) for UVW of sign ``uvw_sign`` (+1 textbook, :data:`MSV4_UVW_SIGN` xradio's).
+
+    With textbook UVW: flip u so that ducc0's first axis runs along -l, and flip w for ducc0's
+    w sign. With the negated vector the complementary flips do the same, so UVW is never
+    copied to change its sign. Gridding and degridding must use the same flips."""
+    textbook = uvw_sign > 0
+    return {"flip_u": textbook, "flip_v": not textbook, "flip_w": textbook}

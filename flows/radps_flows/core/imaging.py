@@ -30,7 +30,7 @@ import ducc0
 import numpy as np
 import xarray as xr
 
-from .conventions import MSV4_UVW_SIGN
+from .conventions import MSV4_UVW_SIGN, ducc0_flips
 from .io import InputDataError, data_variable_names
 
 #: Parallel-hand correlations that estimate Stokes I, in order of preference.
@@ -107,9 +107,6 @@ def dirty_sum_from_arrays(
     used = wgt > 0
     vis_r = np.ascontiguousarray(np.where(used, vis if every else vis[rows], 0), dtype=cdt)
     mask = used.view(np.uint8)
-    textbook = uvw_sign > 0
-    # With textbook UVW: flip u so that ducc's first axis runs along -l (the FITS x axis),
-    # flip w for ducc's w sign. With the negated vector the complementary flips do the same.
     dirty = ducc0.wgridder.vis2dirty(
         uvw=np.ascontiguousarray(uvw if every else uvw[rows]),
         freq=freq,
@@ -122,11 +119,9 @@ def dirty_sum_from_arrays(
         pixsize_y=cell_rad,
         epsilon=epsilon,
         do_wgridding=True,
-        flip_u=textbook,
-        flip_v=not textbook,
-        flip_w=textbook,
         divide_by_n=False,
         nthreads=nthreads,
+        **ducc0_flips(uvw_sign),
     )
     chans = used.any(axis=0)
     out.image = np.ascontiguousarray(dirty.T, dtype=np.float64)  # ducc [-l, m] -> [y, x]

@@ -18,18 +18,22 @@ from prefect.context import get_run_context
 
 COMPLETED_LABEL = "radps.io/progress-completed"
 TOTAL_LABEL = "radps.io/progress-total"
-#: How long a process about to exit waits for its last progress labels to land.
+#: How long a flow's last report, or a process about to exit, waits for labels to land.
 FLUSH_TIMEOUT_SECONDS = 30.0
 
 log = logging.getLogger(__name__)
 
 
 class ProgressSender:
-    """Sends progress labels from one background thread, so a slow Prefect server (a label
-    write took 2 s at the end of a 5 s flow run) never holds up the science: a report returns
-    at once, and a newer report of the same flow run replaces an unsent older one. Readers
-    take a Completed run as fully done, and :meth:`flush` (at process exit) lets the last
-    labels land."""
+    """Sends progress labels from one background thread, so a slow Prefect server never holds
+    up the science: a report returns at once, and a newer report of the same flow run
+    replaces an unsent older one.
+
+    The last report of a run (completed == total) waits until everything is sent. Prefect's
+    server merges labels by read-modify-write, so a label write racing the engine's final
+    state change can be lost (seen: a Completed run left at 1/3); sent before the flow
+    returns, the last labels cannot race it. Readers also take a Completed run as all done,
+    and the process flushes at exit."""
 
     def __init__(self, send: Callable[[Any, int, int], None]):
         self._send = send
@@ -52,6 +56,8 @@ class ProgressSender:
                 self._thread = threading.Thread(target=self._run, name="radps-progress-labels")
                 self._thread.daemon = True
                 self._thread.start()
+        if completed >= total:
+            self.flush()
         return sent
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_SECONDS) -> bool:
@@ -89,7 +95,8 @@ atexit.register(_SENDER.flush)
 
 
 def report_progress(completed: int, total: int) -> None:
-    """Record that `completed` of `total` stages are done; never fails or waits."""
+    """Record that `completed` of `total` stages are done; never fails, and only the last
+    report of a run waits for the server."""
     try:
         flow_run = get_run_context().flow_run  # type: ignore[union-attr]
     except Exception as exc:

@@ -124,8 +124,18 @@ start_daemon() {
   # PKI steps run under 077, and containerd would then create every container's root
   # directory 0700, which no non-root container user can enter ("libc.so.6: Permission denied").
   (umask 022 && exec setsid "$@" >>"${LOG_DIR}/${name}.log" 2>&1 </dev/null 9>&-) &
-  echo $! >"$(pid_file "${name}")"
-  readlink -f "$(command -v "$1")" >"${RUN_DIR}/${name}.exe"
+  local pid=$! exe i
+  exe="$(readlink -f "$(command -v "$1")")"
+  echo "${pid}" >"$(pid_file "${name}")"
+  echo "${exe}" >"${RUN_DIR}/${name}.exe"
+  # Until the subshell has exec'd (through setsid) into the daemon, /proc/PID/exe is bash or
+  # setsid, and is_running would take that moment for an exit ("containerd exited" with
+  # nothing in its log, on a busy machine): wait for the exec, or for a real exit.
+  for ((i = 0; i < 200; i++)); do
+    [[ "$(readlink "/proc/${pid}/exe" 2>/dev/null)" == "${exe}" ]] && break
+    pid_alive "${pid}" || break
+    sleep 0.05
+  done
 }
 
 # stop_daemon NAME: SIGTERM the recorded process, wait up to 20 s, then SIGKILL it.

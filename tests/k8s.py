@@ -24,6 +24,7 @@ Environment
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -251,6 +252,11 @@ class _ClusterManager:
             cluster.full = _local_mode() == "full"
             cluster.started_here = self.started_here
             self.cluster = cluster
+            api = cluster.api_client()
+            try:
+                sweep_stale_test_namespaces(api)  # the local cluster's state outlives sessions
+            finally:
+                api.close()
         return self.cluster
 
     def stop(self) -> None:
@@ -296,6 +302,48 @@ def _k8s_full_guard(request: pytest.FixtureRequest) -> None:
         pytest.skip("the cluster has no Ready node (k8s_full)")
 
 
+def release_leftover_runs(api: Any, namespace: str) -> None:
+    """Drop the operator's finalizer from PipelineRuns a failed test left behind: with no
+    operator left to remove it, they would hold their namespace in Terminating for ever (the
+    cluster's state outlives test sessions)."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    custom = client.CustomObjectsApi(api)
+    try:
+        leftovers = custom.list_namespaced_custom_object(
+            "radps.io", "v1alpha1", namespace, "pipelineruns"
+        )["items"]
+    except ApiException:
+        return  # no CRD installed, or the namespace is gone
+    for run in leftovers:
+        if run["metadata"].get("finalizers"):
+            with contextlib.suppress(ApiException):
+                custom.patch_namespaced_custom_object(
+                    "radps.io", "v1alpha1", namespace, "pipelineruns",
+                    run["metadata"]["name"], {"metadata": {"finalizers": None}},
+                )  # fmt: skip
+
+
+def sweep_stale_test_namespaces(api: Any, older_than_s: float = 3600) -> list[str]:
+    """Test namespaces older than ``older_than_s`` (earlier sessions that failed or were
+    killed): their leftover runs released and the namespaces deleted. Returns their names."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    core = client.CoreV1Api(api)
+    now = time.time()
+    swept = []
+    for ns in core.list_namespace(label_selector="radps.io/test=true").items:
+        if now - ns.metadata.creation_timestamp.timestamp() < older_than_s:
+            continue
+        release_leftover_runs(api, ns.metadata.name)
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(ns.metadata.name, propagation_policy="Background")
+        swept.append(ns.metadata.name)
+    return swept
+
+
 @pytest.fixture
 def kube_api(kube_cluster: KubeCluster) -> Iterator[Any]:
     api = kube_cluster.api_client()
@@ -324,6 +372,7 @@ def kube_namespace(kube_cluster: KubeCluster, kube_api: Any) -> Iterator[str]:
         ignore=(ApiException,),
     )
     yield name
+    release_leftover_runs(kube_api, name)
     try:
         core.delete_namespace(name, propagation_policy="Background")
     except ApiException as exc:

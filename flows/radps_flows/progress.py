@@ -9,7 +9,9 @@ from __future__ import annotations
 import atexit
 import contextvars
 import logging
+import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -83,11 +85,34 @@ class ProgressSender:
                 sent.set()
 
 
+#: Waits before retrying a label write the server refused as busy (503, 429).
+BUSY_RETRY_DELAYS_SECONDS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+
+
 def _update_labels(flow_run_id: Any, completed: int, total: int) -> None:
-    with get_client(sync_client=True) as client:
-        client.update_flow_run_labels(
-            flow_run_id, {COMPLETED_LABEL: str(completed), TOTAL_LABEL: str(total)}
-        )
+    """One label write, retried quickly while the server says it is busy.
+
+    Prefect merges labels by read-modify-write; on SQLite that transaction loses to any
+    concurrent writer (the task runs finishing around it) and the server answers 503 at once.
+    Prefect's client would retry after 2 s, which was most of the overhead of a short flow
+    run; a busy lock is free again within milliseconds."""
+    import httpx
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    labels = {COMPLETED_LABEL: str(completed), TOTAL_LABEL: str(total)}
+    with (
+        temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}),
+        get_client(sync_client=True) as client,
+    ):
+        for delay in BUSY_RETRY_DELAYS_SECONDS:
+            try:
+                client.update_flow_run_labels(flow_run_id, labels)
+                return
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code not in (429, 503):
+                    raise
+            time.sleep(delay * random.uniform(0.5, 1.5))
+        client.update_flow_run_labels(flow_run_id, labels)
 
 
 _SENDER = ProgressSender(_update_labels)

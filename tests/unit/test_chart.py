@@ -149,6 +149,26 @@ def test_postgresql_replaces_the_sqlite_volume(helm):
     assert url.startswith("postgresql+asyncpg://prefect:$(RADPS_DB_PASSWORD)@db.example:5432/")
 
 
+def test_node_port_publishes_the_prefect_ui_for_kind(helm):
+    # kind-config.yaml maps node port 30420 to the host's 127.0.0.1:4200
+    default = render(helm)
+    (service,) = [
+        d for d in default if d["kind"] == "Service" and "prefect" in d["metadata"]["name"]
+    ]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert not [d for d in default if d["metadata"]["name"].endswith("-prefect-node-port")]
+    published = render(helm, "prefect.server.service.type=NodePort")
+    (service,) = [
+        d for d in published if d["kind"] == "Service" and "prefect" in d["metadata"]["name"]
+    ]
+    assert service["spec"]["type"] == "NodePort"
+    assert service["spec"]["ports"][0]["nodePort"] == 30420
+    (policy,) = [d for d in published if d["metadata"]["name"].endswith("-prefect-node-port")]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector["app.kubernetes.io/component"] == "prefect-server"
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
@@ -156,6 +176,8 @@ def test_postgresql_replaces_the_sqlite_volume(helm):
         ("operator.watchNamespaces={Bad_Name}", "watchNamespaces"),
         ("prefect.server.database.type=mysql", "type"),
         ("operator.bogus=1", "bogus"),
+        ("prefect.server.service.type=LoadBalancer", "type"),
+        ("prefect.server.service.nodePort=80", "nodePort"),
     ],
 )
 def test_values_schema_rejects_bad_values(helm, setting, message):

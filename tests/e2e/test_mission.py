@@ -9,6 +9,7 @@ Standard requires)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -173,7 +174,19 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
             break
         time.sleep(1)
     print(f"\nkubectl apply -> {phase}: {time.monotonic() - applied:.0f} s")
-    assert phase == "Completed", status
+    if phase != "Completed":  # say why: the status, and the flow-run pod's log
+        uid = _get(kube_cluster, "prun", name)["metadata"]["uid"]
+        logs = ""
+        for job in _get(kube_cluster, "jobs", "-l", f"radps.io/run-uid={uid}")["items"]:
+            found = kube_cluster.kubectl(
+                "logs", "-n", NAMESPACE, f"job/{job['metadata']['name']}", "--tail=80",
+                check=False,
+            )  # fmt: skip
+            logs += found.stdout + found.stderr
+        pytest.fail(
+            f"{phase}: {status.get('message')}\n{json.dumps(status, indent=1)}\n"
+            f"flow-run pod log:\n{logs}"
+        )
     assert most_workers == 2, "the run's DaskCluster never had its 2 worker pods"
     assert {o["kind"] for o in status["outputs"]} >= {"fits", "png"}
 

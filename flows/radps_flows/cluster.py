@@ -152,7 +152,10 @@ def dask_cluster_spec(config: DaskClusterConfig, kube: KubeContext) -> dict[str,
         resources=kube.worker_resources,
         env={"HOME": "/tmp"},
         # distributed no longer installs the dask-worker/dask-scheduler scripts: `dask <role>`
-        worker_command=f"dask worker --nthreads {config.threads_per_worker}",
+        # radps_flows.preload: xradio imported before any task thread (see that module)
+        worker_command=(
+            f"dask worker --nthreads {config.threads_per_worker} --preload radps_flows.preload"
+        ),
         idle_timeout=config.idle_timeout_seconds,
     )
     scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]

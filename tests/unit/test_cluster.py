@@ -58,6 +58,8 @@ def test_dask_cluster_is_labelled_owned_and_restricted():
     assert scheduler["args"][:2] == ["dask", "scheduler"]
     assert "--nthreads" in worker_container["args"]
     assert worker_container["args"][worker_container["args"].index("--nthreads") + 1] == "2"
+    args = worker_container["args"]
+    assert args[args.index("--preload") + 1] == "radps_flows.preload"
 
 
 def test_task_runner_follows_the_environment(monkeypatch):

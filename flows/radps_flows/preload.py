@@ -1,0 +1,12 @@
+"""Imported by every Dask worker of a flow run at start (`dask worker --preload`), before it
+takes a task.
+
+xradio builds its schemas at import time by parsing its own source with `ast.parse`, dozens of
+times. CPython 3.11 before 3.11.8 (the image's Debian 3.11.2) raises
+`SystemError: AST constructor recursion depth mismatch` when two threads build ASTs at once
+(python/cpython#106905). The e2e hit it twice: xradio imported inside the first task while
+another of the worker's threads parsed too. Importing it here, before any task thread runs,
+keeps those parses out of task time (and takes the 2 s import off the first task).
+"""
+
+import xradio.measurement_set  # noqa: F401

@@ -2,7 +2,7 @@
 takes a task.
 
 xradio builds its schemas at import time by parsing its own source with `ast.parse`, dozens of
-times. CPython 3.11 before 3.11.8 (the image's Debian 3.11.2) raises
+times. Older CPython 3.11 releases (the image's Debian 3.11.2 among them) can raise
 `SystemError: AST constructor recursion depth mismatch` when two threads build ASTs at once
 (python/cpython#106905). The e2e hit it twice: xradio imported inside the first task while
 another of the worker's threads parsed too. Importing it here, before any task thread runs,

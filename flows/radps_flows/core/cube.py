@@ -50,9 +50,9 @@ class CubeSum:
             self.start,
         )
 
-    def normalised(self) -> np.ndarray:
+    def normalised(self, dtype: type = np.float32) -> np.ndarray:
         """Each channel divided by its weight sum; NaN where a channel has no weight."""
-        out = np.full(self.image.shape, np.nan, dtype=np.float32)
+        out = np.full(self.image.shape, np.nan, dtype=dtype)
         has = self.weight_sum > 0
         out[has] = self.image[has] / self.weight_sum[has, None, None]
         return out

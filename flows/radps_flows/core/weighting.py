@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .conventions import MSV4_UVW_SIGN
-from .imaging import dirty_image_from_arrays, dirty_sum_from_arrays
+from .cube import cube_sum_from_arrays
+from .imaging import dirty_image_from_arrays
 
 __all__ = [
     "dirty_cube",
@@ -149,20 +150,15 @@ def dirty_cube(
 ) -> np.ndarray:
     """Per-channel dirty images (nchan, y, x), each normalised by its own weight sum
     (channels with no weight are NaN), the ``specmode='cube'`` counterpart of the MFS image."""
-    freq = np.asarray(freq, dtype=np.float64)
-    cube = np.full((len(freq), imsize, imsize), np.nan)
-    for c in range(len(freq)):
-        total = dirty_sum_from_arrays(
-            uvw,
-            freq[c : c + 1],
-            vis[:, c : c + 1],
-            weight[:, c : c + 1],
-            imsize=imsize,
-            cell_rad=cell_rad,
-            epsilon=epsilon,
-            nthreads=nthreads,
-            uvw_sign=uvw_sign,
-        )
-        if total.weight_sum > 0:
-            cube[c] = total.image / total.weight_sum
-    return cube
+    total = cube_sum_from_arrays(
+        uvw,
+        freq,
+        vis,
+        weight,
+        imsize=imsize,
+        cell_rad=cell_rad,
+        epsilon=epsilon,
+        nthreads=nthreads,
+        uvw_sign=uvw_sign,
+    )
+    return total.normalised(np.float64)

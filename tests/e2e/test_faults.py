@@ -40,15 +40,27 @@ def _wait_running(cluster: KubeCluster, name: str) -> dict[str, Any]:
     )
 
 
+def _of_run(cluster: KubeCluster, kind: str, uid: str) -> list[dict[str, Any]]:
+    """The objects of ``kind`` labelled with the PipelineRun's UID (Jobs, DaskClusters)."""
+    return _get(cluster, kind, "-l", f"radps.io/run-uid={uid}")["items"]
+
+
+def _completes_as_the_same_flow_run(
+    cluster: KubeCluster, name: str, running: dict[str, Any], what: str
+) -> None:
+    wait_until(lambda: _status(cluster, name).get("phase") in FINISHED, timeout=600, what=what)
+    status = _status(cluster, name)
+    assert status["phase"] == "Completed", status
+    assert status["prefect"]["flowRunId"] == running["prefect"]["flowRunId"]
+
+
 def _pods_of(cluster: KubeCluster, uid: str) -> list[str]:
     """The run's flow pod (its Job carries the run's UID) and its Dask pods."""
-    jobs = _get(cluster, "jobs", "-l", f"radps.io/run-uid={uid}")["items"]
     names = []
-    for job in jobs:
+    for job in _of_run(cluster, "jobs", uid):
         pods = _get(cluster, "pods", "-l", f"job-name={job['metadata']['name']}")["items"]
         names += [p["metadata"]["name"] for p in pods if p["status"].get("phase") == "Running"]
-    clusters = _get(cluster, "daskclusters", "-l", f"radps.io/run-uid={uid}")["items"]
-    for dask in clusters:
+    for dask in _of_run(cluster, "daskclusters", uid):
         label = f"dask.org/cluster-name={dask['metadata']['name']}"
         names += [p["metadata"]["name"] for p in _get(cluster, "pods", "-l", label)["items"]]
     return names
@@ -87,15 +99,10 @@ def test_operator_killed_mid_run_neither_duplicates_nor_loses_it(
         "delete", "pod", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator",
         "--grace-period=0", "--force", "--wait=false",
     )  # fmt: skip
-    wait_until(
-        lambda: _status(kube_cluster, "operator-killed").get("phase") in FINISHED,
-        timeout=600,
-        what="the run to finish under the new operator pod",
+    _completes_as_the_same_flow_run(
+        kube_cluster, "operator-killed", running, "the run to finish under the new operator pod"
     )
-    status = _status(kube_cluster, "operator-killed")
-    assert status["phase"] == "Completed", status
-    assert status["prefect"]["flowRunId"] == running["prefect"]["flowRunId"]
-    jobs = _get(kube_cluster, "jobs", "-l", f"radps.io/run-uid={uid}")["items"]
+    jobs = _of_run(kube_cluster, "jobs", uid)
     assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]
 
 
@@ -111,38 +118,27 @@ def test_flow_pod_deleted_mid_run_is_rescheduled_and_its_dask_cluster_collected(
     uid = _get(kube_cluster, "prun", "pod-deleted")["metadata"]["uid"]
     running = _wait_running(kube_cluster, "pod-deleted")
     first = wait_until(
-        lambda: _get(kube_cluster, "daskclusters", "-l", f"radps.io/run-uid={uid}")["items"],
+        lambda: _of_run(kube_cluster, "daskclusters", uid),
         timeout=120,
         what="the run's DaskCluster",
     )[0]["metadata"]["uid"]
-    (job,) = _get(kube_cluster, "jobs", "-l", f"radps.io/run-uid={uid}")["items"]
+    (job,) = _of_run(kube_cluster, "jobs", uid)
     kube_cluster.kubectl(
         "delete", "pod", "-n", NAMESPACE, "-l", f"job-name={job['metadata']['name']}",
         "--wait=false",
     )  # fmt: skip
     wait_until(
         lambda: (
-            first
-            not in [
-                c["metadata"]["uid"]
-                for c in _get(kube_cluster, "daskclusters", "-l", f"radps.io/run-uid={uid}")[
-                    "items"
-                ]
-            ]
+            first not in [c["metadata"]["uid"] for c in _of_run(kube_cluster, "daskclusters", uid)]
         ),
         timeout=90,
         what="the deleted pod's DaskCluster garbage-collected",
     )
-    wait_until(
-        lambda: _status(kube_cluster, "pod-deleted").get("phase") in FINISHED,
-        timeout=600,
-        what="the rescheduled run to finish",
+    _completes_as_the_same_flow_run(
+        kube_cluster, "pod-deleted", running, "the rescheduled run to finish"
     )
-    status = _status(kube_cluster, "pod-deleted")
-    assert status["phase"] == "Completed", status
-    assert status["prefect"]["flowRunId"] == running["prefect"]["flowRunId"]
     wait_until(
-        lambda: not _get(kube_cluster, "daskclusters", "-l", f"radps.io/run-uid={uid}")["items"],
+        lambda: not _of_run(kube_cluster, "daskclusters", uid),
         timeout=120,
         what="no DaskCluster left after the run",
     )

@@ -135,8 +135,12 @@ class KubeContext:
 
     @property
     def cluster_name(self) -> str:
-        """DNS-safe and unique per run; the scheduler Service is `<name>-scheduler`."""
-        return f"{self.run_name[:40].rstrip('-')}-{self.run_uid[:8]}"
+        """DNS-safe and unique per flow-run pod, not per run: a run rescheduled after its pod
+        was deleted starts in a new pod while the old pod's DaskCluster may still be waiting
+        for garbage collection, and under the same name the new pod would connect to that
+        doomed cluster (the rescheduled run then failed when it was collected). The scheduler
+        Service is `<name>-scheduler`; the run's label finds every attempt's cluster."""
+        return f"{self.run_name[:40].rstrip('-')}-{self.pod_uid[:8]}"
 
 
 def dask_cluster_spec(config: DaskClusterConfig, kube: KubeContext) -> dict[str, Any]:
@@ -203,12 +207,16 @@ def _harden(pod: dict[str, Any], kube: KubeContext) -> None:
 def kube_task_runner(config: DaskClusterConfig, kube: KubeContext) -> DaskTaskRunner:
     """A DaskTaskRunner over the run's own KubeCluster, created on the first task and deleted
     when the flow run ends."""
+    from dask_kubernetes.operator.kubecluster.kubecluster import CreateMode
+
     return RadpsDaskTaskRunner(
         cluster_class="dask_kubernetes.operator.KubeCluster",
         cluster_kwargs={
             "custom_cluster_spec": dask_cluster_spec(config, kube),
             "namespace": kube.namespace,
             "shutdown_on_close": True,
+            # never adopt an existing cluster: a name clash is a bug, not a reconnection
+            "create_mode": CreateMode.CREATE_ONLY,
             "quiet": True,
             # dask-kubernetes waits 60 s by default for the scheduler; a node pulling or
             # unpacking the image for the first Dask pods can take longer (a CI-like e2e run

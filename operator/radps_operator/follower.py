@@ -392,7 +392,10 @@ class Follower:
             except Exception as exc:
                 log.debug("DaskClusters in %s: %r", namespace, exc)
                 continue
-            by_uid = {c["metadata"].get("labels", {}).get(r.RUN_UID_LABEL): c for c in clusters}
+            # a rescheduled run has a new cluster while the old attempt's is being collected
+            live = [c for c in clusters if not c["metadata"].get("deletionTimestamp")]
+            live.sort(key=lambda c: c["metadata"].get("creationTimestamp") or "")
+            by_uid = {c["metadata"].get("labels", {}).get(r.RUN_UID_LABEL): c for c in live}
             for run in running:
                 cluster = by_uid.get(run.uid) if run.namespace == namespace else None
                 if cluster is None:

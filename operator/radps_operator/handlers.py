@@ -18,6 +18,7 @@ import uvloop
 
 from radps_operator import api, metrics
 from radps_operator import reconcile as r
+from radps_operator.flow_identity import FlowIdentities
 from radps_operator.follower import Follower, Kube, Tracked, utcnow
 from radps_operator.prefect_gateway import PrefectBusy, PrefectGateway, PrefectUnavailable
 from radps_operator.settings import OperatorSettings
@@ -38,6 +39,8 @@ class Runtime:
     gateway: PrefectGateway
     kube: Kube
     follower: Follower
+    identities: FlowIdentities | None = None
+    """Set when the operator makes the flow-run service account per namespace (cluster-wide)."""
 
 
 _runtime: Runtime | None = None
@@ -83,7 +86,10 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     kube = await Kube().__aenter__()
     follower = Follower(config, gateway, kube)
     follower.start()
-    _runtime = Runtime(config, gateway, kube, follower)
+    identities = None
+    if config.flow_cluster_role and config.flow_service_account:
+        identities = FlowIdentities(kube.api, config.flow_service_account, config.flow_cluster_role)
+    _runtime = Runtime(config, gateway, kube, follower, identities)
     log.info(
         "radps operator: Prefect %s, work pool %s, namespaces %s",
         config.prefect_api_url,
@@ -178,6 +184,7 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
         return
     async with run.lock:
         await rt.follower.write(run, r.pending_status(run.status, utcnow(), run.generation))
+    await _ensure_flow_identity(run, retry)
     info = _catalog()[spec.pipeline]
     deployment = r.desired_deployment(
         spec, rt.settings, info.entrypoint, info.flow_name, info.parameter_schema, info.description
@@ -202,6 +209,26 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
     if spec.cancel:
         await _cancel(run, "spec.cancel is true")
     metrics.RECONCILE_SECONDS.labels("create").observe(time.perf_counter() - started)
+
+
+async def _ensure_flow_identity(run: Tracked, retry: int) -> None:
+    """The flow-run service account in the run's namespace, when the operator makes it; a
+    refusal shows in the run's message and is retried (an admin may fix the RBAC)."""
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    rt = runtime()
+    if rt.identities is None:
+        return
+    try:
+        await rt.identities.ensure(run.namespace)
+    except ApiException as exc:
+        message = (
+            f"cannot create service account {rt.identities.service_account} in "
+            f"{run.namespace} for the flow-run pod: {exc.status} {exc.reason}"
+        )
+        async with run.lock:
+            await rt.follower.write(run, run.status.model_copy(update={"message": message}))
+        raise kopf.TemporaryError(message, delay=_retry_delay(retry)) from exc
 
 
 async def _cancel(run: Tracked, why: str) -> None:

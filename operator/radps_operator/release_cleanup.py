@@ -4,7 +4,8 @@ follows and wait until they are gone.
 The chart's pre-delete hook runs it while the operator still runs, so each run's finalizer is
 released the normal way (its flow run cancelled, its DaskClusters removed). Without it,
 `helm uninstall` would remove the operator first and leave the runs stuck on their finalizer,
-and every namespace holding one stuck in Terminating.
+and every namespace holding one stuck in Terminating. A cluster-wide operator's flow-run service
+accounts (radps_operator.flow_identity) go after the runs.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m radps_operator.release_cleanup")
     parser.add_argument("--namespaces", required=True, help='comma-separated, or "*" for all')
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument(
+        "--flow-cluster-role",
+        default="",
+        help="also delete the flow-run service accounts the operator made for this ClusterRole",
+    )
     args = parser.parse_args(argv)
     from kubernetes import client, config
 
@@ -73,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     print("no PipelineRun left", flush=True)
+    if args.flow_cluster_role:
+        from radps_operator.flow_identity import delete_identities
+
+        core, rbac = client.CoreV1Api(), client.RbacAuthorizationV1Api()
+        for deleted in delete_identities(core, rbac, args.flow_cluster_role):
+            print(f"deleted {deleted}", flush=True)
     return 0
 
 

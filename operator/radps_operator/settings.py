@@ -9,6 +9,7 @@
 | `RADPS_DEFAULT_IMAGE` | `radps:<version>` | image of runs whose spec names none |
 | `RADPS_WORK_POOL` | `radps` | work pool of runs whose spec names none |
 | `RADPS_FLOW_SERVICE_ACCOUNT` | `radps-flow` | service account of the flow-run pod ("" for none) |
+| `RADPS_FLOW_CLUSTER_ROLE` | unset | made per namespace: that account, bound to this role |
 | `RADPS_WATCH_NAMESPACES` | `*` (all) | namespaces watched: `*`, one name, or a comma list |
 | `RADPS_RESYNC_SECONDS` | `5` | period of the full re-read of every unfinished run |
 | `RADPS_PREFECT_MAX_CONCURRENT_CALLS` | `8` | Prefect API calls in flight at once |
@@ -42,6 +43,8 @@ class OperatorSettings:
     default_image: str = f"radps:{__version__}"
     work_pool: str = "radps"
     flow_service_account: str | None = "radps-flow"
+    flow_cluster_role: str | None = None
+    """Set: the operator creates the flow service account, bound to this, per namespace."""
     namespaces: tuple[str, ...] = ()
     """Empty: every namespace (cluster-wide)."""
     resync_seconds: float = 5.0
@@ -96,6 +99,7 @@ class OperatorSettings:
             default_image=get("RADPS_DEFAULT_IMAGE", "") or cls.default_image,
             work_pool=get("RADPS_WORK_POOL", "") or cls.work_pool,
             flow_service_account=get("RADPS_FLOW_SERVICE_ACCOUNT", "radps-flow") or None,
+            flow_cluster_role=get("RADPS_FLOW_CLUSTER_ROLE", "") or None,
             namespaces=namespaces,
             resync_seconds=max(0.5, number("RADPS_RESYNC_SECONDS", 5.0)),
             prefect_max_concurrent_calls=max(

@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.test_mission import MS_NAME, NAMESPACE, _get, installed  # noqa: F401
+from tests.e2e.test_mission import (  # noqa: F401
+    MS_NAME,
+    NAMESPACE,
+    _get,
+    installed,
+    why_not_completed,
+)
 from tests.k8s import REPO, KubeCluster, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s_full]
@@ -50,7 +56,7 @@ def _completes_as_the_same_flow_run(
 ) -> None:
     wait_until(lambda: _status(cluster, name).get("phase") in FINISHED, timeout=600, what=what)
     status = _status(cluster, name)
-    assert status["phase"] == "Completed", status
+    assert status["phase"] == "Completed", why_not_completed(cluster, name)
     assert status["prefect"]["flowRunId"] == running["prefect"]["flowRunId"]
 
 

@@ -150,6 +150,25 @@ def _get(cluster: KubeCluster, *args: str) -> Any:
     return yaml.safe_load(cluster.kubectl("get", "-n", NAMESPACE, "-o", "yaml", *args).stdout)
 
 
+def why_not_completed(cluster: KubeCluster, name: str) -> str:
+    """A failed run's status, and the log of each of its flow-run pods (a rescheduled run
+    has one Job per attempt), so a CI failure says why without a second run."""
+    run = _get(cluster, "prun", name)
+    status = run.get("status") or {}
+    logs = ""
+    uid = run["metadata"]["uid"]
+    for job in _get(cluster, "jobs", "-l", f"radps.io/run-uid={uid}")["items"]:
+        found = cluster.kubectl(
+            "logs", "-n", NAMESPACE, f"job/{job['metadata']['name']}", "--tail=80",
+            check=False,
+        )  # fmt: skip
+        logs += f"--- job/{job['metadata']['name']}\n{found.stdout}{found.stderr}"
+    return (
+        f"{status.get('phase')}: {status.get('message')}\n{json.dumps(status, indent=1)}\n"
+        f"flow-run pod logs:\n{logs}"
+    )
+
+
 def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
     kube_cluster: KubeCluster, installed: Path
 ):
@@ -174,19 +193,8 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
             break
         time.sleep(1)
     print(f"\nkubectl apply -> {phase}: {time.monotonic() - applied:.0f} s")
-    if phase != "Completed":  # say why: the status, and the flow-run pod's log
-        uid = _get(kube_cluster, "prun", name)["metadata"]["uid"]
-        logs = ""
-        for job in _get(kube_cluster, "jobs", "-l", f"radps.io/run-uid={uid}")["items"]:
-            found = kube_cluster.kubectl(
-                "logs", "-n", NAMESPACE, f"job/{job['metadata']['name']}", "--tail=80",
-                check=False,
-            )  # fmt: skip
-            logs += found.stdout + found.stderr
-        pytest.fail(
-            f"{phase}: {status.get('message')}\n{json.dumps(status, indent=1)}\n"
-            f"flow-run pod log:\n{logs}"
-        )
+    if phase != "Completed":
+        pytest.fail(why_not_completed(kube_cluster, name))
     assert most_workers == 2, "the run's DaskCluster never had its 2 worker pods"
     assert {o["kind"] for o in status["outputs"]} >= {"fits", "png"}
 

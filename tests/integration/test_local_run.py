@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import psutil
 import pytest
 import yaml
@@ -117,6 +120,11 @@ def test_synthesize_then_image_a_point_source(radps_server: RadpsServer, tmp_pat
     assert flow_run.labels["radps.io/progress-total"] == "3"
     rows = [row for a in artifacts if a.type == "table" for row in json.loads(a.data)]
     assert {"name": "image", "uri": str(fits_path), "kind": "fits"} in rows
+    (preview,) = [a.data for a in artifacts if a.type == "image"]
+    header, encoded = preview.split(",", 1)
+    assert header == "data:image/png;base64"  # the UI shows it without the data volume
+    with PIL.Image.open(io.BytesIO(base64.b64decode(encoded))) as thumbnail:
+        assert max(thumbnail.size) == 320
 
 
 def test_real_vla_set_reproduces_casa_dirty_image(

@@ -184,6 +184,52 @@ def test_release_cleanup_deletes_every_run_through_the_operator(env, runs, tmp_p
     assert runs.names() == []
 
 
+def test_flow_account_made_per_namespace_for_a_cluster_wide_install(env, runs, kube_api, tmp_path):
+    """What a cluster-wide install turns on (RADPS_FLOW_CLUSTER_ROLE): a namespace's first run
+    gets the flow-run service account, bound to the chart's ClusterRole, and the uninstall
+    hook's cleanup removes exactly what was made."""
+    from kubernetes import client
+
+    from radps_operator.flow_identity import delete_identities
+
+    suffix = uuid.uuid4().hex[:6]
+    role, account, namespace = f"radps-test-flow-{suffix}", f"flow-{suffix}", runs.namespace
+    rbac, core = client.RbacAuthorizationV1Api(kube_api), client.CoreV1Api(kube_api)
+    rule = {"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}
+    rbac.create_cluster_role({"metadata": {"name": role}, "rules": [rule]})
+    try:
+        settings = {"RADPS_FLOW_CLUSTER_ROLE": role, "RADPS_FLOW_SERVICE_ACCOUNT": account}
+        with kopf_operator(namespace, {**env, **settings}):
+            runs.create("ident", **synth(tmp_path, "ident"))
+            runs.wait_phase("ident", "Completed", timeout=120)
+            runs.delete_all()
+        core.read_namespaced_service_account(account, namespace)
+        binding = rbac.read_namespaced_role_binding(account, namespace)
+        assert (binding.role_ref.kind, binding.role_ref.name) == ("ClusterRole", role)
+        review = client.AuthorizationV1Api(kube_api).create_subject_access_review(
+            {
+                "spec": {
+                    "user": f"system:serviceaccount:{namespace}:{account}",
+                    "resourceAttributes": {
+                        "namespace": namespace,
+                        "verb": "get",
+                        "resource": "services",
+                    },
+                }
+            }
+        )
+        assert review.status.allowed, review.status
+        assert sorted(delete_identities(core, rbac, role)) == [
+            f"RoleBinding {namespace}/{account}",
+            f"ServiceAccount {namespace}/{account}",
+        ]
+        assert not core.list_namespaced_service_account(
+            namespace, field_selector=f"metadata.name={account}"
+        ).items
+    finally:
+        rbac.delete_cluster_role(role)
+
+
 class DaskClusters:
     """DaskCluster objects (the dask-kubernetes CRDs, no dask operator: nothing runs)."""
 

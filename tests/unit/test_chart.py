@@ -120,6 +120,51 @@ def test_namespaced_by_default_cluster_wide_on_request(helm):
     assert {"name": "RADPS_WATCH_NAMESPACES", "value": "*"} in env
 
 
+def _env(documents: list[dict[str, Any]], pod: str) -> dict[str, str]:
+    (spec,) = [spec for name, spec in pod_specs(documents) if name == pod]
+    return {e["name"]: e.get("value") for e in spec["containers"][0].get("env", [])}
+
+
+def test_worker_observer_watches_only_what_its_rbac_allows(helm):
+    """prefect-kubernetes' observer watches the whole cluster by default; with namespaced RBAC
+    that is an endless 403 and no Crashed detection, so it is told the watched namespaces."""
+    observer = "PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES"
+    assert _env(render(helm), "t-radps-prefect-worker")[observer] == "radps"
+    listed = render(helm, "operator.watchNamespaces={radps,astro}")
+    assert _env(listed, "t-radps-prefect-worker")[observer] == "radps,astro"
+    assert observer not in _env(
+        render(helm, "operator.watchNamespaces={*}"), "t-radps-prefect-worker"
+    )
+
+
+def test_cluster_wide_operator_makes_the_flow_account_per_namespace(helm):
+    """Namespaced: the account and its Role are rendered per watched namespace. Cluster-wide:
+    a flow-run ClusterRole that the operator may bind (and nothing else), the setting that
+    turns that on, and the uninstall hook removing what it made."""
+    namespaced = render(helm, "operator.watchNamespaces={radps,astro}")
+    flow_accounts = [
+        d["metadata"]["namespace"]
+        for d in namespaced
+        if d["kind"] == "ServiceAccount" and d["metadata"]["name"] == "radps-flow"
+    ]
+    assert sorted(flow_accounts) == ["astro", "radps"]
+    wide = render(helm, "operator.watchNamespaces={*}")
+    assert not [d for d in wide if d["metadata"]["name"] == "radps-flow"]
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in wide}
+    flow_role = by_name[("ClusterRole", "t-radps-flow-run")]
+    assert any("daskclusters" in rule["resources"] for rule in flow_role["rules"])
+    grants = by_name[("ClusterRole", "t-radps-operator-flow-identities")]["rules"]
+    (bind,) = [rule for rule in grants if "bind" in rule["verbs"]]
+    assert (bind["resources"], bind["resourceNames"]) == (["clusterroles"], ["t-radps-flow-run"])
+    binding = by_name[("ClusterRoleBinding", "t-radps-operator-flow-identities")]
+    assert binding["subjects"][0]["name"] == "t-radps-operator"
+    assert _env(wide, "t-radps-operator")["RADPS_FLOW_CLUSTER_ROLE"] == "t-radps-flow-run"
+    assert "RADPS_FLOW_CLUSTER_ROLE" not in _env(namespaced, "t-radps-operator")
+    (hook,) = [spec for name, spec in pod_specs(wide) if name == "t-radps-delete-runs"]
+    command = hook["containers"][0]["command"]
+    assert command[command.index("--flow-cluster-role") + 1] == "t-radps-flow-run"
+
+
 def test_uninstall_first_deletes_the_runs_as_the_operator(helm):
     (hook,) = [d for d in render(helm) if d["metadata"]["name"] == "t-radps-delete-runs"]
     assert hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"

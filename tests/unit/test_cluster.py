@@ -12,7 +12,7 @@ from radps_flows.cluster import (
 
 POD_ENV = {
     "RADPS_POD_NAME": "run-abc-xyz",
-    "RADPS_POD_UID": "1111-2222",
+    "RADPS_POD_UID": "11112222-3333",
     "RADPS_POD_NAMESPACE": "astro",
     "RADPS_RUN_NAME": "j1008-continuum",
     "RADPS_RUN_UID": "abcdef12-3456",
@@ -38,10 +38,10 @@ def test_dask_cluster_is_labelled_owned_and_restricted():
     assert kube is not None
     spec = dask_cluster_spec(DaskClusterConfig(workers=3, threads_per_worker=2), kube)
     meta = spec["metadata"]
-    assert meta["name"] == "j1008-continuum-abcdef12"
+    assert meta["name"] == "j1008-continuum-11112222"  # one cluster per attempt (pod)
     assert meta["labels"][RUN_UID_LABEL] == "abcdef12-3456"
     assert meta["ownerReferences"] == [
-        {"apiVersion": "v1", "kind": "Pod", "name": "run-abc-xyz", "uid": "1111-2222"}
+        {"apiVersion": "v1", "kind": "Pod", "name": "run-abc-xyz", "uid": "11112222-3333"}
     ]
     worker = spec["spec"]["worker"]
     assert worker["replicas"] == 3
@@ -68,6 +68,7 @@ def test_task_runner_follows_the_environment(monkeypatch):
     runner = task_runner_from_env()
     assert "KubeCluster" in str(runner.cluster_class)
     assert runner.cluster_kwargs["resource_timeout"] >= 300  # first pods may unpack the image
+    assert runner.cluster_kwargs["create_mode"].value == "CREATE_ONLY"  # never adopt another
     for key in POD_ENV:
         monkeypatch.delenv(key)
     assert "LocalCluster" in str(task_runner_from_env().cluster_class)

@@ -1,13 +1,17 @@
-"""FITS products carry what viewers and CASA need: the restoring beam among it."""
+"""FITS products carry what viewers and CASA need: the restoring beam among it; previews
+shrink to thumbnails for the Prefect UI."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import PIL.Image
 import pytest
 import xarray as xr
 from astropy.io import fits
 
-from radps_flows.core.products import write_fits
+from radps_flows.core.products import png_thumbnail, write_fits, write_png
 
 
 def _image(**attrs: object) -> xr.DataArray:
@@ -39,3 +43,12 @@ def test_no_beam_keywords_without_a_beam(tmp_path):
     header = fits.getheader(write_fits(_image(bunit="Jy/pixel"), tmp_path / "b"))
     assert "BMAJ" not in header
     assert header["BUNIT"] == "Jy/pixel"
+
+
+def test_preview_thumbnail_keeps_the_aspect_and_fits_the_bound(tmp_path):
+    png = write_png(_image(), tmp_path / "preview.png", "t")
+    with PIL.Image.open(png) as full:
+        width, height = full.size
+    small = PIL.Image.open(io.BytesIO(png_thumbnail(png, max_pixels=200)))
+    assert small.format == "PNG" and max(small.size) == 200
+    assert small.size[0] / small.size[1] == pytest.approx(width / height, rel=0.02)

@@ -88,6 +88,11 @@ securityContext:
 - {name: RADPS_AUTH_SECRET, value: {{ .Values.prefect.basicAuth.existingSecret | quote }}}
 - {name: RADPS_AUTH_SECRET_KEY, value: {{ .Values.prefect.basicAuth.secretKey | quote }}}
 - {name: RADPS_FINISHED_JOB_TTL_SECONDS, value: {{ .Values.flowRuns.finishedJobTtlSeconds | quote }}}
+{{- if not (include "radps.clusterWide" .) }}
+{{- /* prefect-kubernetes' observer (marks a run Crashed when its pod fails) watches the whole
+cluster unless told otherwise, which namespaced RBAC forbids: it then retried 403s forever */}}
+- {name: PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES, value: {{ include "radps.watchedNamespaces" . | quote }}}
+{{- end }}
 {{- end -}}
 
 {{/* Bind ClusterRole .name to service account .subject (default .name) in every watched
@@ -121,4 +126,22 @@ subjects:
   - {kind: ServiceAccount, name: {{ $subject }}, namespace: {{ $root.Release.Namespace }}}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* What a flow-run pod may do in its namespace: make its DaskCluster, find its scheduler */}}
+{{- define "radps.flowRunRules" -}}
+- apiGroups: [kubernetes.dask.org]
+  resources: [daskclusters, daskworkergroups, daskworkergroups/scale, daskautoscalers]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [pods, services, pods/log]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [pods/portforward]
+  verbs: [create]
+{{- end -}}
+
+{{/* The ClusterRole a cluster-wide operator binds to the flow-run account per namespace */}}
+{{- define "radps.flowClusterRole" -}}
+{{ include "radps.fullname" . }}-flow-run
 {{- end -}}

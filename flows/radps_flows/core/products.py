@@ -8,6 +8,7 @@ alike.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -177,6 +178,18 @@ def write_png(image: xr.DataArray, path: str | os.PathLike, title: str | None = 
     fig.colorbar(im, ax=ax, label=str(image.attrs.get("bunit", "")))
     fig.savefig(path, format="png")
     return path
+
+
+def png_thumbnail(path: str | os.PathLike, max_pixels: int = 320) -> bytes:
+    """A PNG preview shrunk to fit ``max_pixels`` (tens of kB): small enough to embed where
+    the file itself cannot be reached, such as a Prefect artifact viewed far from the data."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.thumbnail((max_pixels, max_pixels))
+        out = io.BytesIO()
+        image.save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def write_zarr(image: xr.DataArray, path: str | os.PathLike) -> Path:

@@ -29,7 +29,12 @@ from radps_flows.pipelines.common import (
     write_gains,
 )
 from radps_flows.pipelines.imaging import _steps, open_visibilities
-from radps_flows.pipelines.outputs import Output, file_output, publish_outputs
+from radps_flows.pipelines.outputs import (
+    Output,
+    file_output,
+    publish_outputs,
+    publish_preview,
+)
 from radps_flows.progress import report_progress
 
 STAGES = 4
@@ -70,6 +75,7 @@ def write_gain_table(tables: dict[str, xr.Dataset], output: str) -> list[Output]
     path = write_gains(tables, folder / "gains.zarr")
     png = plot_gains(tables, folder / "gains.png")
     publish_gain_table(tables)
+    publish_preview(png, "gain solutions: amplitude and phase per antenna")
     return [file_output("gains", path, "zarr"), file_output("gains-plot", png, "png")]
 
 

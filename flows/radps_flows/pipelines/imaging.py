@@ -38,7 +38,12 @@ from radps_flows.pipelines.common import (
     writable_folder,
     write_gains,
 )
-from radps_flows.pipelines.outputs import Output, file_output, publish_outputs
+from radps_flows.pipelines.outputs import (
+    Output,
+    file_output,
+    publish_outputs,
+    publish_preview,
+)
 from radps_flows.progress import report_progress
 
 
@@ -283,9 +288,11 @@ def clean_image(
 @task(name="write-products")
 def write_products(image: xr.DataArray, output: str, title: str) -> list[Output]:
     folder = Path(output)
+    png = products.write_png(image, folder / "image.png", title)
+    publish_preview(png, title)
     return [
         file_output("image", products.write_fits(image, folder / "image.fits"), "fits"),
-        file_output("preview", products.write_png(image, folder / "image.png", title), "png"),
+        file_output("preview", png, "png"),
         file_output("image-zarr", products.write_zarr(image, folder / "image.zarr"), "zarr"),
     ]
 
@@ -300,6 +307,7 @@ def write_clean_products(images: xr.Dataset, output: str, title: str) -> list[Ou
         )
     for name in ("restored", "residual"):
         png = products.write_png(images[name], folder / f"{name}.png", f"{title}: {name}")
+        publish_preview(png, f"{title}: {name}")
         out.append(file_output(f"{name}-preview", png, "png"))
     path = folder / "images.zarr"
     images.to_zarr(path, mode="w", consolidated=False)
@@ -314,6 +322,7 @@ def write_gain_products(gains: list[xr.Dataset], output: str) -> list[Output]:
     zarr_path = write_gains(tables, folder / "gains.zarr")
     png = plot_gains(tables, folder / "gains.png")
     publish_gain_table(tables)
+    publish_preview(png, "gain solutions: amplitude and phase per antenna")
     return [file_output("gains", zarr_path, "zarr"), file_output("gains-plot", png, "png")]
 
 

@@ -1,0 +1,101 @@
+"""The flow-run pods' service account in each namespace a cluster-wide operator serves.
+
+A namespaced install creates that account (and its Role) in every watched namespace up front.
+Watching all namespaces, the chart cannot know them, so the operator makes the account on a
+namespace's first run: a ServiceAccount and a RoleBinding to the chart's flow-run ClusterRole
+(what a flow pod needs: create its DaskCluster, find its scheduler). Both are labelled with
+that ClusterRole's name, so the chart's uninstall hook removes exactly this release's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+OWNER_LABEL = "radps.io/flow-cluster-role"
+"""On every object made here: the ClusterRole it grants (one per Helm release)."""
+
+
+def identity_objects(
+    namespace: str, service_account: str, cluster_role: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ServiceAccount and the RoleBinding that give it ``cluster_role`` in ``namespace``."""
+    labels = {
+        "app.kubernetes.io/part-of": "radps",
+        "app.kubernetes.io/component": "flow-run",
+        "app.kubernetes.io/managed-by": "radps-operator",
+        OWNER_LABEL: cluster_role,
+    }
+    meta = {"name": service_account, "namespace": namespace, "labels": labels}
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": meta,
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": cluster_role,
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],
+    }
+    return account, binding
+
+
+class FlowIdentities:
+    """Makes sure each namespace has the flow-run service account, once per namespace per
+    operator process (an existing account or binding is left as it is)."""
+
+    def __init__(self, api_client: Any, service_account: str, cluster_role: str) -> None:
+        self.api_client = api_client
+        self.service_account = service_account
+        self.cluster_role = cluster_role
+        self._ready: set[str] = set()
+
+    async def ensure(self, namespace: str) -> None:
+        """Raises kubernetes_asyncio's ApiException when the operator may not create them."""
+        if namespace in self._ready:
+            return
+        from kubernetes_asyncio import client
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        account, binding = identity_objects(namespace, self.service_account, self.cluster_role)
+        core = client.CoreV1Api(self.api_client)
+        rbac = client.RbacAuthorizationV1Api(self.api_client)
+        calls = (
+            (core.create_namespaced_service_account, account),
+            (rbac.create_namespaced_role_binding, binding),
+        )
+        for create, body in calls:
+            try:
+                await create(namespace, body)
+                log.info("created %s %s/%s", body["kind"], namespace, self.service_account)
+            except ApiException as exc:
+                if exc.status != 409:  # 409: already there
+                    raise
+        self._ready.add(namespace)
+
+
+def delete_identities(core: Any, rbac: Any, cluster_role: str) -> list[str]:
+    """Delete every account and binding made for ``cluster_role`` (synchronous ``kubernetes``
+    clients, as in the uninstall hook); returns what was deleted."""
+    selector = f"{OWNER_LABEL}={cluster_role}"
+    deleted = []
+    for lister, deleter, kind in (
+        (
+            rbac.list_role_binding_for_all_namespaces,
+            rbac.delete_namespaced_role_binding,
+            "RoleBinding",
+        ),
+        (
+            core.list_service_account_for_all_namespaces,
+            core.delete_namespaced_service_account,
+            "ServiceAccount",
+        ),
+    ):
+        for item in lister(label_selector=selector).items:
+            deleter(item.metadata.name, item.metadata.namespace)
+            deleted.append(f"{kind} {item.metadata.namespace}/{item.metadata.name}")
+    return deleted

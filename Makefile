@@ -23,17 +23,16 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/radps run manifests/examples/synthesize-demo.yaml manifests/examples/imaging-demo.yaml
 
-# Everything, the mission e2e included (it skips without root or a node: see README); the
-# fault e2e (cancel and operator kill mid-run) only in `make e2e` until it has a record.
+# Everything, the e2e on a real node included (it skips without root or a node: see README).
 test: venv
 	hack/host-deps.sh
-	$(BIN)/python -m pytest --ignore tests/e2e/test_faults.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Only the whole system on a real node: image, helm install, the real-VLA PipelineRun,
-# helm test, helm uninstall; then faults mid-run.
+# Only the whole system on a real node: image, helm install, faults mid-run (cancel, operator
+# killed, flow pod deleted), the real-VLA PipelineRun, helm test, helm uninstall.
 e2e: venv
 	hack/host-deps.sh
-	$(BIN)/python -m pytest tests/e2e/test_mission.py tests/e2e/test_faults.py $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/e2e/test_faults.py tests/e2e/test_mission.py $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,7 +1,6 @@
 """Faults on a real node, mid-run: a cancelled run leaves no pod behind, an operator pod
 killed during a run neither duplicates nor loses it, and a deleted flow-run pod is
-rescheduled while its DaskCluster is collected. `make e2e` runs these; `make test` does not
-yet (see the notes)."""
+rescheduled while its DaskCluster is collected. Part of `make test` (and `make e2e`)."""
 
 from __future__ import annotations
 
@@ -12,13 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.test_mission import (  # noqa: F401
-    MS_NAME,
-    NAMESPACE,
-    _get,
-    installed,
-    why_not_completed,
-)
+from tests.e2e.release import MS_NAME, NAMESPACE, get, why_not_completed
 from tests.k8s import REPO, KubeCluster, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s_full]
@@ -35,7 +28,7 @@ def _apply_vla_run(cluster: KubeCluster, name: str) -> None:
 
 
 def _status(cluster: KubeCluster, name: str) -> dict[str, Any]:
-    return _get(cluster, "prun", name).get("status") or {}
+    return get(cluster, "prun", name).get("status") or {}
 
 
 def _wait_running(cluster: KubeCluster, name: str) -> dict[str, Any]:
@@ -48,7 +41,7 @@ def _wait_running(cluster: KubeCluster, name: str) -> dict[str, Any]:
 
 def _of_run(cluster: KubeCluster, kind: str, uid: str) -> list[dict[str, Any]]:
     """The objects of ``kind`` labelled with the PipelineRun's UID (Jobs, DaskClusters)."""
-    return _get(cluster, kind, "-l", f"radps.io/run-uid={uid}")["items"]
+    return get(cluster, kind, "-l", f"radps.io/run-uid={uid}")["items"]
 
 
 def _completes_as_the_same_flow_run(
@@ -64,17 +57,17 @@ def _pods_of(cluster: KubeCluster, uid: str) -> list[str]:
     """The run's flow pod (its Job carries the run's UID) and its Dask pods."""
     names = []
     for job in _of_run(cluster, "jobs", uid):
-        pods = _get(cluster, "pods", "-l", f"job-name={job['metadata']['name']}")["items"]
+        pods = get(cluster, "pods", "-l", f"job-name={job['metadata']['name']}")["items"]
         names += [p["metadata"]["name"] for p in pods if p["status"].get("phase") == "Running"]
     for dask in _of_run(cluster, "daskclusters", uid):
         label = f"dask.org/cluster-name={dask['metadata']['name']}"
-        names += [p["metadata"]["name"] for p in _get(cluster, "pods", "-l", label)["items"]]
+        names += [p["metadata"]["name"] for p in get(cluster, "pods", "-l", label)["items"]]
     return names
 
 
-def test_cancel_mid_run_leaves_no_pod(kube_cluster: KubeCluster, installed: Path):  # noqa: F811
+def test_cancel_mid_run_leaves_no_pod(kube_cluster: KubeCluster, installed: Path):
     _apply_vla_run(kube_cluster, "cancel-mid-run")
-    uid = _get(kube_cluster, "prun", "cancel-mid-run")["metadata"]["uid"]
+    uid = get(kube_cluster, "prun", "cancel-mid-run")["metadata"]["uid"]
     _wait_running(kube_cluster, "cancel-mid-run")
     kube_cluster.kubectl(
         "patch", "prun", "cancel-mid-run", "-n", NAMESPACE, "--type", "merge",
@@ -96,10 +89,10 @@ def test_cancel_mid_run_leaves_no_pod(kube_cluster: KubeCluster, installed: Path
 
 def test_operator_killed_mid_run_neither_duplicates_nor_loses_it(
     kube_cluster: KubeCluster,
-    installed: Path,  # noqa: F811
+    installed: Path,
 ):
     _apply_vla_run(kube_cluster, "operator-killed")
-    uid = _get(kube_cluster, "prun", "operator-killed")["metadata"]["uid"]
+    uid = get(kube_cluster, "prun", "operator-killed")["metadata"]["uid"]
     running = _wait_running(kube_cluster, "operator-killed")
     kube_cluster.kubectl(
         "delete", "pod", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator",
@@ -114,14 +107,14 @@ def test_operator_killed_mid_run_neither_duplicates_nor_loses_it(
 
 def test_flow_pod_deleted_mid_run_is_rescheduled_and_its_dask_cluster_collected(
     kube_cluster: KubeCluster,
-    installed: Path,  # noqa: F811
+    installed: Path,
 ):
     """A deleted (or evicted) flow-run pod gets SIGTERM; prefect-kubernetes' Jobs have
     backoffLimit 0, so the run is rescheduled rather than failed, and the worker starts it
     again in a new pod. The first pod's DaskCluster is owned by that pod, so Kubernetes
     collects it; the run still completes, as the same flow run."""
     _apply_vla_run(kube_cluster, "pod-deleted")
-    uid = _get(kube_cluster, "prun", "pod-deleted")["metadata"]["uid"]
+    uid = get(kube_cluster, "prun", "pod-deleted")["metadata"]["uid"]
     running = _wait_running(kube_cluster, "pod-deleted")
     first = wait_until(
         lambda: _of_run(kube_cluster, "daskclusters", uid),

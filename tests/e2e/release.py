@@ -1,0 +1,156 @@
+"""The chart as the e2e tests install it: a namespace that enforces the restricted Pod
+Security Standard, the VLA data and Prefect's database on hostPath PersistentVolumes (cluster-
+scoped objects: the pods themselves only mount PVCs, as the standard requires), and the
+locally built image. Shared by every e2e module through the session fixture in conftest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import VLA_TARBALL, shared_dir
+from tests.k8s import REPO, KubeCluster
+
+NAMESPACE = "radps-e2e"
+RELEASE = "radps"
+UID = 10001
+MS_NAME = VLA_TARBALL.removesuffix(".tar.gz")
+
+
+def host_volume(cluster: KubeCluster, name: str, path: Path, size: str) -> None:
+    """A hostPath PV bound to a PVC of the same name in the test namespace."""
+    documents = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{NAMESPACE}-{name}", "labels": {"radps.io/e2e": "true"}},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(path), "type": "Directory"},
+                "claimRef": {"namespace": NAMESPACE, "name": name},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": f"{NAMESPACE}-{name}",
+                "resources": {"requests": {"storage": size}},
+            },
+        },
+    ]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(documents))
+
+
+def remove_leftovers(cluster: KubeCluster) -> None:
+    """Runs go first, while their operator can still release them (its finalizer); what an
+    interrupted session left without an operator gets its finalizers cleared."""
+    deleted = cluster.kubectl(
+        "delete", "prun", "--all", "-n", NAMESPACE, "--timeout=120s", check=False, timeout=180
+    )
+    if deleted.returncode != 0:
+        for kind in ("pipelineruns.radps.io", "daskclusters.kubernetes.dask.org"):
+            names = cluster.kubectl("get", kind, "-n", NAMESPACE, "-o", "name", check=False)
+            for name in names.stdout.split():
+                cluster.kubectl(
+                    "patch", name, "-n", NAMESPACE, "--type", "merge",
+                    "-p", '{"metadata":{"finalizers":[]}}', check=False,
+                )  # fmt: skip
+    cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False, timeout=300)
+    cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", timeout=300)
+    cluster.kubectl("delete", "pv", "-l", "radps.io/e2e=true", "--ignore-not-found")
+
+
+def get(cluster: KubeCluster, *args: str) -> Any:
+    return yaml.safe_load(cluster.kubectl("get", "-n", NAMESPACE, "-o", "yaml", *args).stdout)
+
+
+def why_not_completed(cluster: KubeCluster, name: str) -> str:
+    """A failed run's status, and the log of each of its flow-run pods (a rescheduled run
+    has one Job per attempt), so a CI failure says why without a second run."""
+    run = get(cluster, "prun", name)
+    status = run.get("status") or {}
+    logs = ""
+    uid = run["metadata"]["uid"]
+    for job in get(cluster, "jobs", "-l", f"radps.io/run-uid={uid}")["items"]:
+        found = cluster.kubectl(
+            "logs", "-n", NAMESPACE, f"job/{job['metadata']['name']}", "--tail=80",
+            check=False,
+        )  # fmt: skip
+        logs += f"--- job/{job['metadata']['name']}\n{found.stdout}{found.stderr}"
+    return (
+        f"{status.get('phase')}: {status.get('message')}\n{json.dumps(status, indent=1)}\n"
+        f"flow-run pod logs:\n{logs}"
+    )
+
+
+def install(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Build and load the image, install the chart; yields the host folder the pods see as
+    /data, and removes the release (if a test has not) and the data afterwards."""
+    image = subprocess.run(
+        ["bash", str(REPO / "hack" / "image.sh"), "all"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
+    # the build may have started a private dockerd: stop it (it is not needed to run pods)
+    subprocess.run(["bash", str(REPO / "hack" / "image.sh"), "docker-stop"], cwd=REPO, timeout=120)
+    assert image.returncode == 0, image.stderr[-4000:]
+    tarball = shared_dir() / "data" / VLA_TARBALL
+    if not tarball.is_file():
+        pytest.skip(f"VLA data not found: {tarball}")
+    data = tmp_path_factory.mktemp("e2e-data")
+    prefect = tmp_path_factory.mktemp("e2e-prefect")
+    (data / "vla").mkdir()
+    with tarfile.open(tarball) as tar:
+        tar.extractall(data / "vla", filter="data")
+    (data / "products").mkdir()
+    for folder in (data, prefect):
+        for path in [folder, *folder.rglob("*")]:
+            os.chown(path, UID, UID)
+    for parent in data.parents:  # the pods' user must be able to reach the folders
+        if parent == Path("/"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o005)
+
+    remove_leftovers(cluster)  # of an interrupted earlier session on a kept cluster
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    cluster.kubectl(
+        "label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    host_volume(cluster, "radps-data", data, "10Gi")
+    host_volume(cluster, "radps-prefect", prefect, "1Gi")
+    cluster.helm(
+        "install",
+        RELEASE,
+        str(REPO / "charts" / "radps"),
+        "-n",
+        NAMESPACE,
+        "--set",
+        "data.existingClaim=radps-data",
+        "--set",
+        "prefect.server.persistence.existingClaim=radps-prefect",
+        "--wait",
+        "--timeout",
+        "10m",
+        timeout=900,
+    )
+    yield data
+    remove_leftovers(cluster)
+    shutil.rmtree(data, ignore_errors=True)

@@ -33,6 +33,7 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
     applied = time.monotonic()
     kube_cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(run))
     name = run["metadata"]["name"]
+    uid = get(kube_cluster, "prun", name)["metadata"]["uid"]
 
     most_workers = 0
     deadline = time.monotonic() + 900
@@ -40,8 +41,7 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
     while time.monotonic() < deadline:
         status = get(kube_cluster, "prun", name).get("status") or {}
         phase = status.get("phase")
-        workers = get(kube_cluster, "pods", "-l", "dask.org/component=worker")["items"]
-        most_workers = max(most_workers, len(workers))
+        most_workers = max(most_workers, _worker_pods(kube_cluster, uid))
         if phase in ("Completed", "Failed", "Crashed", "Cancelled", "TimedOut"):
             break
         time.sleep(1)
@@ -56,7 +56,7 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
     assert "Completed" in table and "3/3" in table
 
     wait_until(
-        lambda: not get(kube_cluster, "daskclusters")["items"],
+        lambda: not get(kube_cluster, "daskclusters", "-l", f"radps.io/run-uid={uid}")["items"],
         timeout=120,
         what="the run's DaskCluster to be gone",
     )
@@ -65,6 +65,16 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
     assert np.unravel_index(np.argmax(ours), ours.shape) == (39, 480)
     inner = np.s_[128:384, 128:384]
     assert np.corrcoef(ours[inner].ravel(), casa[inner].ravel())[0, 1] >= 0.999
+
+
+def _worker_pods(cluster: KubeCluster, uid: str) -> int:
+    """Worker pods of the run's DaskClusters (other runs' may still be going away)."""
+    clusters = get(cluster, "daskclusters", "-l", f"radps.io/run-uid={uid}")["items"]
+    names = ",".join(c["metadata"]["name"] for c in clusters)
+    if not names:
+        return 0
+    selector = f"dask.org/component=worker,dask.org/cluster-name in ({names})"
+    return len(get(cluster, "pods", "-l", selector)["items"])
 
 
 def test_helm_test_passes(kube_cluster: KubeCluster, installed: Path):

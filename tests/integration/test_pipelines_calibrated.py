@@ -83,7 +83,8 @@ def test_vla_calibrated_clean_example_matches_casa(
 
 def test_synthetic_flagging_calibration_and_clean(radps_server: RadpsServer, tmp_path: Path):
     """Known gains and RFI: `flagging` then `calibration` then `imaging` (clean, briggs) on
-    their outputs, and `imaging` doing all three itself, in one `radps run`."""
+    their outputs, `calibration` against that CLEAN model (self-calibration), and `imaging`
+    doing all three itself, in one `radps run`."""
     sky = str(tmp_path / "sky.ps.zarr")
     sources = [{"flux_jy": 1.0}, {"flux_jy": 0.5, "offset_ra_arcsec": 60}]
     runs = [
@@ -127,6 +128,16 @@ def test_synthetic_flagging_calibration_and_clean(radps_server: RadpsServer, tmp
                 "threshold_jy": 0.001,
             },
         ),
+        manifest(  # self-calibration: the CLEAN model of "img" as the model
+            tmp_path,
+            "selfcal",
+            "calibration",
+            {
+                "input": str(tmp_path / "f" / "flagged.ps.zarr"),
+                "output": str(tmp_path / "s"),
+                "model_image": str(tmp_path / "i" / "model.fits"),
+            },
+        ),
         manifest(
             tmp_path,
             "all",
@@ -147,7 +158,7 @@ def test_synthetic_flagging_calibration_and_clean(radps_server: RadpsServer, tmp
     ]
     code, output = radps_run(radps_server.env(), *runs, timeout=600)
     assert code == 0, output
-    assert output.count("Completed") >= 5, output
+    assert output.count("Completed") >= 6, output
     (flagged,) = open_processing_set(tmp_path / "f" / "flagged.ps.zarr")
     assert 0.02 < float(flagged["FLAG"].values.mean()) < 0.05
     truth = json.loads((tmp_path / "sky.truth.json").read_text())
@@ -166,3 +177,15 @@ def test_synthetic_flagging_calibration_and_clean(radps_server: RadpsServer, tmp
     (calibrated,) = open_processing_set(tmp_path / "c" / "calibrated.ps.zarr")
     vis = calibrated["VISIBILITY"].values[~calibrated["FLAG"].values]
     assert np.all(np.isfinite(vis))
+    # the CLEAN model (1.5 Jy in components) calibrates as well as the true point sources
+    point, selfcal = (_gains(tmp_path / folder / "gains.zarr") for folder in ("c", "s"))
+    good = ~(point["FLAG"].values | selfcal["FLAG"].values)
+    ratio = selfcal["GAIN"].values[good] / point["GAIN"].values[good]
+    assert np.median(np.abs(ratio - 1)) < 0.01
+
+
+def _gains(path: Path) -> xr.Dataset:
+    (table,) = [
+        node.to_dataset() for node in xr.open_datatree(path, engine="zarr").children.values()
+    ]
+    return table

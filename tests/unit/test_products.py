@@ -11,7 +11,13 @@ import pytest
 import xarray as xr
 from astropy.io import fits
 
-from radps_flows.core.products import png_thumbnail, write_fits, write_png
+from radps_flows.core.products import (
+    ModelImageError,
+    png_thumbnail,
+    read_model_image,
+    write_fits,
+    write_png,
+)
 
 
 def _image(**attrs: object) -> xr.DataArray:
@@ -52,3 +58,26 @@ def test_preview_thumbnail_keeps_the_aspect_and_fits_the_bound(tmp_path):
     small = PIL.Image.open(io.BytesIO(png_thumbnail(png, max_pixels=200)))
     assert small.format == "PNG" and max(small.size) == 200
     assert small.size[0] / small.size[1] == pytest.approx(width / height, rel=0.02)
+
+
+def test_a_written_clean_model_reads_back_as_the_calibration_model(tmp_path):
+    values = np.random.default_rng(1).random((32, 32))
+    model = _image(bunit="Jy/pixel", reference_pixel=[16, 16]).copy(data=values)
+    read = read_model_image(write_fits(model, tmp_path / "model.fits"))
+    np.testing.assert_allclose(read.values, values, rtol=1e-6)  # float32 on disk
+    assert read.dims == ("y", "x")
+    assert read.attrs["cell_rad"] == pytest.approx(model.attrs["cell_rad"])
+    assert read.attrs["phase_center_dec_rad"] == pytest.approx(0.13)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "keyword"),
+    [
+        ({"bunit": "Jy/beam"}, "BUNIT"),  # a restored image is not a model
+        ({"bunit": "Jy/pixel", "reference_pixel": [10, 16]}, "CRPIX"),
+    ],
+)
+def test_a_model_the_predictor_cannot_use_is_refused_by_keyword(tmp_path, attrs, keyword):
+    path = write_fits(_image(**attrs), tmp_path / "bad.fits")
+    with pytest.raises(ModelImageError, match=keyword):
+        read_model_image(path)

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -89,11 +90,13 @@ def open_processing_set(
     source = Path(path)
     # A processing set holds partitions; a single MSv4 (one partition's folder) is accepted too.
     nodes = {source.name: tree} if tree.attrs.get("type") == "visibility" else tree.children
-    datasets = [
-        _with_metadata(node, name, source)
-        for name, node in sorted(nodes.items())
-        if node.attrs.get("type") == "visibility"
-    ]
+    # the few metadata values are read here, in this thread, whatever Dask client is around
+    with dask.config.set(scheduler="synchronous"):
+        datasets = [
+            _with_metadata(node, name, source)
+            for name, node in sorted(nodes.items())
+            if node.attrs.get("type") == "visibility"
+        ]
     if not datasets:
         kinds = sorted({str(node.attrs.get("type")) for node in tree.children.values()})
         raise InputDataError(

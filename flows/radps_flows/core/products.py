@@ -122,6 +122,70 @@ def write_fits(image: xr.DataArray, path: str | os.PathLike) -> Path:
     return path
 
 
+class ModelImageError(ValueError):
+    """A model image the calibration cannot use as it is; the message says why."""
+
+
+def read_model_image(path: str | os.PathLike) -> xr.DataArray:
+    """A model image ``(y, x)`` in Jy/pixel from a FITS file (the ``model.fits`` of a CLEAN
+    run, or CASA's), in the imager's orientation with ``cell_rad`` and the phase centre in
+    its attrs, as :func:`radps_flows.core.calibration.solve_gains` takes it.
+
+    Only what the predictor can use is accepted: a SIN projection with square pixels, RA
+    decreasing along x, the phase centre at pixel N/2 (as the imager puts it), Jy/pixel, one
+    Stokes I plane; anything else is a :class:`ModelImageError` naming the keyword."""
+    try:
+        with fits.open(path) as hdus:
+            header, data = hdus[0].header, hdus[0].data
+    except (OSError, ValueError) as exc:
+        raise ModelImageError(f"{path}: not a readable FITS image: {exc}") from exc
+    if data is None or data.ndim < 2:
+        raise ModelImageError(f"{path}: no image in the primary HDU")
+    if any(n != 1 for n in data.shape[:-2]):
+        raise ModelImageError(
+            f"{path}: model must be one plane (Stokes I, MFS), got shape {data.shape}"
+        )
+    plane = np.asarray(data.reshape(data.shape[-2:]), dtype=np.float64)
+    ny, nx = plane.shape
+
+    def need(condition: bool, what: str) -> None:
+        if not condition:
+            raise ModelImageError(f"{path}: {what}")
+
+    need(
+        header.get("CTYPE1", "").startswith("RA") and header.get("CTYPE1", "").endswith("SIN"),
+        f"CTYPE1 must be RA---SIN, not {header.get('CTYPE1')!r}",
+    )
+    need(
+        header.get("CTYPE2", "").startswith("DEC") and header.get("CTYPE2", "").endswith("SIN"),
+        f"CTYPE2 must be DEC--SIN, not {header.get('CTYPE2')!r}",
+    )
+    cdelt1, cdelt2 = float(header.get("CDELT1", 0)), float(header.get("CDELT2", 0))
+    need(
+        cdelt1 < 0 < cdelt2 and math.isclose(-cdelt1, cdelt2, rel_tol=1e-6),
+        f"pixels must be square with RA decreasing along x (CDELT1 {cdelt1}, CDELT2 {cdelt2})",
+    )
+    crpix = (float(header.get("CRPIX1", 0)), float(header.get("CRPIX2", 0)))
+    need(
+        crpix == (nx // 2 + 1, ny // 2 + 1),
+        f"the phase centre must be at pixel N/2 (CRPIX1/2 = {nx // 2 + 1}, {ny // 2 + 1}), "
+        f"not {crpix}",
+    )
+    unit = str(header.get("BUNIT", "")).strip().lower().replace(" ", "")
+    need(unit == "jy/pixel", f"BUNIT must be Jy/pixel (a CLEAN model), not {unit!r}")
+    return xr.DataArray(
+        plane,
+        dims=("y", "x"),
+        name="model",
+        attrs={
+            "cell_rad": math.radians(cdelt2),
+            "phase_center_ra_rad": math.radians(float(header["CRVAL1"])),
+            "phase_center_dec_rad": math.radians(float(header["CRVAL2"])),
+            "bunit": "Jy/pixel",
+        },
+    )
+
+
 def _offset_unit(half_width_arcsec: float) -> tuple[str, float]:
     if half_width_arcsec < 600:
         return "arcsec", 1.0

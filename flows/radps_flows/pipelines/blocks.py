@@ -8,9 +8,10 @@ worker threads, whatever the size of the data set. Where visibilities must be re
 (CLEAN's major cycles, uniform/Briggs weights), their Stokes I samples stay on the workers as
 Dask futures (Dask spills them to disk under memory pressure).
 
-Inside a Prefect task run by the DaskTaskRunner, :func:`executor` gives a
-:class:`DaskExecutor` over the flow run's own cluster (``distributed.worker_client``, which
-secedes the task's thread so the blocks can use it); anywhere else a :class:`SerialExecutor`.
+The pipelines run their stage tasks in the flow process, as the Dask client of the flow run's
+own cluster: :func:`executor` gives a :class:`DaskExecutor` over it (or over
+``distributed.worker_client`` inside a task that runs on a worker); outside a flow run, a
+:class:`SerialExecutor`.
 """
 
 from __future__ import annotations
@@ -107,16 +108,37 @@ class DaskExecutor:
 
 @contextlib.contextmanager
 def executor() -> Iterator[SerialExecutor | DaskExecutor]:
-    """The flow run's Dask cluster when running on one of its workers, else serial."""
+    """The flow run's Dask cluster: from a stage task running in the flow process, through the
+    flow's task runner; from a task running on one of the cluster's workers, through
+    ``worker_client``; outside a flow run with a Dask task runner, serial."""
     try:
         from distributed import get_worker, worker_client
 
         get_worker()
-    except (ImportError, ValueError):
+    except ImportError:
         yield SerialExecutor()
+        return
+    except ValueError:  # not on a Dask worker
+        client = _flow_run_dask_client()
+        if client is None:
+            yield SerialExecutor()
+            return
+        with client.as_current():  # for what looks up the default client (as_completed)
+            yield DaskExecutor(client)
         return
     with worker_client() as client:
         yield DaskExecutor(client)
+
+
+def _flow_run_dask_client() -> Any:
+    """The Dask client of the current flow run's task runner (its cluster starts on first
+    use), or None."""
+    from prefect.context import FlowRunContext
+    from prefect_dask import DaskTaskRunner
+
+    context = FlowRunContext.get()
+    runner = context.task_runner if context is not None else None
+    return runner.client if isinstance(runner, DaskTaskRunner) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +163,8 @@ class Steps:
     flag: bool = False
     flag_threshold: float = 5.0
     calibrate: bool = False
-    model: tuple[cal.PointModel, ...] = (cal.PointModel(1.0),)
+    model: tuple[cal.PointModel, ...] | xr.DataArray = (cal.PointModel(1.0),)
+    """Point sources, or a model image (Jy/pixel, see :func:`cal.solve_gains`)."""
     refant: str | None = None
     solint: str | float = "int"
     minsnr: float = 3.0
@@ -250,6 +273,10 @@ def flag_block(ds: xr.Dataset, data_group: str, threshold: float) -> tuple[xr.Da
     return out, int(old.sum()), int(new.sum())
 
 
+def calibration_model(steps: Steps) -> list[cal.PointModel] | xr.DataArray:
+    return steps.model if isinstance(steps.model, xr.DataArray) else list(steps.model)
+
+
 def prepare_block(block: Block, steps: Steps) -> Prepared:
     """Read, flag, calibrate and form Stokes I for one block."""
     ds = load_block(block, steps.data_group)
@@ -269,7 +296,7 @@ def prepare_block(block: Block, steps: Steps) -> Prepared:
     if steps.calibrate:
         gains = cal.solve_gains(
             ds,
-            model=list(steps.model),
+            model=calibration_model(steps),
             refant=steps.refant,
             solint=steps.solint,
             minsnr=steps.minsnr,

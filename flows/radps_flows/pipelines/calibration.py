@@ -46,7 +46,7 @@ def _solve_block(block: blk.Block, steps: blk.Steps) -> xr.Dataset:
         ds, _, _ = blk.flag_block(ds, steps.data_group, steps.flag_threshold)
     return cal.solve_gains(
         ds,
-        model=list(steps.model),
+        model=blk.calibration_model(steps),
         refant=steps.refant,
         solint=steps.solint,
         minsnr=steps.minsnr,
@@ -108,6 +108,7 @@ def calibration(
     input: str,
     output: str,
     model: list[ModelSource] | None = None,
+    model_image: str | None = None,
     refant: str | None = None,
     solint: Solint = "int",
     minsnr: Annotated[float, Field(ge=0)] = 3.0,
@@ -120,21 +121,25 @@ def calibration(
         output: Folder for gains.zarr, gains.png and calibrated.ps.zarr (the input with
             corrected VISIBILITY and FLAG).
         model: Point sources of the model (default 1 Jy at the phase centre, as CASA).
+        model_image: The model as a FITS image in Jy/pixel instead, such as the model.fits
+            of an imaging run with clean on the same data (self-calibration).
         refant: Reference antenna: name, CASA antenna number ("2") or pad ("E02").
         solint: Solution interval: "int" (each integration), "inf" or seconds.
         minsnr: Flag solutions below this SNR (and the data they calibrate).
         block_mb: Visibility megabytes per block of work.
     """
     folder = writable_folder(output)
-    params = {"model": model, "refant": refant, "solint": solint, "minsnr": minsnr}
-    params["block_mb"] = block_mb
+    if model and model_image:
+        raise ValueError("give the model as model or model_image, not both")
+    params = {"model": model, "model_image": model_image, "refant": refant, "solint": solint}
+    params.update(minsnr=minsnr, block_mb=block_mb)
     report_progress(0, STAGES)
-    store, datasets = open_visibilities.submit(input, str(folder / "msv4")).result()
+    store, datasets = open_visibilities(input, str(folder / "msv4"))
     report_progress(1, STAGES)
-    tables = solve.submit(store, datasets, params).result()
+    tables = solve(store, datasets, params)
     report_progress(2, STAGES)
-    outputs = write_gain_table.submit(tables, output).result()
+    outputs = write_gain_table(tables, output)
     report_progress(3, STAGES)
-    outputs += apply.submit(store, datasets, tables, output).result()
+    outputs += apply(store, datasets, tables, output)
     report_progress(4, STAGES)
     return publish_outputs(outputs)

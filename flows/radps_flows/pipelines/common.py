@@ -7,13 +7,14 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import xarray as xr
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
+from radps_flows.core import products
 from radps_flows.core.calibration import PointModel
 
 Solint = Literal["int", "inf"] | Annotated[float, Field(gt=0)]
@@ -31,6 +32,25 @@ class ModelSource(BaseModel):
     offset_dec_arcsec: float = Field(default=0.0, description="North offset (arcsec).")
 
     model_config = {"extra": "forbid"}
+
+
+def image_model(path: str, phase_center: dict[str, Any]) -> xr.DataArray:
+    """The calibration model from a FITS model image (a previous CLEAN's ``model.fits``):
+    it must be centred on the data's phase centre, since its pixel N/2 is predicted there."""
+    model = products.read_model_image(path)
+    ra, dec = model.attrs["phase_center_ra_rad"], model.attrs["phase_center_dec_rad"]
+    ra0, dec0 = float(phase_center["ra"]), float(phase_center["dec"])
+    cos_offset = math.sin(dec) * math.sin(dec0) + math.cos(dec) * math.cos(dec0) * math.cos(
+        ra - ra0
+    )
+    offset = math.acos(min(1.0, max(-1.0, cos_offset)))
+    if offset > 0.01 * model.attrs["cell_rad"]:
+        raise products.ModelImageError(
+            f"model_image {path}: its phase centre is {math.degrees(offset) * 3600:.3g} arcsec "
+            "from the data's; make the model from these data (or ones with the same phase "
+            "centre)"
+        )
+    return model
 
 
 def point_models(sources: Sequence[ModelSource] | None, dec0_rad: float) -> tuple[PointModel, ...]:

@@ -92,8 +92,8 @@ def flagging(
     """
     folder = writable_folder(output)
     report_progress(0, STAGES)
-    store, datasets = open_visibilities.submit(input, str(folder / "msv4")).result()
+    store, datasets = open_visibilities(input, str(folder / "msv4"))
     report_progress(1, STAGES)
-    outputs = flag.submit(store, datasets, output, threshold, block_mb).result()
+    outputs = flag(store, datasets, output, threshold, block_mb)
     report_progress(2, STAGES)
     return publish_outputs(outputs)

@@ -31,6 +31,7 @@ from radps_flows.pipelines.common import (
     Box,
     ModelSource,
     Solint,
+    image_model,
     merge_gains,
     plot_gains,
     point_models,
@@ -56,11 +57,15 @@ def open_visibilities(input: str, cache_dir: str) -> tuple[str, list[xr.Dataset]
 def _steps(datasets: list[xr.Dataset], params: dict) -> blk.Steps:
     pc = core_imaging.common_phase_center(datasets)
     t0 = min(float(np.nanmin(ds["time"].values)) for ds in datasets if ds.sizes["time"])
+    if params.get("model_image"):
+        model = image_model(params["model_image"], pc)
+    else:
+        model = point_models(params["model"], float(pc["dec"]))
     return blk.Steps(
         flag=params["flag"],
         flag_threshold=params["flag_threshold"],
         calibrate=params["calibrate"],
-        model=point_models(params["model"], float(pc["dec"])),
+        model=model,
         refant=params["refant"],
         solint=params["solint"],
         minsnr=params["minsnr"],
@@ -340,6 +345,7 @@ def imaging(
     flag_threshold: Annotated[float, Field(gt=0)] = 5.0,
     calibrate: bool = False,
     model: list[ModelSource] | None = None,
+    model_image: str | None = None,
     refant: str | None = None,
     solint: Solint = "int",
     minsnr: Annotated[float, Field(ge=0)] = 3.0,
@@ -374,6 +380,8 @@ def imaging(
         flag_threshold: Clip at this many robust standard deviations.
         calibrate: Solve antenna gains with StEFCal against `model` and apply them.
         model: Calibration model: point sources (default 1 Jy at the phase centre, as CASA).
+        model_image: Calibration model from a FITS image in Jy/pixel instead, such as the
+            model.fits of an earlier clean run on the same data (self-calibration).
         refant: Reference antenna: name, CASA antenna number ("2") or pad ("E02").
         solint: Solution interval: "int" (each integration), "inf" or seconds.
         minsnr: Flag gain solutions below this SNR (and the data they calibrate).
@@ -393,29 +401,31 @@ def imaging(
     """
     if weighting != "natural" and not clean:
         raise ValueError("uniform and briggs weighting are implemented with clean: true")
+    if model and model_image:
+        raise ValueError("give the calibration model as model or model_image, not both")
     if specmode == "cube" and clean:
         raise ValueError("specmode cube makes dirty cubes only: set clean: false")
     folder = writable_folder(output)
     params = {k: v for k, v in locals().items() if k not in ("input", "output", "folder")}
     stages = 4 if clean or calibrate else 3
     report_progress(0, stages)
-    store, datasets = open_visibilities.submit(input, str(folder / "msv4")).result()
+    store, datasets = open_visibilities(input, str(folder / "msv4"))
     report_progress(1, stages)
     title = Path(input).name
     if clean:
-        images, gains = clean_image.submit(store, datasets, imsize, cell_arcsec, params).result()
+        images, gains = clean_image(store, datasets, imsize, cell_arcsec, params)
         report_progress(2, stages)
-        outputs = write_products.submit(images["dirty"], output, f"{title}: dirty image").result()
-        outputs += write_clean_products.submit(images, output, title).result()
+        outputs = write_products(images["dirty"], output, f"{title}: dirty image")
+        outputs += write_clean_products(images, output, title)
     else:
         make = dirty_cube if specmode == "cube" else dirty_image
-        image, gains = make.submit(store, datasets, imsize, cell_arcsec, params).result()
+        image, gains = make(store, datasets, imsize, cell_arcsec, params)
         report_progress(2, stages)
         kind = "cube" if specmode == "cube" else "image"
-        outputs = write_products.submit(image, output, f"{title}: dirty {kind}").result()
+        outputs = write_products(image, output, f"{title}: dirty {kind}")
     if calibrate or clean:
         report_progress(3, stages)
     if gains:
-        outputs += write_gain_products.submit(gains, output).result()
+        outputs += write_gain_products(gains, output)
     report_progress(stages, stages)
     return publish_outputs(outputs)

@@ -247,9 +247,13 @@ def _mark_cancelled(flow_run_id: Any) -> None:
 
 
 class _ProgressDisplay:
-    """Progress bar fed by reading the flow run back from Prefect twice a second."""
+    """Progress bar fed by reading the flow run back from Prefect once a second.
 
-    POLL_SECONDS = 0.5
+    The flow runs in this process: the poller shares its CPU and GIL with the array work, so
+    it keeps one client open (making one costs tens of ms of Python) and the bar redraws
+    twice a second (rich's default is ten)."""
+
+    POLL_SECONDS = 1.0
 
     def __init__(self, console: Console, run: api.PipelineRun, flow_run_id: Any):
         self._console = console
@@ -264,6 +268,7 @@ class _ProgressDisplay:
             TimeElapsedColumn(),
             console=console,
             transient=False,
+            refresh_per_second=2,
         )
         self._task = self._progress.add_task(
             f"{run.spec.pipeline} {run.metadata.name}", total=None, state="Pending"
@@ -294,16 +299,22 @@ class _ProgressDisplay:
         self._progress.stop()
 
     def _poll(self) -> None:
-        while not self._stop.wait(self.POLL_SECONDS):
-            self._refresh()
+        from prefect.client.orchestration import get_client
 
-    def _refresh(self) -> None:
+        with get_client(sync_client=True) as client:
+            while not self._stop.wait(self.POLL_SECONDS):
+                self._refresh(client)
+
+    def _refresh(self, client: Any = None) -> None:
         from prefect.client.orchestration import get_client
 
         from radps_flows.progress import read_progress
 
         try:
-            with get_client(sync_client=True) as client:
+            if client is None:
+                with get_client(sync_client=True) as client:
+                    flow_run = client.read_flow_run(self._flow_run_id)
+            else:
                 flow_run = client.read_flow_run(self._flow_run_id)
         except Exception:  # a missed refresh only delays the bar
             return

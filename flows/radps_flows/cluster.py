@@ -15,6 +15,7 @@ from typing import Any
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
+from radps_flows.allocator import ENVIRONMENT as ALLOCATOR_ENV
 from radps_flows.labels import RUN_NAME_LABEL, RUN_UID_LABEL
 
 ENV_PREFIX = "RADPS_DASK_"
@@ -154,7 +155,7 @@ def dask_cluster_spec(config: DaskClusterConfig, kube: KubeContext) -> dict[str,
         image=kube.image,
         n_workers=config.workers,
         resources=kube.worker_resources,
-        env={"HOME": "/tmp"},
+        env={"HOME": "/tmp", **ALLOCATOR_ENV},
         # distributed no longer installs the dask-worker/dask-scheduler scripts: `dask <role>`
         # radps_flows.preload: xradio imported before any task thread (see that module)
         worker_command=(

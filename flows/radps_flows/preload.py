@@ -10,3 +10,7 @@ keeps those parses out of task time (and takes the 2 s import off the first task
 """
 
 import xradio.measurement_set  # noqa: F401
+
+from radps_flows.allocator import keep_freed_memory
+
+keep_freed_memory()  # blocks reuse freed memory (see that module)

@@ -155,6 +155,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from radps_flows.allocator import keep_freed_memory
+
+    keep_freed_memory()  # before any thread exists: the flows run in this process
     from radps_operator.local.home import radps_home
     from radps_operator.local.runner import configure_process_env
 

@@ -119,10 +119,12 @@ def job_variables(
 
     A process pool ignores what its template does not know (the gateway keeps only the
     variables the pool declares)."""
+    from radps_flows.allocator import ENVIRONMENT as ALLOCATOR_ENV
     from radps_flows.cluster import DaskClusterConfig
 
     dask = spec.dask_or_default()
     env = {
+        **ALLOCATOR_ENV,
         "RADPS_RUN_NAMESPACE": namespace,
         "RADPS_RUN_NAME": name,
         "RADPS_RUN_UID": uid,

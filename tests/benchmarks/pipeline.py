@@ -37,6 +37,7 @@ from pathlib import Path
 import psutil
 import yaml
 
+from radps_flows.allocator import keep_freed_memory
 from radps_flows.core import products
 from radps_flows.core.imaging import dirty_image_from_sums
 from radps_flows.core.io import open_processing_set
@@ -131,7 +132,9 @@ def _flow_run_seconds(env: dict[str, str], output: str) -> float | None:
 
 
 def kernels(path: Path, out: Path) -> dict:
-    """The pipeline's work called directly: blocks (read + Stokes I + grid), products."""
+    """The pipeline's work called directly: blocks (read + Stokes I + grid), products; with
+    the allocator setting the pipeline's processes use."""
+    keep_freed_memory()
     (ds,) = open_processing_set(path)
     cell = math.radians(arraycore.CELL_ARCSEC / 3600)
     grid = blk.Grid(arraycore.IMSIZE, cell, arraycore.EPSILON, 1)

@@ -52,6 +52,8 @@ def test_dask_cluster_is_labelled_owned_and_restricted():
         assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
     worker_container = worker["spec"]["containers"][0]
+    worker_env = {e["name"]: e["value"] for e in worker_container["env"]}
+    assert worker_env["MALLOC_MMAP_MAX_"] == "0"  # blocks reuse freed memory from the start
     assert worker_container["resources"] == {"limits": {"cpu": "2", "memory": "4Gi"}}
     assert worker_container["args"][:2] == ["dask", "worker"]  # no dask-worker script any more
     scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]

@@ -48,6 +48,7 @@ def test_flow_run_request_carries_identity_image_resources_and_dask_env():
     assert (jv["cpu_request"], jv["memory_request"], jv["memory_limit"]) == ("500m", "1Gi", "2Gi")
     assert "cpu_limit" not in jv
     assert jv["env"]["RADPS_RUN_UID"] == "uid-1" and jv["env"]["RADPS_RUN_NAME"] == "run-a"
+    assert jv["env"]["MALLOC_ARENA_MAX"] == "1"  # blocks reuse freed memory from the start
     assert jv["env"]["RADPS_DASK_WORKERS"] == "3"
     assert jv["env"]["RADPS_DASK_THREADS_PER_WORKER"] == "2"
     assert jv["labels"][r.RUN_UID_LABEL] == "uid-1"

@@ -28,6 +28,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from radps_flows.allocator import keep_freed_memory
 from radps_flows.core import calibration as cal
 from radps_flows.core import imaging as core_imaging
 from radps_flows.core import io as core_io
@@ -110,7 +111,9 @@ class DaskExecutor:
 def executor() -> Iterator[SerialExecutor | DaskExecutor]:
     """The flow run's Dask cluster: from a stage task running in the flow process, through the
     flow's task runner; from a task running on one of the cluster's workers, through
-    ``worker_client``; outside a flow run with a Dask task runner, serial."""
+    ``worker_client``; outside a flow run with a Dask task runner, serial. Blocks reuse the
+    process's freed memory (:mod:`radps_flows.allocator`)."""
+    keep_freed_memory()
     try:
         from distributed import get_worker, worker_client
 

@@ -6,8 +6,10 @@ variables in a cluster) so the same flow code runs unchanged in both places.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,12 +59,47 @@ class DaskClusterConfig:
 
 
 class RadpsDaskTaskRunner(DaskTaskRunner):
-    """prefect-dask's task runner, submitting with ``pure=False``.
+    """prefect-dask's task runner, submitting with ``pure=False``, whose cluster can start
+    in the background.
 
     Every submission carries a fresh task-run id, so Dask's default content key (``tokenize``:
     a cloudpickle of the wrapped task and its serialized Prefect context, 0.3-1 s per task on
     2 busy cores, measured with py-spy) can never find a duplicate: it is pure overhead.
     The body is prefect-dask 0.3's ``submit`` with that one argument added."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._starting: threading.Thread | None = None
+
+    def start_in_background(self) -> None:
+        """Start the cluster now, in a thread, so that it comes up while the flow opens its
+        input (or converts an MSv2) instead of after: on Kubernetes the scheduler and worker
+        pods take seconds to tens of seconds. :attr:`client` waits for it; a failed start is
+        tried again (and raises) there."""
+        if self._client is not None or self._starting is not None:
+            return
+        context = contextvars.copy_context()  # the flow run's Prefect settings and logger
+        self._starting = threading.Thread(
+            target=context.run,
+            args=(lambda: self.client,),
+            name="radps-dask-cluster-start",
+            daemon=True,
+        )
+        self._starting.start()
+
+    def _wait_for_start(self) -> None:
+        starting = self._starting
+        if starting is not None and starting is not threading.current_thread():
+            starting.join()
+
+    @property
+    def client(self):  # type: ignore[override]
+        self._wait_for_start()
+        return DaskTaskRunner.client.fget(self)  # type: ignore[attr-defined]
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._wait_for_start()  # a cluster still starting would outlive the flow run
+        super().__exit__(*exc_info)
 
     def submit(self, task, parameters, wait_for=None, dependencies=None):  # type: ignore[override]
         if not self._started:

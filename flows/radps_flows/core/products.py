@@ -252,7 +252,7 @@ def png_thumbnail(path: str | os.PathLike, max_pixels: int = 320) -> bytes:
     with Image.open(path) as image:
         image.thumbnail((max_pixels, max_pixels))
         out = io.BytesIO()
-        image.save(out, format="PNG", optimize=True)
+        image.save(out, format="PNG")  # optimize=True: 3x the time for 2% fewer bytes
     return out.getvalue()
 
 

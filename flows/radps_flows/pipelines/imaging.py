@@ -50,8 +50,8 @@ from radps_flows.progress import report_progress
 
 @task(name="open-visibilities")
 def open_visibilities(input: str, cache_dir: str) -> tuple[str, list[xr.Dataset]]:
-    store = core_io.ensure_processing_set(input, cache_dir=cache_dir)
-    return str(store), core_io.open_processing_set(store)
+    store = str(core_io.ensure_processing_set(input, cache_dir=cache_dir))
+    return store, blk.open_datasets(store)  # the blocks of a local run reuse them
 
 
 def _steps(datasets: list[xr.Dataset], params: dict) -> blk.Steps:
@@ -409,6 +409,7 @@ def imaging(
     params = {k: v for k, v in locals().items() if k not in ("input", "output", "folder")}
     stages = 4 if clean or calibrate else 3
     report_progress(0, stages)
+    blk.start_dask_cluster_early()  # comes up while the input opens
     store, datasets = open_visibilities(input, str(folder / "msv4"))
     report_progress(1, stages)
     title = Path(input).name

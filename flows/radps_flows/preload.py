@@ -1,5 +1,6 @@
 """Imported by every Dask worker of a flow run at start (`dask worker --preload`), before it
-takes a task.
+takes a task; and by a flow run about to convert an MSv2, before its Dask cluster starts in
+another thread (`blocks.start_dask_cluster_early`).
 
 xradio builds its schemas at import time by parsing its own source with `ast.parse`, dozens of
 times. Older CPython 3.11 releases (the image's Debian 3.11.2 among them) can raise

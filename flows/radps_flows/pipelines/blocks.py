@@ -151,11 +151,19 @@ def _flow_run_dask_client() -> Any:
     return runner.client if runner is not None else None
 
 
-def start_dask_cluster_early() -> None:
+def start_dask_cluster_early(input: str) -> None:
     """In a flow run: start its Dask cluster in the background now (see
-    :meth:`radps_flows.cluster.RadpsDaskTaskRunner.start_in_background`)."""
+    :meth:`radps_flows.cluster.RadpsDaskTaskRunner.start_in_background`).
+
+    An MSv2 ``input`` will be converted by xradio, whose import parses source with ``ast``;
+    with the cluster starting in another thread, that could meet CPython 3.11.2's
+    concurrent-AST bug (see :mod:`radps_flows.preload`). So xradio is imported first, here:
+    the conversion needs it anyway."""
     from radps_flows.cluster import RadpsDaskTaskRunner
 
+    with contextlib.suppress(core_io.InputDataError, OSError):  # the open reports those
+        if core_io.detect_input_kind(Path(input)) == "msv2":
+            import radps_flows.preload  # noqa: F401
     runner = _flow_task_runner()
     if isinstance(runner, RadpsDaskTaskRunner):
         runner.start_in_background()

@@ -134,7 +134,7 @@ def calibration(
     params = {"model": model, "model_image": model_image, "refant": refant, "solint": solint}
     params.update(minsnr=minsnr, block_mb=block_mb)
     report_progress(0, STAGES)
-    blk.start_dask_cluster_early()  # comes up while the input opens
+    blk.start_dask_cluster_early(input)  # comes up while the input opens
     store, datasets = open_visibilities(input, str(folder / "msv4"))
     report_progress(1, STAGES)
     tables = solve(store, datasets, params)

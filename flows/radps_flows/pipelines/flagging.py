@@ -92,7 +92,7 @@ def flagging(
     """
     folder = writable_folder(output)
     report_progress(0, STAGES)
-    blk.start_dask_cluster_early()  # comes up while the input opens
+    blk.start_dask_cluster_early(input)  # comes up while the input opens
     store, datasets = open_visibilities(input, str(folder / "msv4"))
     report_progress(1, STAGES)
     outputs = flag(store, datasets, output, threshold, block_mb)

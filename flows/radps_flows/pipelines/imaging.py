@@ -409,7 +409,7 @@ def imaging(
     params = {k: v for k, v in locals().items() if k not in ("input", "output", "folder")}
     stages = 4 if clean or calibrate else 3
     report_progress(0, stages)
-    blk.start_dask_cluster_early()  # comes up while the input opens
+    blk.start_dask_cluster_early(input)  # comes up while the input opens
     store, datasets = open_visibilities(input, str(folder / "msv4"))
     report_progress(1, stages)
     title = Path(input).name

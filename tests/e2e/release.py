@@ -80,6 +80,11 @@ def get(cluster: KubeCluster, *args: str) -> Any:
     return yaml.safe_load(cluster.kubectl("get", "-n", NAMESPACE, "-o", "yaml", *args).stdout)
 
 
+def of_run(cluster: KubeCluster, kind: str, uid: str) -> list[dict[str, Any]]:
+    """The objects of ``kind`` labelled with the PipelineRun's UID (Jobs, DaskClusters)."""
+    return get(cluster, kind, "-l", f"radps.io/run-uid={uid}")["items"]
+
+
 def why_not_completed(cluster: KubeCluster, name: str) -> str:
     """A failed run's status, and the log of each of its flow-run pods (a rescheduled run
     has one Job per attempt), so a CI failure says why without a second run."""
@@ -87,7 +92,7 @@ def why_not_completed(cluster: KubeCluster, name: str) -> str:
     status = run.get("status") or {}
     logs = ""
     uid = run["metadata"]["uid"]
-    for job in get(cluster, "jobs", "-l", f"radps.io/run-uid={uid}")["items"]:
+    for job in of_run(cluster, "jobs", uid):
         found = cluster.kubectl(
             "logs", "-n", NAMESPACE, f"job/{job['metadata']['name']}", "--tail=80",
             check=False,

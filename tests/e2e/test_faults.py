@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.release import MS_NAME, NAMESPACE, get, why_not_completed
+from tests.e2e.release import MS_NAME, NAMESPACE, get, of_run, why_not_completed
 from tests.k8s import REPO, KubeCluster, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s_full]
@@ -39,11 +39,6 @@ def _wait_running(cluster: KubeCluster, name: str) -> dict[str, Any]:
     )
 
 
-def _of_run(cluster: KubeCluster, kind: str, uid: str) -> list[dict[str, Any]]:
-    """The objects of ``kind`` labelled with the PipelineRun's UID (Jobs, DaskClusters)."""
-    return get(cluster, kind, "-l", f"radps.io/run-uid={uid}")["items"]
-
-
 def _completes_as_the_same_flow_run(
     cluster: KubeCluster, name: str, running: dict[str, Any], what: str
 ) -> None:
@@ -56,10 +51,10 @@ def _completes_as_the_same_flow_run(
 def _pods_of(cluster: KubeCluster, uid: str) -> list[str]:
     """The run's flow pod (its Job carries the run's UID) and its Dask pods."""
     names = []
-    for job in _of_run(cluster, "jobs", uid):
+    for job in of_run(cluster, "jobs", uid):
         pods = get(cluster, "pods", "-l", f"job-name={job['metadata']['name']}")["items"]
         names += [p["metadata"]["name"] for p in pods if p["status"].get("phase") == "Running"]
-    for dask in _of_run(cluster, "daskclusters", uid):
+    for dask in of_run(cluster, "daskclusters", uid):
         label = f"dask.org/cluster-name={dask['metadata']['name']}"
         names += [p["metadata"]["name"] for p in get(cluster, "pods", "-l", label)["items"]]
     return names
@@ -101,7 +96,7 @@ def test_operator_killed_mid_run_neither_duplicates_nor_loses_it(
     _completes_as_the_same_flow_run(
         kube_cluster, "operator-killed", running, "the run to finish under the new operator pod"
     )
-    jobs = _of_run(kube_cluster, "jobs", uid)
+    jobs = of_run(kube_cluster, "jobs", uid)
     assert len(jobs) == 1, [j["metadata"]["name"] for j in jobs]
 
 
@@ -117,18 +112,18 @@ def test_flow_pod_deleted_mid_run_is_rescheduled_and_its_dask_cluster_collected(
     uid = get(kube_cluster, "prun", "pod-deleted")["metadata"]["uid"]
     running = _wait_running(kube_cluster, "pod-deleted")
     first = wait_until(
-        lambda: _of_run(kube_cluster, "daskclusters", uid),
+        lambda: of_run(kube_cluster, "daskclusters", uid),
         timeout=120,
         what="the run's DaskCluster",
     )[0]["metadata"]["uid"]
-    (job,) = _of_run(kube_cluster, "jobs", uid)
+    (job,) = of_run(kube_cluster, "jobs", uid)
     kube_cluster.kubectl(
         "delete", "pod", "-n", NAMESPACE, "-l", f"job-name={job['metadata']['name']}",
         "--wait=false",
     )  # fmt: skip
     wait_until(
         lambda: (
-            first not in [c["metadata"]["uid"] for c in _of_run(kube_cluster, "daskclusters", uid)]
+            first not in [c["metadata"]["uid"] for c in of_run(kube_cluster, "daskclusters", uid)]
         ),
         timeout=90,
         what="the deleted pod's DaskCluster garbage-collected",
@@ -137,7 +132,7 @@ def test_flow_pod_deleted_mid_run_is_rescheduled_and_its_dask_cluster_collected(
         kube_cluster, "pod-deleted", running, "the rescheduled run to finish"
     )
     wait_until(
-        lambda: not _of_run(kube_cluster, "daskclusters", uid),
+        lambda: not of_run(kube_cluster, "daskclusters", uid),
         timeout=120,
         what="no DaskCluster left after the run",
     )

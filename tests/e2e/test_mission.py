@@ -16,7 +16,7 @@ import yaml
 from astropy.io import fits
 
 from tests.conftest import shared_dir
-from tests.e2e.release import MS_NAME, NAMESPACE, RELEASE, get, why_not_completed
+from tests.e2e.release import MS_NAME, NAMESPACE, RELEASE, get, of_run, why_not_completed
 from tests.k8s import REPO, KubeCluster, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s_full]
@@ -56,7 +56,7 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
     assert "Completed" in table and "3/3" in table
 
     wait_until(
-        lambda: not get(kube_cluster, "daskclusters", "-l", f"radps.io/run-uid={uid}")["items"],
+        lambda: not of_run(kube_cluster, "daskclusters", uid),
         timeout=120,
         what="the run's DaskCluster to be gone",
     )
@@ -69,7 +69,7 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
 
 def _worker_pods(cluster: KubeCluster, uid: str) -> int:
     """Worker pods of the run's DaskClusters (other runs' may still be going away)."""
-    clusters = get(cluster, "daskclusters", "-l", f"radps.io/run-uid={uid}")["items"]
+    clusters = of_run(cluster, "daskclusters", uid)
     names = ",".join(c["metadata"]["name"] for c in clusters)
     if not names:
         return 0

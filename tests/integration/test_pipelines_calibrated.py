@@ -84,7 +84,8 @@ def test_vla_calibrated_clean_example_matches_casa(
 def test_synthetic_flagging_calibration_and_clean(radps_server: RadpsServer, tmp_path: Path):
     """Known gains and RFI: `flagging` then `calibration` then `imaging` (clean, briggs) on
     their outputs, `calibration` against that CLEAN model (self-calibration), and `imaging`
-    doing all three itself, in one `radps run`."""
+    doing all three itself (its CLEAN reading the data again at each major cycle), in one
+    `radps run`."""
     sky = str(tmp_path / "sky.ps.zarr")
     sources = [{"flux_jy": 1.0}, {"flux_jy": 0.5, "offset_ra_arcsec": 60}]
     runs = [
@@ -153,6 +154,7 @@ def test_synthetic_flagging_calibration_and_clean(radps_server: RadpsServer, tmp
                 "clean": True,
                 "threshold_jy": 0.001,
                 "block_mb": 0.1,
+                "clean_visibilities": "reread",  # each major cycle reads the blocks again
             },
         ),
     ]

@@ -60,6 +60,29 @@ def test_preview_thumbnail_keeps_the_aspect_and_fits_the_bound(tmp_path):
     assert small.size[0] / small.size[1] == pytest.approx(width / height, rel=0.02)
 
 
+def test_a_figure_waits_for_the_background_warm_up_and_it_starts_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from radps_flows.core import products
+
+    events: list[str] = []
+
+    def slow_warm_up_fake() -> None:  # stands in for the real first figure, made slow
+        time.sleep(0.3)
+        events.append("warmed")
+
+    monkeypatch.setattr(products, "_warm_up", None)
+    monkeypatch.setattr(products, "_draw_throwaway_figure", slow_warm_up_fake)
+    products.warm_up_plotting()
+    thread = products._warm_up
+    products.warm_up_plotting()
+    assert products._warm_up is thread and isinstance(thread, threading.Thread)
+    write_png(_image(), tmp_path / "p.png", "t")
+    events.append("drawn")
+    assert events == ["warmed", "drawn"]
+
+
 def test_a_written_clean_model_reads_back_as_the_calibration_model(tmp_path):
     values = np.random.default_rng(1).random((32, 32))
     model = _image(bunit="Jy/pixel", reference_pixel=[16, 16]).copy(data=values)

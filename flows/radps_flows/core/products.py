@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import threading
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
@@ -194,15 +195,49 @@ def _offset_unit(half_width_arcsec: float) -> tuple[str, float]:
     return "deg", 3600.0
 
 
-def write_png(image: xr.DataArray, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Preview with RA/Dec offset axes (east to the left) and a colourbar; Agg, no pyplot.
+_warm_up: threading.Thread | None = None
+_warm_up_lock = threading.Lock()
 
-    Uses matplotlib's object API so it neither touches the global backend nor leaks figures
-    when called from worker threads.
-    """
+
+def _draw_throwaway_figure() -> None:
+    fig = new_figure((2, 2), warm=False)
+    ax = fig.add_subplot()
+    ax.imshow(np.zeros((2, 2)))
+    ax.set_title("warm-up")
+    fig.colorbar(ax.images[0], ax=ax, label="Jy")
+    fig.savefig(io.BytesIO(), format="png")
+
+
+def warm_up_plotting() -> None:
+    """Import matplotlib and draw a throwaway figure in a background thread, once per process.
+
+    A process's first figure costs 0.3-1 s (imports, font list, first text layout); later ones
+    about 0.1 s. Started while the blocks run on the workers, that second goes unseen;
+    :func:`new_figure` waits for it, so two threads never draw at once."""
+    global _warm_up
+    with _warm_up_lock:
+        if _warm_up is None:
+            _warm_up = threading.Thread(
+                target=_draw_throwaway_figure, name="radps-warm-up-plotting", daemon=True
+            )
+            _warm_up.start()
+
+
+def new_figure(figsize: tuple[float, float], warm: bool = True):  # -> matplotlib Figure
+    """A Figure on an Agg canvas: matplotlib's object API, so no global backend is touched and
+    no figure leaks when called from worker threads."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if warm and _warm_up is not None:
+        _warm_up.join()
+    fig = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def write_png(image: xr.DataArray, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Preview with RA/Dec offset axes (east to the left) and a colourbar."""
     path = _prepare(path)
     if "frequency" in image.dims:  # a cube: preview its mean over the channels with data
         n_chan = image.sizes["frequency"]
@@ -225,8 +260,7 @@ def write_png(image: xr.DataArray, path: str | os.PathLike, title: str | None = 
     )
     finite = data[np.isfinite(data)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    fig = Figure(figsize=(6.4, 5.6), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure((6.4, 5.6))
     ax = fig.add_subplot()
     im = ax.imshow(
         data, origin="lower", extent=extent, cmap="inferno", vmin=vmin, vmax=vmax, aspect="equal"

@@ -6,7 +6,8 @@ Stokes I samples on a worker; blocks only ever come back to the Prefect task as 
 things (partial images, gain tables), so memory stays bounded by the block size times the
 worker threads, whatever the size of the data set. Where visibilities must be revisited
 (CLEAN's major cycles, uniform/Briggs weights), their Stokes I samples stay on the workers as
-Dask futures (Dask spills them to disk under memory pressure).
+Dask futures (Dask spills them to disk under memory pressure), or, where they would not fit,
+each pass reads the block again (:class:`Reread`).
 
 The pipelines run their stage tasks in the flow process, as the Dask client of the flow run's
 own cluster: :func:`executor` gives a :class:`DaskExecutor` over it (or over
@@ -33,7 +34,7 @@ from radps_flows.allocator import keep_freed_memory
 from radps_flows.core import calibration as cal
 from radps_flows.core import imaging as core_imaging
 from radps_flows.core import io as core_io
-from radps_flows.core import weighting
+from radps_flows.core import products, weighting
 from radps_flows.core.clean import StokesIVisibilities, gather_stokes_i
 from radps_flows.core.cube import CubeSum, cube_sum_from_arrays
 from radps_flows.core.flagging import mad_flags
@@ -72,12 +73,25 @@ class SerialExecutor:
         with dask.config.set(scheduler="synchronous"):
             return dask.compute(collection)[0]
 
+    def memory_bytes(self) -> int:
+        """What blocks kept between passes may use: this process's available memory."""
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+
 
 class DaskExecutor:
-    """Maps blocks over a Dask cluster; results are folded as they complete."""
+    """Maps blocks over a Dask cluster; results are folded as they complete.
 
-    def __init__(self, client: Any):
+    ``warm_up_plotting``: once a first result is in, get this process's plotting ready for the
+    products in the background (:func:`products.warm_up_plotting`). By then the workers are
+    in their steady state, mostly gridding without the GIL; started with the first block, the
+    warm-up's imports slowed that block's read by as much as they took (workers in the flow
+    process, as in `radps run`)."""
+
+    def __init__(self, client: Any, warm_up_plotting: bool = False):
         self.client = client
+        self.warm_up_plotting = warm_up_plotting
 
     def map(self, fn: Callable, items: Sequence, **kwargs: Any) -> list:
         return self.client.map(fn, list(items), pure=False, **kwargs)
@@ -95,17 +109,38 @@ class DaskExecutor:
         for future, result in as_completed(list(handles), with_results=True):
             yield index[future.key], result
             future.release()
+            if self.warm_up_plotting:
+                products.warm_up_plotting()
 
     def gather(self, handles: Sequence) -> list:
         return self.client.gather(list(handles))
 
     def release(self, handles: Sequence) -> None:
+        """Let the workers drop the results of ``handles`` (what is not a future is left)."""
+        from distributed import Future
+
         for h in handles:
-            h.release()
+            if isinstance(h, Future):
+                h.release()
 
     def compute(self, collection: Any) -> Any:
         """Compute a Dask collection (a lazy zarr write, say) on the cluster."""
         return self.client.gather(self.client.compute(collection))
+
+    def memory_bytes(self) -> int:
+        """The workers' memory limits summed, counting the workers the run asked for that are
+        still starting as the average of those up (a worker without a limit counts its
+        host's memory)."""
+        import psutil
+
+        from radps_flows.cluster import KUBE_CLUSTER_START_TIMEOUT_SECONDS, DaskClusterConfig
+
+        self.client.wait_for_workers(1, timeout=KUBE_CLUSTER_START_TIMEOUT_SECONDS)
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        host = int(psutil.virtual_memory().total)
+        limits = [int(w.get("memory_limit") or host) for w in workers]
+        expected = max(len(limits), DaskClusterConfig.from_env().workers)
+        return sum(limits) * expected // len(limits)
 
 
 @contextlib.contextmanager
@@ -113,7 +148,9 @@ def executor() -> Iterator[SerialExecutor | DaskExecutor]:
     """The flow run's Dask cluster: from a stage task running in the flow process, through the
     flow's task runner; from a task running on one of the cluster's workers, through
     ``worker_client``; outside a flow run with a Dask task runner, serial. Blocks reuse the
-    process's freed memory (:mod:`radps_flows.allocator`)."""
+    process's freed memory (:mod:`radps_flows.allocator`). While the flow process waits for
+    its workers, it gets its plotting ready for the products (up to a second at a process's
+    first figure)."""
     keep_freed_memory()
     try:
         from distributed import get_worker, worker_client
@@ -128,7 +165,7 @@ def executor() -> Iterator[SerialExecutor | DaskExecutor]:
             yield SerialExecutor()
             return
         with client.as_current():  # for what looks up the default client (as_completed)
-            yield DaskExecutor(client)
+            yield DaskExecutor(client, warm_up_plotting=True)
         return
     with worker_client() as client:
         yield DaskExecutor(client)
@@ -320,8 +357,9 @@ def calibration_model(steps: Steps) -> list[cal.PointModel] | xr.DataArray:
     return steps.model if isinstance(steps.model, xr.DataArray) else list(steps.model)
 
 
-def prepare_block(block: Block, steps: Steps) -> Prepared:
-    """Read, flag, calibrate and form Stokes I for one block."""
+def prepare_block(block: Block, steps: Steps, gains: xr.Dataset | None = None) -> Prepared:
+    """Read, flag, calibrate and form Stokes I for one block; with ``gains`` (what an earlier
+    pass solved for this block), calibrate with those instead of solving again."""
     ds = load_block(block, steps.data_group)
     names = _names(ds, steps.data_group)
     present = np.isfinite(ds[names["vis"]].values)  # not xradio's padding
@@ -335,8 +373,7 @@ def prepare_block(block: Block, steps: Steps) -> Prepared:
         ds, _, _ = flag_block(ds, steps.data_group, steps.flag_threshold)
         after = flagged(names["flag"])
     group = steps.data_group
-    gains = None
-    if steps.calibrate:
+    if steps.calibrate and gains is None:
         gains = cal.solve_gains(
             ds,
             model=calibration_model(steps),
@@ -346,6 +383,7 @@ def prepare_block(block: Block, steps: Steps) -> Prepared:
             data_group=group,
             time_origin=steps.time_origin,
         )
+    if steps.calibrate:
         ds = cal.apply_gains(ds, gains, data_group=group, output_group="corrected")
         group = "corrected"
         after = flagged("FLAG_CORRECTED")
@@ -429,10 +467,76 @@ def summary(p: Prepared) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# Passes that read the blocks again (CLEAN on data larger than the cluster's memory)
+
+
+def stokes_i_bytes(datasets: Sequence[xr.Dataset], data_group: str = "base") -> int:
+    """What the Stokes I samples of ``datasets`` take in memory once prepared (visibility,
+    weight and UVW per row; see :class:`StokesIVisibilities`), known before reading them."""
+    total = 0
+    for ds in datasets:
+        var = ds[_names(ds, data_group)["vis"]]
+        rows = ds.sizes["time"] * ds.sizes["baseline_id"]
+        sample = var.dtype.itemsize * 3 // 2  # complex, plus a real weight of half its size
+        total += rows * (ds.sizes["frequency"] * sample + 3 * 8)
+    return total
+
+
+def keep_between_passes(stokes_i_bytes: int, memory_bytes: int) -> bool:
+    """Keep the prepared blocks on the workers when they fill at most half the cluster's
+    memory: the other half is for the gridding itself and Dask's own."""
+    return stokes_i_bytes <= memory_bytes // 2
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """Uniform or Briggs weights on ``grid``, from the weight density summed over all blocks."""
+
+    scheme: str
+    robust: float
+    grid: Grid
+
+
+@dataclass(frozen=True)
+class Reread:
+    """A block made again from the store at each pass, instead of its Stokes I samples kept
+    on a worker. Flagging is deterministic, and calibration uses the gains the first pass
+    solved (``gains``), so every pass images the same samples as the first."""
+
+    block: Block
+    steps: Steps
+    gains: xr.Dataset | None = None
+    weighting: Weighting | None = None
+
+
+def first_pass(block: Block, steps: Steps, density_grid: Grid | None) -> tuple[dict, Any]:
+    """The block's summary (its gains among it) and, with ``density_grid``, its weight
+    density: all that the passes after it need but cannot make from the block alone."""
+    p = prepare_block(block, steps)
+    return summary(p), density_block(p, density_grid) if density_grid else None
+
+
+def samples(p: Prepared | Reread, density: np.ndarray | None = None) -> Prepared:
+    """The block's prepared samples: kept ones as they are, reread ones made again (and
+    reweighted with ``density``, the total weight density)."""
+    if isinstance(p, Prepared):
+        return p
+    prepared = prepare_block(p.block, p.steps, p.gains)
+    if p.weighting is None:
+        return prepared
+    w = p.weighting
+    return reweight_block(prepared, density, w.grid, w.scheme, w.robust)
+
+
 def residual_block(
-    p: Prepared, grid: Grid, model: np.ndarray | None = None
+    p: Prepared | Reread,
+    grid: Grid,
+    model: np.ndarray | None = None,
+    density: np.ndarray | None = None,
 ) -> core_imaging.DirtySum:
     """Partial image of the block's visibilities minus those predicted from ``model``."""
+    p = samples(p, density)
     vis = p.vis.vis
     if model is not None and np.any(model):
         predicted = cal.image_model_visibilities(
@@ -448,7 +552,10 @@ def residual_block(
     return _sum(p.vis, vis, grid)
 
 
-def psf_block(p: Prepared, grid: Grid) -> core_imaging.DirtySum:
+def psf_block(
+    p: Prepared | Reread, grid: Grid, density: np.ndarray | None = None
+) -> core_imaging.DirtySum:
+    p = samples(p, density)
     return _sum(p.vis, np.ones(p.vis.vis.shape, dtype=np.complex128), grid)
 
 

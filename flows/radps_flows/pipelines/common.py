@@ -134,12 +134,8 @@ def publish_gain_table(tables: dict[str, xr.Dataset]) -> None:
 
 
 def plot_gains(tables: dict[str, xr.Dataset], path: Path) -> Path:
-    """Amplitude and phase of every antenna's gain against time (Agg, no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 6), dpi=100)
-    FigureCanvasAgg(fig)
+    """Amplitude and phase of every antenna's gain against time."""
+    fig = products.new_figure((8, 6))
     amp_ax, ph_ax = fig.subplots(2, 1, sharex=True)
     for name, ds in tables.items():
         t = np.asarray(ds["time"].values, dtype=float)

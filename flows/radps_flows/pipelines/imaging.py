@@ -5,12 +5,14 @@ Every stage works block by block (see :mod:`radps_flows.pipelines.blocks`): time
 MSv4 zarr store are read, flagged, calibrated and gridded on the flow run's Dask workers and
 only partial images come back, so the data set may be larger than memory. The default (dirty
 image, natural weighting) makes one pass over the data. CLEAN and uniform/Briggs weighting
-revisit the visibilities: their Stokes I samples are kept on the workers between passes.
+revisit the visibilities: their Stokes I samples are kept on the workers between passes, or,
+where they would not fit in half the cluster's memory, read again at each pass.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -182,41 +184,90 @@ def _empty(imsize: int) -> core_imaging.DirtySum:
     return core_imaging.DirtySum(image=np.zeros((imsize, imsize)))
 
 
+def _clean_inputs(
+    ex: blk.SerialExecutor | blk.DaskExecutor,
+    blocks: list[blk.Block],
+    datasets: list[xr.Dataset],
+    steps: blk.Steps,
+    grid: blk.Grid,
+    params: dict,
+) -> tuple[list, list[dict], dict]:
+    """The blocks as every later pass of CLEAN uses them, their summaries, and what each of
+    those passes needs besides (the shared weight density for uniform/Briggs weights of
+    reread blocks).
+
+    Kept (``clean_visibilities: keep``): the prepared Stokes I samples stay on the workers,
+    reweighted once. Reread: each pass reads, flags and calibrates its block again with the
+    gains of the first pass, so memory stays bounded by the block size (a read per pass more).
+    ``auto`` keeps them when they fill at most half the cluster's memory."""
+    choice = params["clean_visibilities"]
+    if choice == "auto":
+        needed, memory = blk.stokes_i_bytes(datasets), ex.memory_bytes()
+        choice = "keep" if blk.keep_between_passes(needed, memory) else "reread"
+        print(
+            f"CLEAN {'keeps' if choice == 'keep' else 'rereads'} the visibilities between "
+            f"major cycles: {needed / 1e9:.3g} GB of Stokes I samples, cluster memory "
+            f"{memory / 1e9:.3g} GB"
+        )
+    weighted = params["weighting"] != "natural"
+    if choice == "reread":
+        handles = ex.map(
+            blk.first_pass, blocks, steps=steps, density_grid=grid if weighted else None
+        )
+        summaries: list[dict] = [{}] * len(blocks)
+        density = None
+        for i, (summary, part) in ex.completed(handles):
+            summaries[i] = summary
+            density = part if density is None else density + part
+        extra, scheme = {}, None
+        if weighted:
+            extra["density"] = ex.share(density)
+            scheme = blk.Weighting(params["weighting"], params["robust"], grid)
+        again = replace(steps, model=())  # the model only served to solve the gains
+        rereads = [
+            blk.Reread(b, again, s["gains"], scheme) for b, s in zip(blocks, summaries, strict=True)
+        ]
+        return rereads, summaries, extra
+    prepared = ex.map(blk.prepare_block, blocks, steps=steps)
+    summaries = ex.gather(ex.map(blk.summary, prepared))
+    if weighted:
+        density = blk.total(ex, ex.map(blk.density_block, prepared, grid=grid))
+        reweighted = ex.map(
+            blk.reweight_block,
+            prepared,
+            density=ex.share(density),
+            grid=grid,
+            scheme=params["weighting"],
+            robust=params["robust"],
+        )
+        ex.release(prepared)
+        prepared = reweighted
+    return prepared, summaries, {}
+
+
 @task(name="clean")
 def clean_image(
     store: str, datasets: list[xr.Dataset], imsize: int, cell_arcsec: float, params: dict
 ) -> tuple[xr.Dataset, list[xr.Dataset]]:
-    """Hogbom CLEAN with major cycles through the visibilities kept on the workers."""
+    """Hogbom CLEAN with major cycles through the visibilities, kept on the workers or read
+    again at each cycle (see :func:`_clean_inputs`)."""
     steps = _steps(datasets, params)
     cell_rad = math.radians(cell_arcsec / 3600)
     eps = params["clean_epsilon"]
     grid = blk.Grid(imsize, cell_rad, eps)
     blocks = blk.plan_blocks(store, datasets, block_mb=params["block_mb"], solint=steps.solint)
     with blk.executor() as ex:
-        prepared = ex.map(blk.prepare_block, blocks, steps=steps)
-        summaries = ex.gather(ex.map(blk.summary, prepared))
-        if params["weighting"] != "natural":
-            density = blk.total(ex, ex.map(blk.density_block, prepared, grid=grid))
-            shared = ex.share(density)
-            reweighted = ex.map(
-                blk.reweight_block,
-                prepared,
-                density=shared,
-                grid=grid,
-                scheme=params["weighting"],
-                robust=params["robust"],
-            )
-            ex.release(prepared)
-            prepared = reweighted
-        psf_sum = blk.total(
-            ex, ex.map(blk.psf_block, prepared, grid=blk.Grid(2 * imsize, cell_rad, eps))
-        )
+        prepared, summaries, extra = _clean_inputs(ex, blocks, datasets, steps, grid, params)
+        psf_grid = blk.Grid(2 * imsize, cell_rad, eps)
+        psf_sum = blk.total(ex, ex.map(blk.psf_block, prepared, grid=psf_grid, **extra))
         psf2 = psf_sum.image / psf_sum.weight_sum
         q = imsize // 2
         psf = psf2[q : q + imsize, q : q + imsize]
         beam = fit_beam(psf, cell_arcsec)
         sidelobe = psf_sidelobe(psf)
-        sums = blk.sums_by_partition(ex, ex.map(blk.residual_block, prepared, grid=grid), blocks)
+        sums = blk.sums_by_partition(
+            ex, ex.map(blk.residual_block, prepared, grid=grid, **extra), blocks
+        )
         parts = [sums.get(ds.attrs["partition_name"], _empty(imsize)) for ds in datasets]
         dirty = core_imaging.dirty_image_from_sums(
             datasets, parts, cell_arcsec=cell_arcsec, epsilon=eps, weighting=params["weighting"]
@@ -248,7 +299,8 @@ def clean_image(
             done += n
             model += delta
             shared = ex.share(model.copy())
-            total = blk.total(ex, ex.map(blk.residual_block, prepared, grid=grid, model=shared))
+            residuals = ex.map(blk.residual_block, prepared, grid=grid, model=shared, **extra)
+            total = blk.total(ex, residuals)
             residual = total.image / weight_sum
             cycles += 1
             print(f"major cycle {cycles}: {n} components, cycle threshold {cycle_threshold:.4g}")
@@ -359,6 +411,7 @@ def imaging(
     cyclefactor: Annotated[float, Field(gt=0)] = 1.0,
     max_major: Annotated[int, Field(ge=1)] = 50,
     clean_epsilon: Annotated[float, Field(ge=1e-8, le=1e-2)] = 1e-6,
+    clean_visibilities: Literal["auto", "keep", "reread"] = "auto",
     block_mb: Annotated[float, Field(gt=0)] = blk.DEFAULT_BLOCK_MB,
 ) -> list[dict[str, str]]:
     """Image a MeasurementSet (Stokes I, MFS or a per-channel cube), optionally flagged,
@@ -397,6 +450,10 @@ def imaging(
         cyclefactor: Minor cycle depth, as tclean's.
         max_major: Maximum number of major cycles.
         clean_epsilon: Gridder accuracy inside CLEAN (residuals need more than dirty images).
+        clean_visibilities: Between major cycles, keep the Stokes I samples on the Dask workers
+            (keep), or read, flag and calibrate the data again at each cycle, with the gains
+            solved once (reread: memory bounded by block_mb, one read per cycle more); auto
+            keeps them when they fill at most half of the cluster's memory.
         block_mb: Visibility megabytes per block of work (memory per worker thread ~4x this).
     """
     if weighting != "natural" and not clean:

@@ -25,6 +25,13 @@ def test_the_cluster_started_in_the_background_is_the_one_used():
         assert runner.client is client
         assert len(client.scheduler_info()["workers"]) == 1
         assert client.submit(sum, [1, 2]).result() == 3
+
+        def periodic_ms(dask_worker) -> dict[str, float]:
+            callbacks = dask_worker.periodic_callbacks
+            return {name: callbacks[name].callback_time for name in ("profile", "tick")}
+
+        # Dask's periodic work sized for tasks of seconds (cluster.DASK_SETTINGS)
+        assert list(client.run(periodic_ms).values()) == [{"profile": 100, "tick": 200}]
     assert client.status == "closed"
     assert not _start_threads()
 

@@ -54,6 +54,9 @@ def test_dask_cluster_is_labelled_owned_and_restricted():
     worker_container = worker["spec"]["containers"][0]
     worker_env = {e["name"]: e["value"] for e in worker_container["env"]}
     assert worker_env["MALLOC_MMAP_MAX_"] == "0"  # blocks reuse freed memory from the start
+    assert worker_env["DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL"] == "100ms"
+    scheduler_env = spec["spec"]["scheduler"]["spec"]["containers"][0]["env"]
+    assert {"name": "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL", "value": "200ms"} in scheduler_env
     assert worker_container["resources"] == {"limits": {"cpu": "2", "memory": "4Gi"}}
     assert worker_container["args"][:2] == ["dask", "worker"]  # no dask-worker script any more
     scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]

@@ -9,11 +9,11 @@ writing the products, in a fresh Python process as the flow run is (imports done
 clock starts, as `radps run` does them before the flow run starts). A process's first pass
 over the blocks is about 1 s slower than later ones at 1e8 (zarr, dask and matplotlib
 warming up); that is the kernels' own cost, so both sides pay it. The same kernels timed again
-in a warm process are reported too (``kernels_warm``). Pipeline and kernels alternate three
+in a warm process are reported too (``kernels_warm``). Pipeline and kernels alternate five
 times; the overhead compares their medians. Overhead = (flow run wall - kernels)
-/ flow run wall: Prefect, Dask, task start-up, result transfer. Peak RSS sums the `radps run`
-process and all its children (the flow process and the Dask worker processes), sampled every
-0.1 s.
+/ flow run wall: Prefect, Dask, task start-up, result transfer. Peak RSS is the kernel's
+record of the `radps run` process (its Dask workers are threads of it) from ``wait4``: a
+sampler polling /proc took 2% of a core during the flow runs only, on a 2-core machine.
 
 `python -m tests.benchmarks.pipeline STORE OUT` runs the kernels once and prints their JSON.
 """
@@ -29,12 +29,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import yaml
 
 from radps_flows.allocator import keep_freed_memory
@@ -80,36 +78,6 @@ def prefect_server() -> Iterator[dict[str, str]]:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(60)
         log.close()
-
-
-class PeakRss:
-    """Peak of the summed RSS of a process and its descendants."""
-
-    def __init__(self, pid: int, interval: float = 0.1):
-        self.root = psutil.Process(pid)
-        self.peak = 0
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            total = 0
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                break
-            for p in procs:
-                with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                    total += p.memory_info().rss
-            self.peak = max(self.peak, total)
-            time.sleep(self.interval)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
 
 
 def _flow_run_seconds(env: dict[str, str], output: str) -> float | None:
@@ -166,7 +134,8 @@ def cold_kernels(path: Path, out: Path) -> dict:
 
 
 def _radps_run(env: dict[str, str], manifest: Path) -> tuple[float, float | None, int]:
-    """One `radps run`: its wall time, its flow run's own wall time, its peak RSS."""
+    """One `radps run`: its wall time, its flow run's own wall time, its peak RSS (the
+    kernel's record, from ``wait4``: nothing samples while the flow runs)."""
     t0 = time.perf_counter()
     process = subprocess.Popen(
         [RADPS, "run", str(manifest)],
@@ -175,13 +144,14 @@ def _radps_run(env: dict[str, str], manifest: Path) -> tuple[float, float | None
         stderr=subprocess.STDOUT,
         text=True,
     )
-    rss = PeakRss(process.pid)
-    output, _ = process.communicate()
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - t0
-    peak = rss.stop()
+    process.stdout.close()
+    process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise RuntimeError(f"radps run failed:\n{output}")
-    return wall, _flow_run_seconds(env, output), peak
+    return wall, _flow_run_seconds(env, output), usage.ru_maxrss * 1024  # kB on Linux
 
 
 def end_to_end(env: dict[str, str], path: Path, n_vis: int, work: Path, repeat: int = 5) -> dict:

@@ -12,8 +12,8 @@ warming up); that is the kernels' own cost, so both sides pay it. The same kerne
 in a warm process are reported too (``kernels_warm``). Pipeline and kernels alternate five
 times; the overhead compares their medians. Overhead = (flow run wall - kernels)
 / flow run wall: Prefect, Dask, task start-up, result transfer. Peak RSS is the kernel's
-record of the `radps run` process (its Dask workers are threads of it) from ``wait4``: a
-sampler polling /proc took 2% of a core during the flow runs only, on a 2-core machine.
+high-water mark of the `radps run` process (its Dask workers are threads of it), see
+:class:`PeakRss`.
 
 `python -m tests.benchmarks.pipeline STORE OUT` runs the kernels once and prints their JSON.
 """
@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,9 +134,39 @@ def cold_kernels(path: Path, out: Path) -> dict:
     return json.loads(found.stdout.strip().splitlines()[-1])
 
 
+class PeakRss:
+    """The high-water mark of a process's RSS (``VmHWM``, which the kernel keeps from the
+    process's exec on), read every half second until it exits: the last reading is its
+    peak, give or take its last half second. One small read per reading, where summing every
+    descendant's RSS every 0.1 s took 2% of a core during the flow runs only; ``wait4``'s
+    ``ru_maxrss`` would count the forked benchmark process's own RSS from before the exec."""
+
+    def __init__(self, pid: int, interval: float = 0.5):
+        self.status = Path(f"/proc/{pid}/status")
+        self.peak = 0
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for line in self.status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._read()
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
 def _radps_run(env: dict[str, str], manifest: Path) -> tuple[float, float | None, int]:
-    """One `radps run`: its wall time, its flow run's own wall time, its peak RSS (the
-    kernel's record, from ``wait4``: nothing samples while the flow runs)."""
+    """One `radps run`: its wall time, its flow run's own wall time, its peak RSS."""
     t0 = time.perf_counter()
     process = subprocess.Popen(
         [RADPS, "run", str(manifest)],
@@ -144,14 +175,15 @@ def _radps_run(env: dict[str, str], manifest: Path) -> tuple[float, float | None
         stderr=subprocess.STDOUT,
         text=True,
     )
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    rss = PeakRss(process.pid)
+    output = process.stdout.read()  # until the process closes it, at its end
+    rss._read()
+    process.wait()
     wall = time.perf_counter() - t0
-    process.stdout.close()
-    process.returncode = os.waitstatus_to_exitcode(status)
+    peak = rss.stop()
     if process.returncode != 0:
         raise RuntimeError(f"radps run failed:\n{output}")
-    return wall, _flow_run_seconds(env, output), usage.ru_maxrss * 1024  # kB on Linux
+    return wall, _flow_run_seconds(env, output), peak
 
 
 def end_to_end(env: dict[str, str], path: Path, n_vis: int, work: Path, repeat: int = 5) -> dict:

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from radps_flows.cluster import DaskClusterConfig, local_task_runner
+from radps_flows.pipelines.blocks import DaskExecutor
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +33,7 @@ def test_the_cluster_started_in_the_background_is_the_one_used():
 
         # Dask's periodic work sized for tasks of seconds (cluster.DASK_SETTINGS)
         assert list(client.run(periodic_ms).values()) == [{"profile": 100, "tick": 200}]
+        assert DaskExecutor(client).workers_in_this_process()  # plotting warms up at gridding
     assert client.status == "closed"
     assert not _start_threads()
 

@@ -83,6 +83,24 @@ def test_a_figure_waits_for_the_background_warm_up_and_it_starts_once(tmp_path, 
     assert events == ["warmed", "drawn"]
 
 
+def test_a_warm_up_asked_for_at_gridding_waits_for_it(monkeypatch):
+    from radps_flows.core import products
+
+    drawn: list[str] = []
+    monkeypatch.setattr(products, "_warm_up", None)
+    monkeypatch.setattr(products, "_warm_up_at_gridding", False)
+    monkeypatch.setattr(products, "_draw_throwaway_figure", lambda: drawn.append("warm-up"))
+    products.gridding_starts()  # nobody asked: nothing starts
+    assert products._warm_up is None
+    products.warm_up_plotting(at_gridding=True)
+    assert products._warm_up is None  # not while blocks may be read
+    products.gridding_starts()
+    products._warm_up.join()
+    assert drawn == ["warm-up"]
+    products.gridding_starts()  # once per process
+    assert drawn == ["warm-up"]
+
+
 def test_a_written_clean_model_reads_back_as_the_calibration_model(tmp_path):
     values = np.random.default_rng(1).random((32, 32))
     model = _image(bunit="Jy/pixel", reference_pixel=[16, 16]).copy(data=values)

@@ -197,6 +197,7 @@ def _offset_unit(half_width_arcsec: float) -> tuple[str, float]:
 
 _warm_up: threading.Thread | None = None
 _warm_up_lock = threading.Lock()
+_warm_up_at_gridding = False
 
 
 def _draw_throwaway_figure() -> None:
@@ -208,19 +209,35 @@ def _draw_throwaway_figure() -> None:
     fig.savefig(io.BytesIO(), format="png")
 
 
-def warm_up_plotting() -> None:
+def warm_up_plotting(*, at_gridding: bool = False) -> None:
     """Import matplotlib and draw a throwaway figure in a background thread, once per process.
 
     A process's first figure costs 0.3-1 s (imports, font list, first text layout); later ones
-    about 0.1 s. Started while the blocks run on the workers, that second goes unseen;
-    :func:`new_figure` waits for it, so two threads never draw at once."""
-    global _warm_up
+    about 0.1 s. Done while the flow process waits for its blocks, that time goes unseen;
+    :func:`new_figure` waits for it, so two threads never draw at once.
+
+    ``at_gridding``: wait for this process's next gridding (:func:`gridding_starts`). Workers
+    that are threads of this process (a local run) read their blocks holding the GIL much of
+    the time, and the warm-up's imports next to a read slowed it by as much as they took;
+    ducc0 grids without the GIL for about a second per block."""
+    global _warm_up, _warm_up_at_gridding
     with _warm_up_lock:
-        if _warm_up is None:
-            _warm_up = threading.Thread(
-                target=_draw_throwaway_figure, name="radps-warm-up-plotting", daemon=True
-            )
-            _warm_up.start()
+        if _warm_up is not None:
+            return
+        if at_gridding:
+            _warm_up_at_gridding = True
+            return
+        _warm_up = threading.Thread(
+            target=_draw_throwaway_figure, name="radps-warm-up-plotting", daemon=True
+        )
+        _warm_up.start()
+
+
+def gridding_starts() -> None:
+    """Called as this process starts a gridding: the moment a warm-up asked for with
+    ``at_gridding`` begins."""
+    if _warm_up_at_gridding and _warm_up is None:
+        warm_up_plotting()
 
 
 def new_figure(figsize: tuple[float, float], warm: bool = True):  # -> matplotlib Figure

@@ -81,17 +81,10 @@ class SerialExecutor:
 
 
 class DaskExecutor:
-    """Maps blocks over a Dask cluster; results are folded as they complete.
+    """Maps blocks over a Dask cluster; results are folded as they complete."""
 
-    ``warm_up_plotting``: once a first result is in, get this process's plotting ready for the
-    products in the background (:func:`products.warm_up_plotting`). By then the workers are
-    in their steady state, mostly gridding without the GIL; started with the first block, the
-    warm-up's imports slowed that block's read by as much as they took (workers in the flow
-    process, as in `radps run`)."""
-
-    def __init__(self, client: Any, warm_up_plotting: bool = False):
+    def __init__(self, client: Any):
         self.client = client
-        self.warm_up_plotting = warm_up_plotting
 
     def map(self, fn: Callable, items: Sequence, **kwargs: Any) -> list:
         return self.client.map(fn, list(items), pure=False, **kwargs)
@@ -109,8 +102,6 @@ class DaskExecutor:
         for future, result in as_completed(list(handles), with_results=True):
             yield index[future.key], result
             future.release()
-            if self.warm_up_plotting:
-                products.warm_up_plotting()
 
     def gather(self, handles: Sequence) -> list:
         return self.client.gather(list(handles))
@@ -126,6 +117,11 @@ class DaskExecutor:
     def compute(self, collection: Any) -> Any:
         """Compute a Dask collection (a lazy zarr write, say) on the cluster."""
         return self.client.gather(self.client.compute(collection))
+
+    def workers_in_this_process(self) -> bool:
+        """Whether the workers are threads of this process (a local run's cluster)."""
+        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        return any(address.startswith("inproc://") for address in workers)
 
     def memory_bytes(self) -> int:
         """The workers' memory limits summed, counting the workers the run asked for that are
@@ -164,8 +160,10 @@ def executor() -> Iterator[SerialExecutor | DaskExecutor]:
         if client is None:
             yield SerialExecutor()
             return
+        ex = DaskExecutor(client)
+        products.warm_up_plotting(at_gridding=ex.workers_in_this_process())
         with client.as_current():  # for what looks up the default client (as_completed)
-            yield DaskExecutor(client, warm_up_plotting=True)
+            yield ex
         return
     with worker_client() as client:
         yield DaskExecutor(client)
@@ -403,6 +401,7 @@ class Grid:
 
 
 def _sum(v: StokesIVisibilities, vis: np.ndarray, grid: Grid) -> core_imaging.DirtySum:
+    products.gridding_starts()
     return core_imaging.dirty_sum_from_arrays(
         v.uvw,
         v.freq,
@@ -442,6 +441,7 @@ def cube_block(
     p = prepare_block(block, steps)
     v = p.vis
     a, b = channels
+    products.gridding_starts()
     part = cube_sum_from_arrays(
         v.uvw,
         v.freq[a:b],

@@ -32,3 +32,21 @@ def _faults(setting: str) -> int:
 def test_a_freed_block_is_reused_without_page_faults():
     assert _faults("off") > 100  # fresh pages for the same size again
     assert _faults("on") < 20
+
+
+def test_numpy_gives_up_huge_pages_whenever_it_was_imported():
+    probe = """
+import sys
+late = sys.argv[1] == "late"
+if late:
+    import numpy
+from radps_flows.allocator import keep_freed_memory
+keep_freed_memory()
+from numpy._core.multiarray import _get_madvise_hugepage
+print(_get_madvise_hugepage())
+"""
+    for when in ("early", "late"):
+        found = subprocess.run(
+            [sys.executable, "-c", probe, when], capture_output=True, text=True, check=True
+        )
+        assert found.stdout.strip() == "False", when

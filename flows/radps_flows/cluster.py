@@ -112,6 +112,8 @@ class RadpsDaskTaskRunner(DaskTaskRunner):
     @property
     def client(self):  # type: ignore[override]
         self._wait_for_start()
+        if self._client is not None:  # every submit comes here: no config change each time
+            return self._client
         with dask.config.set(DASK_SETTINGS):  # read by a local cluster as it starts
             return DaskTaskRunner.client.fget(self)  # type: ignore[attr-defined]
 

@@ -162,6 +162,7 @@ class PeakRss:
     def stop(self) -> int:
         self._stop.set()
         self._thread.join()
+        self._read()  # the process may still be there
         return self.peak
 
 
@@ -177,10 +178,9 @@ def _radps_run(env: dict[str, str], manifest: Path) -> tuple[float, float | None
     )
     rss = PeakRss(process.pid)
     output = process.stdout.read()  # until the process closes it, at its end
-    rss._read()
+    peak = rss.stop()
     process.wait()
     wall = time.perf_counter() - t0
-    peak = rss.stop()
     if process.returncode != 0:
         raise RuntimeError(f"radps run failed:\n{output}")
     return wall, _flow_run_seconds(env, output), peak

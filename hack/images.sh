@@ -15,7 +15,8 @@ mkimage() { python3 "${HACK_DIR}/mkimage.py" "$@"; }
 build_pause() {
   local out="${IMAGES_DIR}/pause-${PAUSE_VERSION}.tar"
   [[ -f "${out}" ]] && return 0
-  log "building ${PAUSE_IMAGE}"
+  require_build "the ${PAUSE_IMAGE} image"
+  first_use "the ${PAUSE_IMAGE} image" "seconds"
   local root
   root="$(mktemp -d)"
   # shellcheck disable=SC2064  # expand now: the variable is local
@@ -28,12 +29,13 @@ build_pause() {
 build_busybox() {
   local out="${IMAGES_DIR}/busybox-${BUSYBOX_VERSION}.tar"
   [[ -f "${out}" ]] && return 0
+  require_build "the ${BUSYBOX_IMAGE} image"
   local bb
   bb="$(command -v busybox || true)"
   if [[ -z "${bb}" ]] || ! file_is_static "${bb}"; then
     die "a static busybox is needed (Debian: apt-get install busybox-static)"
   fi
-  log "building ${BUSYBOX_IMAGE}"
+  first_use "the ${BUSYBOX_IMAGE} image" "seconds"
   local root applet
   root="$(mktemp -d)"
   # shellcheck disable=SC2064

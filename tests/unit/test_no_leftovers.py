@@ -1,6 +1,6 @@
 """hack/no-leftovers.py, which `make test` runs pytest under: a process the command leaves
-running, however it detached, fails the run and is stopped; a cluster that was up before is
-kept."""
+running, however it detached, or a mount it leaves in the cache, fails the run and is stopped or
+unmounted; a cluster that was up before is kept."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "hack" / "no-leftovers.py"
@@ -19,7 +21,12 @@ def run(command: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "RADPS_CLUSTER_DIR": str(tmp_path / "cluster"), **env},
+        env={
+            **os.environ,
+            "RADPS_CACHE": str(tmp_path / "cache"),
+            "RADPS_CLUSTER_DIR": str(tmp_path / "cluster"),
+            **env,
+        },
     )
 
 
@@ -80,3 +87,14 @@ def test_the_daemons_of_a_cluster_that_was_up_before_are_kept(tmp_path):
     result = run(f"setsid sleep 602 >/dev/null 2>&1 & echo $! > {run_dir}/kubelet.pid", tmp_path)
     assert result.returncode == 3
     assert not alive(int((run_dir / "kubelet.pid").read_text()))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_a_mount_left_in_the_cache_fails_the_run_and_is_unmounted(tmp_path):
+    """As a private dockerd leaves the host's network namespace bind-mounted in its exec root."""
+    target = tmp_path / "cache" / "docker" / "exec" / "netns"
+    target.mkdir(parents=True)
+    result = run(f"mount -t tmpfs radps-test {target}", tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert "mount(s) left" in result.stderr and str(target) in result.stderr
+    assert str(target) not in Path("/proc/self/mountinfo").read_text()

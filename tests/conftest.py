@@ -34,6 +34,22 @@ def shared_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared"
 
 
+def unpack(tarball: Path, dest: Path) -> None:
+    """Extract a data tarball safely: with tarfile's "data" filter where this Python has it
+    (3.11.4 on), else with the same refusals by hand (Debian 12's Python 3.11.2): only files
+    and folders, nothing outside ``dest``."""
+    with tarfile.open(tarball) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+            return
+        root = dest.resolve()
+        for member in tar.getmembers():
+            inside = (root / member.name).resolve().is_relative_to(root)
+            if not inside or not (member.isfile() or member.isdir()):
+                raise ValueError(f"{tarball}: refusing to extract {member.name!r}")
+        tar.extractall(dest)
+
+
 @pytest.fixture(scope="session")
 def vla_ms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real VLA MeasurementSet (DATA column only), unpacked into a session temp folder."""
@@ -41,8 +57,7 @@ def vla_ms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not tarball.is_file():
         pytest.skip(f"VLA test data not found: {tarball} (set RADPS_SHARED_DIR)")
     dest = tmp_path_factory.mktemp("vla")
-    with tarfile.open(tarball) as tar:
-        tar.extractall(dest, filter="data")
+    unpack(tarball, dest)
     found = [p for p in dest.iterdir() if p.suffix == ".ms" and p.is_dir()]
     if len(found) != 1:
         pytest.fail(f"{tarball} should hold one .ms directory, found {found}")

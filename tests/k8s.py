@@ -304,11 +304,10 @@ def kube_cluster(request: pytest.FixtureRequest) -> KubeCluster:
     return _MANAGER.get(need_full)
 
 
-@pytest.fixture(autouse=True)
-def _k8s_full_guard(request: pytest.FixtureRequest) -> None:
-    """Skip a ``k8s_full`` test, with the reason, when the cluster has no node."""
-    if request.node.get_closest_marker("k8s_full") is None:
-        return
+def cluster_with_node(request: pytest.FixtureRequest) -> KubeCluster:
+    """The cluster, when it has a node; otherwise skip with the reason. For ``k8s_full`` tests
+    and for the fixtures they use that are wider in scope than a test (which pytest sets up
+    before any function-scoped guard)."""
     if os.environ.get("RADPS_SKIP_K8S") == "1":
         pytest.skip("RADPS_SKIP_K8S=1")
     if os.geteuid() != 0 and not os.environ.get("RADPS_TEST_KUBECONFIG"):
@@ -316,6 +315,14 @@ def _k8s_full_guard(request: pytest.FixtureRequest) -> None:
     cluster: KubeCluster = request.getfixturevalue("kube_cluster")
     if not cluster.full:
         pytest.skip("the cluster has no Ready node (k8s_full)")
+    return cluster
+
+
+@pytest.fixture(autouse=True)
+def _k8s_full_guard(request: pytest.FixtureRequest) -> None:
+    """Skip a ``k8s_full`` test, with the reason, when the cluster has no node."""
+    if request.node.get_closest_marker("k8s_full") is not None:
+        cluster_with_node(request)
 
 
 def release_leftover_runs(api: Any, namespace: str) -> None:

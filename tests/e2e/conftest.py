@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import release
-from tests.k8s import KubeCluster
+from tests.k8s import cluster_with_node
 
 HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="package")
 def installed(
-    kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Path]:
     """The chart installed (see :mod:`tests.e2e.release`) until the e2e tests are done;
-    yields the host folder the pods see as /data."""
-    yield from release.install(kube_cluster, tmp_path_factory)
+    yields the host folder the pods see as /data. Without a node, the tests skip here."""
+    yield from release.install(cluster_with_node(request), tmp_path_factory)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

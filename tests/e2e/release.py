@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import VLA_TARBALL, shared_dir
+from tests.conftest import VLA_TARBALL, shared_dir, unpack
 from tests.k8s import REPO, KubeCluster
 
 NAMESPACE = "radps-e2e"
@@ -123,8 +122,7 @@ def install(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> I
     data = tmp_path_factory.mktemp("e2e-data")
     prefect = tmp_path_factory.mktemp("e2e-prefect")
     (data / "vla").mkdir()
-    with tarfile.open(tarball) as tar:
-        tar.extractall(data / "vla", filter="data")
+    unpack(tarball, data / "vla")
     (data / "products").mkdir()
     for folder in (data, prefect):
         for path in [folder, *folder.rglob("*")]:

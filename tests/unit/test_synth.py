@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tarfile
 import warnings
 from pathlib import Path
 
@@ -22,12 +20,12 @@ from radps_flows.core.synth import (
     point_source_visibilities,
     synthesize_processing_set,
 )
+from tests.conftest import shared_dir, unpack
 
 xradio_ms = pytest.importorskip("xradio.measurement_set")
 from xradio.schema.check import check_datatree  # noqa: E402
 
-SHARED = Path(os.environ.get("RADPS_SHARED_DIR", Path(__file__).resolve().parents[3] / "shared"))
-ALMA_TAR = SHARED / "data" / "X5707_1spw_1scan_10chan_1time_1bl_noatm.ms.tar.gz"
+ALMA_TAR = shared_dir() / "data" / "X5707_1spw_1scan_10chan_1time_1bl_noatm.ms.tar.gz"
 C = 299_792_458.0
 TINY = SynthesisSpec(n_antennas=4, n_times=3, n_channels=5, n_polarizations=4, chunk_times=2)
 
@@ -68,8 +66,7 @@ def alma_reference(tmp_path_factory):
     if not ALMA_TAR.is_file():
         pytest.skip(f"ALMA test data not found: {ALMA_TAR} (set RADPS_SHARED_DIR)")
     tmp = tmp_path_factory.mktemp("alma")
-    with tarfile.open(ALMA_TAR) as archive:
-        archive.extractall(tmp, filter="data")
+    unpack(ALMA_TAR, tmp)
     return _convert(next(tmp.glob("*.ms")), tmp / "ref")
 
 

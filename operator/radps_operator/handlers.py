@@ -160,7 +160,7 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
     status = r.parse_status(dict(body.get("status") or {}))
     raw_spec = dict(body["spec"])
     try:
-        spec = validate_spec(raw_spec, _catalog())
+        spec = validate_spec(raw_spec, _catalog(), rt.settings.allowed_images)
     except InvalidPipelineRun as invalid:
         if status.phase is not None:
             return  # already rejected

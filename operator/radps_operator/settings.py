@@ -7,6 +7,7 @@
 | `RADPS_PREFECT_AUTH_STRING` | unset | `user:password` for a server behind basic auth |
 | `RADPS_PREFECT_AUTH_STRING_FILE` | unset | file holding that string (a mounted Secret key) |
 | `RADPS_DEFAULT_IMAGE` | `radps:<version>` | image of runs whose spec names none |
+| `RADPS_ALLOWED_IMAGES` | `radps` | images a spec may name (see `image_policy`), a comma list |
 | `RADPS_WORK_POOL` | `radps` | work pool of runs whose spec names none |
 | `RADPS_FLOW_SERVICE_ACCOUNT` | `radps-flow` | service account of the flow-run pod ("" for none) |
 | `RADPS_FLOW_CLUSTER_ROLE` | unset | made per namespace: that account, bound to this role |
@@ -25,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from radps_operator import __version__
+from radps_operator import __version__, image_policy
 
 DEFAULT_API_URL = "http://radps-prefect-server:4200/api"
 ALL_NAMESPACES = "*"
@@ -41,6 +42,7 @@ class OperatorSettings:
     prefect_ui_url: str = "http://radps-prefect-server:4200"
     prefect_auth_string: str | None = None
     default_image: str = f"radps:{__version__}"
+    allowed_images: tuple[str, ...] = image_policy.DEFAULT
     work_pool: str = "radps"
     flow_service_account: str | None = "radps-flow"
     flow_cluster_role: str | None = None
@@ -97,6 +99,7 @@ class OperatorSettings:
             prefect_ui_url=ui_url,
             prefect_auth_string=auth,
             default_image=get("RADPS_DEFAULT_IMAGE", "") or cls.default_image,
+            allowed_images=image_policy.from_env(environ),
             work_pool=get("RADPS_WORK_POOL", "") or cls.work_pool,
             flow_service_account=get("RADPS_FLOW_SERVICE_ACCOUNT", "radps-flow") or None,
             flow_cluster_role=get("RADPS_FLOW_CLUSTER_ROLE", "") or None,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
-from radps_operator import api
+from radps_operator import api, image_policy
 
 if TYPE_CHECKING:
     from radps_flows.catalog import PipelineInfo
@@ -76,8 +76,11 @@ def parse_manifest(text: str, source: str = "<input>") -> dict[str, Any]:
     return document
 
 
-def validate_manifest(document: dict[str, Any]) -> api.PipelineRun:
-    """The parsed PipelineRun, or InvalidPipelineRun listing every problem found."""
+def validate_manifest(
+    document: dict[str, Any], allowed_images: tuple[str, ...] | None = None
+) -> api.PipelineRun:
+    """The parsed PipelineRun, or InvalidPipelineRun listing every problem found.
+    ``allowed_images`` defaults to :func:`image_policy.from_env`."""
     errors = _check_type_meta(document)
     if errors:  # another kind of object: its fields would only produce noise
         raise InvalidPipelineRun(errors)
@@ -85,24 +88,36 @@ def validate_manifest(document: dict[str, Any]) -> api.PipelineRun:
         run = api.PipelineRun.model_validate(document)
     except ValidationError as exc:
         raise InvalidPipelineRun(pydantic_errors(exc)) from None
-    errors = check_spec_against_catalog(run.spec)
+    errors = check_image(run.spec, allowed_images) + check_spec_against_catalog(run.spec)
     if errors:
         raise InvalidPipelineRun(errors)
     return run
 
 
 def validate_spec(
-    spec: dict[str, Any], catalog: Mapping[str, PipelineInfo] | None = None
+    spec: dict[str, Any],
+    catalog: Mapping[str, PipelineInfo] | None = None,
+    allowed_images: tuple[str, ...] | None = None,
 ) -> api.PipelineRunSpec:
     """The operator's entry: the spec of an object the API server already admitted."""
     try:
         parsed = api.PipelineRunSpec.model_validate(spec)
     except ValidationError as exc:
         raise InvalidPipelineRun(pydantic_errors(exc, prefix="spec")) from None
-    errors = check_spec_against_catalog(parsed, catalog)
+    errors = check_image(parsed, allowed_images) + check_spec_against_catalog(parsed, catalog)
     if errors:
         raise InvalidPipelineRun(errors)
     return parsed
+
+
+def check_image(
+    spec: api.PipelineRunSpec, allowed: tuple[str, ...] | None = None
+) -> list[FieldError]:
+    """`spec.image` against the allowed images (see :mod:`radps_operator.image_policy`)."""
+    allowed = image_policy.from_env() if allowed is None else allowed
+    if spec.image is None or image_policy.allows(allowed, spec.image):
+        return []
+    return [FieldError("spec.image", image_policy.rejection(allowed, spec.image))]
 
 
 def _check_type_meta(document: dict[str, Any]) -> list[FieldError]:

@@ -76,7 +76,9 @@ def test_failing_flow_and_invalid_spec(env, runs, tmp_path):
             dask={"workers": 1},
         )
         runs.create("invalid", pipeline="synthesize", parameters={"n_antennas": "four"})
+        runs.create("evil-image", **synth(tmp_path, "evil"), image="attacker.invalid/evil:1")
         invalid = runs.wait_phase("invalid", "Failed", timeout=30)
+        evil = runs.wait_phase("evil-image", "Failed", timeout=30)
         failed = runs.wait_phase("bad-input", "Failed", timeout=120)
         runs.delete_all()
     cond = condition(invalid, "Succeeded")
@@ -84,6 +86,12 @@ def test_failing_flow_and_invalid_spec(env, runs, tmp_path):
     assert "spec.parameters.n_antennas" in invalid["message"]
     assert "prefect" not in invalid
     assert ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in runs.events("invalid")]
+    # An image outside the allowed list (the default: radps) never reaches Prefect, so no
+    # pod of it can exist.
+    assert condition(evil, "Succeeded")["reason"] == "InvalidSpec"
+    assert "spec.image: image 'attacker.invalid/evil:1' is not allowed" in evil["message"]
+    assert "allowed: radps (any tag)" in evil["message"]
+    assert "prefect" not in evil
     cond = condition(failed, "Succeeded")
     assert (cond["status"], cond["reason"]) == ("False", "Failed")
     assert "missing.ms" in failed["message"] or "InputDataError" in failed["message"], failed

@@ -153,6 +153,16 @@ def test_cluster_wide_operator_makes_the_flow_account_per_namespace(helm):
     assert command[command.index("--flow-cluster-role") + 1] == "t-radps-flow-run"
 
 
+def test_the_operator_allows_the_charts_own_image_and_the_listed_ones(helm):
+    default = _env(render(helm), "t-radps-operator")["RADPS_ALLOWED_IMAGES"]
+    assert default == "radps"
+    listed = render(
+        helm, "image.repository=ghcr.io/org/radps", "images.allowed={registry.example.org/x/,radps}"
+    )
+    allowed = _env(listed, "t-radps-operator")["RADPS_ALLOWED_IMAGES"]
+    assert allowed == "ghcr.io/org/radps,registry.example.org/x/,radps"
+
+
 def test_uninstall_first_deletes_the_runs_as_the_operator(helm):
     (hook,) = [d for d in render(helm) if d["metadata"]["name"] == "t-radps-delete-runs"]
     assert hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
@@ -211,6 +221,7 @@ def test_node_port_publishes_the_prefect_ui_for_kind(helm):
         ("operator.bogus=1", "bogus"),
         ("prefect.server.service.type=LoadBalancer", "type"),
         ("prefect.server.service.nodePort=80", "nodePort"),
+        ("images.allowed={a b}", "allowed"),
     ],
 )
 def test_values_schema_rejects_bad_values(helm, setting, message):

@@ -169,3 +169,24 @@ def test_every_problem_is_reported_at_once(tmp_path, capsys):
     code, output = _validate(tmp_path, capsys, text)
     assert code == 2
     assert "spec.dask.workers" in output and "spec.resources.requests.cpu" in output
+
+
+def test_an_image_outside_the_allowed_list_is_rejected_with_the_rest(tmp_path, capsys):
+    """The allowed images (RADPS_ALLOWED_IMAGES, default radps) name what may run instead."""
+    text = _replace("pipeline: imaging", "pipeline: imaging\n  image: attacker.invalid/evil:1")
+    code, output = _validate(tmp_path, capsys, text.replace("imsize: 256", "imsize: -1"))
+    assert code == 2
+    assert (
+        "spec.image: image 'attacker.invalid/evil:1' is not allowed; allowed: radps (any tag)"
+        in output
+    )
+    assert "spec.parameters.imsize" in output  # reported in the same run
+
+
+def test_allowed_images_come_from_the_environment(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RADPS_ALLOWED_IMAGES", "radps, ghcr.io/org/")
+    text = _replace("pipeline: imaging", "pipeline: imaging\n  image: ghcr.io/org/radps:2")
+    assert _validate(tmp_path, capsys, text)[0] == 0
+    code, output = _validate(tmp_path, capsys, text.replace("ghcr.io/org/", "ghcr.io/orgx/"))
+    assert code == 2
+    assert "allowed: radps (any tag), ghcr.io/org/ (any repository below)" in output

@@ -25,6 +25,12 @@ app.kubernetes.io/component: {{ .component }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{/* The images spec.image may name (radps_operator.image_policy): the chart's own repository
+and images.allowed, as one comma list. */}}
+{{- define "radps.allowedImages" -}}
+{{- prepend .Values.images.allowed .Values.image.repository | uniq | join "," -}}
+{{- end -}}
+
 {{- define "radps.serverName" -}}{{ include "radps.fullname" . }}-prefect-server{{- end -}}
 
 {{- define "radps.apiUrl" -}}

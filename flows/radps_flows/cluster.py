@@ -238,6 +238,8 @@ def dask_cluster_spec(config: DaskClusterConfig, kube: KubeContext) -> dict[str,
 
 
 def _harden(pod: dict[str, Any], kube: KubeContext) -> None:
+    # Dask pods never call the Kubernetes API: a token mounted there could only be stolen.
+    pod["automountServiceAccountToken"] = False
     pod["securityContext"] = {
         "runAsNonRoot": True,
         "runAsUser": RUN_AS_USER,

@@ -141,6 +141,9 @@ def test_cluster_wide_operator_makes_the_flow_account_per_namespace(helm):
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in wide}
     flow_role = by_name[("ClusterRole", "t-radps-flow-run")]
     assert any("daskclusters" in rule["resources"] for rule in flow_role["rules"])
+    # No port-forward: it would reach any pod of the namespace past its NetworkPolicy.
+    for role in [flow_role] + [d for d in namespaced if d["kind"] == "Role"]:
+        assert not [r for r in role["rules"] if "pods/portforward" in r["resources"]], role
     grants = by_name[("ClusterRole", "t-radps-operator-flow-identities")]["rules"]
     (bind,) = [rule for rule in grants if "bind" in rule["verbs"]]
     assert (bind["resources"], bind["resourceNames"]) == (["clusterroles"], ["t-radps-flow-run"])

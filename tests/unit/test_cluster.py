@@ -47,6 +47,7 @@ def test_dask_cluster_is_labelled_owned_and_restricted():
     assert worker["replicas"] == 3
     for pod in (spec["spec"]["scheduler"]["spec"], worker["spec"]):
         assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["automountServiceAccountToken"] is False  # they never call the API
         container = pod["containers"][0]
         assert container["image"] == "radps:9"
         assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}

@@ -142,9 +142,9 @@ subjects:
 - apiGroups: [""]
   resources: [pods, services, pods/log]
   verbs: [get, list, watch]
-- apiGroups: [""]
-  resources: [pods/portforward]
-  verbs: [create]
+{{- /* No pods/portforward: in the cluster, dask-kubernetes reaches the scheduler through its
+Service, and a port-forward would let the flow pod reach any pod of the namespace past its
+NetworkPolicy. */}}
 {{- end -}}
 
 {{/* The ClusterRole a cluster-wide operator binds to the flow-run account per namespace */}}

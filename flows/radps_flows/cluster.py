@@ -172,6 +172,8 @@ class KubeContext:
     data_claim: str | None = None
     data_mount_path: str = "/data"
     worker_resources: dict[str, Any] | None = None
+    service_account: str | None = None
+    """The flow-run pod's own account, which its Dask pods use too."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> KubeContext | None:
@@ -189,6 +191,7 @@ class KubeContext:
             data_claim=environ.get("RADPS_DATA_CLAIM") or None,
             data_mount_path=environ.get("RADPS_DATA_MOUNT_PATH") or "/data",
             worker_resources=json.loads(resources) if resources else None,
+            service_account=environ.get("RADPS_POD_SERVICE_ACCOUNT") or None,
         )
 
     @property
@@ -238,7 +241,11 @@ def dask_cluster_spec(config: DaskClusterConfig, kube: KubeContext) -> dict[str,
 
 
 def _harden(pod: dict[str, Any], kube: KubeContext) -> None:
-    # Dask pods never call the Kubernetes API: a token mounted there could only be stolen.
+    # The flow-run pod's account, the only one admission allows for a run's pods
+    # (charts/radps/templates/admission.yaml); Dask pods never call the Kubernetes API, so
+    # its token is not mounted: there it could only be stolen.
+    if kube.service_account:
+        pod["serviceAccountName"] = kube.service_account
     pod["automountServiceAccountToken"] = False
     pod["securityContext"] = {
         "runAsNonRoot": True,

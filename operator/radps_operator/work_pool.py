@@ -20,7 +20,12 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-POD_IDENTITY_ENV = ("RADPS_POD_NAME", "RADPS_POD_UID", "RADPS_POD_NAMESPACE")
+POD_IDENTITY_ENV = (
+    "RADPS_POD_NAME",
+    "RADPS_POD_UID",
+    "RADPS_POD_NAMESPACE",
+    "RADPS_POD_SERVICE_ACCOUNT",
+)
 RUN_LABEL_PREFIX = "radps.io/"
 
 
@@ -79,6 +84,8 @@ def base_job_template(options: FlowPodOptions) -> dict[str, Any]:
         _field_env("RADPS_POD_NAME", "metadata.name"),
         _field_env("RADPS_POD_UID", "metadata.uid"),
         _field_env("RADPS_POD_NAMESPACE", "metadata.namespace"),
+        # the run's Dask pods take the same account (admission allows no other)
+        _field_env("RADPS_POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         {"name": "RADPS_DATA_MOUNT_PATH", "value": options.data_mount_path},
     ]
     if options.data_claim:  # the flow's Dask pods mount the same claim at the same path

@@ -4,6 +4,7 @@ same against a namespace that enforces it)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,27 @@ def test_the_operator_allows_the_charts_own_image_and_the_listed_ones(helm):
     )
     allowed = _env(listed, "t-radps-operator")["RADPS_ALLOWED_IMAGES"]
     assert allowed == "ghcr.io/org/radps,registry.example.org/x/,radps"
+
+
+def test_admission_policy_pins_what_run_identities_create(helm):
+    """The policy (checked on a real API server in tests/integration/test_admission.py)
+    matches the release's worker and dask operator and any flow-run account, and holds the
+    flow-run account's name and the allowed images; it can be turned off."""
+    documents = render(helm, "images.allowed={ghcr.io/org/}", "flowRuns.serviceAccount.name=runs")
+    by_kind = {d["kind"]: d for d in documents if d["kind"].startswith("ValidatingAdmission")}
+    policy = by_kind["ValidatingAdmissionPolicy"]["spec"]
+    (condition,) = policy["matchConditions"]
+    assert "system:serviceaccount:radps:t-radps-prefect-worker" in condition["expression"]
+    assert "system:serviceaccount:radps:t-radps-dask-operator" in condition["expression"]
+    assert "endsWith(':runs')" in condition["expression"]
+    variables = {v["name"]: v["expression"] for v in policy["variables"]}
+    assert json.loads(variables["allowedImages"]) == ["radps", "ghcr.io/org/"]
+    assert "s.serviceAccountName == 'runs'" in policy["validations"][0]["expression"]
+    assert policy["failurePolicy"] == "Fail"
+    binding = by_kind["ValidatingAdmissionPolicyBinding"]["spec"]
+    assert binding == {"policyName": "t-radps-run-pods", "validationActions": ["Deny"]}
+    off = render(helm, "admission.enabled=false")
+    assert not [d for d in off if d["kind"].startswith("ValidatingAdmission")]
 
 
 def test_uninstall_first_deletes_the_runs_as_the_operator(helm):

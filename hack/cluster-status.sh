@@ -12,7 +12,7 @@ main() {
   echo "kubeconfig: ${KUBECONFIG_PATH}"
   echo "logs:       ${LOG_DIR}"
   for name in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet \
-    kube-proxy coredns; do
+    kube-proxy kube-network-policies coredns; do
     if is_running "${name}"; then
       printf '  %-24s running (pid %s)\n' "${name}" "$(cat "$(pid_file "${name}")")"
     elif [[ -e "$(pid_file "${name}")" ]]; then

@@ -3,7 +3,8 @@
 # plain processes on this machine, no VMs, no images from any registry.
 #   hack/cluster-up.sh control-plane   etcd + kube-apiserver + kube-controller-manager
 #   hack/cluster-up.sh full            + kube-scheduler, containerd, kubelet, bridge CNI,
-#                                        kube-proxy, CoreDNS (needs root)
+#                                        kube-proxy, kube-network-policies (NetworkPolicy
+#                                        enforcement), CoreDNS (needs root)
 # Idempotent: components already running (PID files in the state dir) are left alone, so `up`
 # on a running cluster is a no-op; `up full` on a control-plane cluster adds the node.
 # Prints the kubeconfig path on stdout as its last line.
@@ -134,6 +135,8 @@ write_kubeconfigs() {
   write_kubeconfig "${RADPS_CLUSTER_DIR}/kubelet.kubeconfig" kubelet "${server}"
   write_kubeconfig "${RADPS_CLUSTER_DIR}/kube-proxy.kubeconfig" kube-proxy "${server}"
   write_kubeconfig "${RADPS_CLUSTER_DIR}/coredns.kubeconfig" coredns "${server}"
+  write_kubeconfig "${RADPS_CLUSTER_DIR}/kube-network-policies.kubeconfig" kube-network-policies \
+    "${server}"
 }
 
 # The control plane listens on loopback in control-plane mode and on the bridge in full mode;
@@ -173,6 +176,13 @@ setup_network() {
   # Pods reach Services through the host's NAT rules: forwarding on, and bridged traffic seen
   # by iptables so pod -> ClusterIP -> pod on the same bridge gets un-NATed on the way back.
   set_sysctl net.ipv4.ip_forward 1
+  # Also what makes NetworkPolicy work between pods on the bridge: kube-network-policies sees
+  # bridged packets only through br_netfilter (built in on some kernels, a module on others).
+  if [[ ! -e /proc/sys/net/bridge ]] && command -v modprobe >/dev/null; then
+    modprobe br_netfilter 2>/dev/null || true
+  fi
+  [[ -e /proc/sys/net/bridge ]] ||
+    log "warning: no br_netfilter: Services and NetworkPolicy between pods on ${BRIDGE_NAME} will not work"
   set_sysctl net.bridge.bridge-nf-call-iptables 1
   # Accept forwarding from/to our bridge even where the FORWARD policy is DROP (Docker sets
   # that). Tagged with a comment so cluster-down removes exactly these.
@@ -342,6 +352,23 @@ EOF
   start_daemon kube-proxy "${KUBE_BIN}/kube-proxy" --config "${RUN_DIR}/config/kube-proxy/config.yaml" --v 1
 }
 
+# NetworkPolicy enforcement (sigs.k8s.io/kube-network-policies, patched: see
+# hack/patches/): a host process like kube-proxy, with its own identity and RBAC
+# (apply_cluster_addons). It installs the nftables table `inet kube-network-policies` that sends
+# the first packet of each connection to or from a pod that a NetworkPolicy selects to NFQUEUE,
+# and gives the verdict in userspace; SIGTERM (cluster-down) deletes the table again. Pod IPs come
+# from the API (no NRI in containerd 1.6); kernel >= 6.12, so no DNS workaround.
+start_kube_network_policies() {
+  start_daemon kube-network-policies "${KNP_BIN}/kube-network-policies" \
+    --kubeconfig "${RADPS_CLUSTER_DIR}/kube-network-policies.kubeconfig" \
+    --hostname-override "${NODE_NAME}" \
+    --metrics-bind-address "127.0.0.1:${NETPOL_METRICS_PORT}" \
+    --netfilter-bug-1766-fix=false \
+    --disable-nri \
+    --v "${RADPS_NETPOL_V:-1}"
+  wait_ready kube-network-policies 30 curl -fsS -o /dev/null "http://127.0.0.1:${NETPOL_METRICS_PORT}/metrics"
+}
+
 # CoreDNS runs on the host (a process we start and stop by PID, like the rest), answering on
 # the bridge gateway; the kube-dns Service at ${DNS_SVC_IP} points there through a
 # selector-less EndpointSlice. It serves the cluster zones only and forwards nothing.
@@ -384,6 +411,24 @@ metadata: {name: "system:coredns", labels: {app.kubernetes.io/managed-by: radps-
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
 subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:kube-network-policies", labels: {app.kubernetes.io/managed-by: radps-hack}}
+rules:
+- apiGroups: [""]
+  resources: [pods, namespaces]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:kube-network-policies", labels: {app.kubernetes.io/managed-by: radps-hack}}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:kube-network-policies"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:kube-network-policies"}
 ---
 apiVersion: v1
 kind: Service
@@ -441,11 +486,12 @@ main() {
     start_containerd
     start_kubelet
     start_kube_proxy
-    apply_cluster_addons
+    apply_cluster_addons  # before kube-network-policies: its RBAC
+    start_kube_network_policies
     start_coredns
     wait_for "node ${NODE_NAME} Ready" 120 node_ready
     local d
-    for d in kube-scheduler kubelet kube-proxy; do
+    for d in kube-scheduler kubelet kube-proxy kube-network-policies; do
       is_running "${d}" || die "${d} exited (log: ${LOG_DIR}/${d}.log)"
     done
   fi

@@ -4,7 +4,8 @@
 # timeout. Each step says what it builds and what it cost cold; a warm run checks the caches in
 # a few seconds and builds nothing.
 #   host packages      hack/host-deps.sh (apt-get, as root)
-#   the cluster        etcd, Kubernetes, CoreDNS, helm, the pause and busybox images (hack/build.sh)
+#   the cluster        etcd, Kubernetes, CoreDNS, kube-network-policies, helm, the pause and
+#                      busybox images (hack/build.sh)
 #   the radps image    Debian base, wheels, docker build (hack/image.sh build)
 # Without root there is no local node: only the control plane and helm are built, and the tests
 # that need a node skip with that reason. RADPS_SKIP_K8S=1 builds nothing for Kubernetes.

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 PACKAGES=(containerd runc containernetworking-plugins iptables conntrack busybox-static
-  debootstrap docker.io openssl curl)
+  debootstrap docker.io openssl curl patch)
 
 missing=()
 for package in "${PACKAGES[@]}"; do

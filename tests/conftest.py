@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -80,35 +81,46 @@ class RadpsServer:
         return {**os.environ, "RADPS_HOME": str(self.home), **extra}
 
 
-@pytest.fixture(scope="session")
-def radps_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadpsServer]:
-    """Started once per test run on a free loopback port; `radps run` finds it through the
-    record it writes in its home, as it would on a user's laptop."""
+@contextlib.contextmanager
+def running_radps_server(home: Path, env: dict[str, str]) -> Iterator[RadpsServer]:
+    """A real `radps server` on a free loopback port, its record and log (server.out) in
+    ``home``; stopped (its whole session, SIGTERM) on exit."""
     from radps_operator.local.server import RECORD_FILE, free_port, is_healthy
 
-    home = tmp_path_factory.mktemp("radps-home")
+    home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = open(home / "server.out", "wb")  # noqa: SIM115 (closed at teardown)
-    process = subprocess.Popen(
-        [RADPS, "server", "--port", str(port)],
-        env={**os.environ, "RADPS_HOME": str(home)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    api_url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while not ((home / RECORD_FILE).exists() and is_healthy(api_url)):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"radps server did not start: {(home / 'server.out').read_text()}")
-        time.sleep(0.25)
-    yield RadpsServer(home=home, api_url=api_url, process=process)
-    os.killpg(process.pid, signal.SIGTERM)
+    with open(home / "server.out", "wb") as log:
+        process = subprocess.Popen(
+            [RADPS, "server", "--port", str(port)],
+            env={**env, "RADPS_HOME": str(home)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = RadpsServer(home=home, api_url=f"http://127.0.0.1:{port}/api", process=process)
     try:
-        process.wait(60)
+        deadline = time.monotonic() + 180
+        while not ((home / RECORD_FILE).exists() and is_healthy(server.api_url)):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"radps server did not start: {(home / 'server.out').read_text()}"
+                )
+            time.sleep(0.25)
+        yield server
     finally:
-        log.close()
-    assert process.returncode == 0, (home / "server.out").read_text()
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(60)
+
+
+@pytest.fixture(scope="session")
+def radps_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadpsServer]:
+    """Started once per test run; `radps run` finds it through the record it writes in its
+    home, as it would on a user's laptop."""
+    from radps_operator.local.server import RECORD_FILE, is_healthy
+
+    home = tmp_path_factory.mktemp("radps-home")
+    with running_radps_server(home, dict(os.environ)) as server:
+        yield server
+    assert server.process.returncode == 0, (home / "server.out").read_text()
     assert not (home / RECORD_FILE).exists(), "radps server left its record behind"
-    assert not is_healthy(api_url), "the Prefect server outlived radps server"
+    assert not is_healthy(server.api_url), "the Prefect server outlived radps server"

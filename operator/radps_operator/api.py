@@ -16,11 +16,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
-GROUP = "radps.io"
-VERSION = "v1alpha1"
+from radps_flows.labels import PIPELINERUN_GROUP, PIPELINERUN_PLURAL, PIPELINERUN_VERSION
+
+GROUP = PIPELINERUN_GROUP
+VERSION = PIPELINERUN_VERSION
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "PipelineRun"
-PLURAL = "pipelineruns"
+PLURAL = PIPELINERUN_PLURAL
 SINGULAR = "pipelinerun"
 SHORT_NAMES = ("prun",)
 

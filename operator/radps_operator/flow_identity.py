@@ -3,13 +3,17 @@
 A namespaced install creates that account (and its Role) in every watched namespace up front.
 Watching all namespaces, the chart cannot know them, so the operator makes the account on a
 namespace's first run: a ServiceAccount and a RoleBinding to the chart's flow-run ClusterRole
-(what a flow pod needs: create its DaskCluster, find its scheduler). Both are labelled with
-that ClusterRole's name, so the chart's uninstall hook removes exactly this release's.
+(what a flow pod needs: create its DaskCluster, find its scheduler), and, with Prefect auth on,
+a copy of the Secret holding the Prefect credential (flow pods read it from their own
+namespace). All are labelled with that ClusterRole's name: the chart's uninstall hook removes
+exactly this release's, and the chart's admission policy lets the operator delete nothing else.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -18,17 +22,20 @@ OWNER_LABEL = "radps.io/flow-cluster-role"
 """On every object made here: the ClusterRole it grants (one per Helm release)."""
 
 
-def identity_objects(
-    namespace: str, service_account: str, cluster_role: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ServiceAccount and the RoleBinding that give it ``cluster_role`` in ``namespace``."""
-    labels = {
+def owned_by(cluster_role: str) -> dict[str, str]:
+    return {
         "app.kubernetes.io/part-of": "radps",
         "app.kubernetes.io/component": "flow-run",
         "app.kubernetes.io/managed-by": "radps-operator",
         OWNER_LABEL: cluster_role,
     }
-    meta = {"name": service_account, "namespace": namespace, "labels": labels}
+
+
+def identity_objects(
+    namespace: str, service_account: str, cluster_role: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ServiceAccount and the RoleBinding that give it ``cluster_role`` in ``namespace``."""
+    meta = {"name": service_account, "namespace": namespace, "labels": owned_by(cluster_role)}
     account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -44,14 +51,44 @@ def identity_objects(
     return account, binding
 
 
-class FlowIdentities:
-    """Makes sure each namespace has the flow-run service account, once per namespace per
-    operator process (an existing account or binding is left as it is)."""
+@dataclass(frozen=True)
+class AuthSecret:
+    """The Secret flow pods read the Prefect credential from (the work pool's template names
+    it): its name, its key, and the credential the operator itself was given."""
 
-    def __init__(self, api_client: Any, service_account: str, cluster_role: str) -> None:
+    name: str
+    key: str
+    auth_string: str
+
+
+def auth_secret_object(namespace: str, secret: AuthSecret, cluster_role: str) -> dict[str, Any]:
+    labels = owned_by(cluster_role)
+    encoded = base64.b64encode(secret.auth_string.encode()).decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": secret.name, "namespace": namespace, "labels": labels},
+        "data": {secret.key: encoded},
+    }
+
+
+class FlowIdentities:
+    """Makes sure each namespace has the flow-run service account (and the Prefect credential's
+    Secret), once per namespace per operator process. An existing account or binding is left as
+    it is; an existing credential Secret of this release is brought up to date."""
+
+    def __init__(
+        self,
+        api_client: Any,
+        service_account: str,
+        cluster_role: str,
+        auth_secret: AuthSecret | None = None,
+    ) -> None:
         self.api_client = api_client
         self.service_account = service_account
         self.cluster_role = cluster_role
+        self.auth_secret = auth_secret
         self._ready: set[str] = set()
 
     async def ensure(self, namespace: str) -> None:
@@ -75,12 +112,22 @@ class FlowIdentities:
             except ApiException as exc:
                 if exc.status != 409:  # 409: already there
                     raise
+        if self.auth_secret is not None:
+            secret = auth_secret_object(namespace, self.auth_secret, self.cluster_role)
+            try:
+                await core.create_namespaced_secret(namespace, secret)
+                log.info("created Secret %s/%s", namespace, self.auth_secret.name)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                # the credential may have changed since (a new existingSecret)
+                await core.patch_namespaced_secret(self.auth_secret.name, namespace, secret)
         self._ready.add(namespace)
 
 
 def delete_identities(core: Any, rbac: Any, cluster_role: str) -> list[str]:
-    """Delete every account and binding made for ``cluster_role`` (synchronous ``kubernetes``
-    clients, as in the uninstall hook); returns what was deleted."""
+    """Delete every account, binding and credential Secret made for ``cluster_role``
+    (synchronous ``kubernetes`` clients, as in the uninstall hook); returns what was deleted."""
     selector = f"{OWNER_LABEL}={cluster_role}"
     deleted = []
     for lister, deleter, kind in (
@@ -94,6 +141,7 @@ def delete_identities(core: Any, rbac: Any, cluster_role: str) -> list[str]:
             core.delete_namespaced_service_account,
             "ServiceAccount",
         ),
+        (core.list_secret_for_all_namespaces, core.delete_namespaced_secret, "Secret"),
     ):
         for item in lister(label_selector=selector).items:
             deleter(item.metadata.name, item.metadata.namespace)

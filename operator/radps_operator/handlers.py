@@ -11,16 +11,17 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import kopf
 import uvloop
 
 from radps_operator import api, metrics
 from radps_operator import reconcile as r
-from radps_operator.flow_identity import FlowIdentities
+from radps_operator.flow_identity import AuthSecret, FlowIdentities
 from radps_operator.follower import Follower, Kube, Tracked, utcnow
 from radps_operator.prefect_gateway import PrefectBusy, PrefectGateway, PrefectUnavailable
+from radps_operator.run_network import ensure_run_network_policy
 from radps_operator.settings import OperatorSettings
 
 registry = kopf.OperatorRegistry()
@@ -88,7 +89,14 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     follower.start()
     identities = None
     if config.flow_cluster_role and config.flow_service_account:
-        identities = FlowIdentities(kube.api, config.flow_service_account, config.flow_cluster_role)
+        auth = None
+        if config.auth_secret and config.prefect_auth_string:
+            auth = AuthSecret(
+                config.auth_secret, config.auth_secret_key, config.prefect_auth_string
+            )
+        identities = FlowIdentities(
+            kube.api, config.flow_service_account, config.flow_cluster_role, auth
+        )
     _runtime = Runtime(config, gateway, kube, follower, identities)
     log.info(
         "radps operator: Prefect %s, work pool %s, namespaces %s",
@@ -185,6 +193,7 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
     async with run.lock:
         await rt.follower.write(run, r.pending_status(run.status, utcnow(), run.generation))
     await _ensure_flow_identity(run, retry)
+    await _ensure_run_network(run, retry)
     info = _catalog()[spec.pipeline]
     deployment = r.desired_deployment(
         spec, rt.settings, info.entrypoint, info.flow_name, info.parameter_schema, info.description
@@ -223,12 +232,36 @@ async def _ensure_flow_identity(run: Tracked, retry: int) -> None:
         await rt.identities.ensure(run.namespace)
     except ApiException as exc:
         message = (
-            f"cannot create service account {rt.identities.service_account} in "
-            f"{run.namespace} for the flow-run pod: {exc.status} {exc.reason}"
+            f"cannot create service account {rt.identities.service_account} (or the Prefect "
+            f"credential's Secret) in {run.namespace} for the flow-run pod: "
+            f"{exc.status} {exc.reason}"
         )
-        async with run.lock:
-            await rt.follower.write(run, run.status.model_copy(update={"message": message}))
-        raise kopf.TemporaryError(message, delay=_retry_delay(retry)) from exc
+        await _show_and_retry(run, message, retry, exc)
+
+
+async def _ensure_run_network(run: Tracked, retry: int) -> None:
+    """The run's own NetworkPolicy (radps_operator.run_network), before its first pod; a
+    refusal shows in the run's message and is retried."""
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    rt = runtime()
+    if not rt.settings.run_network_policy:
+        return
+    try:
+        await ensure_run_network_policy(rt.kube.api, run.namespace, run.name, run.uid)
+    except ApiException as exc:
+        message = (
+            f"cannot create the run's NetworkPolicy in {run.namespace}: {exc.status} {exc.reason}"
+        )
+        await _show_and_retry(run, message, retry, exc)
+
+
+async def _show_and_retry(run: Tracked, message: str, retry: int, cause: Exception) -> NoReturn:
+    """A refusal an admin may fix (RBAC, admission): it shows in the run's message, and kopf
+    retries the handler with backoff."""
+    async with run.lock:
+        await runtime().follower.write(run, run.status.model_copy(update={"message": message}))
+    raise kopf.TemporaryError(message, delay=_retry_delay(retry)) from cause
 
 
 async def _cancel(run: Tracked, why: str) -> None:

@@ -11,6 +11,9 @@
 | `RADPS_WORK_POOL` | `radps` | work pool of runs whose spec names none |
 | `RADPS_FLOW_SERVICE_ACCOUNT` | `radps-flow` | service account of the flow-run pod ("" for none) |
 | `RADPS_FLOW_CLUSTER_ROLE` | unset | made per namespace: that account, bound to this role |
+| `RADPS_AUTH_SECRET` | unset | with that role: this Secret, holding the auth string, too |
+| `RADPS_AUTH_SECRET_KEY` | `auth-string` | the key of that Secret |
+| `RADPS_RUN_NETWORK_POLICY` | `false` | `true`: each run gets its NetworkPolicy (`run_network`) |
 | `RADPS_WATCH_NAMESPACES` | `*` (all) | namespaces watched: `*`, one name, or a comma list |
 | `RADPS_RESYNC_SECONDS` | `5` | period of the full re-read of every unfinished run |
 | `RADPS_PREFECT_MAX_CONCURRENT_CALLS` | `8` | Prefect API calls in flight at once |
@@ -47,6 +50,12 @@ class OperatorSettings:
     flow_service_account: str | None = "radps-flow"
     flow_cluster_role: str | None = None
     """Set: the operator creates the flow service account, bound to this, per namespace."""
+    auth_secret: str | None = None
+    """Set (with flow_cluster_role and an auth string): the Secret of the Prefect credential
+    the operator copies into each namespace, where flow-run pods read it."""
+    auth_secret_key: str = "auth-string"
+    run_network_policy: bool = False
+    """Make each run's NetworkPolicy (the chart's default-deny policies need it)."""
     namespaces: tuple[str, ...] = ()
     """Empty: every namespace (cluster-wide)."""
     resync_seconds: float = 5.0
@@ -103,6 +112,9 @@ class OperatorSettings:
             work_pool=get("RADPS_WORK_POOL", "") or cls.work_pool,
             flow_service_account=get("RADPS_FLOW_SERVICE_ACCOUNT", "radps-flow") or None,
             flow_cluster_role=get("RADPS_FLOW_CLUSTER_ROLE", "") or None,
+            auth_secret=get("RADPS_AUTH_SECRET", "") or None,
+            auth_secret_key=get("RADPS_AUTH_SECRET_KEY", "") or cls.auth_secret_key,
+            run_network_policy=get("RADPS_RUN_NETWORK_POLICY", "false").lower() == "true",
             namespaces=namespaces,
             resync_seconds=max(0.5, number("RADPS_RESYNC_SECONDS", 5.0)),
             prefect_max_concurrent_calls=max(

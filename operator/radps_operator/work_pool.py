@@ -4,7 +4,8 @@ The template starts from prefect-kubernetes' own default (so Prefect's job varia
 working) and adds what radps needs of a flow-run pod: the restricted Pod Security Standard, a
 writable /tmp on a read-only root, the shared data volume at the same path as in the Dask pods,
 and the pod's own name and UID so the run's DaskCluster can be owned by it (Kubernetes then
-garbage-collects the cluster if the pod dies).
+garbage-collects the cluster if the pod dies). The command and the service account are fixed
+(`PINNED_VARIABLES`), not job variables.
 
 The Prefect worker of the Helm chart runs `python -m radps_operator.work_pool` before it starts,
 so the pool is created or updated from this one place.
@@ -28,6 +29,17 @@ POD_IDENTITY_ENV = (
 )
 RUN_LABEL_PREFIX = "radps.io/"
 
+PINNED_VARIABLES = ("command", "service_account_name", "cluster_config")
+"""Job variables of prefect-kubernetes' default template that are written into this one as
+fixed values instead: whoever can create a flow run (anyone holding the Prefect credential)
+could otherwise run another command, as another service account, or through another cluster
+config. What stays variable is what the operator sets per run (namespace, image, env, labels,
+resources); admission keeps the image to the allowed ones."""
+FLOW_RUN_COMMAND = "python -m radps_flows.origin -- prefect flow-run execute"
+"""Prefect's own flow-run command, behind radps_flows.origin: the pod runs its flow run only if
+a PipelineRun of the pod's namespace records it (the `namespace` job variable stays a variable,
+so this is what keeps a flow run created by someone else out of a namespace)."""
+
 
 @dataclass(frozen=True)
 class FlowPodOptions:
@@ -48,13 +60,18 @@ def base_job_template(options: FlowPodOptions) -> dict[str, Any]:
 
     template = copy.deepcopy(KubernetesWorker.get_default_base_job_template())
     defaults = template["variables"]["properties"]
+    for pinned in PINNED_VARIABLES:
+        del defaults[pinned]
     defaults["namespace"]["default"] = options.namespace
     defaults["image"]["default"] = options.image
-    defaults["service_account_name"]["default"] = options.service_account
     defaults["image_pull_policy"]["default"] = "IfNotPresent"
     defaults["finished_job_ttl"]["default"] = options.finished_job_ttl_seconds
 
-    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    configuration = template["job_configuration"]
+    configuration["command"] = FLOW_RUN_COMMAND
+    configuration["cluster_config"] = None  # the worker's own in-cluster identity
+    pod = configuration["job_manifest"]["spec"]["template"]["spec"]
+    pod["serviceAccountName"] = options.service_account
     pod["securityContext"] = {
         "runAsNonRoot": True,
         "runAsUser": options.run_as_user,
@@ -70,6 +87,7 @@ def base_job_template(options: FlowPodOptions) -> dict[str, Any]:
     pod["volumes"] = volumes
 
     container = pod["containers"][0]
+    container["args"] = FLOW_RUN_COMMAND.split()
     container["securityContext"] = {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,

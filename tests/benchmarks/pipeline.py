@@ -24,7 +24,6 @@ import contextlib
 import json
 import math
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,7 @@ RADPS = str(Path(sys.executable).parent / "radps")
 
 @contextlib.contextmanager
 def prefect_server() -> Iterator[dict[str, str]]:
-    from radps_operator.local.server import RECORD_FILE, free_port, is_healthy
+    from tests.conftest import running_radps_server
 
     home = Path(tempfile.mkdtemp(prefix="radps-bench-home-"))
     env = {
@@ -58,27 +57,8 @@ def prefect_server() -> Iterator[dict[str, str]]:
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
-    port = free_port()
-    log = open(home / "server.out", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [RADPS, "server", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 180
-        while not ((home / RECORD_FILE).exists() and is_healthy(api)):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((home / "server.out").read_text())
-            time.sleep(0.25)
-        yield {**env, "RADPS_API_URL": api}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(60)
-        log.close()
+    with running_radps_server(home, env) as server:
+        yield {**env, "RADPS_API_URL": server.api_url}
 
 
 def _flow_run_seconds(env: dict[str, str], output: str) -> float | None:

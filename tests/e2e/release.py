@@ -1,7 +1,9 @@
-"""The chart as the e2e tests install it: a namespace that enforces the restricted Pod
-Security Standard, the VLA data and Prefect's database on hostPath PersistentVolumes (cluster-
-scoped objects: the pods themselves only mount PVCs, as the standard requires), and the
-locally built image. Shared by every e2e module through the session fixture in conftest."""
+"""The chart as the e2e tests install it, in the layout the README recommends: the control
+plane (operator, Prefect server and worker, dask operator) in one namespace, the runs in
+another, both enforcing the restricted Pod Security Standard; the VLA data and Prefect's
+database on hostPath PersistentVolumes (cluster-scoped objects: the pods themselves only mount
+PVCs, as the standard requires), and the locally built image. Shared by every e2e module
+through the session fixture in conftest."""
 
 from __future__ import annotations
 
@@ -19,36 +21,39 @@ import yaml
 from tests.conftest import VLA_TARBALL, shared_dir, unpack
 from tests.k8s import REPO, KubeCluster
 
-NAMESPACE = "radps-e2e"
+CONTROL_NAMESPACE = "radps-e2e"
+"""The release's namespace: the control plane and its service accounts."""
+RUNS_NAMESPACE = "radps-e2e-runs"
+"""Where PipelineRuns are served: their flow-run and Dask pods, and the data volume."""
 RELEASE = "radps"
 UID = 10001
 MS_NAME = VLA_TARBALL.removesuffix(".tar.gz")
 
 
-def host_volume(cluster: KubeCluster, name: str, path: Path, size: str) -> None:
-    """A hostPath PV bound to a PVC of the same name in the test namespace."""
+def host_volume(cluster: KubeCluster, namespace: str, name: str, path: Path, size: str) -> None:
+    """A hostPath PV bound to a PVC of the same name in ``namespace``."""
     documents = [
         {
             "apiVersion": "v1",
             "kind": "PersistentVolume",
-            "metadata": {"name": f"{NAMESPACE}-{name}", "labels": {"radps.io/e2e": "true"}},
+            "metadata": {"name": f"{namespace}-{name}", "labels": {"radps.io/e2e": "true"}},
             "spec": {
                 "capacity": {"storage": size},
                 "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
                 "persistentVolumeReclaimPolicy": "Retain",
                 "storageClassName": "",
                 "hostPath": {"path": str(path), "type": "Directory"},
-                "claimRef": {"namespace": NAMESPACE, "name": name},
+                "claimRef": {"namespace": namespace, "name": name},
             },
         },
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name, "namespace": NAMESPACE},
+            "metadata": {"name": name, "namespace": namespace},
             "spec": {
                 "accessModes": ["ReadWriteMany"],
                 "storageClassName": "",
-                "volumeName": f"{NAMESPACE}-{name}",
+                "volumeName": f"{namespace}-{name}",
                 "resources": {"requests": {"storage": size}},
             },
         },
@@ -60,23 +65,25 @@ def remove_leftovers(cluster: KubeCluster) -> None:
     """Runs go first, while their operator can still release them (its finalizer); what an
     interrupted session left without an operator gets its finalizers cleared."""
     deleted = cluster.kubectl(
-        "delete", "prun", "--all", "-n", NAMESPACE, "--timeout=120s", check=False, timeout=180
-    )
+        "delete", "prun", "--all", "-n", RUNS_NAMESPACE, "--timeout=120s", check=False,
+        timeout=180,
+    )  # fmt: skip
     if deleted.returncode != 0:
         for kind in ("pipelineruns.radps.io", "daskclusters.kubernetes.dask.org"):
-            names = cluster.kubectl("get", kind, "-n", NAMESPACE, "-o", "name", check=False)
+            names = cluster.kubectl("get", kind, "-n", RUNS_NAMESPACE, "-o", "name", check=False)
             for name in names.stdout.split():
                 cluster.kubectl(
-                    "patch", name, "-n", NAMESPACE, "--type", "merge",
+                    "patch", name, "-n", RUNS_NAMESPACE, "--type", "merge",
                     "-p", '{"metadata":{"finalizers":[]}}', check=False,
                 )  # fmt: skip
-    cluster.helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False, timeout=300)
-    cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", timeout=300)
+    cluster.helm("uninstall", RELEASE, "-n", CONTROL_NAMESPACE, "--wait", check=False, timeout=300)
+    for namespace in (RUNS_NAMESPACE, CONTROL_NAMESPACE):
+        cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", timeout=300)
     cluster.kubectl("delete", "pv", "-l", "radps.io/e2e=true", "--ignore-not-found")
 
 
-def get(cluster: KubeCluster, *args: str) -> Any:
-    return yaml.safe_load(cluster.kubectl("get", "-n", NAMESPACE, "-o", "yaml", *args).stdout)
+def get(cluster: KubeCluster, *args: str, namespace: str = RUNS_NAMESPACE) -> Any:
+    return yaml.safe_load(cluster.kubectl("get", "-n", namespace, "-o", "yaml", *args).stdout)
 
 
 def of_run(cluster: KubeCluster, kind: str, uid: str) -> list[dict[str, Any]]:
@@ -93,7 +100,7 @@ def why_not_completed(cluster: KubeCluster, name: str) -> str:
     uid = run["metadata"]["uid"]
     for job in of_run(cluster, "jobs", uid):
         found = cluster.kubectl(
-            "logs", "-n", NAMESPACE, f"job/{job['metadata']['name']}", "--tail=80",
+            "logs", "-n", RUNS_NAMESPACE, f"job/{job['metadata']['name']}", "--tail=80",
             check=False,
         )  # fmt: skip
         logs += f"--- job/{job['metadata']['name']}\n{found.stdout}{found.stderr}"
@@ -133,18 +140,21 @@ def install(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> I
         parent.chmod(parent.stat().st_mode | 0o005)
 
     remove_leftovers(cluster)  # of an interrupted earlier session on a kept cluster
-    cluster.kubectl("create", "namespace", NAMESPACE)
-    cluster.kubectl(
-        "label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted"
-    )
-    host_volume(cluster, "radps-data", data, "10Gi")
-    host_volume(cluster, "radps-prefect", prefect, "1Gi")
+    for namespace in (CONTROL_NAMESPACE, RUNS_NAMESPACE):
+        cluster.kubectl("create", "namespace", namespace)
+        cluster.kubectl(
+            "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+        )
+    host_volume(cluster, RUNS_NAMESPACE, "radps-data", data, "10Gi")
+    host_volume(cluster, CONTROL_NAMESPACE, "radps-prefect", prefect, "1Gi")
     cluster.helm(
         "install",
         RELEASE,
         str(REPO / "charts" / "radps"),
         "-n",
-        NAMESPACE,
+        CONTROL_NAMESPACE,
+        "--set",
+        f"operator.watchNamespaces={{{RUNS_NAMESPACE}}}",
         "--set",
         "data.existingClaim=radps-data",
         "--set",

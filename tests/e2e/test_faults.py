@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.release import MS_NAME, NAMESPACE, get, of_run, why_not_completed
+from tests.e2e.release import (
+    CONTROL_NAMESPACE,
+    MS_NAME,
+    RUNS_NAMESPACE,
+    get,
+    of_run,
+    why_not_completed,
+)
 from tests.k8s import REPO, KubeCluster, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s_full]
@@ -24,7 +31,7 @@ def _apply_vla_run(cluster: KubeCluster, name: str) -> None:
     run["metadata"]["name"] = name
     run["spec"]["parameters"].update(input=f"/data/vla/{MS_NAME}", output=f"/data/products/{name}")
     run["spec"]["dask"] = {"workers": 2, "threadsPerWorker": 1}
-    cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(run))
+    cluster.kubectl("apply", "-n", RUNS_NAMESPACE, "-f", "-", input=yaml.safe_dump(run))
 
 
 def _status(cluster: KubeCluster, name: str) -> dict[str, Any]:
@@ -65,7 +72,7 @@ def test_cancel_mid_run_leaves_no_pod(kube_cluster: KubeCluster, installed: Path
     uid = get(kube_cluster, "prun", "cancel-mid-run")["metadata"]["uid"]
     _wait_running(kube_cluster, "cancel-mid-run")
     kube_cluster.kubectl(
-        "patch", "prun", "cancel-mid-run", "-n", NAMESPACE, "--type", "merge",
+        "patch", "prun", "cancel-mid-run", "-n", RUNS_NAMESPACE, "--type", "merge",
         "-p", '{"spec":{"cancel":true}}',
     )  # fmt: skip
     cancelled = time.monotonic()
@@ -90,7 +97,7 @@ def test_operator_killed_mid_run_neither_duplicates_nor_loses_it(
     uid = get(kube_cluster, "prun", "operator-killed")["metadata"]["uid"]
     running = _wait_running(kube_cluster, "operator-killed")
     kube_cluster.kubectl(
-        "delete", "pod", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator",
+        "delete", "pod", "-n", CONTROL_NAMESPACE, "-l", "app.kubernetes.io/component=operator",
         "--grace-period=0", "--force", "--wait=false",
     )  # fmt: skip
     _completes_as_the_same_flow_run(
@@ -118,7 +125,7 @@ def test_flow_pod_deleted_mid_run_is_rescheduled_and_its_dask_cluster_collected(
     )[0]["metadata"]["uid"]
     (job,) = of_run(kube_cluster, "jobs", uid)
     kube_cluster.kubectl(
-        "delete", "pod", "-n", NAMESPACE, "-l", f"job-name={job['metadata']['name']}",
+        "delete", "pod", "-n", RUNS_NAMESPACE, "-l", f"job-name={job['metadata']['name']}",
         "--wait=false",
     )  # fmt: skip
     wait_until(

@@ -16,7 +16,15 @@ import yaml
 from astropy.io import fits
 
 from tests.conftest import shared_dir
-from tests.e2e.release import MS_NAME, NAMESPACE, RELEASE, get, of_run, why_not_completed
+from tests.e2e.release import (
+    CONTROL_NAMESPACE,
+    MS_NAME,
+    RELEASE,
+    RUNS_NAMESPACE,
+    get,
+    of_run,
+    why_not_completed,
+)
 from tests.k8s import REPO, KubeCluster, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s_full]
@@ -31,7 +39,7 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
     )
     run["spec"]["dask"] = {"workers": 2, "threadsPerWorker": 1}
     applied = time.monotonic()
-    kube_cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(run))
+    kube_cluster.kubectl("apply", "-n", RUNS_NAMESPACE, "-f", "-", input=yaml.safe_dump(run))
     name = run["metadata"]["name"]
     uid = get(kube_cluster, "prun", name)["metadata"]["uid"]
 
@@ -51,7 +59,7 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
     assert most_workers == 2, "the run's DaskCluster never had its 2 worker pods"
     assert {o["kind"] for o in status["outputs"]} >= {"fits", "png"}
 
-    table = kube_cluster.kubectl("get", "prun", "-n", NAMESPACE).stdout
+    table = kube_cluster.kubectl("get", "prun", "-n", RUNS_NAMESPACE).stdout
     assert table.split()[:5] == ["NAME", "PIPELINE", "PHASE", "PROGRESS", "AGE"], table
     assert "Completed" in table and "3/3" in table
 
@@ -78,7 +86,7 @@ def _worker_pods(cluster: KubeCluster, uid: str) -> int:
 
 
 def test_helm_test_passes(kube_cluster: KubeCluster, installed: Path):
-    result = kube_cluster.helm("test", RELEASE, "-n", NAMESPACE, "--logs", timeout=900)
+    result = kube_cluster.helm("test", RELEASE, "-n", CONTROL_NAMESPACE, "--logs", timeout=900)
     assert "Phase:          Succeeded" in result.stdout or "Succeeded" in result.stdout
 
 
@@ -88,7 +96,7 @@ def test_uninstall_deletes_running_runs_first(kube_cluster: KubeCluster, install
     run = yaml.safe_load((REPO / "manifests" / "examples" / "synthesize-demo.yaml").read_text())
     run["metadata"]["name"] = "uninstall-me"
     run["spec"]["parameters"]["output"] = "/data/products/uninstall-me.ps.zarr"
-    kube_cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=yaml.safe_dump(run))
+    kube_cluster.kubectl("apply", "-n", RUNS_NAMESPACE, "-f", "-", input=yaml.safe_dump(run))
     wait_until(
         lambda: (
             (get(kube_cluster, "prun", "uninstall-me").get("status") or {}).get("phase")
@@ -98,16 +106,17 @@ def test_uninstall_deletes_running_runs_first(kube_cluster: KubeCluster, install
         what="the run under way",
     )
     result = kube_cluster.helm(
-        "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "8m", check=False
+        "uninstall", RELEASE, "-n", CONTROL_NAMESPACE, "--wait", "--timeout", "8m", check=False
     )
     hook_logs = kube_cluster.kubectl(
-        "logs", "-n", NAMESPACE, "job/radps-delete-runs", check=False
+        "logs", "-n", CONTROL_NAMESPACE, "job/radps-delete-runs", check=False
     ).stdout
     assert result.returncode == 0, result.stderr + hook_logs
     assert not get(kube_cluster, "prun")["items"]
-    left = kube_cluster.kubectl(
-        "get", "deployments,services,serviceaccounts,roles,rolebindings,configmaps,pvc", "-n",
-        NAMESPACE,
-        "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name", check=False,
-    ).stdout.split()  # fmt: skip
-    assert not left, left
+    for namespace in (CONTROL_NAMESPACE, RUNS_NAMESPACE):
+        left = kube_cluster.kubectl(
+            "get", "deployments,services,serviceaccounts,roles,rolebindings,configmaps,pvc,"
+            "secrets,networkpolicies", "-n", namespace,
+            "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name", check=False,
+        ).stdout.split()  # fmt: skip
+        assert not left, (namespace, left)

@@ -25,29 +25,46 @@ WRONG_ACCOUNT = "pods made for a radps run must use the service account radps-fl
 WRONG_IMAGE = "pods made for a radps run may only run the allowed images: radps, ghcr.io/org/"
 
 
-@pytest.fixture
-def policy(kube_cluster: KubeCluster, kube_namespace: str) -> Iterator[str]:
-    """The chart's policy and binding, as `helm install` in ``kube_namespace`` renders them
-    (a unique release name: the policy is cluster-wide); removed after the test. Yields the
-    release's name prefix."""
+def applied_policies(
+    cluster: KubeCluster, namespace: str, name_suffix: str, *settings: str
+) -> Iterator[str]:
+    """The chart's policy named ``<release>-radps<name_suffix>`` and its binding, as `helm
+    install` in ``namespace`` renders them (a unique release name: policies are cluster-wide);
+    removed afterwards. Yields the release's name prefix."""
     release = f"adm-{uuid.uuid4().hex[:6]}"
-    rendered = subprocess.run(
-        [pinned_helm(), "template", release, str(REPO / "charts" / "radps"),
-         "-n", kube_namespace, "--set", "images.allowed={ghcr.io/org/}"],
-        capture_output=True, text=True, check=True, timeout=120,
-    ).stdout  # fmt: skip
+    args = [pinned_helm(), "template", release, str(REPO / "charts" / "radps"), "-n", namespace]
+    for setting in settings:
+        args += ["--set", setting]
+    rendered = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120).stdout
     documents = [
         d
         for d in yaml.safe_load_all(rendered)
-        if d and d["kind"].startswith("ValidatingAdmissionPolicy")
+        if d
+        and d["kind"].startswith("ValidatingAdmissionPolicy")
+        and d["metadata"]["name"] == f"{release}-radps{name_suffix}"
     ]
     assert len(documents) == 2
     text = yaml.safe_dump_all(documents)
-    kube_cluster.kubectl("apply", "-f", "-", input=text)
+    cluster.kubectl("apply", "-f", "-", input=text)
     try:
         yield f"{release}-radps"
     finally:
-        kube_cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=text)
+        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=text)
+
+
+@pytest.fixture
+def policy(kube_cluster: KubeCluster, kube_namespace: str) -> Iterator[str]:
+    yield from applied_policies(
+        kube_cluster, kube_namespace, "-run-pods", "images.allowed={ghcr.io/org/}"
+    )
+
+
+@pytest.fixture
+def operator_policy(kube_cluster: KubeCluster, kube_namespace: str) -> Iterator[str]:
+    """The policy of a cluster-wide install on what its operator may create and delete."""
+    yield from applied_policies(
+        kube_cluster, kube_namespace, "-operator-identities", "operator.watchNamespaces={*}"
+    )
 
 
 def identity(namespace: str, account: str) -> str:
@@ -194,3 +211,81 @@ def test_run_identities_keep_the_flow_account_and_allowed_images(
     for user, obj in admitted:
         result = create(kube_cluster, ns, obj, user)
         assert result.returncode == 0, f"{obj['kind']}/{obj['metadata']['name']}: {result.stderr}"
+
+
+def test_a_cluster_wide_operator_may_touch_only_what_it_made(
+    kube_cluster: KubeCluster, kube_namespace: str, operator_policy: str
+):
+    """Watching every namespace, the operator may create and delete service accounts,
+    role bindings and Secrets anywhere (RBAC cannot narrow that by label): admission keeps it
+    to those labelled as its own, and to Opaque Secrets."""
+    ns, release = kube_namespace, operator_policy
+    operator = identity(ns, f"{release}-operator")
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "identities"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["serviceaccounts", "secrets"],
+             "verbs": ["create", "delete", "patch"]},
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"],
+             "verbs": ["create", "delete"]},
+        ],
+    }  # fmt: skip
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "identities"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "identities"},
+        "subjects": [{"kind": "ServiceAccount", "name": f"{release}-operator", "namespace": ns}],
+    }
+    someone = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "someone"}}
+    kube_cluster.kubectl(
+        "apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all([role, binding, someone])
+    )
+    own = {"radps.io/flow-cluster-role": f"{release}-flow-run"}
+
+    def secret(name: str, labels: dict[str, str], kind: str = "Opaque") -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "labels": labels}
+        if kind == "kubernetes.io/service-account-token":
+            meta["annotations"] = {"kubernetes.io/service-account.name": "someone"}
+        return {"apiVersion": "v1", "kind": "Secret", "type": kind, "metadata": meta}
+
+    def delete(kind: str, name: str):
+        return kube_cluster.kubectl("delete", kind, name, "-n", ns, f"--as={operator}", check=False)
+
+    def refused_dry_run() -> str:  # (until the policy is active a real delete would succeed)
+        result = kube_cluster.kubectl(
+            "delete", "serviceaccount", "someone", "-n", ns, f"--as={operator}",
+            "--dry-run=server", check=False,
+        )  # fmt: skip
+        return result.returncode != 0 and result.stderr
+
+    wait_until(refused_dry_run, timeout=30, what="the policy to be active")
+    refused = wait_until(
+        lambda: (r := delete("serviceaccount", "someone")).returncode != 0 and r.stderr,
+        timeout=30,
+        what="the policy to refuse deleting another's account",
+    )
+    assert "may only delete serviceaccounts it made" in refused, refused
+    assert delete("rolebinding", "identities").returncode != 0
+    foreign = create(kube_cluster, ns, secret("foreign", {}), operator)
+    assert "may only create secrets it made" in foreign.stderr, foreign.stderr
+    token = create(
+        kube_cluster, ns, secret("token", own, "kubernetes.io/service-account-token"), operator
+    )
+    assert "may only create Opaque Secrets" in token.stderr, token.stderr
+
+    # what it makes for a namespace's first run it may create, and delete again
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "made", "labels": own},
+    }
+    for obj, kind in ((account, "serviceaccount"), (secret("made", own), "secret")):
+        made = create(kube_cluster, ns, obj, operator)
+        assert made.returncode == 0, made.stderr
+        deleted = delete(kind, "made")
+        assert deleted.returncode == 0, deleted.stderr
+    # and a person is not the operator
+    kube_cluster.kubectl("delete", "serviceaccount", "someone", "-n", ns)

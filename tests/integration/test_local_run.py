@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import pytest
 import yaml
 from astropy.io import fits
 
-from tests.conftest import RADPS, RadpsServer, shared_dir
+from tests.conftest import RADPS, RadpsServer, running_radps_server, shared_dir
 
 pytestmark = pytest.mark.integration
 
@@ -277,3 +278,34 @@ def test_radps_server_serves_the_ui(radps_server: RadpsServer):
     with urllib.request.urlopen(ui, timeout=30) as response:
         page = response.read().decode()
     assert response.status == 200 and "<html" in page.lower()
+
+
+def test_radps_server_behind_basic_auth(tmp_path: Path):
+    """`radps server` stays on loopback and takes Prefect's own server setting for basic
+    auth; `radps run` with the client setting runs against it, while a call without the
+    credential gets 401."""
+    secret = "radps:" + base64.b16encode(os.urandom(12)).decode()
+    server_env = {**os.environ, "PREFECT_SERVER_API_AUTH_STRING": secret}
+    with running_radps_server(tmp_path / "home", server_env) as server:
+        api_url, port = server.api_url, int(server.api_url.split(":")[2].split("/")[0])
+        listening = {
+            c.laddr.ip for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port
+        }
+        assert listening == {"127.0.0.1"}, listening
+        request = urllib.request.Request(
+            f"{api_url}/flow_runs/filter", data=b"{}", method="POST",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 401
+        run = manifest(
+            tmp_path, "behind-auth", "synthesize",
+            {"output": str(tmp_path / "auth.ps.zarr"), "n_antennas": 4, "n_times": 2,
+             "n_channels": 2},
+        )  # fmt: skip
+        code, output = radps_run(
+            {**os.environ, "RADPS_HOME": str(server.home), "PREFECT_API_AUTH_STRING": secret}, run
+        )
+        assert code == 0, output
+        assert (tmp_path / "auth.ps.zarr").is_dir()

@@ -3,6 +3,7 @@ Prefect server, a real process worker running the real flows, the operator in Ko
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import sys
@@ -194,8 +195,9 @@ def test_release_cleanup_deletes_every_run_through_the_operator(env, runs, tmp_p
 
 def test_flow_account_made_per_namespace_for_a_cluster_wide_install(env, runs, kube_api, tmp_path):
     """What a cluster-wide install turns on (RADPS_FLOW_CLUSTER_ROLE): a namespace's first run
-    gets the flow-run service account, bound to the chart's ClusterRole, and the uninstall
-    hook's cleanup removes exactly what was made."""
+    gets the flow-run service account, bound to the chart's ClusterRole, and a copy of the
+    Prefect credential's Secret (flow pods read it there); the uninstall hook's cleanup removes
+    exactly what was made."""
     from kubernetes import client
 
     from radps_operator.flow_identity import delete_identities
@@ -206,7 +208,13 @@ def test_flow_account_made_per_namespace_for_a_cluster_wide_install(env, runs, k
     rule = {"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}
     rbac.create_cluster_role({"metadata": {"name": role}, "rules": [rule]})
     try:
-        settings = {"RADPS_FLOW_CLUSTER_ROLE": role, "RADPS_FLOW_SERVICE_ACCOUNT": account}
+        settings = {
+            "RADPS_FLOW_CLUSTER_ROLE": role,
+            "RADPS_FLOW_SERVICE_ACCOUNT": account,
+            # (this test's Prefect server has no auth: it ignores the credential)
+            "RADPS_PREFECT_AUTH_STRING": f"radps:secret-{suffix}",
+            "RADPS_AUTH_SECRET": f"auth-{suffix}",
+        }
         with kopf_operator(namespace, {**env, **settings}):
             runs.create("ident", **synth(tmp_path, "ident"))
             runs.wait_phase("ident", "Completed", timeout=120)
@@ -227,8 +235,13 @@ def test_flow_account_made_per_namespace_for_a_cluster_wide_install(env, runs, k
             }
         )
         assert review.status.allowed, review.status
+        secret = core.read_namespaced_secret(f"auth-{suffix}", namespace)
+        assert secret.type == "Opaque"
+        assert base64.b64decode(secret.data["auth-string"]).decode() == f"radps:secret-{suffix}"
+        assert secret.metadata.labels["radps.io/flow-cluster-role"] == role
         assert sorted(delete_identities(core, rbac, role)) == [
             f"RoleBinding {namespace}/{account}",
+            f"Secret {namespace}/auth-{suffix}",
             f"ServiceAccount {namespace}/{account}",
         ]
         assert not core.list_namespaced_service_account(
@@ -236,6 +249,35 @@ def test_flow_account_made_per_namespace_for_a_cluster_wide_install(env, runs, k
         ).items
     finally:
         rbac.delete_cluster_role(role)
+
+
+def test_each_run_gets_its_own_network_policy_gone_with_it(env, runs, kube_api, tmp_path):
+    """With the chart's default-deny policies (RADPS_RUN_NETWORK_POLICY), the operator gives
+    each run a policy that admits traffic among the run's own pods only; Kubernetes deletes it
+    with the run (owner reference)."""
+    from kubernetes import client
+
+    networking = client.NetworkingV1Api(kube_api)
+    with kopf_operator(runs.namespace, {**env, "RADPS_RUN_NETWORK_POLICY": "true"}):
+        runs.create("fenced", **synth(tmp_path, "fenced"))
+        runs.wait_phase("fenced", "Completed", timeout=120)
+        uid = runs.get("fenced")["metadata"]["uid"]
+        policy = networking.read_namespaced_network_policy(f"radps-run-{uid}", runs.namespace)
+        runs.delete_all()
+    same_run = {"radps.io/run-uid": uid}
+    assert policy.spec.pod_selector.match_labels == same_run
+    assert sorted(policy.spec.policy_types) == ["Egress", "Ingress"]
+    ((ingress,),) = [rule._from for rule in policy.spec.ingress]
+    ((egress,),) = [rule.to for rule in policy.spec.egress]
+    assert ingress.pod_selector.match_labels == same_run and ingress.namespace_selector is None
+    assert egress.pod_selector.match_labels == same_run and egress.namespace_selector is None
+    (owner,) = policy.metadata.owner_references
+    assert (owner.kind, owner.name, owner.uid) == ("PipelineRun", "fenced", uid)
+    wait_until(
+        lambda: not networking.list_namespaced_network_policy(runs.namespace).items,
+        timeout=60,
+        what="the policy deleted with its run",
+    )
 
 
 class DaskClusters:

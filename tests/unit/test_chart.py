@@ -4,6 +4,7 @@ same against a namespace that enforces it)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from pathlib import Path
@@ -92,9 +93,14 @@ def test_crds_are_included(helm):
 def test_namespaced_by_default_cluster_wide_on_request(helm):
     namespaced = render(helm)
     bindings = [
-        d for d in namespaced if d["kind"] == "RoleBinding" and "operator" in d["metadata"]["name"]
+        (d["metadata"]["name"], d["metadata"]["namespace"])
+        for d in namespaced
+        if d["kind"] == "RoleBinding" and "operator" in d["metadata"]["name"]
     ]
-    assert [b["metadata"]["namespace"] for b in bindings] == ["radps"]
+    assert sorted(bindings) == [
+        ("t-radps-dask-operator", "radps"),
+        ("t-radps-operator-runs", "radps"),
+    ]
     wide = render(helm, "operator.watchNamespaces={*}")
     assert any(
         d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"] == "t-radps-operator-runs"
@@ -255,3 +261,187 @@ def test_values_schema_rejects_bad_values(helm, setting, message):
     )
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def _auth_refs(documents: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every env entry of every container that carries a Prefect auth string, by (pod, name)."""
+    refs = {}
+    for pod, spec in pod_specs(documents):
+        for container in spec["containers"] + spec.get("initContainers", []):
+            for entry in container.get("env", []):
+                if "AUTH_STRING" in entry["name"]:
+                    refs[(f"{pod}/{container['name']}", entry["name"])] = entry
+    return refs
+
+
+def test_prefect_auth_is_on_by_default_from_a_generated_secret(helm):
+    """The server, worker, operator and flow-pod template read the credential from a Secret
+    (never a literal); the chart generates it, and copies it into each other run namespace,
+    where flow pods read it; CSRF is on and CORS allows only the UI's own origin."""
+    documents = render(helm, "operator.watchNamespaces={radps,astro}")
+    secrets = [d for d in documents if d["kind"] == "Secret"]
+    assert sorted(s["metadata"]["namespace"] for s in secrets) == ["astro", "radps"]
+    assert {s["metadata"]["name"] for s in secrets} == {"t-radps-prefect-auth"}
+    (value,) = {s["data"]["auth-string"] for s in secrets}  # one credential, in every copy
+    user, password = base64.b64decode(value).decode().split(":")
+    assert user == "radps" and len(password) == 40 and password.isalnum()
+    refs = _auth_refs(documents)
+    assert set(refs) >= {
+        ("t-radps-prefect-server/prefect-server", "PREFECT_SERVER_API_AUTH_STRING"),
+        ("t-radps-operator/operator", "RADPS_PREFECT_AUTH_STRING"),
+        ("t-radps-operator/operator", "PREFECT_API_AUTH_STRING"),
+        ("t-radps-prefect-worker/worker", "PREFECT_API_AUTH_STRING"),
+        ("t-radps-prefect-worker/work-pool", "PREFECT_API_AUTH_STRING"),
+    }
+    for entry in refs.values():
+        assert "value" not in entry
+        assert entry["valueFrom"]["secretKeyRef"] == {
+            "name": "t-radps-prefect-auth",
+            "key": "auth-string",
+        }
+    # the flow-pod template (radps_operator.work_pool) takes the same Secret by name
+    assert _env(documents, "t-radps-prefect-worker")["RADPS_AUTH_SECRET"] == "t-radps-prefect-auth"
+    server = _env(documents, "t-radps-prefect-server")
+    assert server["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"] == "true"
+    assert server["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"] == "http://localhost:4200"
+    cors = _env(
+        render(helm, "prefect.server.uiApiUrl=https://prefect.example.org/api"),
+        "t-radps-prefect-server",
+    )["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"]
+    assert cors == "https://prefect.example.org"
+
+
+def test_prefect_auth_from_an_existing_secret_or_off(helm):
+    existing = render(
+        helm, "prefect.basicAuth.existingSecret=mine", "prefect.basicAuth.secretKey=k"
+    )
+    assert not [d for d in existing if d["kind"] == "Secret"]  # (helm template cannot read it)
+    for entry in _auth_refs(existing).values():
+        assert entry["valueFrom"]["secretKeyRef"] == {"name": "mine", "key": "k"}
+    off = render(helm, "prefect.basicAuth.enabled=false")
+    assert not [d for d in off if d["kind"] == "Secret"]
+    assert _auth_refs(off) == {}
+    assert _env(off, "t-radps-prefect-worker")["RADPS_AUTH_SECRET"] == ""
+
+
+def test_node_port_needs_prefect_auth(helm):
+    result = subprocess.run(
+        [helm, "template", "t", str(CHART), "--set", "prefect.server.service.type=NodePort",
+         "--set", "prefect.basicAuth.enabled=false"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "NodePort publishes the Prefect API and UI on every node" in result.stderr
+
+
+def test_a_cluster_wide_operator_copies_the_credential_and_is_held_to_its_own_objects(helm):
+    wide = render(helm, "operator.watchNamespaces={*}")
+    env = _env(wide, "t-radps-operator")
+    assert (env["RADPS_AUTH_SECRET"], env["RADPS_AUTH_SECRET_KEY"]) == (
+        "t-radps-prefect-auth",
+        "auth-string",
+    )
+    (secret,) = [d for d in wide if d["kind"] == "Secret"]  # the release namespace's only
+    assert secret["metadata"]["namespace"] == "radps"
+    by_name = {d["metadata"]["name"]: d for d in wide if d["kind"] == "ValidatingAdmissionPolicy"}
+    policy = by_name["t-radps-operator-identities"]["spec"]
+    (condition,) = policy["matchConditions"]
+    assert "system:serviceaccount:radps:t-radps-operator" in condition["expression"]
+    assert "== 't-radps-flow-run'" in policy["validations"][0]["expression"]
+    namespaced = render(helm)
+    assert "t-radps-operator-identities" not in {d["metadata"]["name"] for d in namespaced}
+
+
+def test_the_dask_operator_acts_only_in_the_served_namespaces(helm):
+    """Its pod/service/deployment rights are bound per served namespace (cluster-wide only
+    with "*"); only discovery (CRDs, namespaces) is cluster-wide, and kopf is told the
+    namespaces."""
+    listed = render(helm, "operator.watchNamespaces={astro,radps}")
+    bindings = [
+        (d["kind"], d["metadata"].get("namespace"))
+        for d in listed
+        if d["kind"] in ("RoleBinding", "ClusterRoleBinding")
+        and d["roleRef"]["name"] == "t-radps-dask-operator"
+    ]
+    assert sorted(bindings) == [("RoleBinding", "astro"), ("RoleBinding", "radps")]
+    (discovery,) = [d for d in listed if d["metadata"]["name"] == "t-radps-dask-operator-discovery"
+                    and d["kind"] == "ClusterRole"]  # fmt: skip
+    assert {r for rule in discovery["rules"] for r in rule["resources"]} == {
+        "customresourcedefinitions",
+        "namespaces",
+    }
+    command = dict(pod_specs(listed))["t-radps-dask-operator"]["containers"][0]["command"]
+    assert "--all-namespaces" not in command
+    assert [command[i + 1] for i, a in enumerate(command) if a == "--namespace"] == [
+        "astro",
+        "radps",
+    ]
+    wide = render(helm, "operator.watchNamespaces={*}")
+    assert ("ClusterRoleBinding", "t-radps-dask-operator") in {
+        (d["kind"], d["metadata"]["name"]) for d in wide
+    }
+    assert (
+        "--all-namespaces"
+        in dict(pod_specs(wide))["t-radps-dask-operator"]["containers"][0]["command"]
+    )
+
+
+def _policies(documents: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (
+            d["metadata"].get("namespace", "radps"),
+            d["metadata"]["name"].removeprefix("t-radps-"),
+        ): d["spec"]
+        for d in documents
+        if d["kind"] == "NetworkPolicy"
+    }
+
+
+def test_network_policy_denies_by_default_with_explicit_allows(helm):
+    """Default deny in the control plane's and each served namespace; the Prefect server
+    admits the operator, the worker and the pods of runs in the served namespaces; flow pods
+    may reach the API, and every pod of a run the Prefect server; schedulers admit the dask
+    operator (a run's own pods come in through the policy the operator makes per run); the
+    operator may make those."""
+    documents = render(helm, "operator.watchNamespaces={astro}")
+    policies = _policies(documents)
+    for namespace in ("radps", "astro"):
+        deny = policies[(namespace, "default-deny")]
+        assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+        dns = policies[(namespace, "dns")]["egress"][0]
+        assert "to" not in dns and {p["port"] for p in dns["ports"]} == {53}
+    server = policies[("radps", "prefect-server")]
+    assert server["policyTypes"] == ["Ingress", "Egress"]
+    control_pods, flow_pods = server["ingress"][0]["from"]
+    assert control_pods["podSelector"]["matchExpressions"][1]["values"] == [
+        "operator",
+        "prefect-worker",
+    ]
+    assert flow_pods["namespaceSelector"]["matchExpressions"][0]["values"] == ["astro"]
+    assert flow_pods["podSelector"]["matchExpressions"] == [
+        {"key": "radps.io/run-uid", "operator": "Exists"}  # flow pods and their Dask pods
+    ]
+    flow = policies[("astro", "flow-pods")]
+    assert flow["podSelector"]["matchExpressions"][0]["key"] == "radps.io/pipeline"
+    (api_server,) = flow["egress"]
+    assert {p["port"] for p in api_server["ports"]} == {443, 6443}
+    (prefect,) = policies[("astro", "run-pods")]["egress"]
+    (to_prefect,) = prefect["to"]
+    assert to_prefect["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "radps"
+    }
+    assert to_prefect["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
+        "prefect-server"
+    )
+    schedulers = policies[("astro", "dask-schedulers")]
+    (peer,) = schedulers["ingress"][0]["from"]
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "dask-operator"
+    assert ("radps", "flow-pods") not in policies  # runs are not served there
+    env = _env(documents, "t-radps-operator")
+    assert env["RADPS_RUN_NETWORK_POLICY"] == "true"
+    runs_role = next(d for d in documents if d["metadata"]["name"] == "t-radps-operator-runs")
+    assert {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+            "verbs": ["create"]} in runs_role["rules"]  # fmt: skip
+    off = render(helm, "networkPolicy.enabled=false")
+    assert not _policies(off)
+    assert _env(off, "t-radps-operator")["RADPS_RUN_NETWORK_POLICY"] == "false"

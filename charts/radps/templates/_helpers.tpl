@@ -55,13 +55,46 @@ and images.allowed, as one comma list. */}}
   value: /tmp/prefect
 - name: HOME
   value: /tmp
-{{- if .Values.prefect.basicAuth.existingSecret }}
-- name: PREFECT_API_AUTH_STRING
+{{- include "radps.authEnv" (dict "root" . "name" "PREFECT_API_AUTH_STRING") }}
+{{- end -}}
+
+{{/* The Secret holding the Prefect API's basic-auth string ("user:password"): the one named
+in prefect.basicAuth.existingSecret, or the one the chart generates; empty with auth off. */}}
+{{- define "radps.authSecretName" -}}
+{{- if .Values.prefect.basicAuth.enabled -}}
+{{ .Values.prefect.basicAuth.existingSecret | default (printf "%s-prefect-auth" (include "radps.fullname" .)) }}
+{{- end -}}
+{{- end -}}
+
+{{/* An env entry named .name with the auth string from its Secret (never a literal); nothing
+with auth off: (dict "root" $ "name" "PREFECT_API_AUTH_STRING") */}}
+{{- define "radps.authEnv" -}}
+{{- with include "radps.authSecretName" .root }}
+- name: {{ $.name }}
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.prefect.basicAuth.existingSecret }}
-      key: {{ .Values.prefect.basicAuth.secretKey }}
+      name: {{ . }}
+      key: {{ $.root.Values.prefect.basicAuth.secretKey }}
 {{- end }}
+{{- end -}}
+
+{{/* The auth string (base64) the chart writes into Secrets: the one already in the release
+namespace, so an upgrade keeps it (lookup), or else a new random one for a generated Secret.
+Computed once per render (kept in .Values), so every copy holds the same string. Empty when an
+existing Secret cannot be read (helm template: no cluster). */}}
+{{- define "radps.authStringB64" -}}
+{{- $auth := .Values.prefect.basicAuth }}
+{{- if not (hasKey $auth "_b64") }}
+{{- $b64 := "" }}
+{{- $found := lookup "v1" "Secret" .Release.Namespace (include "radps.authSecretName" .) }}
+{{- if and $found (hasKey ($found.data | default dict) $auth.secretKey) }}
+{{- $b64 = index $found.data $auth.secretKey }}
+{{- else if not $auth.existingSecret }}
+{{- $b64 = printf "radps:%s" (randAlphaNum 40) | b64enc }}
+{{- end }}
+{{- $_ := set $auth "_b64" $b64 }}
+{{- end }}
+{{- $auth._b64 -}}
 {{- end -}}
 
 {{- define "radps.podSecurity" -}}
@@ -79,6 +112,14 @@ securityContext:
 {{- else -}}{{ .Release.Namespace }}{{- end -}}
 {{- end -}}
 
+{{/* The first namespace where runs are served (the release's when the operator serves all):
+where `helm test` applies its PipelineRun, and NOTES.txt's examples */}}
+{{- define "radps.firstRunNamespace" -}}
+{{- if include "radps.clusterWide" . -}}{{ .Release.Namespace }}
+{{- else -}}{{ first (splitList "," (include "radps.watchedNamespaces" .)) }}
+{{- end -}}
+{{- end -}}
+
 {{- define "radps.clusterWide" -}}
 {{- if has "*" .Values.operator.watchNamespaces -}}true{{- end -}}
 {{- end -}}
@@ -91,7 +132,7 @@ securityContext:
 - {name: RADPS_FLOW_SERVICE_ACCOUNT, value: {{ .Values.flowRuns.serviceAccount.name | quote }}}
 - {name: RADPS_DATA_CLAIM, value: {{ .Values.data.existingClaim | quote }}}
 - {name: RADPS_DATA_MOUNT_PATH, value: {{ .Values.data.mountPath | quote }}}
-- {name: RADPS_AUTH_SECRET, value: {{ .Values.prefect.basicAuth.existingSecret | quote }}}
+- {name: RADPS_AUTH_SECRET, value: {{ include "radps.authSecretName" . | quote }}}
 - {name: RADPS_AUTH_SECRET_KEY, value: {{ .Values.prefect.basicAuth.secretKey | quote }}}
 - {name: RADPS_FINISHED_JOB_TTL_SECONDS, value: {{ .Values.flowRuns.finishedJobTtlSeconds | quote }}}
 {{- if not (include "radps.clusterWide" .) }}
@@ -142,6 +183,10 @@ subjects:
 - apiGroups: [""]
   resources: [pods, services, pods/log]
   verbs: [get, list, watch]
+{{- /* radps_flows.origin: the pod runs its flow run only if a PipelineRun here records it */}}
+- apiGroups: [radps.io]
+  resources: [pipelineruns]
+  verbs: [get, list]
 {{- /* No pods/portforward: in the cluster, dask-kubernetes reaches the scheduler through its
 Service, and a port-forward would let the flow pod reach any pod of the namespace past its
 NetworkPolicy. */}}

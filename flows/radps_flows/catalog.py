@@ -16,6 +16,9 @@ import jsonschema
 from prefect import Flow
 from prefect.utilities.callables import parameter_schema
 
+from radps_flows import parameter_rules
+from radps_flows.parameter_rules import ParameterError, brief
+
 
 @dataclass(frozen=True)
 class Pipeline:
@@ -82,13 +85,6 @@ def catalog_info_from_child_process(timeout: float = 300) -> dict[str, PipelineI
     return {row["name"]: PipelineInfo(**row) for row in json.loads(out.stdout)}
 
 
-@dataclass(frozen=True)
-class ParameterError:
-    path: str
-    """Dotted path below `spec.parameters`, empty for the object itself."""
-    message: str
-
-
 @cache
 def pipelines() -> dict[str, Pipeline]:
     from radps_flows.pipelines.calibration import calibration
@@ -115,27 +111,57 @@ def get_pipeline(name: str) -> Pipeline | None:
 def validate_parameters(
     pipeline: Pipeline | PipelineInfo, parameters: dict[str, Any]
 ) -> list[ParameterError]:
-    """Every way `parameters` break the pipeline's schema, each with its exact path."""
-    validator = jsonschema.Draft202012Validator(pipeline.parameter_schema)
+    """Every way `parameters` break the pipeline's schema or its rules
+    (:mod:`radps_flows.parameter_rules`), each with its exact path and what is expected."""
+    schema = pipeline.parameter_schema
+    errors = _schema_errors(schema, parameters, pipeline.name)
+    defaults = {k: p["default"] for k, p in schema["properties"].items() if "default" in p}
+    failed = {e.path for e in errors}
+    errors += [
+        e
+        for e in parameter_rules.check(pipeline.name, parameters, defaults)
+        if e.path not in failed
+    ]
+    return errors
+
+
+def _schema_errors(
+    schema: dict[str, Any], instance: Any, pipeline: str, prefix: str = ""
+) -> list[ParameterError]:
+    validator = jsonschema.Draft202012Validator(schema)
     errors = []
-    for error in sorted(validator.iter_errors(parameters), key=lambda e: list(e.path)):
-        path = ".".join(str(p) for p in error.path)
+    for error in sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.path]):
+        path = _join(prefix, ".".join(str(p) for p in error.path))
         if error.validator == "additionalProperties":
-            allowed = ", ".join(pipeline.parameter_schema["properties"])
-            for unknown in _unexpected(error.instance, pipeline.parameter_schema):
+            allowed = ", ".join(error.schema.get("properties", {}))
+            for unknown in _unexpected(error.instance, error.schema):
                 errors.append(
                     ParameterError(
                         _join(path, unknown),
-                        f"unknown parameter of pipeline {pipeline.name!r} (known: {allowed})",
+                        f"unknown parameter of pipeline {pipeline!r} (known: {allowed})"
+                        if not path
+                        else f"unknown field (known: {allowed})",
                     )
                 )
-            continue
-        if error.validator == "required":
+        elif error.validator == "required":
             missing = error.message.split("'")[1]
-            errors.append(ParameterError(_join(path, missing), "required parameter is missing"))
-            continue
-        errors.append(ParameterError(path, _describe(error)))
+            what = "parameter" if not path else "field"
+            errors.append(ParameterError(_join(path, missing), f"required {what} is missing"))
+        elif error.validator in ("anyOf", "oneOf") and len(_not_null(error.validator_value)) == 1:
+            # `X | None`: null is not the mistake, so say what is wrong as an X
+            only = {**_not_null(error.validator_value)[0], "definitions": _definitions(schema)}
+            errors += _schema_errors(only, error.instance, pipeline, path)
+        else:
+            errors.append(ParameterError(path, _describe(error, schema)))
     return errors
+
+
+def _not_null(options: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in options if o.get("type") != "null"]
+
+
+def _definitions(schema: dict[str, Any]) -> dict[str, Any]:
+    return schema.get("definitions", {})
 
 
 def _unexpected(instance: dict[str, Any], schema: dict[str, Any]) -> list[str]:
@@ -143,19 +169,72 @@ def _unexpected(instance: dict[str, Any], schema: dict[str, Any]) -> list[str]:
 
 
 def _join(prefix: str, name: str) -> str:
+    if not name:
+        return prefix
     return f"{prefix}.{name}" if prefix else name
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
-    got = json.dumps(error.instance)[:80]
+def expected(schema: dict[str, Any], root: dict[str, Any]) -> str:
+    """What `schema` accepts, in words: `"int", "inf" or a number > 0`."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        target = _definitions(root).get(name, {})
+        return f"a {name} mapping ({', '.join(target.get('properties', {}))})"
+    if "enum" in schema:
+        return _or([json.dumps(v) for v in schema["enum"]])
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    if "anyOf" in schema or "oneOf" in schema:
+        return _or([expected(s, root) for s in schema.get("anyOf", schema.get("oneOf"))])
+    kind = schema.get("type", "any value")
+    words = {"integer": "an integer", "number": "a number", "string": "a string"}
+    words |= {"boolean": "true or false", "array": "a list", "object": "a mapping", "null": "null"}
+    text = words.get(kind, str(kind))
+    low = next((f"{op} {schema[k]}" for k, op in _LOWER if k in schema), None)
+    high = next((f"{op} {schema[k]}" for k, op in _UPPER if k in schema), None)
+    bounds = [b for b in (low, high) if b]
+    if low and high and low.startswith(">=") and high.startswith("<="):
+        bounds = [f"from {schema['minimum']} to {schema['maximum']}"]
+    if kind == "integer" and schema.get("multipleOf") == 2:
+        text = "an even integer"
+    if kind == "array" and "items" in schema:
+        text += f" of {expected(schema['items'], root).removeprefix('a ').removeprefix('an ')}s"
+        if schema.get("minItems") == schema.get("maxItems") is not None:
+            bounds.append(f"of exactly {schema['minItems']} items")
+    return " ".join([text, " and ".join(bounds)]) if bounds else text
+
+
+_LOWER = (("minimum", ">="), ("exclusiveMinimum", ">"))
+_UPPER = (("maximum", "<="), ("exclusiveMaximum", "<"))
+
+
+def _or(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _describe(error: jsonschema.ValidationError, root: dict[str, Any]) -> str:
+    got = brief(error.instance)
+    limit = error.validator_value
     match error.validator:
-        case "type":
-            return f"must be of type {error.validator_value}, got {got}"
-        case "minimum" | "exclusiveMinimum" | "maximum" | "exclusiveMaximum":
-            return f"{error.message}"
-        case "enum" | "const":
-            return f"must be one of {error.validator_value}, got {got}"
-    return error.message
+        case "type" | "enum" | "const" | "anyOf" | "oneOf":
+            return f"must be {expected(error.schema, root)}, got {got}"
+        case "minimum":
+            return f"must be >= {limit}, got {got}"
+        case "exclusiveMinimum":
+            return f"must be > {limit}, got {got}"
+        case "maximum":
+            return f"must be <= {limit}, got {got}"
+        case "exclusiveMaximum":
+            return f"must be < {limit}, got {got}"
+        case "multipleOf":
+            return f"must be a multiple of {limit}, got {got}"
+        case "minItems" | "maxItems":
+            bound = "at least" if error.validator == "minItems" else "at most"
+            return f"must have {bound} {limit} items, got {len(error.instance)}"
+        case "minLength" | "maxLength":
+            bound = "at least" if error.validator == "minLength" else "at most"
+            return f"must have {bound} {limit} characters, got {len(error.instance)}"
+    return f"{error.message[:200]}"
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ PLURAL = PIPELINERUN_PLURAL
 SINGULAR = "pipelinerun"
 SHORT_NAMES = ("prun",)
 
+MAX_TIMEOUT_SECONDS = 30 * 24 * 3600
+"""A run's longest allowed timeout (30 days); beyond it deadline arithmetic means nothing."""
+MAX_TTL_SECONDS = 366 * 24 * 3600
+
 MAX_PARAMETERS_BYTES = 512 * 1024
 """Serialized size limit of `spec.parameters`: keeps objects far below etcd's 1.5 MiB limit."""
 
@@ -149,6 +153,7 @@ class PipelineRunSpec(_SpecModel):
     timeout_seconds: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_TIMEOUT_SECONDS,
         description="Cancel the run and mark it TimedOut after this many seconds of running.",
     )
     retries: int = Field(
@@ -162,6 +167,7 @@ class PipelineRunSpec(_SpecModel):
     ttl_seconds_after_finished: int | None = Field(
         default=None,
         ge=0,
+        le=MAX_TTL_SECONDS,
         description="Delete the PipelineRun this many seconds after it finished; "
         "unset keeps it forever.",
     )

@@ -164,16 +164,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     home = radps_home()
     configure_process_env(home, args.verbose)
     from radps_operator.local.runner import run_locally
-    from radps_operator.validation import InvalidPipelineRun, load_manifest, validate_manifest
+    from radps_operator.validation import (
+        InvalidPipelineRun,
+        check_local_paths,
+        load_manifest,
+        local_outputs,
+        validate_manifest,
+    )
 
     runs = []
+    produced: list[str] = []
     for path in args.files:
         try:
-            runs.append(validate_manifest(load_manifest(path)))
+            run = validate_manifest(load_manifest(path))
+            errors = check_local_paths(run.spec, produced)
+            if errors:
+                raise InvalidPipelineRun(errors)
         except InvalidPipelineRun as invalid:
             for error in invalid.errors:
                 stderr.print(f"[red]{path}[/]: {error}")
             return EXIT_INVALID
+        runs.append(run)
+        produced += local_outputs(run.spec)
     results = run_locally(runs, home, stdout)
     if len(results) < len(runs):
         skipped = ", ".join(str(p) for p in args.files[len(results) :])

@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import logging
+import os
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import ValidationError
 
-from radps_operator import api, image_policy
+from radps_flows.parameter_rules import brief
+from radps_operator import api, image_policy, manifest_yaml, plain_json, quantity
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from radps_flows.catalog import PipelineInfo
@@ -49,13 +53,12 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
 
 
 def parse_manifest(text: str, source: str = "<input>") -> dict[str, Any]:
+    """One PipelineRun document of plain JSON values (see :mod:`radps_operator.manifest_yaml`)."""
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InvalidPipelineRun([FieldError(where, f"YAML syntax error: {problem}")]) from None
+        documents = manifest_yaml.load_documents(text)
+    except manifest_yaml.ManifestYAMLError as exc:
+        where = source if exc.line is None else f"{source}:{exc.line}:{exc.column}"
+        raise InvalidPipelineRun([FieldError(where, exc.message)]) from None
     if not documents:
         raise InvalidPipelineRun([FieldError(source, "empty: expected one PipelineRun")])
     if len(documents) > 1:
@@ -77,20 +80,26 @@ def parse_manifest(text: str, source: str = "<input>") -> dict[str, Any]:
 
 
 def validate_manifest(
-    document: dict[str, Any], allowed_images: tuple[str, ...] | None = None
+    document: dict[str, Any],
+    allowed_images: tuple[str, ...] | None = None,
+    catalog: Mapping[str, PipelineInfo] | None = None,
 ) -> api.PipelineRun:
-    """The parsed PipelineRun, or InvalidPipelineRun listing every problem found.
-    ``allowed_images`` defaults to :func:`image_policy.from_env`."""
+    """The parsed PipelineRun, or InvalidPipelineRun listing every problem found, the spec's
+    and the parameters' together. ``allowed_images`` defaults to
+    :func:`image_policy.from_env`, ``catalog`` to this process's own."""
     errors = _check_type_meta(document)
     if errors:  # another kind of object: its fields would only produce noise
         raise InvalidPipelineRun(errors)
+    document, errors = _checked_copy(document, "")
     try:
         run = api.PipelineRun.model_validate(document)
     except ValidationError as exc:
-        raise InvalidPipelineRun(pydantic_errors(exc)) from None
-    errors = check_image(run.spec, allowed_images) + check_spec_against_catalog(run.spec)
+        errors += pydantic_errors(exc)
+    spec = document.get("spec")
+    if isinstance(spec, dict):
+        errors += check_spec_rules(spec, catalog, allowed_images)
     if errors:
-        raise InvalidPipelineRun(errors)
+        raise InvalidPipelineRun(_first_per_field(errors))
     return run
 
 
@@ -99,25 +108,79 @@ def validate_spec(
     catalog: Mapping[str, PipelineInfo] | None = None,
     allowed_images: tuple[str, ...] | None = None,
 ) -> api.PipelineRunSpec:
-    """The operator's entry: the spec of an object the API server already admitted."""
+    """The operator's entry: the spec of an object the API server already admitted. Never
+    raises anything but InvalidPipelineRun, whatever `spec` holds."""
     try:
-        parsed = api.PipelineRunSpec.model_validate(spec)
-    except ValidationError as exc:
-        raise InvalidPipelineRun(pydantic_errors(exc, prefix="spec")) from None
-    errors = check_image(parsed, allowed_images) + check_spec_against_catalog(parsed, catalog)
+        spec, errors = _checked_copy(spec, "spec")
+        try:
+            parsed = api.PipelineRunSpec.model_validate(spec)
+        except ValidationError as exc:
+            errors += pydantic_errors(exc, prefix="spec")
+        errors += check_spec_rules(spec, catalog, allowed_images)
+    except InvalidPipelineRun:
+        raise
+    except Exception as exc:  # a validator bug must not stop the operator serving other runs
+        log.exception("checking a spec failed")
+        raise InvalidPipelineRun(
+            [FieldError("spec", f"could not be checked ({type(exc).__name__}: {exc})")]
+        ) from None
     if errors:
-        raise InvalidPipelineRun(errors)
+        raise InvalidPipelineRun(_first_per_field(errors))
     return parsed
 
 
-def check_image(
-    spec: api.PipelineRunSpec, allowed: tuple[str, ...] | None = None
+def check_spec_rules(
+    spec: dict[str, Any],
+    catalog: Mapping[str, PipelineInfo] | None = None,
+    allowed_images: tuple[str, ...] | None = None,
 ) -> list[FieldError]:
+    """What the spec's schema cannot say: the allowed images, requests within limits, the
+    pipeline's parameters. Works on the raw spec, so a mistake elsewhere in it never hides
+    these."""
+    errors = []
+    image = spec.get("image")
+    if isinstance(image, str):
+        errors += check_image(image, allowed_images)
+    for field in ("resources", "dask.workerResources"):
+        section: Any = spec
+        for part in field.split("."):
+            section = section.get(part) if isinstance(section, dict) else None
+        errors += check_requests_within_limits(section, f"spec.{field}")
+    pipeline = spec.get("pipeline")
+    parameters = spec.get("parameters", {})
+    if isinstance(pipeline, str) and isinstance(parameters, dict):
+        errors += check_parameters(pipeline, parameters, catalog)
+    return errors
+
+
+def check_image(image: str, allowed: tuple[str, ...] | None = None) -> list[FieldError]:
     """`spec.image` against the allowed images (see :mod:`radps_operator.image_policy`)."""
     allowed = image_policy.from_env() if allowed is None else allowed
-    if spec.image is None or image_policy.allows(allowed, spec.image):
+    if image_policy.allows(allowed, image):
         return []
-    return [FieldError("spec.image", image_policy.rejection(allowed, spec.image))]
+    return [FieldError("spec.image", image_policy.rejection(allowed, image))]
+
+
+def check_requests_within_limits(resources: Any, prefix: str) -> list[FieldError]:
+    """A request above its limit is refused by the API server only when the pod is created,
+    minutes into a run; here it is refused before anything starts."""
+    if not isinstance(resources, dict):
+        return []
+    requests, limits = resources.get("requests"), resources.get("limits")
+    if not isinstance(requests, dict) or not isinstance(limits, dict):
+        return []
+    errors = []
+    for name in sorted(set(requests) & set(limits)):
+        request, limit = quantity.parse(requests[name]), quantity.parse(limits[name])
+        if request is not None and limit is not None and request > limit:
+            errors.append(
+                FieldError(
+                    f"{prefix}.requests.{name}",
+                    f"request {requests[name]} is above the limit {limits[name]} "
+                    f"({prefix}.limits.{name})",
+                )
+            )
+    return errors
 
 
 def _check_type_meta(document: dict[str, Any]) -> list[FieldError]:
@@ -126,26 +189,44 @@ def _check_type_meta(document: dict[str, Any]) -> list[FieldError]:
         errors.append(
             FieldError(
                 "apiVersion",
-                f"must be {api.API_VERSION!r}, got {document.get('apiVersion')!r}",
+                f"must be {api.API_VERSION!r}, got {brief(document.get('apiVersion'))}",
             )
         )
     if document.get("kind") != api.KIND:
-        errors.append(FieldError("kind", f"must be {api.KIND!r}, got {document.get('kind')!r}"))
+        errors.append(
+            FieldError("kind", f"must be {api.KIND!r}, got {brief(document.get('kind'))}")
+        )
     return errors
 
 
-def check_spec_against_catalog(
-    spec: api.PipelineRunSpec, catalog: Mapping[str, PipelineInfo] | None = None
+def _checked_copy(value: Any, prefix: str) -> tuple[Any, list[FieldError]]:
+    """`value` with what no validator may see (they recurse, or crash printing a huge
+    integer) replaced by None, and why; past depth or size limits nothing else is checked."""
+    try:
+        copy, problems = plain_json.checked_copy(value, prefix)
+    except plain_json.Unbounded as exc:
+        field, _, message = str(exc).partition(": ")
+        raise InvalidPipelineRun([FieldError(field, message)]) from None
+    return copy, [FieldError(field, message) for field, message in problems]
+
+
+def check_parameters(
+    pipeline_name: str,
+    parameters: dict[str, Any],
+    catalog: Mapping[str, PipelineInfo] | None = None,
 ) -> list[FieldError]:
-    """`catalog` defaults to this process's own (which imports every pipeline)."""
+    """`spec.pipeline` and `spec.parameters` against the catalog (default: this process's
+    own, which imports every pipeline)."""
     from radps_flows.catalog import catalog_info, validate_parameters
 
     catalog = catalog_info() if catalog is None else catalog
-    pipeline = catalog.get(spec.pipeline)
+    pipeline = catalog.get(pipeline_name)
     if pipeline is None:
         known = ", ".join(sorted(catalog))
-        return [FieldError("spec.pipeline", f"unknown pipeline {spec.pipeline!r} (known: {known})")]
-    size = len(json.dumps(spec.parameters, separators=(",", ":")).encode())
+        return [
+            FieldError("spec.pipeline", f"unknown pipeline {brief(pipeline_name)} (known: {known})")
+        ]
+    size = len(json.dumps(parameters, separators=(",", ":"), default=repr).encode())
     if size > api.MAX_PARAMETERS_BYTES:
         return [
             FieldError(
@@ -156,8 +237,27 @@ def check_spec_against_catalog(
         ]
     return [
         FieldError(_join("spec.parameters", e.path), e.message)
-        for e in validate_parameters(pipeline, spec.parameters)
+        for e in validate_parameters(pipeline, parameters)
     ]
+
+
+MAX_ERRORS = 30
+
+
+def _first_per_field(errors: list[FieldError]) -> list[FieldError]:
+    """One message per field, none for what lies inside a field already reported (a list
+    too long says so once, not once per item), at most MAX_ERRORS in all."""
+    reported: list[str] = []
+    out = []
+    for error in errors:
+        if any(error.field == f or error.field.startswith(f + ".") for f in reported):
+            continue
+        reported.append(error.field)
+        out.append(error)
+    if len(out) > MAX_ERRORS:
+        more = len(out) - MAX_ERRORS
+        out = [*out[:MAX_ERRORS], FieldError("(manifest)", f"{more} more errors not shown")]
+    return out
 
 
 def pydantic_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
@@ -181,14 +281,51 @@ def _reason(error: dict[str, Any]) -> str:
     if kind == "string_pattern_mismatch" and error["ctx"]["pattern"] == api.DNS_LABEL_PATTERN:
         return (
             "must be a lowercase DNS label: a-z, 0-9 and '-', starting and ending "
-            f"alphanumeric, at most 63 characters (got {json.dumps(value)})"
+            f"alphanumeric, at most 63 characters (got {brief(value)})"
         )
-    shown = json.dumps(value, default=str)[:80] if value is not None else "null"
     message = error["msg"].removeprefix("Value error, ")
-    return f"{message} (got {shown})"
+    return f"{message} (got {brief(value)})"
 
 
 def _join(prefix: str, name: str) -> str:
     if not name:
         return prefix
     return f"{prefix}.{name}" if prefix else name
+
+
+def check_local_paths(
+    spec: api.PipelineRunSpec, produced: Collection[str] = ()
+) -> list[FieldError]:
+    """For `radps run`, where the data are on this machine: inputs exist (or are the outputs
+    of runs earlier in the same command, `produced`, resolved), and the overlap rules hold for
+    the paths as resolved (symlinks followed), which a lexical check misses."""
+    from radps_flows.parameter_rules import DATA_PARAMETERS, check_resolved_overlap
+
+    data = DATA_PARAMETERS.get(spec.pipeline)
+    if data is None:
+        return []
+    errors = []
+    resolved = {}
+    for name in data.inputs + data.outputs:
+        value = spec.parameters.get(name)
+        if not isinstance(value, str):
+            continue
+        path = resolved[name] = os.path.realpath(value)
+        made_before = any(path == p or path.startswith(p + os.sep) for p in produced)
+        if name in data.inputs and not made_before and not os.path.exists(path):
+            errors.append(FieldError(f"spec.parameters.{name}", f"no such file or folder: {value}"))
+    errors += [
+        FieldError(f"spec.parameters.{e.path}", e.message)
+        for e in check_resolved_overlap(data, resolved)
+    ]
+    return errors
+
+
+def local_outputs(spec: api.PipelineRunSpec) -> list[str]:
+    """Where a run's products will be, resolved: inputs of the runs after it may name them."""
+    from radps_flows.parameter_rules import DATA_PARAMETERS
+
+    data = DATA_PARAMETERS.get(spec.pipeline)
+    outputs = [spec.parameters.get(name) for name in (data.outputs if data else ())]
+    paths = [os.path.realpath(p) for p in outputs if isinstance(p, str)]
+    return paths + [p + ".ps.zarr" for p in paths if spec.pipeline == "synthesize"]

@@ -22,6 +22,8 @@ import pytest
 import yaml
 from astropy.io import fits
 
+from radps_flows.manifest import verify
+from radps_flows.staging import leftover_staging
 from tests.conftest import RADPS, RadpsServer, running_radps_server, shared_dir
 
 pytestmark = pytest.mark.integration
@@ -147,23 +149,65 @@ def test_real_vla_set_reproduces_casa_dirty_image(
     assert np.corrcoef(ours[inner].ravel(), casa[inner].ravel())[0, 1] >= 0.999
 
 
-def test_missing_input_fails_with_a_clear_message(radps_server: RadpsServer, tmp_path: Path):
-    missing = tmp_path / "nowhere.ms"
-    run = manifest(tmp_path, "missing", "imaging", {"input": str(missing), "output": str(tmp_path)})
-    code, output = radps_run(radps_server.env(), run)
-    assert code == 1
-    assert "Failed" in output
-    assert "InputDataError" in output and str(missing) in output
-
-
 def test_unreadable_input_fails_with_a_clear_message(radps_server: RadpsServer, tmp_path: Path):
     garbage = tmp_path / "garbage.ms"
     garbage.mkdir()
     (garbage / "table.dat").write_bytes(b"not a casacore table")
-    run = manifest(tmp_path, "garbage", "imaging", {"input": str(garbage), "output": str(tmp_path)})
+    out = tmp_path / "out"
+    run = manifest(tmp_path, "garbage", "imaging", {"input": str(garbage), "output": str(out)})
     code, output = radps_run(radps_server.env(), run)
     assert code == 1
     assert "InputDataError" in output and str(garbage) in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.ms", "garbage.yaml"]
+
+
+def test_outputs_are_whole_or_absent(radps_server: RadpsServer, tmp_path: Path):
+    """A completed run commits its products with a manifest; a re-run does not overwrite
+    them unless told to, and then replaces them only when it completes; a run that fails
+    after it began writing leaves nothing behind; a model image without its manifest is
+    refused."""
+    env = radps_server.env()
+    sky = tmp_path / "sky.ps.zarr"
+    parameters = {"output": str(sky), "n_antennas": 6, "n_times": 4, "n_channels": 4}
+    synth = manifest(tmp_path, "synth", "synthesize", parameters)
+    code, output = radps_run(env, synth)
+    assert code == 0, output
+    manifest_path = tmp_path / "sky.manifest.json"
+    document = json.loads(manifest_path.read_text())
+    assert {p["path"] for p in document["products"]} == {"sky.ps.zarr", "sky.truth.json"}
+    assert document["provenance"]["flow_run_id"] == flow_run_ids(output)[0]
+    verify(sky)
+    truth = (tmp_path / "sky.truth.json").read_text()
+
+    code, output = radps_run(env, synth)
+    assert code == 1
+    assert f"output {sky} already exists and is not empty" in " ".join(output.split())
+    assert manifest_path.read_text() == json.dumps(document, indent=1) + "\n"
+
+    again = manifest(
+        tmp_path, "again", "synthesize", {**parameters, "n_times": 6, "overwrite": True}
+    )
+    code, output = radps_run(env, again)
+    assert code == 0, output
+    assert (tmp_path / "sky.truth.json").read_text() != truth
+    verify(sky)
+
+    fake_model = tmp_path / "model.fits"
+    fake_model.write_bytes(b"SIMPLE  =                    T" + b" " * 2850)
+    out = tmp_path / "cal"
+    cal = manifest(
+        tmp_path,
+        "cal",
+        "calibration",
+        {"input": str(sky), "output": str(out), "model_image": str(fake_model)},
+    )
+    code, output = radps_run(env, cal)
+    assert code == 1
+    assert "no manifest.json beside it, so it is not a complete radps product" in " ".join(
+        output.split()
+    )
+    assert not out.exists() and not leftover_staging(out)
+    assert not leftover_staging(sky)
 
 
 def test_full_disk_fails_with_a_clear_message(radps_server: RadpsServer, tmp_path: Path):
@@ -182,10 +226,12 @@ def test_full_disk_fails_with_a_clear_message(radps_server: RadpsServer, tmp_pat
             {"output": str(small / "sky.ps.zarr"), "n_antennas": 12, "n_times": 20},
         )
         code, output = radps_run(radps_server.env(), run)
+        left = list(small.iterdir())
     finally:
         subprocess.run(["umount", str(small)], check=True)
     assert code == 1
     assert "no space left on device" in output.lower()
+    assert left == []  # rolled back: no partial store, no staging folder
 
 
 def _descendants(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
@@ -219,8 +265,8 @@ def _interrupt_while_running(
             start_new_session=True,
         )
         deadline = time.monotonic() + 120
-        # the synthesizer writes the store's metadata first: the task is running
-        while not (tmp_path / "long.ps.zarr").exists():
+        # the synthesizer writes the store's metadata first (in staging): the task is running
+        while not list(tmp_path.glob(".long.ps.zarr.staging-*/long.ps.zarr")):
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the flow never started writing"
             time.sleep(0.2)
@@ -257,6 +303,7 @@ def test_ctrl_c_cancels_the_flow_run(radps_server: RadpsServer, tmp_path: Path):
     code, output, started, _ = _interrupt_while_running(radps_server.env(), tmp_path)
     assert code == 130, output
     assert "Cancelled" in output
+    assert not (tmp_path / "long.ps.zarr").exists()  # nothing that looks complete
     _assert_all_gone(started)
     (flow_run_id,) = flow_run_ids(output)
     flow_run, _ = prefect_flow_run(radps_server, flow_run_id)
@@ -309,3 +356,29 @@ def test_radps_server_behind_basic_auth(tmp_path: Path):
         )
         assert code == 0, output
         assert (tmp_path / "auth.ps.zarr").is_dir()
+
+
+def test_paths_are_checked_on_this_machine_before_anything_starts(tmp_path):
+    """A missing input, and an output that lies inside the input once a symlink is followed
+    (lexically it does not), are refused with both fields before any server starts; the
+    input of a later manifest may be the output of an earlier one."""
+    data = tmp_path / "data"
+    (data / "in.ps.zarr").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(data / "in.ps.zarr")
+    env = {**os.environ, "RADPS_HOME": str(tmp_path / "home")}
+    missing = manifest(
+        tmp_path, "missing", "flagging", {"input": str(data / "absent.ms"), "output": "/x/o"}
+    )
+    code, output = radps_run(env, missing, timeout=120)
+    assert code == 2
+    assert f"spec.parameters.input: no such file or folder: {data / 'absent.ms'}" in output
+    inside = manifest(
+        tmp_path,
+        "inside",
+        "flagging",
+        {"input": str(data / "in.ps.zarr"), "output": str(tmp_path / "link" / "products")},
+    )
+    code, output = radps_run(env, inside, timeout=120)
+    assert code == 2
+    assert "spec.parameters.output: lies inside input" in output
+    assert not (data / "in.ps.zarr" / "products").exists()

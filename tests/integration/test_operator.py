@@ -78,7 +78,12 @@ def test_failing_flow_and_invalid_spec(env, runs, tmp_path):
         )
         runs.create("invalid", pipeline="synthesize", parameters={"n_antennas": "four"})
         runs.create("evil-image", **synth(tmp_path, "evil"), image="attacker.invalid/evil:1")
+        deep: list = []
+        for _ in range(1000):  # once a RecursionError in the operator's validation
+            deep = [deep]
+        runs.create("deep", pipeline="synthesize", parameters={"output": "/o", "sources": deep})
         invalid = runs.wait_phase("invalid", "Failed", timeout=30)
+        deep_run = runs.wait_phase("deep", "Failed", timeout=30)
         evil = runs.wait_phase("evil-image", "Failed", timeout=30)
         failed = runs.wait_phase("bad-input", "Failed", timeout=120)
         runs.delete_all()
@@ -87,6 +92,9 @@ def test_failing_flow_and_invalid_spec(env, runs, tmp_path):
     assert "spec.parameters.n_antennas" in invalid["message"]
     assert "prefect" not in invalid
     assert ("Warning", "InvalidSpec") in [(t, r) for t, r, _ in runs.events("invalid")]
+    assert condition(deep_run, "Succeeded")["reason"] == "InvalidSpec"
+    assert "spec.parameters.sources.0.0" in deep_run["message"]
+    assert "nested deeper than 32 levels" in deep_run["message"]
     # An image outside the allowed list (the default: radps) never reaches Prefect, so no
     # pod of it can exist.
     assert condition(evil, "Succeeded")["reason"] == "InvalidSpec"

@@ -122,3 +122,12 @@ def test_a_model_the_predictor_cannot_use_is_refused_by_keyword(tmp_path, attrs,
     path = write_fits(_image(**attrs), tmp_path / "bad.fits")
     with pytest.raises(ModelImageError, match=keyword):
         read_model_image(path)
+
+
+def test_a_truncated_model_image_is_a_clear_error(tmp_path):
+    """Its header is whole, its data unit is not: astropy raises TypeError reading it."""
+    model = _image(bunit="Jy/pixel", reference_pixel=[16, 16])
+    path = write_fits(model, tmp_path / "model.fits")
+    path.write_bytes(path.read_bytes()[: 2880 + 1000])
+    with pytest.raises(ModelImageError, match="not a readable FITS image"):
+        read_model_image(path)

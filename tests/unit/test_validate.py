@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from radps_operator.cli import main
+from radps_operator.validation import InvalidPipelineRun, validate_spec
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "manifests" / "examples").glob("*.yaml"))
 
@@ -65,12 +67,12 @@ def test_shipped_examples_are_valid(example, capsys):
         ),
         pytest.param(
             _replace("radps.io/v1alpha1", "radps.io/v1"),
-            "apiVersion: must be 'radps.io/v1alpha1', got 'radps.io/v1'",
+            "apiVersion: must be 'radps.io/v1alpha1', got \"radps.io/v1\"",
             id="wrong-api-version",
         ),
         pytest.param(
             _replace("kind: PipelineRun", "kind: Job"),
-            "kind: must be 'PipelineRun', got 'Job'",
+            "kind: must be 'PipelineRun', got \"Job\"",
             id="wrong-kind",
         ),
         pytest.param(
@@ -80,7 +82,7 @@ def test_shipped_examples_are_valid(example, capsys):
         ),
         pytest.param(
             _replace("pipeline: imaging", "pipeline: imagine"),
-            "spec.pipeline: unknown pipeline 'imagine' "
+            'spec.pipeline: unknown pipeline "imagine" '
             "(known: calibration, flagging, imaging, synthesize)",
             id="unknown-pipeline",
         ),
@@ -91,12 +93,12 @@ def test_shipped_examples_are_valid(example, capsys):
         ),
         pytest.param(
             _replace("imsize: 256", "imsize: big"),
-            'spec.parameters.imsize: must be of type integer, got "big"',
+            'spec.parameters.imsize: must be an even integer from 16 to 65536, got "big"',
             id="mistyped-parameter",
         ),
         pytest.param(
             _replace("imsize: 256", "imsize: 4"),
-            "spec.parameters.imsize: 4 is less than the minimum of 16",
+            "spec.parameters.imsize: must be >= 16, got 4",
             id="parameter-out-of-range",
         ),
         pytest.param(
@@ -190,3 +192,180 @@ def test_allowed_images_come_from_the_environment(tmp_path, capsys, monkeypatch)
     code, output = _validate(tmp_path, capsys, text.replace("ghcr.io/org/", "ghcr.io/orgx/"))
     assert code == 2
     assert "allowed: radps (any tag), ghcr.io/org/ (any repository below)" in output
+
+
+# What the fuzzing of issue 12 found: each crashed, was unclear, or was wrongly accepted.
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    cell_arcsec: .nan"),
+            "spec.parameters.cell_arcsec: must be a finite number, got nan",
+            id="nan",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    cell_arcsec: -.inf"),
+            "spec.parameters.cell_arcsec: must be a finite number, got -inf",
+            id="inf",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: " + "9" * 5000),
+            "spec.parameters.imsize: integer of 5000 digits is out of range",
+            id="5000-digit-integer",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    imsize: 512"),
+            "run.yaml:11:5: duplicate key 'imsize' (first on line 10)",
+            id="duplicate-key",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    model_image: !!binary aGVsbG8="),
+            "has no JSON equivalent",
+            id="binary-tag",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    mask: !!set {a, b}"),
+            "has no JSON equivalent",
+            id="set-tag",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    1: x"),
+            "mapping key '1' is a int, not a string: quote it",
+            id="integer-key",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    model: " + "[" * 100 + "]" * 100),
+            "nested deeper than 32 levels",
+            id="nested-100-deep",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    model: " + "[" * 1000 + "]" * 1000),
+            "exceeded maximum nesting depth",
+            id="nested-1000-deep",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 255"),
+            "spec.parameters.imsize: must be a multiple of 2, got 255",
+            id="odd-imsize",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    weighting: briggs"),
+            "spec.parameters.weighting: briggs weighting is implemented with clean: true",
+            id="briggs-without-clean",
+        ),
+        pytest.param(
+            _replace(
+                "imsize: 256",
+                "imsize: 256\n    clean: true\n    mask: [[0, 0, 10, 10], [200, 200, 256, 250]]",
+            ),
+            "spec.parameters.mask.1: box [200, 200, 256, 250] must satisfy 0 <= x0 <= x1 < imsize",
+            id="mask-outside-image",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    rms_box: [1, 2, 3]"),
+            "spec.parameters.rms_box: must have at least 4 items, got 3",
+            id="short-box-not-anyof",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    solint: sometimes"),
+            'spec.parameters.solint: must be "int" or "inf" or a number > 0, got "sometimes"',
+            id="solint-alternatives-in-words",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    model: [{flux_jy: bright}]"),
+            'spec.parameters.model.0.flux_jy: must be a number, got "bright"',
+            id="model-item-field",
+        ),
+        pytest.param(
+            _replace("memory: 1Gi}", "memory: 8Gi}"),
+            "spec.resources.requests.memory: request 8Gi is above the limit 4Gi",
+            id="request-above-limit",
+        ),
+        pytest.param(
+            _replace("  dask:", "  timeoutSeconds: 1000000000000\n  dask:"),
+            "spec.timeoutSeconds: Input should be less than or equal to 2592000",
+            id="timeout-bounded",
+        ),
+        pytest.param(
+            _replace("output: /data/out", "output: /data/in.ms"),
+            "spec.parameters.output: is the same path as input (/data/in.ms)",
+            id="output-is-input",
+        ),
+        pytest.param(
+            _replace("output: /data/out", "output: /data"),
+            "spec.parameters.output: contains input (/data/in.ms)",
+            id="output-contains-input",
+        ),
+        pytest.param(
+            _replace("output: /data/out", "output: /data/in.ms/products"),
+            "spec.parameters.output: lies inside input (/data/in.ms)",
+            id="output-inside-input",
+        ),
+        pytest.param(
+            _replace("input: /data/in.ms", "input: ../../etc"),
+            "spec.parameters.input: must not contain '..'",
+            id="dot-dot",
+        ),
+        pytest.param(
+            _replace("input: /data/in.ms", "input: /proc/self/environ"),
+            "spec.parameters.input: '/proc/self/environ' is in the system tree /proc",
+            id="proc",
+        ),
+    ],
+)
+def test_fuzz_findings_are_clear_rejections(tmp_path, capsys, text, expected):
+    code, output = _validate(tmp_path, capsys, text)
+    assert code == 2
+    assert expected in output
+    assert len(output) < 2000
+
+
+def test_unquoted_date_is_the_string_written(tmp_path, capsys):
+    """As `kubectl apply` reads it: not a crash in the size check, not a datetime."""
+    code, output = _validate(tmp_path, capsys, _replace("/data/out", "2024-05-01"))
+    assert code == 0, output
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path, capsys):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    bomb = "\n".join(lines) + "\n"
+    started = time.perf_counter()
+    code, output = _validate(tmp_path, capsys, VALID + bomb.replace("a", "  a", 0))
+    assert time.perf_counter() - started < 1
+    assert code == 2
+    assert "expands to more than 200,000 values (through YAML aliases?)" in output
+
+
+def test_a_huge_list_is_not_echoed(tmp_path, capsys):
+    items = ", ".join(["[0, 0, 1, 1]"] * 20000)
+    code, output = _validate(
+        tmp_path, capsys, _replace("imsize: 256", f"imsize: 256\n    rms_box: [{items}]")
+    )
+    assert code == 2
+    assert "spec.parameters.rms_box: must have at most 4 items, got 20000" in output
+    assert len(output) < 1000
+
+
+def test_outer_errors_do_not_hide_parameter_errors(tmp_path, capsys):
+    text = _replace("  dask:", "  daskk:").replace("imsize: 256", "imsize: 4")
+    code, output = _validate(tmp_path, capsys, text)
+    assert code == 2
+    assert "spec.daskk: unknown field" in output
+    assert "spec.parameters.imsize: must be >= 16, got 4" in output
+
+
+def test_the_operator_check_never_raises_anything_else():
+    """What the API server may hand the operator: free-form parameters of any depth."""
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    spec = {"pipeline": "imaging", "parameters": {"input": "/a", "output": "/b", "model": deep}}
+    with pytest.raises(InvalidPipelineRun) as caught:
+        validate_spec(spec, allowed_images=("radps",))
+    assert "nested deeper than 32 levels" in str(caught.value)
+    spec["parameters"] = {"input": "/a", "output": "/b", "imsize": 10**5000}
+    with pytest.raises(InvalidPipelineRun, match=r"spec\.parameters\.imsize: integer out of range"):
+        validate_spec(spec, allowed_images=("radps",))

@@ -138,7 +138,7 @@ def read_model_image(path: str | os.PathLike) -> xr.DataArray:
     try:
         with fits.open(path) as hdus:
             header, data = hdus[0].header, hdus[0].data
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:  # TypeError: a truncated data unit
         raise ModelImageError(f"{path}: not a readable FITS image: {exc}") from exc
     if data is None or data.ndim < 2:
         raise ModelImageError(f"{path}: no image in the primary HDU")

@@ -603,7 +603,7 @@ def _compute_block(
 # Writing
 
 
-def _store_path(output: str | os.PathLike) -> Path:
+def store_path(output: str | os.PathLike) -> Path:
     text = os.fspath(output)
     if not text.endswith("ps.zarr"):  # xradio's own rule
         text += ".ps.zarr"
@@ -902,7 +902,7 @@ def synthesize_processing_set(
     """
     spec = SynthesisSpec() if spec is None else spec
     started = time.perf_counter()
-    store = _store_path(output)
+    store = store_path(output)
     if store.exists() or store.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{store} exists (pass overwrite=True to replace it)")

@@ -15,6 +15,7 @@ import xarray as xr
 from prefect import flow, task
 from pydantic import Field
 
+from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import calibration as cal
 from radps_flows.pipelines import blocks as blk
@@ -25,7 +26,6 @@ from radps_flows.pipelines.common import (
     merge_gains,
     plot_gains,
     publish_gain_table,
-    writable_folder,
     write_gains,
 )
 from radps_flows.pipelines.imaging import _steps, open_visibilities
@@ -35,6 +35,7 @@ from radps_flows.pipelines.outputs import (
     publish_outputs,
     publish_preview,
 )
+from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
 
 STAGES = 4
@@ -84,7 +85,7 @@ def apply(
     store: str, datasets: list[xr.Dataset], tables: dict[str, xr.Dataset], output: str
 ) -> list[Output]:
     """Calibrated copy of the input: corrected VISIBILITY and FLAG, chunk by chunk."""
-    dest = msv4.copy_processing_set(store, msv4.output_store(output, "calibrated"))
+    dest = msv4.copy_processing_set(store, msv4.output_store(output, "calibrated"), "calibration")
     with blk.executor() as ex:
         for ds in datasets:
             name = ds.attrs["partition_name"]
@@ -113,6 +114,7 @@ def calibration(
     solint: Solint = "int",
     minsnr: Annotated[float, Field(ge=0)] = 3.0,
     block_mb: Annotated[float, Field(gt=0)] = blk.DEFAULT_BLOCK_MB,
+    overwrite: bool = False,
 ) -> list[dict[str, str]]:
     """Antenna gain calibration (StEFCal): gain table and a calibrated MSv4 copy.
 
@@ -127,20 +129,25 @@ def calibration(
         solint: Solution interval: "int" (each integration), "inf" or seconds.
         minsnr: Flag solutions below this SNR (and the data they calibrate).
         block_mb: Visibility megabytes per block of work.
+        overwrite: Replace an existing output when this run completes (otherwise an existing
+            non-empty output is an error).
     """
-    folder = writable_folder(output)
-    if model and model_image:
-        raise ValueError("give the model as model or model_image, not both")
+    arguments = dict(locals())
+    parameter_rules.raise_if_invalid("calibration", arguments)
     params = {"model": model, "model_image": model_image, "refant": refant, "solint": solint}
     params.update(minsnr=minsnr, block_mb=block_mb)
-    report_progress(0, STAGES)
-    blk.start_dask_cluster_early(input)  # comes up while the input opens
-    store, datasets = open_visibilities(input, str(folder / "msv4"))
-    report_progress(1, STAGES)
-    tables = solve(store, datasets, params)
-    report_progress(2, STAGES)
-    outputs = write_gain_table(tables, output)
-    report_progress(3, STAGES)
-    outputs += apply(store, datasets, tables, output)
+    inputs = {"input": input, "model_image": model_image}
+    with transactional_output("calibration", output, overwrite, arguments, inputs) as transaction:
+        folder = str(transaction.folder)
+        report_progress(0, STAGES)
+        blk.start_dask_cluster_early(input)  # comes up while the input opens
+        store, datasets = open_visibilities(input, f"{folder}/msv4")
+        report_progress(1, STAGES)
+        tables = solve(store, datasets, params)
+        report_progress(2, STAGES)
+        outputs = write_gain_table(tables, folder)
+        report_progress(3, STAGES)
+        outputs += apply(store, datasets, tables, folder)
+        outputs = transaction.commit(outputs)
     report_progress(4, STAGES)
     return publish_outputs(outputs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ import xarray as xr
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
+from radps_flows import manifest
 from radps_flows.core import products
 from radps_flows.core.calibration import PointModel
 
@@ -37,6 +37,13 @@ class ModelSource(BaseModel):
 def image_model(path: str, phase_center: dict[str, Any]) -> xr.DataArray:
     """The calibration model from a FITS model image (a previous CLEAN's ``model.fits``):
     it must be centred on the data's phase centre, since its pixel N/2 is predicted there."""
+    try:
+        manifest.verify(path)
+    except manifest.ProductError as exc:
+        raise products.ModelImageError(
+            f"model_image {exc}; a model image is the model.fits of an imaging run with "
+            "clean: true that completed"
+        ) from None
     model = products.read_model_image(path)
     ra, dec = model.attrs["phase_center_ra_rad"], model.attrs["phase_center_dec_rad"]
     ra0, dec0 = float(phase_center["ra"]), float(phase_center["dec"])
@@ -68,14 +75,6 @@ def point_models(sources: Sequence[ModelSource] | None, dec0_rad: float) -> tupl
         m = math.sin(dec) * math.cos(dec0_rad) - math.cos(dec) * math.sin(dec0_rad) * math.cos(d_ra)
         out.append(PointModel(float(s.flux_jy), l, m))
     return tuple(out)
-
-
-def writable_folder(output: str) -> Path:
-    folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"output folder {folder} is not writable")
-    return folder
 
 
 def merge_gains(per_block: Sequence[xr.Dataset]) -> dict[str, xr.Dataset]:

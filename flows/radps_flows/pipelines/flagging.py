@@ -19,13 +19,14 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from pydantic import Field
 
+from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core.flagging import flag_dataset
 from radps_flows.pipelines import blocks as blk
 from radps_flows.pipelines import msv4
-from radps_flows.pipelines.common import writable_folder
 from radps_flows.pipelines.imaging import open_visibilities
 from radps_flows.pipelines.outputs import Output, file_output, publish_outputs
+from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
 
 STAGES = 2
@@ -41,7 +42,7 @@ def _baselines_per_task(ds: xr.Dataset, block_mb: float) -> int:
 def flag(
     store: str, datasets: list[xr.Dataset], output: str, threshold: float, block_mb: float
 ) -> list[Output]:
-    dest = msv4.copy_processing_set(store, msv4.output_store(output, "flagged"))
+    dest = msv4.copy_processing_set(store, msv4.output_store(output, "flagged"), "flagging")
     rows = []
     with blk.executor() as ex:
         for ds in datasets:
@@ -81,6 +82,7 @@ def flagging(
     output: str,
     threshold: Annotated[float, Field(gt=0)] = 5.0,
     block_mb: Annotated[float, Field(gt=0)] = blk.DEFAULT_BLOCK_MB,
+    overwrite: bool = False,
 ) -> list[dict[str, str]]:
     """RFI flagging (median/MAD per baseline), written into an MSv4 copy of the input.
 
@@ -89,12 +91,18 @@ def flagging(
         output: Folder for flagged.ps.zarr (the input with FLAG = old flags OR new ones).
         threshold: Clip at this many robust standard deviations (iterated to convergence).
         block_mb: Visibility megabytes per Dask task (whole baselines' planes).
+        overwrite: Replace an existing output when this run completes (otherwise an existing
+            non-empty output is an error).
     """
-    folder = writable_folder(output)
-    report_progress(0, STAGES)
-    blk.start_dask_cluster_early(input)  # comes up while the input opens
-    store, datasets = open_visibilities(input, str(folder / "msv4"))
-    report_progress(1, STAGES)
-    outputs = flag(store, datasets, output, threshold, block_mb)
+    arguments = dict(locals())
+    parameter_rules.raise_if_invalid("flagging", arguments)
+    inputs = {"input": input}
+    with transactional_output("flagging", output, overwrite, arguments, inputs) as transaction:
+        folder = str(transaction.folder)
+        report_progress(0, STAGES)
+        blk.start_dask_cluster_early(input)  # comes up while the input opens
+        store, datasets = open_visibilities(input, f"{folder}/msv4")
+        report_progress(1, STAGES)
+        outputs = transaction.commit(flag(store, datasets, folder, threshold, block_mb))
     report_progress(2, STAGES)
     return publish_outputs(outputs)

@@ -21,6 +21,7 @@ import xarray as xr
 from prefect import flow, task
 from pydantic import Field
 
+from radps_flows import manifest, parameter_rules
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import cube as core_cube
 from radps_flows.core import imaging as core_imaging
@@ -28,7 +29,9 @@ from radps_flows.core import io as core_io
 from radps_flows.core import products
 from radps_flows.core.beam import fit_beam, restore
 from radps_flows.core.clean import hogbom, psf_sidelobe
+from radps_flows.parameter_rules import GRIDDER_MIN_PIXELS
 from radps_flows.pipelines import blocks as blk
+from radps_flows.pipelines import msv4
 from radps_flows.pipelines.common import (
     Box,
     ModelSource,
@@ -38,7 +41,6 @@ from radps_flows.pipelines.common import (
     plot_gains,
     point_models,
     publish_gain_table,
-    writable_folder,
     write_gains,
 )
 from radps_flows.pipelines.outputs import (
@@ -47,12 +49,21 @@ from radps_flows.pipelines.outputs import (
     publish_outputs,
     publish_preview,
 )
+from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
 
 
 @task(name="open-visibilities")
 def open_visibilities(input: str, cache_dir: str) -> tuple[str, list[xr.Dataset]]:
+    """The input as MSv4 datasets. A processing set a radps run wrote (calibrated, flagged)
+    is read only with its manifest: without it, it is a remnant of a run that never
+    finished."""
     store = str(core_io.ensure_processing_set(input, cache_dir=cache_dir))
+    if msv4.is_product(store):
+        try:
+            manifest.verify(store)
+        except manifest.ProductError as exc:
+            raise core_io.InputDataError(str(exc)) from None
     return store, blk.open_datasets(store)  # the blocks of a local run reuse them
 
 
@@ -387,7 +398,7 @@ def write_gain_products(gains: list[xr.Dataset], output: str) -> list[Output]:
 def imaging(
     input: str,
     output: str,
-    imsize: Annotated[int, Field(ge=16, le=65536)] = 512,
+    imsize: Annotated[int, Field(ge=GRIDDER_MIN_PIXELS, le=65536, multiple_of=2)] = 512,
     cell_arcsec: Annotated[float, Field(gt=0)] = 1.0,
     epsilon: Annotated[float, Field(ge=1e-7, le=1e-1)] = 1e-4,
     specmode: Literal["mfs", "cube"] = "mfs",
@@ -413,6 +424,7 @@ def imaging(
     clean_epsilon: Annotated[float, Field(ge=1e-8, le=1e-2)] = 1e-6,
     clean_visibilities: Literal["auto", "keep", "reread"] = "auto",
     block_mb: Annotated[float, Field(gt=0)] = blk.DEFAULT_BLOCK_MB,
+    overwrite: bool = False,
 ) -> list[dict[str, str]]:
     """Image a MeasurementSet (Stokes I, MFS or a per-channel cube), optionally flagged,
     calibrated and CLEANed (MFS).
@@ -455,35 +467,36 @@ def imaging(
             solved once (reread: memory bounded by block_mb, one read per cycle more); auto
             keeps them when they fill at most half of the cluster's memory.
         block_mb: Visibility megabytes per block of work (memory per worker thread ~4x this).
+        overwrite: Replace an existing output when this run completes (otherwise an existing
+            non-empty output is an error).
     """
-    if weighting != "natural" and not clean:
-        raise ValueError("uniform and briggs weighting are implemented with clean: true")
-    if model and model_image:
-        raise ValueError("give the calibration model as model or model_image, not both")
-    if specmode == "cube" and clean:
-        raise ValueError("specmode cube makes dirty cubes only: set clean: false")
-    folder = writable_folder(output)
-    params = {k: v for k, v in locals().items() if k not in ("input", "output", "folder")}
-    stages = 4 if clean or calibrate else 3
-    report_progress(0, stages)
-    blk.start_dask_cluster_early(input)  # comes up while the input opens
-    store, datasets = open_visibilities(input, str(folder / "msv4"))
-    report_progress(1, stages)
-    title = Path(input).name
-    if clean:
-        images, gains = clean_image(store, datasets, imsize, cell_arcsec, params)
-        report_progress(2, stages)
-        outputs = write_products(images["dirty"], output, f"{title}: dirty image")
-        outputs += write_clean_products(images, output, title)
-    else:
-        make = dirty_cube if specmode == "cube" else dirty_image
-        image, gains = make(store, datasets, imsize, cell_arcsec, params)
-        report_progress(2, stages)
-        kind = "cube" if specmode == "cube" else "image"
-        outputs = write_products(image, output, f"{title}: dirty {kind}")
-    if calibrate or clean:
-        report_progress(3, stages)
-    if gains:
-        outputs += write_gain_products(gains, output)
+    params = dict(locals())
+    parameter_rules.raise_if_invalid("imaging", params)
+    inputs = {"input": input, "model_image": model_image}
+    with transactional_output("imaging", output, overwrite, params, inputs) as transaction:
+        folder = str(transaction.folder)
+        params = {k: v for k, v in params.items() if k not in ("input", "output")}
+        stages = 4 if clean or calibrate else 3
+        report_progress(0, stages)
+        blk.start_dask_cluster_early(input)  # comes up while the input opens
+        store, datasets = open_visibilities(input, f"{folder}/msv4")
+        report_progress(1, stages)
+        title = Path(input).name
+        if clean:
+            images, gains = clean_image(store, datasets, imsize, cell_arcsec, params)
+            report_progress(2, stages)
+            outputs = write_products(images["dirty"], folder, f"{title}: dirty image")
+            outputs += write_clean_products(images, folder, title)
+        else:
+            make = dirty_cube if specmode == "cube" else dirty_image
+            image, gains = make(store, datasets, imsize, cell_arcsec, params)
+            report_progress(2, stages)
+            kind = "cube" if specmode == "cube" else "image"
+            outputs = write_products(image, folder, f"{title}: dirty {kind}")
+        if calibrate or clean:
+            report_progress(3, stages)
+        if gains:
+            outputs += write_gain_products(gains, folder)
+        outputs = transaction.commit(outputs)
     report_progress(stages, stages)
     return publish_outputs(outputs)

@@ -27,12 +27,30 @@ def output_store(output: str | Path, name: str) -> Path:
     )
 
 
-def copy_processing_set(store: str | Path, dest: Path) -> Path:
-    """Copy the processing set ``store`` to ``dest`` (replacing it)."""
-    if dest.exists():
-        shutil.rmtree(dest)
+PRODUCT_ATTRIBUTE = "radps_product"
+"""Root attribute of a processing set a radps pipeline wrote: readers then require the
+manifest beside it (:func:`radps_flows.manifest.verify`)."""
+
+
+def copy_processing_set(store: str | Path, dest: Path, pipeline: str) -> Path:
+    """Copy the processing set ``store`` to ``dest`` (a new path in the run's staging folder),
+    marked as the product of ``pipeline``."""
     shutil.copytree(store, dest)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"zarr\.")
+        zarr.open_group(str(dest), mode="r+").attrs[PRODUCT_ATTRIBUTE] = pipeline
+        zarr.consolidate_metadata(str(dest))
     return dest
+
+
+def is_product(store: str | Path) -> bool:
+    """Whether a radps pipeline wrote the processing set ``store``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"zarr\.")
+            return PRODUCT_ATTRIBUTE in zarr.open_group(str(store), mode="r").attrs
+    except Exception:  # not a zarr group: the reader says what it is
+        return False
 
 
 def replace_arrays(dest: Path, partition: str, arrays: dict[str, xr.DataArray], ex) -> None:

@@ -11,8 +11,15 @@ from prefect import flow, task
 from pydantic import BaseModel, Field
 
 from radps_flows.cluster import task_runner_from_env
-from radps_flows.core.synth import PointSource, SynthesisSpec, synthesize_processing_set
+from radps_flows.core.synth import (
+    PointSource,
+    SynthesisSpec,
+    store_path,
+    synthesize_processing_set,
+)
+from radps_flows.manifest import store_manifest_name
 from radps_flows.pipelines.outputs import Output, file_output, publish_outputs
+from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
 
 _DEFAULTS = SynthesisSpec()
@@ -31,17 +38,16 @@ class Source(BaseModel):
 
 
 @task(name="synthesize-visibilities")
-def synthesize_visibilities(output: str, spec: SynthesisSpec, overwrite: bool) -> list[Output]:
-    result = synthesize_processing_set(output, spec, overwrite=overwrite)
-    truth = result.path.with_name(result.path.name.removesuffix(".ps.zarr") + ".truth.json")
-    truth.write_text(json.dumps(_truth(result), indent=1))
+def synthesize_visibilities(store: str, truth: str, spec: SynthesisSpec) -> list[Output]:
+    result = synthesize_processing_set(store, spec)
+    Path(truth).write_text(json.dumps(_truth(result), indent=1))
     print(
-        f"wrote {result.n_visibilities:,} visibilities to {result.path} in "
-        f"{result.elapsed_s:.1f} s ({result.visibilities_per_s / 1e6:.1f} Mvis/s)"
+        f"wrote {result.n_visibilities:,} visibilities in {result.elapsed_s:.1f} s "
+        f"({result.visibilities_per_s / 1e6:.1f} Mvis/s)"
     )
     return [
         file_output("visibilities", result.path, "msv4"),
-        file_output("truth", truth, "json"),
+        file_output("truth", Path(truth), "json"),
     ]
 
 
@@ -106,7 +112,8 @@ def synthesize(
         rfi_fraction: Fraction of time x channel cells hit by RFI.
         rfi_amplitude_jy: Typical RFI amplitude (Jy).
         seed: Random seed; the same seed gives the same data.
-        overwrite: Replace an existing processing set at `output`.
+        overwrite: Replace an existing processing set at `output` (and its truth and
+            manifest files) when this run completes.
     """
     points = tuple(PointSource(**s.model_dump()) for s in sources) if sources else None
     spec = SynthesisSpec(
@@ -129,8 +136,13 @@ def synthesize(
         rfi_amplitude_jy=rfi_amplitude_jy,
         seed=seed,
     )
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    report_progress(0, 1)
-    outputs = synthesize_visibilities.submit(output, spec, overwrite).result()
+    store = store_path(output)
+    stem = store.name.removesuffix(".ps.zarr")
+    arguments = {k: v for k, v in locals().items() if k not in ("spec", "points", "store", "stem")}
+    with transactional_output("synthesize", str(store), overwrite, arguments, {}) as transaction:
+        report_progress(0, 1)
+        truth = transaction.sibling(f"{stem}.truth.json")
+        outputs = synthesize_visibilities.submit(str(transaction.folder), str(truth), spec).result()
+        outputs = transaction.commit(outputs, store_manifest_name(store.name))
     report_progress(1, 1)
     return publish_outputs(outputs)

@@ -1,0 +1,201 @@
+"""Rules on pipeline parameters that a JSON schema cannot say: one parameter against another,
+and where data may be read and written.
+
+The one implementation: `radps validate`, the operator (before anything reaches Prefect) and
+each flow (at run time, for a flow started some other way) call :func:`check`. Import-free on
+purpose (standard library only), so the operator loads it without the science stack.
+
+Paths are checked lexically here (the operator cannot see the pods' filesystem); `radps run`
+passes paths it has already resolved (symlinks included), see
+:func:`radps_operator.local.paths`.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ParameterError:
+    path: str
+    """Dotted path below `spec.parameters`, empty for the object itself."""
+    message: str
+
+
+@dataclass(frozen=True)
+class DataParameters:
+    """Which parameters of a pipeline name data: read (never written or removed by a run)
+    and written (a run's products)."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+DATA_PARAMETERS: dict[str, DataParameters] = {
+    "synthesize": DataParameters(inputs=(), outputs=("output",)),
+    "imaging": DataParameters(inputs=("input", "model_image"), outputs=("output",)),
+    "calibration": DataParameters(inputs=("input", "model_image"), outputs=("output",)),
+    "flagging": DataParameters(inputs=("input",), outputs=("output",)),
+}
+
+SYSTEM_TREES = ("/proc", "/sys", "/dev", "/etc", "/boot", "/bin", "/sbin", "/lib", "/usr")
+"""Never data: reading them leaks the host's or pod's secrets, writing them breaks it."""
+
+GRIDDER_MIN_PIXELS = 16
+"""ducc0's wgridder needs an even image of at least 16 pixels a side."""
+
+
+def check(
+    pipeline: str, parameters: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> list[ParameterError]:
+    """Every rule `parameters` (with `defaults` for what they leave out) break. Values of the
+    wrong type are skipped: the schema reports those."""
+    values = {**defaults, **parameters}
+    errors = _path_errors(DATA_PARAMETERS.get(pipeline), values)
+    rules = _RULES.get(pipeline)
+    if rules is not None:
+        errors += rules(values)
+    return errors
+
+
+def raise_if_invalid(pipeline: str, parameters: Mapping[str, Any]) -> None:
+    """For a flow at run time: its own arguments (defaults already applied)."""
+    errors = check(pipeline, parameters, {})
+    if errors:
+        raise ValueError("; ".join(f"{e.path}: {e.message}" for e in errors))
+
+
+def _path_errors(data: DataParameters | None, values: Mapping[str, Any]) -> list[ParameterError]:
+    if data is None:
+        return []
+    errors = []
+    paths: dict[str, str] = {}
+    for name in data.inputs + data.outputs:
+        value = values.get(name)
+        if not isinstance(value, str):
+            continue
+        problem = path_problem(value, written=name in data.outputs)
+        if problem:
+            errors.append(ParameterError(name, problem))
+        else:
+            paths[name] = posixpath.normpath(value)
+    return errors + check_resolved_overlap(data, paths)
+
+
+def check_resolved_overlap(data: DataParameters, paths: Mapping[str, str]) -> list[ParameterError]:
+    """An output that is, contains or lies inside an input; `paths` already normalized (or
+    resolved on the machine that runs it)."""
+    errors = []
+    for out in data.outputs:
+        for inp in data.inputs:
+            if out in paths and inp in paths:
+                overlap = _overlap(paths[out], paths[inp])
+                if overlap:
+                    errors.append(
+                        ParameterError(
+                            out,
+                            f"{overlap} {inp} ({paths[inp]}): a run never writes where it "
+                            "reads, so that its input cannot be replaced or removed",
+                        )
+                    )
+    return errors
+
+
+def path_problem(path: str, written: bool) -> str | None:
+    """Why `path` may not be read (or written), or None."""
+    if not path.strip():
+        return "must not be empty"
+    if "\x00" in path:
+        return "must not contain a NUL character"
+    if ".." in path.split("/"):
+        return f"must not contain '..' ({path!r}): give the path it means"
+    normal = posixpath.normpath(path)
+    if written and normal in ("/", "."):
+        return f"{path!r} is a whole filesystem or the working folder: name a folder of its own"
+    for tree in SYSTEM_TREES:
+        if normal == tree or normal.startswith(tree + "/"):
+            return f"{path!r} is in the system tree {tree}, never data"
+    return None
+
+
+def _overlap(output: str, input: str) -> str | None:
+    if output == input:
+        return "is the same path as"
+    if _inside(input, output):
+        return "contains"
+    if _inside(output, input):
+        return "lies inside"
+    return None
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip("/") + "/")
+
+
+def _box_errors(name: str, box: Any, imsize: int) -> list[ParameterError]:
+    if not (isinstance(box, list) and len(box) == 4 and all(type(v) is int for v in box)):
+        return []
+    x0, y0, x1, y1 = box
+    if not (0 <= x0 <= x1 < imsize and 0 <= y0 <= y1 < imsize):
+        return [
+            ParameterError(
+                name,
+                f"box {box} must satisfy 0 <= x0 <= x1 < imsize and 0 <= y0 <= y1 < imsize "
+                f"(imsize {imsize})",
+            )
+        ]
+    return []
+
+
+def _model_errors(values: Mapping[str, Any]) -> list[ParameterError]:
+    if values.get("model") and values.get("model_image"):
+        return [ParameterError("model_image", "give the model as model or model_image, not both")]
+    return []
+
+
+def _imaging_errors(values: Mapping[str, Any]) -> list[ParameterError]:
+    errors = _model_errors(values)
+    clean = values.get("clean") is True
+    if values.get("weighting") in ("uniform", "briggs") and not clean:
+        errors.append(
+            ParameterError(
+                "weighting",
+                f"{values['weighting']} weighting is implemented with clean: true "
+                "(set clean: true, or weighting: natural)",
+            )
+        )
+    if values.get("specmode") == "cube" and clean:
+        errors.append(
+            ParameterError("clean", "specmode cube makes dirty cubes only: set clean: false")
+        )
+    imsize = values.get("imsize")
+    if type(imsize) is not int or imsize < GRIDDER_MIN_PIXELS or imsize % 2:
+        return errors  # the schema says why
+    errors += _box_errors("rms_box", values.get("rms_box"), imsize)
+    mask = values.get("mask")
+    if isinstance(mask, list):
+        for i, box in enumerate(mask):
+            errors += _box_errors(f"mask.{i}", box, imsize)
+    return errors
+
+
+_RULES = {"imaging": _imaging_errors, "calibration": _model_errors}
+
+
+def brief(value: Any) -> str:
+    """A value as JSON, cut short: an error message never echoes a huge input."""
+    if isinstance(value, list) and len(value) > 8:
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict) and len(value) > 8:
+        return f"a mapping of {len(value)} keys"
+    if isinstance(value, str) and len(value) > 60:
+        return json.dumps(value[:60]) + f"... ({len(value)} characters)"
+    try:
+        text = json.dumps(value, default=str)
+    except (ValueError, RecursionError):
+        text = type(value).__name__
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -29,6 +29,18 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the temporary API server Prefect starts in this process when something calls its
+    API with no server configured, now, while logging still works: at interpreter exit its
+    stop could outlive the grace of hack/no-leftovers.py (a CI run failed on that)."""
+    server_module = sys.modules.get("prefect.server.api.server")
+    if server_module is None:
+        return
+    for server in list(server_module.SubprocessASGIServer._instances.values()):
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
 def shared_dir() -> Path:
     """The shared folder beside the repository (``RADPS_SHARED_DIR`` overrides it)."""
     env = os.environ.get("RADPS_SHARED_DIR")

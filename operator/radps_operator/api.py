@@ -156,6 +156,14 @@ class PipelineRunSpec(_SpecModel):
         le=MAX_TIMEOUT_SECONDS,
         description="Cancel the run and mark it TimedOut after this many seconds of running.",
     )
+    start_deadline_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        description="Fail the run (reason StartDeadlineExceeded) when it is not running this "
+        "many seconds after creation: no worker, an image that cannot be pulled, a pod that "
+        "cannot be scheduled; default: the operator's (15 min).",
+    )
     retries: int = Field(
         default=0, ge=0, le=10, description="Times Prefect retries a failed flow run (default 0)."
     )

@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 DASK_GROUP, DASK_VERSION, DASK_PLURAL = "kubernetes.dask.org", "v1", "daskclusters"
 STATUS_PATCHES_IN_FLIGHT = 32
 """Status patches written at once: one at a time, 1000 runs changing together took 10 s."""
+POD_CHECK_SECONDS = 10.0
+"""How often the pods of unfinished runs are listed (one call per namespace): a reason such as
+ImagePullBackOff reaches the status and an Event well within a minute."""
+LOST_AFTER = 120.0
+"""Seconds a Running run's flow-run pod may be missing before the run is lost (Prefect's
+worker usually reports the crash first)."""
 BUSY_IS_UNREACHABLE_AFTER = 30.0
 """Seconds of nothing but 503s from Prefect before the runs show PrefectReachable=False."""
 
@@ -47,6 +53,11 @@ class Tracked:
     work_pool: str
     flow_run_id: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    flow_pod_seen: bool = False
+    """A flow-run pod of this run was seen: its later absence while Running means lost."""
+    no_flow_pod_since: float | None = None
+    missing_reads: int = 0
+    """Consecutive full reads that did not return the flow run (deleted in Prefect)."""
 
     def ref(self) -> dict[str, str]:
         return {"namespace": self.namespace, "name": self.name, "uid": self.uid}
@@ -153,6 +164,21 @@ class Kube:
                 return []
             raise
         return list(found.get("items", []))
+
+    async def run_pods(self, namespace: str) -> dict[str, list[dict[str, Any]]]:
+        """Pods of radps runs in `namespace` (flow-run and Dask pods carry the run's UID
+        label), by run UID, as the API returns them."""
+        from kubernetes_asyncio import client
+
+        response = await client.CoreV1Api(self.api).list_namespaced_pod(
+            namespace, label_selector=r.RUN_UID_LABEL, _preload_content=False
+        )
+        pods = (await response.json()).get("items", [])
+        by_uid: dict[str, list[dict[str, Any]]] = {}
+        for pod in pods:
+            uid = (pod.get("metadata", {}).get("labels") or {}).get(r.RUN_UID_LABEL)
+            by_uid.setdefault(uid, []).append(pod)
+        return by_uid
 
     async def post_event(self, ref: dict[str, str], type_: str, reason: str, message: str) -> None:
         from kubernetes_asyncio import client
@@ -282,6 +308,8 @@ class Follower:
             )
             if not self._reachable or r.get_condition(run.status, r.PREFECT_REACHABLE):
                 new = r.reachability_status(new, True, None, utcnow())
+            if new.phase in (api.Phase.FAILED, api.Phase.CRASHED) and not r.is_finished(run.status):
+                new = await self._with_pod_reasons(run, new)
             state_changed = (run.status.prefect is None) or run.status.prefect.state != (
                 snapshot.state_name
             )
@@ -310,7 +338,7 @@ class Follower:
     # --- the loop -----------------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        next_resync = 0.0
+        next_resync = next_pods = 0.0
         backoff = 0.5
         busy_since: float | None = None
         while True:
@@ -341,6 +369,12 @@ class Follower:
                 await asyncio.sleep(1)
             if resync:
                 next_resync = time.monotonic() + self.settings.resync_seconds
+            if time.monotonic() >= next_pods:
+                next_pods = time.monotonic() + POD_CHECK_SECONDS
+                try:
+                    await self._refresh_pods()
+                except Exception:
+                    log.exception("pod check failed")
             await self._deadlines()
             self._count_phases()
 
@@ -355,6 +389,8 @@ class Follower:
             return
         try:
             snapshots = await self.gateway.read_flow_runs(ids)
+            if everything:
+                await self._lost_in_prefect(set(ids) - {s.id for s in snapshots})
             pairs = []
             for snapshot in snapshots:
                 uid = self.by_flow_run.get(snapshot.id)
@@ -405,10 +441,100 @@ class Follower:
                     if dask != run.status.dask:
                         await self.write(run, run.status.model_copy(update={"dask": dask}))
 
+    async def _lost_in_prefect(self, missing: set[str]) -> None:
+        """A flow run a full read no longer returns (twice in a row: a read racing a create
+        is not a loss) was deleted in Prefect: its PipelineRun can never finish otherwise."""
+        for run in list(self.runs.values()):
+            if run.flow_run_id is None or r.is_finished(run.status):
+                continue
+            if run.flow_run_id not in missing:
+                run.missing_reads = 0
+                continue
+            run.missing_reads += 1
+            if run.missing_reads >= 2:
+                await self.lose(run, f"flow run {run.flow_run_id} no longer exists in Prefect")
+
+    async def lose(self, run: Tracked, why: str) -> None:
+        async with run.lock:
+            await self.write(run, r.lost_status(run.status, why, utcnow()))
+        with contextlib.suppress(PrefectUnavailable):
+            if run.flow_run_id:
+                await self.gateway.cancel_flow_run(run.flow_run_id, f"radps: {why}")
+
+    async def _with_pod_reasons(
+        self, run: Tracked, status: api.PipelineRunStatus
+    ) -> api.PipelineRunStatus:
+        """A run that just failed or crashed, with why its pods died (OOMKilled, Evicted)
+        when the periodic pod check has not seen it yet: Prefect may report first."""
+        if r.get_condition(status, r.PODS_HEALTHY) is not None:
+            return status
+        try:
+            pods = (await self.kube.run_pods(run.namespace)).get(run.uid, [])
+        except Exception as exc:
+            log.debug("pods of %s/%s: %r", run.namespace, run.name, exc)
+            return status
+        problems = r.pod_problems(pods)
+        if not problems:
+            return status
+        status = r.pods_status(status, problems, utcnow())
+        pods_condition = r.get_condition(status, r.PODS_HEALTHY)
+        assert pods_condition is not None
+        message = f"{status.message or status.phase}; {pods_condition.reason}: "
+        return status.model_copy(
+            update={"message": (message + (pods_condition.message or ""))[:2000]}
+        )
+
+    async def _refresh_pods(self) -> None:
+        """Why the pods of unfinished runs cannot start or were killed, into each run's
+        PodsHealthy condition and an Event; a pod that can never start fails its run, and a
+        Running run whose flow-run pod is gone for LOST_AFTER is lost."""
+        active = [run for run in self.runs.values() if not r.is_finished(run.status)]
+        for namespace in {run.namespace for run in active}:
+            try:
+                pods = await self.kube.run_pods(namespace)
+            except Exception as exc:  # no permission or no API: nothing to say about pods
+                log.debug("pods in %s: %r", namespace, exc)
+                continue
+            for run in active:
+                if run.namespace == namespace:
+                    await self._apply_pods(run, pods.get(run.uid, []))
+
+    async def _apply_pods(self, run: Tracked, pods: list[dict[str, Any]]) -> None:
+        flow_pods = [p for p in pods if "prefect.io/flow-run-id" in p["metadata"].get("labels", {})]
+        if flow_pods:
+            run.flow_pod_seen, run.no_flow_pod_since = True, None
+        elif run.flow_pod_seen and run.status.phase == api.Phase.RUNNING:
+            run.no_flow_pod_since = run.no_flow_pod_since or time.monotonic()
+            if time.monotonic() - run.no_flow_pod_since > LOST_AFTER:
+                await self.lose(run, "the flow run is Running but its pod is gone")
+                return
+        async with run.lock:
+            old = r.get_condition(run.status, r.PODS_HEALTHY)
+            new = r.pods_status(run.status, r.pod_problems(pods), utcnow())
+            await self.write(run, new)
+            condition = r.get_condition(new, r.PODS_HEALTHY)
+            if (
+                condition
+                and condition.status == "False"
+                and (
+                    old is None or (old.reason, old.status) != (condition.reason, condition.status)
+                )
+            ):
+                self.post_event(run, "Warning", condition.reason or "Pod", condition.message or "")
+        if r.has_operator_verdict(run.status) and run.flow_run_id:
+            with contextlib.suppress(PrefectUnavailable):
+                await self.gateway.cancel_flow_run(run.flow_run_id, f"radps: {run.status.message}")
+
     async def _deadlines(self) -> None:
         now = utcnow()
         for run in list(self.runs.values()):
             try:
+                start_by = r.start_deadline(
+                    run.spec, run.status, run.created, self.settings.start_deadline_seconds
+                )
+                if start_by is not None and now >= start_by:
+                    await self.fail_to_start(run)
+                    continue
                 ttl = r.ttl_deadline(run.spec, run.status)
                 if ttl is not None and now >= ttl:
                     log.info("TTL: deleting %s/%s", run.namespace, run.name)
@@ -427,6 +553,15 @@ class Follower:
                 return
             except Exception as exc:
                 log.warning("deadlines of %s/%s: %r", run.namespace, run.name, exc)
+
+    async def fail_to_start(self, run: Tracked) -> None:
+        seconds = run.spec.start_deadline_seconds or self.settings.start_deadline_seconds
+        if run.flow_run_id:  # first: when Prefect is down, both wait for the next pass
+            await self.gateway.cancel_flow_run(
+                run.flow_run_id, f"radps: not running {seconds} s after creation"
+            )
+        async with run.lock:
+            await self.write(run, r.start_deadline_status(run.status, seconds, utcnow()))
 
     async def time_out(self, run: Tracked) -> None:
         assert run.spec.timeout_seconds is not None and run.flow_run_id

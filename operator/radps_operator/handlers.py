@@ -20,7 +20,12 @@ from radps_operator import api, metrics
 from radps_operator import reconcile as r
 from radps_operator.flow_identity import AuthSecret, FlowIdentities
 from radps_operator.follower import Follower, Kube, Tracked, utcnow
-from radps_operator.prefect_gateway import PrefectBusy, PrefectGateway, PrefectUnavailable
+from radps_operator.prefect_gateway import (
+    PrefectBusy,
+    PrefectGateway,
+    PrefectRejected,
+    PrefectUnavailable,
+)
 from radps_operator.run_network import ensure_run_network_policy
 from radps_operator.settings import OperatorSettings
 
@@ -202,6 +207,17 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
     try:
         deployment_id = await rt.gateway.ensure_deployment(deployment)
         snapshot = await rt.gateway.create_flow_run(deployment_id, request, deployment.work_pool)
+    except PrefectRejected as exc:
+        message = f"{exc} (the run fails: asking again would get the same answer)"
+        async with run.lock:
+            await rt.follower.write(
+                run,
+                r.verdict_status(
+                    run.status, api.Phase.FAILED, r.PREFECT_REJECTED, message[:2000], utcnow()
+                ),
+            )
+        rt.follower.post_event(run, "Warning", r.PREFECT_REJECTED, message)
+        return
     except PrefectBusy as exc:
         raise kopf.TemporaryError(f"Prefect busy: {exc}", delay=_busy_delay(retry)) from exc
     except PrefectUnavailable as exc:
@@ -296,11 +312,18 @@ async def delete(body: kopf.Body, **_: Any) -> None:
     run = rt.follower.runs.get(uid)
     status = run.status if run else r.parse_status(dict(body.get("status") or {}))
     flow_run_id = status.prefect.flow_run_id if status.prefect else None
-    if flow_run_id and not r.is_finished(status):
-        try:
+    try:
+        if flow_run_id is None and not r.has_operator_verdict(status):
+            # a create that timed out may still have made the flow run: its idempotency key
+            # is this object's UID
+            found = await rt.gateway.read_flow_run_by_key(uid)
+            flow_run_id = found.id if found else None
+        if flow_run_id and not r.is_finished(status):
             await rt.gateway.cancel_flow_run(flow_run_id, "cancelled: PipelineRun deleted")
-        except PrefectUnavailable as exc:
-            raise kopf.TemporaryError(f"Prefect unreachable: {exc}", delay=2) from exc
+    except PrefectUnavailable as exc:
+        raise kopf.TemporaryError(f"Prefect unreachable: {exc}", delay=2) from exc
+    except PrefectRejected as exc:  # never keep the object forever for Prefect's refusal
+        log.warning("%s/%s: could not cancel its flow run: %s", namespace, meta["name"], exc)
     removed = await rt.kube.delete_dask_clusters(namespace, uid)
     if removed:
         log.info("deleted DaskClusters %s of %s/%s", removed, namespace, meta["name"])

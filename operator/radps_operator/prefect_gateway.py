@@ -39,6 +39,11 @@ class PrefectBusy(PrefectUnavailable):
     its database is locked). Retry soon; it is not an outage."""
 
 
+class PrefectRejected(RuntimeError):
+    """Prefect refused the request itself (a 4xx other than 401/403/408/409/429, such as an
+    unknown work pool): asking again gives the same answer, so the run fails with it."""
+
+
 def _unavailable(exc: BaseException) -> type[PrefectUnavailable] | None:
     """Which retryable failure `exc` is, or None for an answer to act on (e.g. a 4xx)."""
     if isinstance(exc, httpx.TransportError | OSError | asyncio.TimeoutError):
@@ -47,9 +52,22 @@ def _unavailable(exc: BaseException) -> type[PrefectUnavailable] | None:
         code = exc.response.status_code
         if code in (429, 503):
             return PrefectBusy
-        if code >= 500 or code == 408:
-            return PrefectUnavailable
+        if code >= 500 or code in (401, 403, 408):  # 401/403: the operator's credential,
+            return PrefectUnavailable  # which an admin fixes; not the run's fault
     return None
+
+
+def _rejection(exc: BaseException) -> str | None:
+    """Prefect's own words for a terminal 4xx, or None."""
+    if not isinstance(exc, httpx.HTTPStatusError) or not 400 <= exc.response.status_code < 500:
+        return None
+    if exc.response.status_code == 409:  # the idempotent create's "exists": not an error
+        return None
+    try:
+        detail = exc.response.json().get("detail")
+    except ValueError:
+        detail = None
+    return f"{exc.response.status_code}: {detail or exc.response.text[:300]}"
 
 
 def snapshot_of(flow_run: Any) -> FlowRunSnapshot:
@@ -154,6 +172,9 @@ class PrefectGateway:
             except Exception as exc:
                 kind = _unavailable(exc)
                 if kind is None:
+                    rejected = _rejection(exc)
+                    if rejected is not None:
+                        raise PrefectRejected(f"Prefect refused {operation}: {rejected}") from exc
                     raise
                 metrics.PREFECT_API_ERRORS.labels(operation).inc()
                 raise kind(f"Prefect API {self.api_url}: {exc!r}") from exc
@@ -280,7 +301,8 @@ class PrefectGateway:
         return out
 
     async def read_flow_run_by_key(self, idempotency_key: str) -> FlowRunSnapshot | None:
-        """Not used for creation (the key makes creation idempotent); for tests and tools."""
+        """The flow run created for a PipelineRun's UID: not for creation (the key makes that
+        idempotent) but for a deleted run whose status never recorded its flow run."""
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempotencyKey
 
         runs = await self._call(

@@ -149,6 +149,9 @@ def job_variables(
     }
     if settings.flow_service_account:
         variables["service_account_name"] = settings.flow_service_account
+    deadline = active_deadline_seconds(spec, settings.start_deadline_seconds)
+    if deadline is not None:
+        variables["active_deadline_seconds"] = deadline
     resources = spec.resources
     if resources is not None:
         for kind, values in (("request", resources.requests), ("limit", resources.limits)):
@@ -309,9 +312,12 @@ def status_from_flow_run(
 ) -> api.PipelineRunStatus:
     """The status that tells the truth about `snapshot`, built on the previous status (whose
     conditions keep their transition times). A finished status never goes back to running."""
-    if is_finished(previous) and not snapshot.terminal:
+    if is_finished(previous) and (not snapshot.terminal or has_operator_verdict(previous)):
         return previous
     phase, reason, message = _phase_and_reason(snapshot, previous, work_pool, now)
+    pods = get_condition(previous, PODS_HEALTHY)
+    if phase in (api.Phase.FAILED, api.Phase.CRASHED) and pods and pods.status == "False":
+        message = f"{message or phase.value}; {pods.reason}: {pods.message}"[:2000]
     # TimedOut while Prefect still cancels is not finished: completion comes with Cancelled.
     finished = phase in api.FINISHED_PHASES and snapshot.terminal
     if phase == api.Phase.COMPLETED:
@@ -386,17 +392,177 @@ def pending_status(
 def invalid_spec_status(
     previous: api.PipelineRunStatus, message: str, now: datetime, generation: int | None
 ) -> api.PipelineRunStatus:
+    status = verdict_status(previous, api.Phase.FAILED, INVALID_SPEC, message, now)
+    return status.model_copy(update={"observed_generation": generation})
+
+
+# --- the operator's own verdicts --------------------------------------------------------------
+# Ends the operator decides on, not Prefect: the run can never start or its flow run is gone.
+# Such a status is final; a later Prefect state (the Cancelled that follows the operator's own
+# cancel) does not change it.
+
+INVALID_SPEC = "InvalidSpec"
+PREFECT_REJECTED = "PrefectRejected"
+START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"
+FLOW_RUN_LOST = "FlowRunLost"
+PODS_HEALTHY = "PodsHealthy"
+"""Condition: False with the reason (ImagePullBackOff, Unschedulable, OOMKilled, ...) while a
+pod of the run (flow-run pod or Dask pod) cannot start or was killed."""
+
+FATAL_WAITING_REASONS = frozenset({"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+"""A container waiting for one of these never starts by itself: the run fails at once."""
+WAITING_REASONS = FATAL_WAITING_REASONS | {
+    "ErrImagePull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+}
+TERMINATED_REASONS = frozenset({"OOMKilled", "ContainerCannotRun", "DeadlineExceeded"})
+_FATAL_POD_REASONS = FATAL_WAITING_REASONS
+
+
+def verdict_status(
+    previous: api.PipelineRunStatus,
+    phase: api.Phase,
+    reason: str,
+    message: str,
+    now: datetime,
+) -> api.PipelineRunStatus:
+    start = previous.start_time
     return previous.model_copy(
         update={
-            "phase": api.Phase.FAILED,
-            "observed_generation": generation,
+            "phase": phase,
             "message": message,
             "completion_time": now,
+            "duration": format_duration((now - start).total_seconds()) if start else None,
             "conditions": set_condition(
-                previous.conditions, SUCCEEDED, "False", "InvalidSpec", message, now
+                previous.conditions, SUCCEEDED, "False", reason, message, now
             ),
         }
     )
+
+
+def has_operator_verdict(status: api.PipelineRunStatus) -> bool:
+    condition = get_condition(status, SUCCEEDED)
+    return (
+        condition is not None
+        and condition.reason in _VERDICT_REASONS | _FATAL_POD_REASONS
+        and is_finished(status)
+    )
+
+
+_VERDICT_REASONS = frozenset(
+    {INVALID_SPEC, PREFECT_REJECTED, START_DEADLINE_EXCEEDED, FLOW_RUN_LOST}
+)
+
+
+def start_deadline(
+    spec: api.PipelineRunSpec,
+    status: api.PipelineRunStatus,
+    created: datetime | None,
+    default_seconds: int,
+) -> datetime | None:
+    """When a run that has not started running fails: `startDeadlineSeconds` after creation."""
+    if is_finished(status) or status.start_time is not None or created is None:
+        return None
+    return created + timedelta(seconds=spec.start_deadline_seconds or default_seconds)
+
+
+def start_deadline_status(
+    previous: api.PipelineRunStatus, seconds: int, now: datetime
+) -> api.PipelineRunStatus:
+    why = f" (last: {previous.message})" if previous.message else ""
+    message = f"not running {seconds} s after creation (spec.startDeadlineSeconds){why}"
+    return verdict_status(previous, api.Phase.FAILED, START_DEADLINE_EXCEEDED, message, now)
+
+
+def active_deadline_seconds(spec: api.PipelineRunSpec, default_start_seconds: int) -> int | None:
+    """The flow-run Job's own deadline: the Kubernetes backstop of `timeoutSeconds`, which the
+    operator enforces first (it counts from the start of running; the Job from its creation,
+    so the start deadline is added)."""
+    if spec.timeout_seconds is None:
+        return None
+    return spec.timeout_seconds + (spec.start_deadline_seconds or default_start_seconds)
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    reason: str
+    message: str
+    fatal: bool
+
+
+def pod_problems(pods: list[dict[str, Any]]) -> list[PodProblem]:
+    """Why pods of a run (as the API returns them, camelCase) cannot start or were killed."""
+    problems = []
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        status = pod.get("status") or {}
+        if status.get("reason") == "Evicted":
+            problems.append(
+                PodProblem("Evicted", f"pod {name}: {status.get('message', '')}", False)
+            )
+        for condition in status.get("conditions") or []:
+            if (
+                condition.get("type") == "PodScheduled"
+                and condition.get("reason") == "Unschedulable"
+            ):
+                text = condition.get("message") or "no node can run it"
+                problems.append(PodProblem("Unschedulable", f"pod {name}: {text}", False))
+        containers = (status.get("initContainerStatuses") or []) + (
+            status.get("containerStatuses") or []
+        )
+        for container in containers:
+            cname = container.get("name", "?")
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason")
+            if reason in WAITING_REASONS:
+                text = waiting.get("message") or reason
+                problems.append(
+                    PodProblem(
+                        reason,
+                        f"pod {name} container {cname}: {text}",
+                        reason in FATAL_WAITING_REASONS,
+                    )
+                )
+            for state in ("state", "lastState"):
+                terminated = (container.get(state) or {}).get("terminated") or {}
+                if terminated.get("reason") in TERMINATED_REASONS:
+                    problems.append(
+                        PodProblem(
+                            terminated["reason"],
+                            f"pod {name} container {cname}: {terminated['reason']} "
+                            f"(exit code {terminated.get('exitCode')})",
+                            False,
+                        )
+                    )
+                    break
+    return problems
+
+
+def pods_status(
+    previous: api.PipelineRunStatus, problems: list[PodProblem], now: datetime
+) -> api.PipelineRunStatus:
+    """The PodsHealthy condition; a pod that can never start ends the run with its reason."""
+    if not problems:
+        if get_condition(previous, PODS_HEALTHY) is None:
+            return previous
+        condition = ("True", "Healthy", None)
+    else:
+        first = next((p for p in problems if p.fatal), problems[0])
+        message = "; ".join(dict.fromkeys(p.message for p in problems))[:1000]
+        condition = ("False", first.reason, message)
+    status = previous.model_copy(
+        update={"conditions": set_condition(previous.conditions, PODS_HEALTHY, *condition, now)}
+    )
+    fatal = next((p for p in problems if p.fatal), None)
+    if fatal is not None and not is_finished(previous):
+        status = verdict_status(status, api.Phase.FAILED, fatal.reason, fatal.message, now)
+    return status
+
+
+def lost_status(previous: api.PipelineRunStatus, why: str, now: datetime) -> api.PipelineRunStatus:
+    return verdict_status(previous, api.Phase.CRASHED, FLOW_RUN_LOST, why, now)
 
 
 def timed_out_status(

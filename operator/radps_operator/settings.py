@@ -59,6 +59,8 @@ class OperatorSettings:
     namespaces: tuple[str, ...] = ()
     """Empty: every namespace (cluster-wide)."""
     resync_seconds: float = 5.0
+    start_deadline_seconds: int = 900
+    """Default of spec.startDeadlineSeconds: a run not running by then fails with the reason."""
     prefect_max_concurrent_calls: int = 8
     metrics_port: int = 9090
     health_port: int = 8080
@@ -117,6 +119,9 @@ class OperatorSettings:
             run_network_policy=get("RADPS_RUN_NETWORK_POLICY", "false").lower() == "true",
             namespaces=namespaces,
             resync_seconds=max(0.5, number("RADPS_RESYNC_SECONDS", 5.0)),
+            start_deadline_seconds=max(
+                1, int(number("RADPS_START_DEADLINE_SECONDS", cls.start_deadline_seconds, int))
+            ),
             prefect_max_concurrent_calls=max(
                 1, int(number("RADPS_PREFECT_MAX_CONCURRENT_CALLS", 8, int))
             ),

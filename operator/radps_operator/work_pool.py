@@ -66,10 +66,18 @@ def base_job_template(options: FlowPodOptions) -> dict[str, Any]:
     defaults["image"]["default"] = options.image
     defaults["image_pull_policy"]["default"] = "IfNotPresent"
     defaults["finished_job_ttl"]["default"] = options.finished_job_ttl_seconds
+    defaults["active_deadline_seconds"] = {
+        "title": "Active deadline (s)",
+        "description": "Kubernetes stops the Job after this many seconds (the operator sets "
+        "it from spec.timeoutSeconds; unset: no limit).",
+        "type": "integer",
+        "default": None,
+    }
 
     configuration = template["job_configuration"]
     configuration["command"] = FLOW_RUN_COMMAND
     configuration["cluster_config"] = None  # the worker's own in-cluster identity
+    configuration["job_manifest"]["spec"]["activeDeadlineSeconds"] = "{{ active_deadline_seconds }}"
     pod = configuration["job_manifest"]["spec"]["template"]["spec"]
     pod["serviceAccountName"] = options.service_account
     pod["securityContext"] = {

@@ -143,3 +143,67 @@ def test_flow_pod_deleted_mid_run_is_rescheduled_and_its_dask_cluster_collected(
         timeout=120,
         what="no DaskCluster left after the run",
     )
+
+
+def _apply_synth_run(cluster: KubeCluster, name: str, **spec: Any) -> str:
+    run = yaml.safe_load((REPO / "manifests" / "examples" / "synthesize-demo.yaml").read_text())
+    run["metadata"]["name"] = name
+    run["spec"]["parameters"].update(output=f"/data/products/{name}.ps.zarr", n_times=10)
+    run["spec"].update(spec)
+    cluster.kubectl("apply", "-n", RUNS_NAMESPACE, "-f", "-", input=yaml.safe_dump(run))
+    return get(cluster, "prun", name)["metadata"]["uid"]
+
+
+def _finished(cluster: KubeCluster, name: str, timeout: float) -> dict[str, Any]:
+    wait_until(lambda: _status(cluster, name).get("phase") in FINISHED, timeout=timeout, what=name)
+    return _status(cluster, name)
+
+
+def _reasons(cluster: KubeCluster, name: str) -> list[str]:
+    events = get(cluster, "events", "--field-selector", f"involvedObject.name={name}")
+    return [e.get("reason") for e in events["items"]]
+
+
+def test_an_unpullable_image_fails_the_run_with_the_reason(
+    kube_cluster: KubeCluster, installed: Path
+):
+    """Not Pending forever: the flow pod's ImagePullBackOff reaches the status and an Event,
+    the run fails with it, and its flow run is cancelled, so no pod is left."""
+    uid = _apply_synth_run(kube_cluster, "unpullable", image="radps:no-such-tag")
+    pod = wait_until(
+        lambda: of_run(kube_cluster, "pods", uid), timeout=120, what="the flow-run pod"
+    )
+    appeared = time.monotonic()
+    status = _finished(kube_cluster, "unpullable", timeout=120)
+    assert time.monotonic() - appeared < 60 + 10, "reason not in status within 60 s"
+    assert status["phase"] == "Failed", status
+    reasons = {c["type"]: c.get("reason") for c in status["conditions"]}
+    assert reasons["Succeeded"] in ("ImagePullBackOff", "ErrImagePull"), status
+    assert reasons["PodsHealthy"] in ("ImagePullBackOff", "ErrImagePull"), status
+    assert pod[0]["metadata"]["name"] in status["message"]
+    assert reasons["Succeeded"] in _reasons(kube_cluster, "unpullable")
+    wait_until(
+        lambda: (
+            not [
+                p
+                for p in of_run(kube_cluster, "pods", uid)
+                if p["status"].get("phase") == "Pending"
+            ]
+        ),
+        timeout=120,
+        what="the pod that could not start removed",
+    )
+
+
+def test_an_oom_killed_flow_pod_says_so(kube_cluster: KubeCluster, installed: Path):
+    _apply_synth_run(
+        kube_cluster,
+        "oom-killed",
+        resources={"requests": {"memory": "48Mi"}, "limits": {"memory": "48Mi"}},
+    )
+    status = _finished(kube_cluster, "oom-killed", timeout=300)
+    assert status["phase"] in ("Crashed", "Failed"), status
+    assert "OOMKilled" in status["message"], status
+    pods = next(c for c in status["conditions"] if c["type"] == "PodsHealthy")
+    assert (pods["status"], pods["reason"]) == ("False", "OOMKilled")
+    assert not list((installed / "products").glob("oom-killed.ps.zarr"))  # nothing committed

@@ -145,6 +145,70 @@ def test_cancel_delete_timeout_and_ttl(env, runs, tmp_path):
     assert "Completed" in [r for _, r, _ in runs.events("ttl-me")], "deleted before it completed"
 
 
+def test_no_run_stays_stuck(env, runs, tmp_path):
+    """Each way a run could wait forever ends with the reason in its status and an Event: a
+    work pool Prefect does not know (a terminal 4xx, not retried), a run no worker starts
+    (the start deadline), a flow run deleted in Prefect (lost)."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from tests.integration.prefect_helpers import create_process_pool
+
+    api_url = env["RADPS_PREFECT_API_URL"]
+    idle_pool = f"idle-{uuid.uuid4().hex[:6]}"
+    create_process_pool(api_url, idle_pool)
+    with kopf_operator(runs.namespace, env):
+        runs.create("no-pool", **synth(tmp_path, "np", workPool="no-such-pool"))
+        runs.create("no-start", **synth(tmp_path, "ns", workPool=idle_pool, startDeadlineSeconds=5))
+        runs.create("lost", **synth(tmp_path, "lost", workPool=idle_pool))
+        rejected = runs.wait_phase("no-pool", "Failed", timeout=30)
+        never = runs.wait_phase("no-start", "Failed", timeout=60)
+        scheduled = runs.wait_phase("lost", "Scheduled", timeout=30)
+        with SyncPrefectClient(api_url) as client:
+            client.delete_flow_run(uuid.UUID(scheduled["prefect"]["flowRunId"]))
+            lost = runs.wait_phase("lost", "Crashed", timeout=60)
+            never_flow_run = client.read_flow_run(uuid.UUID(never["prefect"]["flowRunId"]))
+        events = {name: [reason for _, reason, _ in runs.events(name)] for name in runs.names()}
+        runs.delete_all()
+    cond = condition(rejected, "Succeeded")
+    assert (cond["status"], cond["reason"]) == ("False", "PrefectRejected"), rejected
+    assert "Prefect refused" in rejected["message"] and "no-such-pool" in rejected["message"]
+    assert "PrefectRejected" in events["no-pool"]
+    cond = condition(never, "Succeeded")
+    assert (cond["status"], cond["reason"]) == ("False", "StartDeadlineExceeded"), never
+    assert "not running 5 s after creation" in never["message"]
+    assert never_flow_run.state.is_cancelled()  # nothing left to start later
+    assert "Failed" in events["no-start"]
+    cond = condition(lost, "Succeeded")
+    assert (cond["status"], cond["reason"]) == ("False", "FlowRunLost"), lost
+    assert "no longer exists in Prefect" in lost["message"] and "Crashed" in events["lost"]
+
+
+def test_deleting_a_run_cancels_a_flow_run_its_status_never_recorded(env, runs, kube_api, tmp_path):
+    """A create that timed out after Prefect made the flow run leaves no id in the status;
+    deleting the PipelineRun still finds the flow run (its idempotency key is the UID)."""
+    from kubernetes import client as k8s
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from tests.integration.prefect_helpers import create_process_pool
+
+    api_url = env["RADPS_PREFECT_API_URL"]
+    idle_pool = f"idle-{uuid.uuid4().hex[:6]}"
+    create_process_pool(api_url, idle_pool)
+    with kopf_operator(runs.namespace, env):
+        runs.create("orphan", **synth(tmp_path, "o", workPool=idle_pool))
+        flow_run_id = runs.wait_phase("orphan", "Scheduled", timeout=30)["prefect"]["flowRunId"]
+    custom = k8s.CustomObjectsApi(kube_api)
+    custom.patch_namespaced_custom_object_status(
+        "radps.io", "v1alpha1", runs.namespace, "pipelineruns", "orphan",
+        {"status": {"prefect": None, "phase": "Pending"}},
+    )  # fmt: skip
+    runs.delete("orphan")  # the finalizer keeps it until the operator has seen the deletion
+    with kopf_operator(runs.namespace, env):
+        wait_until(lambda: not runs.exists("orphan"), timeout=60, what="orphan deleted")
+    with SyncPrefectClient(api_url) as client:
+        assert client.read_flow_run(uuid.UUID(flow_run_id)).state.is_cancelled()
+
+
 def test_running_run_shows_its_dask_cluster(env, runs, tmp_path):
     # The flow run is moved to Running by hand (as its engine would): no pod needed to check
     # that the operator finds the DaskCluster labelled with the run and shows it.

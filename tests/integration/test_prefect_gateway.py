@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from radps_operator import api, reconcile
-from radps_operator.prefect_gateway import PrefectGateway, PrefectUnavailable
+from radps_operator.prefect_gateway import PrefectBusy, PrefectGateway, PrefectUnavailable
 from radps_operator.settings import OperatorSettings
 from tests.integration.prefect_helpers import (  # noqa: F401
     TINY_SYNTH,
@@ -18,6 +18,19 @@ from tests.integration.prefect_helpers import (  # noqa: F401
 )
 
 pytestmark = pytest.mark.integration
+
+
+async def _patiently(call):
+    """As the operator does: a busy Prefect (SQLite's 503 "database is locked" on a loaded
+    machine) is asked again, for up to a minute."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return await call()
+        except PrefectBusy:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
 
 
 def _requests(settings, tmp_path, name="gw", **spec_fields):
@@ -90,7 +103,8 @@ def test_spec_retries_make_prefect_run_a_failing_flow_again(
 
     async def scenario():
         async with PrefectGateway(radps_server.api_url) as gw:
-            run = await gw.create_flow_run(await gw.ensure_deployment(dep), req, dep.work_pool)
+            deployment_id = await _patiently(lambda: gw.ensure_deployment(dep))
+            run = await _patiently(lambda: gw.create_flow_run(deployment_id, req, dep.work_pool))
             deadline = time.monotonic() + 180
             while not run.terminal and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)

@@ -64,6 +64,7 @@ def test_spec_fields_match_the_design():
         "dask",
         "resources",
         "timeoutSeconds",
+        "startDeadlineSeconds",
         "retries",
         "cancel",
         "ttlSecondsAfterFinished",

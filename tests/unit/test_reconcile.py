@@ -237,6 +237,22 @@ def test_overloaded_prefect_is_busy_not_down(code, kind):
     assert _unavailable(httpx.ConnectError("refused")).__name__ == "PrefectUnavailable"
 
 
+@pytest.mark.parametrize(
+    ("code", "rejected"),
+    [(404, True), (422, True), (400, True), (409, False), (401, False), (403, False)],
+)
+def test_a_terminal_prefect_answer_is_a_rejection_with_its_words(code, rejected):
+    import httpx
+
+    from radps_operator.prefect_gateway import _rejection, _unavailable
+
+    request = httpx.Request("POST", "http://prefect/api/deployments/")
+    response = httpx.Response(code, json={"detail": "Work pool 'nope' not found."})
+    error = httpx.HTTPStatusError("x", request=request, response=response)
+    words = _rejection(error) if _unavailable(error) is None else None
+    assert (words == f"{code}: Work pool 'nope' not found.") is rejected
+
+
 def test_dask_status_from_the_daskcluster():
     cluster = {
         "metadata": {"name": "radps-abc", "namespace": "ns", "labels": {r.RUN_UID_LABEL: "u"}},
@@ -245,3 +261,97 @@ def test_dask_status_from_the_daskcluster():
     d = r.dask_status(cluster)
     assert (d.cluster, d.workers) == ("radps-abc", 3)
     assert d.dashboard_url == "http://radps-abc-scheduler.ns.svc:8787/status"
+
+
+# --- bounded lifecycle (issue 12) --------------------------------------------------------------
+
+
+def _pod(name="run-a-xyz", *, waiting=None, terminated=None, last=None, unschedulable=False, **st):
+    container = {"name": "prefect-job", "state": {}}
+    if waiting:
+        container["state"]["waiting"] = {"reason": waiting, "message": f"{waiting} details"}
+    if terminated:
+        container["state"]["terminated"] = {"reason": terminated, "exitCode": 137}
+    if last:
+        container["lastState"] = {"terminated": {"reason": last, "exitCode": 137}}
+    conditions = []
+    if unschedulable:
+        conditions.append(
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/1 nodes are available: 1 Insufficient memory."}
+        )  # fmt: skip
+    return {
+        "metadata": {"name": name},
+        "status": {"containerStatuses": [container], "conditions": conditions, **st},
+    }
+
+
+def test_start_deadline_fails_a_run_that_never_runs_and_stays_failed():
+    created = NOW - timedelta(seconds=100)
+    pending = to_status(None, snap("SCHEDULED", "Late"))
+    assert r.start_deadline(spec(), pending, created, 900) == created + timedelta(seconds=900)
+    assert r.start_deadline(spec(startDeadlineSeconds=60), pending, created, 900) == (
+        created + timedelta(seconds=60)
+    )
+    running = to_status(pending, snap("RUNNING", "Running", start_time=NOW))
+    assert r.start_deadline(spec(startDeadlineSeconds=60), running, created, 900) is None
+    failed = r.start_deadline_status(pending, 60, NOW)
+    cond = r.get_condition(failed, r.SUCCEEDED)
+    assert (failed.phase, cond.status, cond.reason) == ("Failed", "False", "StartDeadlineExceeded")
+    assert "no worker has started the flow run yet" in failed.message  # the last known reason
+    # the Cancelled that follows the operator's own cancel does not turn it into Cancelled
+    after = to_status(failed, snap("CANCELLED", "Cancelled", end_time=NOW))
+    assert after.phase == "Failed" and r.has_operator_verdict(after)
+
+
+def test_a_pod_that_can_never_start_fails_the_run_with_its_reason():
+    running = to_status(None, snap("PENDING", "Pending"))
+    problems = r.pod_problems([_pod(waiting="ImagePullBackOff")])
+    assert [(p.reason, p.fatal) for p in problems] == [("ImagePullBackOff", True)]
+    failed = r.pods_status(running, problems, NOW)
+    assert (failed.phase, r.get_condition(failed, r.SUCCEEDED).reason) == (
+        "Failed",
+        "ImagePullBackOff",
+    )
+    pods = r.get_condition(failed, r.PODS_HEALTHY)
+    assert (pods.status, pods.reason) == ("False", "ImagePullBackOff")
+    assert "pod run-a-xyz container prefect-job: ImagePullBackOff details" in pods.message
+
+
+@pytest.mark.parametrize(
+    ("pod", "reason"),
+    [
+        (_pod(waiting="ErrImagePull"), "ErrImagePull"),
+        (_pod(waiting="CreateContainerConfigError"), "CreateContainerConfigError"),
+        (_pod(unschedulable=True), "Unschedulable"),
+        (_pod(terminated="OOMKilled"), "OOMKilled"),
+        (_pod(last="OOMKilled"), "OOMKilled"),
+        (_pod(reason="Evicted", message="The node was low on memory."), "Evicted"),
+    ],
+)
+def test_pod_reasons_are_surfaced_without_failing_a_run_that_may_recover(pod, reason):
+    running = to_status(None, snap("RUNNING", "Running", start_time=NOW))
+    status = r.pods_status(running, r.pod_problems([pod]), NOW)
+    assert status.phase == "Running"
+    assert r.get_condition(status, r.PODS_HEALTHY).reason == reason
+    # when Prefect then reports the crash, the status says why
+    crashed = to_status(status, snap("CRASHED", "Crashed", message="Job failed"))
+    assert crashed.phase == "Crashed" and f"{reason}:" in crashed.message
+    healthy = r.pods_status(status, [], NOW)
+    assert r.get_condition(healthy, r.PODS_HEALTHY).status == "True"
+
+
+def test_a_lost_flow_run_crashes_the_run_for_good():
+    running = to_status(None, snap("RUNNING", "Running", start_time=NOW))
+    lost = r.lost_status(running, "flow run fr-1 no longer exists in Prefect", NOW)
+    cond = r.get_condition(lost, r.SUCCEEDED)
+    assert (lost.phase, cond.reason, r.is_finished(lost)) == ("Crashed", "FlowRunLost", True)
+    assert to_status(lost, snap("CANCELLED", "Cancelled")).phase == "Crashed"
+
+
+def test_the_job_deadline_backs_up_the_timeout():
+    assert r.active_deadline_seconds(spec(), 900) is None
+    assert r.active_deadline_seconds(spec(timeoutSeconds=60), 900) == 960
+    assert r.active_deadline_seconds(spec(timeoutSeconds=60, startDeadlineSeconds=30), 900) == 90
+    variables = r.job_variables("ns", "run-a", "uid-1", spec(timeoutSeconds=60), SETTINGS)
+    assert variables["active_deadline_seconds"] == 60 + SETTINGS.start_deadline_seconds

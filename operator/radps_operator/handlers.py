@@ -8,6 +8,7 @@ import asyncio
 import functools
 import logging
 import random
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -77,9 +78,17 @@ def login(**kwargs: Any) -> Any:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
+DEEP_OBJECT_RECURSION_LIMIT = 25_000
+"""The API server admits JSON nested up to 10,000 levels (free-form `spec.parameters` has no
+other bound), and kopf decodes and copies each object recursively: with Python's default
+limit (1,000) one deep PipelineRun crashed the watcher and stopped the operator serving every
+run. Validation then rejects it (radps_operator.plain_json, iterative)."""
+
+
 @kopf.on.startup(registry=registry)
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     global _runtime
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), DEEP_OBJECT_RECURSION_LIMIT))
     configure(settings)
     config = OperatorSettings.from_env()
     # Listing the catalog imports the science stack (seconds, ~200 MiB): a child process does
@@ -231,6 +240,9 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
         run.flow_run_id = snapshot.id
         rt.follower.by_flow_run[snapshot.id] = run.uid
     await rt.follower.apply(run, snapshot, None)
+    if r.has_operator_verdict(run.status) and not snapshot.terminal:
+        # the run failed (its start deadline) while this create was in flight
+        await rt.gateway.cancel_flow_run(snapshot.id, f"radps: {run.status.message}")
     if spec.cancel:
         await _cancel(run, "spec.cancel is true")
     metrics.RECONCILE_SECONDS.labels("create").observe(time.perf_counter() - started)

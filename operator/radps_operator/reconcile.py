@@ -312,7 +312,19 @@ def status_from_flow_run(
 ) -> api.PipelineRunStatus:
     """The status that tells the truth about `snapshot`, built on the previous status (whose
     conditions keep their transition times). A finished status never goes back to running."""
-    if is_finished(previous) and (not snapshot.terminal or has_operator_verdict(previous)):
+    prefect = api.PrefectStatus(
+        deployment_id=snapshot.deployment_id
+        or (previous.prefect.deployment_id if previous.prefect else None),
+        flow_run_id=snapshot.id,
+        flow_run_name=snapshot.name,
+        state=snapshot.state_name,
+        url=settings.flow_run_url(snapshot.id),
+    )
+    if has_operator_verdict(previous):
+        # final; where its flow run is still shows (a verdict may come before the create
+        # call that made it returns)
+        return previous.model_copy(update={"prefect": prefect})
+    if is_finished(previous) and not snapshot.terminal:
         return previous
     phase, reason, message = _phase_and_reason(snapshot, previous, work_pool, now)
     pods = get_condition(previous, PODS_HEALTHY)
@@ -331,14 +343,6 @@ def status_from_flow_run(
     duration = None
     if start is not None:
         duration = format_duration(((completion or now) - start).total_seconds())
-    prefect = api.PrefectStatus(
-        deployment_id=snapshot.deployment_id
-        or (previous.prefect.deployment_id if previous.prefect else None),
-        flow_run_id=snapshot.id,
-        flow_run_name=snapshot.name,
-        state=snapshot.state_name,
-        url=settings.flow_run_url(snapshot.id),
-    )
     new_outputs = previous.outputs
     if outputs is not None:
         new_outputs = [api.Output.model_validate(o) for o in outputs]

@@ -81,7 +81,12 @@ def test_failing_flow_and_invalid_spec(env, runs, tmp_path):
         deep: list = []
         for _ in range(1000):  # once a RecursionError in the operator's validation
             deep = [deep]
-        runs.create("deep", pipeline="synthesize", parameters={"output": "/o", "sources": deep})
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(10_000)  # the kubernetes client serializes recursively
+        try:
+            runs.create("deep", pipeline="synthesize", parameters={"output": "/o", "sources": deep})
+        finally:
+            sys.setrecursionlimit(limit)
         invalid = runs.wait_phase("invalid", "Failed", timeout=30)
         deep_run = runs.wait_phase("deep", "Failed", timeout=30)
         evil = runs.wait_phase("evil-image", "Failed", timeout=30)
@@ -166,7 +171,23 @@ def test_no_run_stays_stuck(env, runs, tmp_path):
         with SyncPrefectClient(api_url) as client:
             client.delete_flow_run(uuid.UUID(scheduled["prefect"]["flowRunId"]))
             lost = runs.wait_phase("lost", "Crashed", timeout=60)
-            never_flow_run = client.read_flow_run(uuid.UUID(never["prefect"]["flowRunId"]))
+            # the deadline may pass while the create call is in flight: the flow run it
+            # makes is recorded and cancelled all the same
+            never = wait_until(
+                lambda: runs.status("no-start").get("prefect") and runs.status("no-start"),
+                timeout=30,
+                what="no-start's flow run recorded",
+            )
+            never_flow_run = wait_until(
+                lambda: (
+                    (
+                        r := client.read_flow_run(uuid.UUID(never["prefect"]["flowRunId"]))
+                    ).state.is_cancelled()
+                    and r
+                ),
+                timeout=30,
+                what="no-start's flow run cancelled",
+            )
         events = {name: [reason for _, reason, _ in runs.events(name)] for name in runs.names()}
         runs.delete_all()
     cond = condition(rejected, "Succeeded")

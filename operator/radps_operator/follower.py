@@ -165,6 +165,21 @@ class Kube:
             raise
         return list(found.get("items", []))
 
+    async def delete_run_jobs(self, namespace: str, uid: str) -> list[str]:
+        """Delete the flow-run Jobs of a run the operator failed (their pods with them): a
+        pod waiting for an image that never comes would otherwise wait forever, since Prefect
+        cancels a run that never started without touching its infrastructure."""
+        from kubernetes_asyncio import client
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        batch = client.BatchV1Api(self.api)
+        jobs = await batch.list_namespaced_job(namespace, label_selector=f"{r.RUN_UID_LABEL}={uid}")
+        names = [job.metadata.name for job in jobs.items]
+        for name in names:
+            with contextlib.suppress(ApiException):
+                await batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        return names
+
     async def run_pods(self, namespace: str) -> dict[str, list[dict[str, Any]]]:
         """Pods of radps runs in `namespace` (flow-run and Dask pods carry the run's UID
         label), by run UID, as the API returns them."""
@@ -521,9 +536,21 @@ class Follower:
                 )
             ):
                 self.post_event(run, "Warning", condition.reason or "Pod", condition.message or "")
-        if r.has_operator_verdict(run.status) and run.flow_run_id:
+        if r.has_operator_verdict(run.status):
+            await self.stop_run(run)
+
+    async def stop_run(self, run: Tracked) -> None:
+        """After a verdict: cancel the flow run and remove its Jobs (and so its pods)."""
+        if run.flow_run_id:
             with contextlib.suppress(PrefectUnavailable):
                 await self.gateway.cancel_flow_run(run.flow_run_id, f"radps: {run.status.message}")
+        try:
+            removed = await self.kube.delete_run_jobs(run.namespace, run.uid)
+        except Exception as exc:  # no permission: the Job's own deadline remains
+            log.debug("Jobs of %s/%s: %r", run.namespace, run.name, exc)
+            return
+        if removed:
+            log.info("deleted Jobs %s of failed run %s/%s", removed, run.namespace, run.name)
 
     async def _deadlines(self) -> None:
         now = utcnow()
@@ -562,6 +589,7 @@ class Follower:
             )
         async with run.lock:
             await self.write(run, r.start_deadline_status(run.status, seconds, utcnow()))
+        await self.stop_run(run)
 
     async def time_out(self, run: Tracked) -> None:
         assert run.spec.timeout_seconds is not None and run.flow_run_id

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from prefect import flow, task
@@ -38,17 +37,27 @@ class Source(BaseModel):
 
 
 @task(name="synthesize-visibilities")
-def synthesize_visibilities(store: str, truth: str, spec: SynthesisSpec) -> list[Output]:
-    result = synthesize_processing_set(store, spec)
-    Path(truth).write_text(json.dumps(_truth(result), indent=1))
-    print(
-        f"wrote {result.n_visibilities:,} visibilities in {result.elapsed_s:.1f} s "
-        f"({result.visibilities_per_s / 1e6:.1f} Mvis/s)"
-    )
-    return [
-        file_output("visibilities", result.path, "msv4"),
-        file_output("truth", Path(truth), "json"),
-    ]
+def synthesize_visibilities(
+    output: str, overwrite: bool, arguments: dict[str, Any], spec: SynthesisSpec
+) -> list[Output]:
+    """Write the set, its truth and its manifest as one transaction, here: on a cluster this
+    runs in a Dask worker, which may not share a filesystem with the flow-run pod (helm
+    test's run writes to each pod's own /tmp)."""
+    store = store_path(output)
+    stem = store.name.removesuffix(".ps.zarr")
+    with transactional_output("synthesize", str(store), overwrite, arguments, {}) as transaction:
+        result = synthesize_processing_set(transaction.folder, spec)
+        truth = transaction.sibling(f"{stem}.truth.json")
+        truth.write_text(json.dumps(_truth(result), indent=1))
+        print(
+            f"wrote {result.n_visibilities:,} visibilities in {result.elapsed_s:.1f} s "
+            f"({result.visibilities_per_s / 1e6:.1f} Mvis/s)"
+        )
+        outputs = [
+            file_output("visibilities", result.path, "msv4"),
+            file_output("truth", truth, "json"),
+        ]
+        return transaction.commit(outputs, store_manifest_name(store.name))
 
 
 def _truth(result) -> dict:
@@ -136,13 +145,8 @@ def synthesize(
         rfi_amplitude_jy=rfi_amplitude_jy,
         seed=seed,
     )
-    store = store_path(output)
-    stem = store.name.removesuffix(".ps.zarr")
-    arguments = {k: v for k, v in locals().items() if k not in ("spec", "points", "store", "stem")}
-    with transactional_output("synthesize", str(store), overwrite, arguments, {}) as transaction:
-        report_progress(0, 1)
-        truth = transaction.sibling(f"{stem}.truth.json")
-        outputs = synthesize_visibilities.submit(str(transaction.folder), str(truth), spec).result()
-        outputs = transaction.commit(outputs, store_manifest_name(store.name))
+    arguments = {k: v for k, v in locals().items() if k not in ("spec", "points")}
+    report_progress(0, 1)
+    outputs = synthesize_visibilities.submit(output, overwrite, arguments, spec).result()
     report_progress(1, 1)
     return publish_outputs(outputs)

@@ -29,16 +29,34 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+PREFECT_TEMPORARY_SERVER = "prefect.server.api.server:create_app"
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Stop the temporary API server Prefect starts in this process when something calls its
-    API with no server configured, now, while logging still works: at interpreter exit its
-    stop could outlive the grace of hack/no-leftovers.py (a CI run failed on that)."""
+    """Stop the temporary API servers Prefect starts in this process when something calls its
+    API with no server configured, now: at interpreter exit they outlived the grace of
+    hack/no-leftovers.py twice. Prefect's own stop() ends only the last one it started; when a
+    start times out on a loaded machine it starts another and forgets the first, which stays
+    our child. So every such child of this process is stopped, by its PID."""
+    import psutil
+
     server_module = sys.modules.get("prefect.server.api.server")
-    if server_module is None:
-        return
-    for server in list(server_module.SubprocessASGIServer._instances.values()):
-        with contextlib.suppress(Exception):
-            server.stop()
+    if server_module is not None:
+        for server in list(server_module.SubprocessASGIServer._instances.values()):
+            with contextlib.suppress(Exception):
+                server.stop()
+    servers = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if PREFECT_TEMPORARY_SERVER in " ".join(child.cmdline()):
+                servers.append(child)
+    for server in servers:
+        with contextlib.suppress(psutil.Error):
+            server.terminate()
+    _, alive = psutil.wait_procs(servers, timeout=10)
+    for server in alive:
+        with contextlib.suppress(psutil.Error):
+            server.kill()
 
 
 def shared_dir() -> Path:

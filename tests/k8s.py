@@ -33,6 +33,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -333,12 +334,16 @@ def release_leftover_runs(api: Any, namespace: str) -> None:
     from kubernetes.client.rest import ApiException
 
     custom = client.CustomObjectsApi(api)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 25_000))  # a test's run nested 1,000 deep decodes too
     try:
         leftovers = custom.list_namespaced_custom_object(
             "radps.io", "v1alpha1", namespace, "pipelineruns"
         )["items"]
     except ApiException:
         return  # no CRD installed, or the namespace is gone
+    finally:
+        sys.setrecursionlimit(limit)
     for run in leftovers:
         if run["metadata"].get("finalizers"):
             with contextlib.suppress(ApiException):

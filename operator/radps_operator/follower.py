@@ -492,12 +492,9 @@ class Follower:
         if not problems:
             return status
         status = r.pods_status(status, problems, utcnow())
-        pods_condition = r.get_condition(status, r.PODS_HEALTHY)
-        assert pods_condition is not None
-        message = f"{status.message or status.phase}; {pods_condition.reason}: "
-        return status.model_copy(
-            update={"message": (message + (pods_condition.message or ""))[:2000]}
-        )
+        assert status.phase is not None
+        message = r.explain_with_pods(status.message, api.Phase(status.phase), status)
+        return status.model_copy(update={"message": message})
 
     async def _refresh_pods(self) -> None:
         """Why the pods of unfinished runs cannot start or were killed, into each run's
@@ -544,6 +541,9 @@ class Follower:
         if run.flow_run_id:
             with contextlib.suppress(PrefectUnavailable):
                 await self.gateway.cancel_flow_run(run.flow_run_id, f"radps: {run.status.message}")
+        await self.remove_jobs(run)
+
+    async def remove_jobs(self, run: Tracked) -> None:
         try:
             removed = await self.kube.delete_run_jobs(run.namespace, run.uid)
         except Exception as exc:  # no permission: the Job's own deadline remains
@@ -589,7 +589,7 @@ class Follower:
             )
         async with run.lock:
             await self.write(run, r.start_deadline_status(run.status, seconds, utcnow()))
-        await self.stop_run(run)
+        await self.remove_jobs(run)  # its flow run is cancelled above
 
     async def time_out(self, run: Tracked) -> None:
         assert run.spec.timeout_seconds is not None and run.flow_run_id

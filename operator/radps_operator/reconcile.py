@@ -327,9 +327,8 @@ def status_from_flow_run(
     if is_finished(previous) and not snapshot.terminal:
         return previous
     phase, reason, message = _phase_and_reason(snapshot, previous, work_pool, now)
-    pods = get_condition(previous, PODS_HEALTHY)
-    if phase in (api.Phase.FAILED, api.Phase.CRASHED) and pods and pods.status == "False":
-        message = f"{message or phase.value}; {pods.reason}: {pods.message}"[:2000]
+    if phase in (api.Phase.FAILED, api.Phase.CRASHED):
+        message = explain_with_pods(message, phase, previous)
     # TimedOut while Prefect still cancels is not finished: completion comes with Cancelled.
     finished = phase in api.FINISHED_PHASES and snapshot.terminal
     if phase == api.Phase.COMPLETED:
@@ -422,7 +421,6 @@ WAITING_REASONS = FATAL_WAITING_REASONS | {
     "CrashLoopBackOff",
 }
 TERMINATED_REASONS = frozenset({"OOMKilled", "ContainerCannotRun", "DeadlineExceeded"})
-_FATAL_POD_REASONS = FATAL_WAITING_REASONS
 
 
 def verdict_status(
@@ -448,15 +446,12 @@ def verdict_status(
 
 def has_operator_verdict(status: api.PipelineRunStatus) -> bool:
     condition = get_condition(status, SUCCEEDED)
-    return (
-        condition is not None
-        and condition.reason in _VERDICT_REASONS | _FATAL_POD_REASONS
-        and is_finished(status)
-    )
+    return condition is not None and condition.reason in _VERDICT_REASONS and is_finished(status)
 
 
-_VERDICT_REASONS = frozenset(
-    {INVALID_SPEC, PREFECT_REJECTED, START_DEADLINE_EXCEEDED, FLOW_RUN_LOST}
+_VERDICT_REASONS = (
+    frozenset({INVALID_SPEC, PREFECT_REJECTED, START_DEADLINE_EXCEEDED, FLOW_RUN_LOST})
+    | FATAL_WAITING_REASONS
 )
 
 
@@ -563,6 +558,16 @@ def pods_status(
     if fatal is not None and not is_finished(previous):
         status = verdict_status(status, api.Phase.FAILED, fatal.reason, fatal.message, now)
     return status
+
+
+def explain_with_pods(
+    message: str | None, phase: api.Phase, status: api.PipelineRunStatus
+) -> str | None:
+    """A failed or crashed run's message, with why its pods died when `status` says."""
+    pods = get_condition(status, PODS_HEALTHY)
+    if pods is None or pods.status != "False":
+        return message
+    return f"{message or phase.value}; {pods.reason}: {pods.message}"[:2000]
 
 
 def lost_status(previous: api.PipelineRunStatus, why: str, now: datetime) -> api.PipelineRunStatus:

@@ -93,8 +93,10 @@ def build(
     inputs: Mapping[str, str],
     started: datetime,
     flow_run_id: str | None,
+    run: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The manifest of the products in ``root`` (paths relative to it)."""
+    """The manifest of the products in ``root`` (paths relative to it); ``run`` is what
+    :func:`radps_flows.provenance.of_this_run` says of the PipelineRun and the image."""
     entries = []
     for product in products:
         entries.append(
@@ -111,13 +113,8 @@ def build(
         "provenance": {
             "pipeline": pipeline,
             "parameters": _plain(parameters),
-            "pipeline_run": {
-                "name": os.environ.get("RADPS_RUN_NAME"),
-                "namespace": os.environ.get("RADPS_RUN_NAMESPACE"),
-                "uid": os.environ.get("RADPS_RUN_UID"),
-            },
+            **_plain(run),
             "flow_run_id": flow_run_id,
-            "image": os.environ.get("RADPS_IMAGE"),
             "versions": _versions(),
             "inputs": {name: input_identity(path) for name, path in inputs.items()},
             "started": started.isoformat(),

@@ -15,7 +15,8 @@ the complete new one; never a half-written product with a valid header.
 - ``rollback`` removes the staging folder: the only thing a run ever deletes apart from the
   old output it was told to replace. A run killed outright (SIGKILL, a deleted pod) leaves the
   hidden staging folder, which nothing mistakes for a product (it has no manifest where readers
-  look); `radps` reports it on the next run into the same output.
+  look). Its name carries the flow-run ID: the next run into the same output removes it once
+  Prefect says that flow run has ended (:mod:`radps_flows.pipelines.transaction`).
 """
 
 from __future__ import annotations
@@ -132,6 +133,11 @@ def leftover_staging(final: str | os.PathLike[str]) -> list[Path]:
     if not final.parent.is_dir():
         return []
     return sorted(final.parent.glob(f".{final.name}{STAGING_MARK}*"))
+
+
+def staging_run_id(staging: Path) -> str:
+    """The run (flow-run ID) that owns a staging folder."""
+    return staging.name.rsplit(STAGING_MARK, 1)[1]
 
 
 def _remove(path: Path) -> None:

@@ -35,6 +35,15 @@ LOST_AFTER = 120.0
 worker usually reports the crash first)."""
 BUSY_IS_UNREACHABLE_AFTER = 30.0
 """Seconds of nothing but 503s from Prefect before the runs show PrefectReachable=False."""
+DELETED_RUN_WATCH_SECONDS = 300.0
+"""How long Jobs of a deleted PipelineRun are looked for after its delete handler ran: a worker
+that took the flow run just as it was cancelled creates the Job afterwards (Prefect cancels a
+run it thinks unstarted without touching infrastructure). Later, the Job's pod refuses to run
+(radps_flows.origin finds no PipelineRun) and its TTL collects it."""
+DELETED_RUN_CANCEL_GRACE = 30.0
+"""Seconds a deleted run's flow run may stay Cancelling, the worker stopping its Job, before
+the operator ends it as Cancelled and removes the Job itself (a worker that lost the race with
+the Job's creation never completes the cancellation)."""
 
 
 def utcnow() -> datetime:
@@ -61,6 +70,16 @@ class Tracked:
 
     def ref(self) -> dict[str, str]:
         return {"namespace": self.namespace, "name": self.name, "uid": self.uid}
+
+
+@dataclass(frozen=True)
+class DeletedRun:
+    """A PipelineRun whose delete handler ran, while its Jobs are still looked for."""
+
+    namespace: str
+    name: str
+    flow_run_id: str | None
+    since: float
 
 
 class Kube:
@@ -180,6 +199,21 @@ class Kube:
                 await batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
         return names
 
+    async def run_job_uids(self, namespace: str) -> set[str]:
+        """The run UIDs that flow-run Jobs in `namespace` carry."""
+        from kubernetes_asyncio import client
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        try:
+            jobs = await client.BatchV1Api(self.api).list_namespaced_job(
+                namespace, label_selector=r.RUN_UID_LABEL
+            )
+        except ApiException as exc:
+            if exc.status in (403, 404):  # an install without the Jobs rule: TTLs collect them
+                return set()
+            raise
+        return {job.metadata.labels[r.RUN_UID_LABEL] for job in jobs.items}
+
     async def run_pods(self, namespace: str) -> dict[str, list[dict[str, Any]]]:
         """Pods of radps runs in `namespace` (flow-run and Dask pods carry the run's UID
         label), by run UID, as the API returns them."""
@@ -232,6 +266,7 @@ class Follower:
         self.kube = kube
         self.runs: dict[str, Tracked] = {}
         self.by_flow_run: dict[str, str] = {}
+        self.deleted: dict[str, DeletedRun] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -288,6 +323,10 @@ class Follower:
         run = self.runs.pop(uid, None)
         if run is not None and run.flow_run_id:
             self.by_flow_run.pop(run.flow_run_id, None)
+
+    def watch_deleted(self, namespace: str, name: str, uid: str, flow_run_id: str | None) -> None:
+        """Remove Jobs of this deleted run that appear for a while (DELETED_RUN_WATCH_SECONDS)."""
+        self.deleted[uid] = DeletedRun(namespace, name, flow_run_id, time.monotonic())
 
     async def write(self, run: Tracked, new: api.PipelineRunStatus) -> None:
         """Patch what changed (caller holds run.lock); post an Event on a phase change."""
@@ -388,6 +427,7 @@ class Follower:
                 next_pods = time.monotonic() + POD_CHECK_SECONDS
                 try:
                     await self._refresh_pods()
+                    await self._collect_deleted()
                 except Exception:
                     log.exception("pod check failed")
             await self._deadlines()
@@ -510,6 +550,35 @@ class Follower:
             for run in active:
                 if run.namespace == namespace:
                     await self._apply_pods(run, pods.get(run.uid, []))
+
+    async def _collect_deleted(self) -> None:
+        """Delete the Jobs of deleted runs (one Job list per namespace). A run whose flow run
+        is being cancelled is left to the worker, which stops its infrastructure, for
+        DELETED_RUN_CANCEL_GRACE; then its flow run is ended here."""
+        now = time.monotonic()
+        self.deleted = {
+            uid: d for uid, d in self.deleted.items() if now - d.since < DELETED_RUN_WATCH_SECONDS
+        }
+        for namespace in {d.namespace for d in self.deleted.values()}:
+            with_jobs = await self.kube.run_job_uids(namespace)
+            found = {
+                uid: d
+                for uid, d in self.deleted.items()
+                if d.namespace == namespace and uid in with_jobs
+            }
+            ids = [d.flow_run_id for d in found.values() if d.flow_run_id]
+            runs = await self.gateway.read_flow_runs(ids) if ids else []
+            stopping = {s.id for s in runs if not s.terminal}
+            for uid, gone in found.items():
+                if gone.flow_run_id in stopping:
+                    if now - gone.since < DELETED_RUN_CANCEL_GRACE:
+                        continue
+                    await self.gateway.force_cancelled(
+                        gone.flow_run_id,
+                        f"radps: PipelineRun {gone.name} was deleted; its Job is removed",
+                    )
+                removed = await self.kube.delete_run_jobs(namespace, uid)
+                log.info("deleted Jobs %s of deleted run %s/%s", removed, namespace, gone.name)
 
     async def _apply_pods(self, run: Tracked, pods: list[dict[str, Any]]) -> None:
         flow_pods = [p for p in pods if "prefect.io/flow-run-id" in p["metadata"].get("labels", {})]

@@ -316,7 +316,8 @@ async def cancel(body: kopf.Body, new: Any, **_: Any) -> None:
 
 @kopf.on.delete(*RESOURCE, registry=registry)
 async def delete(body: kopf.Body, **_: Any) -> None:
-    """Before the object goes: cancel an unfinished flow run and remove its DaskClusters."""
+    """Before the object goes: cancel an unfinished flow run and remove its DaskClusters;
+    the follower removes its Jobs once the flow run has ended."""
     started = time.perf_counter()
     rt = runtime()
     meta = body["metadata"]
@@ -340,6 +341,7 @@ async def delete(body: kopf.Body, **_: Any) -> None:
     if removed:
         log.info("deleted DaskClusters %s of %s/%s", removed, namespace, meta["name"])
     rt.follower.untrack(uid)
+    rt.follower.watch_deleted(namespace, meta["name"], uid, flow_run_id)
     metrics.RECONCILE_SECONDS.labels("delete").observe(time.perf_counter() - started)
 
 

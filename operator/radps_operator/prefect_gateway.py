@@ -338,6 +338,18 @@ class PrefectGateway:
                 ),
             )
 
+    async def force_cancelled(self, flow_run_id: str, message: str) -> None:
+        """End a flow run left in Cancelling: its pod ended without the worker completing
+        the cancellation (seen when the pod was refused as its PipelineRun was deleted)."""
+        from prefect.states import Cancelled
+
+        await self._call(
+            "set_flow_run_state",
+            self._client.set_flow_run_state(
+                UUID(flow_run_id), Cancelled(message=message), force=True
+            ),
+        )
+
     async def read_outputs(self, flow_run_id: str) -> list[dict[str, Any]]:
         """Rows {name, uri, kind} of the flow run's "radps outputs" table artifact."""
         return (await self.read_outputs_of([flow_run_id]))[flow_run_id]

@@ -7,11 +7,13 @@ through the session fixture in conftest."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,35 @@ def get(cluster: KubeCluster, *args: str, namespace: str = RUNS_NAMESPACE) -> An
 def of_run(cluster: KubeCluster, kind: str, uid: str) -> list[dict[str, Any]]:
     """The objects of ``kind`` labelled with the PipelineRun's UID (Jobs, DaskClusters)."""
     return get(cluster, kind, "-l", f"radps.io/run-uid={uid}")["items"]
+
+
+@contextmanager
+def prefect_settings(cluster: KubeCluster) -> Iterator[None]:
+    """Prefect's client settings for the release's server, reached through a port-forward
+    with the release's credential (from its Secret), for a test to read or forge flow runs."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    encoded = cluster.kubectl(
+        "get", "secret", f"{RELEASE}-prefect-auth", "-n", CONTROL_NAMESPACE,
+        "-o", "jsonpath={.data.auth-string}",
+    ).stdout  # fmt: skip
+    forward = subprocess.Popen(
+        [cluster.kubectl_path, "--kubeconfig", str(cluster.kubeconfig), "port-forward",
+         "-n", CONTROL_NAMESPACE, f"svc/{RELEASE}-prefect-server", ":4200"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = forward.stdout.readline() if forward.stdout else ""
+        port = int(line.rsplit(":", 1)[1].split()[0])
+        settings = {
+            PREFECT_API_URL: f"http://127.0.0.1:{port}/api",
+            PREFECT_API_AUTH_STRING: base64.b64decode(encoded).decode(),
+        }
+        with temporary_settings(settings):
+            yield
+    finally:
+        forward.terminate()
+        forward.wait(10)
 
 
 def why_not_completed(cluster: KubeCluster, name: str) -> str:

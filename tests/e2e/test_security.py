@@ -5,9 +5,7 @@ network fences around the Prefect server and each run's Dask scheduler."""
 
 from __future__ import annotations
 
-import base64
 import json
-import subprocess
 import textwrap
 import uuid
 from pathlib import Path
@@ -22,6 +20,7 @@ from tests.e2e.release import (
     RELEASE,
     RUNS_NAMESPACE,
     get,
+    prefect_settings,
     why_not_completed,
 )
 from tests.k8s import REPO, KubeCluster, wait_until
@@ -232,26 +231,9 @@ def test_a_flow_run_no_pipelinerun_asked_for_does_not_run(
     The worker starts its pod, whose fixed command (radps_flows.origin) finds no PipelineRun
     there that records it, and refuses: the flow never starts, no Dask cluster is made."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    encoded = kube_cluster.kubectl(
-        "get", "secret", f"{RELEASE}-prefect-auth", "-n", CONTROL_NAMESPACE,
-        "-o", "jsonpath={.data.auth-string}",
-    ).stdout  # fmt: skip
-    credential = base64.b64decode(encoded).decode()
-    forward = subprocess.Popen(
-        [kube_cluster.kubectl_path, "--kubeconfig", str(kube_cluster.kubeconfig), "port-forward",
-         "-n", CONTROL_NAMESPACE, f"svc/{RELEASE}-prefect-server", ":4200"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
     try:
-        line = forward.stdout.readline() if forward.stdout else ""
-        port = int(line.rsplit(":", 1)[1].split()[0])
-        settings = {
-            PREFECT_API_URL: f"http://127.0.0.1:{port}/api",
-            PREFECT_API_AUTH_STRING: credential,
-        }
-        with temporary_settings(settings), get_client(sync_client=True) as client:
+        with prefect_settings(kube_cluster), get_client(sync_client=True) as client:
             (deployment,) = [d for d in client.read_deployments() if d.name.startswith("imaging")]
             parameters = yaml.safe_load(
                 (REPO / "manifests" / "examples" / "vla-imaging.yaml").read_text()
@@ -286,8 +268,6 @@ def test_a_flow_run_no_pipelinerun_asked_for_does_not_run(
         assert "Beginning flow run" not in output
         assert not get(kube_cluster, "daskclusters", "-l", label)["items"]
     finally:
-        forward.terminate()
-        forward.wait(10)
         kube_cluster.kubectl(
             "delete", "jobs", "-n", RUNS_NAMESPACE, "-l", "prefect.io/flow-run-name=forged",
             check=False,

@@ -7,11 +7,13 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +177,18 @@ def test_outputs_are_whole_or_absent(radps_server: RadpsServer, tmp_path: Path):
     manifest_path = tmp_path / "sky.manifest.json"
     document = json.loads(manifest_path.read_text())
     assert {p["path"] for p in document["products"]} == {"sky.ps.zarr", "sky.truth.json"}
-    assert document["provenance"]["flow_run_id"] == flow_run_ids(output)[0]
+    first_flow_run = flow_run_ids(output)[0]
+    assert document["provenance"]["flow_run_id"] == first_flow_run
+    assert document["provenance"]["pipeline_run"]["name"] == "synth"
+    assert document["provenance"]["pipeline_run"]["spec"]["parameters"] == parameters
     verify(sky)
     truth = (tmp_path / "sky.truth.json").read_text()
+    # what runs killed outright (SIGKILL) left: one of a flow run that has ended, one of a
+    # flow run this server never saw (another server's, or live elsewhere)
+    ended = tmp_path / f".sky.ps.zarr.staging-{first_flow_run}"
+    unknown = tmp_path / f".sky.ps.zarr.staging-{uuid.uuid4()}"
+    for leftover in (ended, unknown):
+        (leftover / "sky.ps.zarr").mkdir(parents=True)
 
     code, output = radps_run(env, synth)
     assert code == 1
@@ -191,6 +202,9 @@ def test_outputs_are_whole_or_absent(radps_server: RadpsServer, tmp_path: Path):
     assert code == 0, output
     assert (tmp_path / "sky.truth.json").read_text() != truth
     verify(sky)
+    assert not ended.exists(), "the staging folder of an ended flow run was kept"
+    assert unknown.exists(), "the staging folder of a flow run Prefect does not know was removed"
+    shutil.rmtree(unknown)
 
     fake_model = tmp_path / "model.fits"
     fake_model.write_bytes(b"SIMPLE  =                    T" + b" " * 2850)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from radps_flows import manifest
+from radps_flows import manifest, provenance
 from radps_flows.staging import OutputExistsError, StagedOutput, leftover_staging
 
 
@@ -29,6 +29,7 @@ def _commit_with_manifest(staged: StagedOutput, names: list[str]) -> Path:
         inputs={},
         started=datetime.now(UTC),
         flow_run_id="00000000-0000-0000-0000-000000000000",
+        run=provenance.of_this_run({}),
     )
     manifest.write(document, staged.path / manifest.MANIFEST_NAME)
     return staged.commit()
@@ -136,9 +137,8 @@ def test_readers_refuse_a_product_without_a_matching_manifest(tmp_path, damage, 
         manifest.verify(product)
 
 
-def test_manifest_provenance(tmp_path, monkeypatch):
-    monkeypatch.setenv("RADPS_RUN_UID", "uid-1")
-    monkeypatch.setenv("RADPS_RUN_NAME", "run-1")
+def test_manifest_provenance(tmp_path):
+    provenance.set_local_run("run-1", {"pipeline": "imaging", "parameters": {"imsize": 64}})
     source = tmp_path / "in.ps.zarr"
     _write(source, {"zarr.json": b'{"a": 1}', "VIS/c/0": b"data"})
     document = manifest.build(
@@ -149,14 +149,42 @@ def test_manifest_provenance(tmp_path, monkeypatch):
         inputs={"input": str(source)},
         started=datetime.now(UTC),
         flow_run_id="fr-1",
+        run=provenance.of_this_run({}),
     )
-    provenance = document["provenance"]
-    assert provenance["pipeline_run"]["uid"] == "uid-1" and provenance["flow_run_id"] == "fr-1"
-    assert provenance["versions"]["radps"] and provenance["parameters"] == {"imsize": 64}
-    identity = provenance["inputs"]["input"]
+    recorded = document["provenance"]
+    assert recorded["pipeline_run"]["name"] == "run-1" and recorded["flow_run_id"] == "fr-1"
+    assert recorded["pipeline_run"]["spec"]["pipeline"] == "imaging"
+    assert recorded["versions"]["radps"] and recorded["parameters"] == {"imsize": 64}
+    identity = recorded["inputs"]["input"]
     assert identity["size"] == len(b'{"a": 1}') + 4 and identity["files"] == 2
     before = identity["metadata_sha256"]
     (source / "zarr.json").write_bytes(b'{"a": 2}')  # same size, other metadata
     again = manifest.input_identity(str(source))
     assert again["metadata_sha256"] != before
     json.dumps(document)  # plain JSON throughout
+
+
+def test_the_image_id_is_that_of_the_container_running_the_reference():
+    pod = {
+        "status": {
+            "containerStatuses": [
+                {"image": "docker.io/library/radps:0.1.0", "imageID": "sha256:aaa"},
+                {"image": "busybox:1", "imageID": "sha256:bbb"},
+            ]
+        }
+    }
+    assert provenance.image_id(pod, "radps:0.1.0") == "sha256:aaa"
+    assert provenance.image_id(pod, "other:1") is None
+    single = {"status": {"containerStatuses": [{"image": "x", "imageID": "sha256:ccc"}]}}
+    assert provenance.image_id(single, "radps:0.1.0") == "sha256:ccc"
+    assert provenance.image_id({"status": {}}, "radps:0.1.0") is None
+
+
+def test_provenance_outside_the_cluster_api_says_why_it_is_missing():
+    """A pod whose API cannot be reached (here: not in a cluster) still gets a manifest."""
+    record = provenance.of_this_run(
+        {"RADPS_POD_NAME": "p", "RADPS_RUN_NAME": "r", "RADPS_RUN_UID": "u", "RADPS_IMAGE": "i"}
+    )
+    assert record["pipeline_run"] == {"name": "r", "namespace": None, "uid": "u", "spec": None}
+    assert record["image"] == {"reference": "i", "id": None}
+    assert record["unavailable"].startswith("not read from the Kubernetes API")

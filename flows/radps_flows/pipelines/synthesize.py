@@ -9,6 +9,7 @@ import numpy as np
 from prefect import flow, task
 from pydantic import BaseModel, Field
 
+from radps_flows import provenance
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core.synth import (
     PointSource,
@@ -38,14 +39,21 @@ class Source(BaseModel):
 
 @task(name="synthesize-visibilities")
 def synthesize_visibilities(
-    output: str, overwrite: bool, arguments: dict[str, Any], spec: SynthesisSpec
+    output: str,
+    overwrite: bool,
+    arguments: dict[str, Any],
+    spec: SynthesisSpec,
+    run: dict[str, Any],
 ) -> list[Output]:
     """Write the set, its truth and its manifest as one transaction, here: on a cluster this
     runs in a Dask worker, which may not share a filesystem with the flow-run pod (helm
-    test's run writes to each pod's own /tmp)."""
+    test's run writes to each pod's own /tmp), nor its account (``run``: the provenance the
+    flow read)."""
     store = store_path(output)
     stem = store.name.removesuffix(".ps.zarr")
-    with transactional_output("synthesize", str(store), overwrite, arguments, {}) as transaction:
+    with transactional_output(
+        "synthesize", str(store), overwrite, arguments, {}, run
+    ) as transaction:
         result = synthesize_processing_set(transaction.folder, spec)
         truth = transaction.sibling(f"{stem}.truth.json")
         truth.write_text(json.dumps(_truth(result), indent=1))
@@ -147,6 +155,7 @@ def synthesize(
     )
     arguments = {k: v for k, v in locals().items() if k not in ("spec", "points")}
     report_progress(0, 1)
-    outputs = synthesize_visibilities.submit(output, overwrite, arguments, spec).result()
+    run = provenance.of_this_run()
+    outputs = synthesize_visibilities.submit(output, overwrite, arguments, spec, run).result()
     report_progress(1, 1)
     return publish_outputs(outputs)

@@ -147,6 +147,7 @@ def _run_with_server(
     from prefect.flow_engine import run_flow
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from radps_flows import provenance
     from radps_flows.catalog import get_pipeline
 
     # Prefect imports its collections (prefect-kubernetes...) once per process, otherwise
@@ -163,6 +164,7 @@ def _run_with_server(
         idle_timeout_seconds=dask.idle_timeout_seconds,
     )
     os.environ.update(config.to_env())
+    provenance.set_local_run(run.metadata.name, run.spec.to_wire())
     flow = pipeline.flow.with_options(
         task_runner=local_task_runner(config),
         retries=run.spec.retries,

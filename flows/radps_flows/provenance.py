@@ -1,0 +1,80 @@
+"""Who asked for a run and what code ran it: the provenance a products manifest records.
+
+On Kubernetes the flow-run pod reads both from the API with its own account (which may get the
+pods and PipelineRuns of its namespace, see the chart's `radps.flowRunRules`): the PipelineRun
+as stored (its whole spec, not only the parameters Prefect passed) and the image ID the
+kubelet resolved for the pod's container, which is the digest of what actually ran, where the
+spec names a tag that can move. `radps run` records the PipelineRun it was given
+(:func:`set_local_run`) and has no image.
+
+Read in the flow process, then passed to where products are committed: synthesize commits in a
+Dask worker, whose pod need not hold the account.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from radps_flows.labels import PIPELINERUN_GROUP, PIPELINERUN_PLURAL, PIPELINERUN_VERSION
+
+_local_run: dict[str, Any] | None = None
+
+
+def set_local_run(name: str, spec: Mapping[str, Any]) -> None:
+    """The PipelineRun a local run (`radps run`, in this process) was given."""
+    global _local_run
+    _local_run = {"name": name, "namespace": None, "uid": None, "spec": dict(spec)}
+
+
+def of_this_run(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """``{"pipeline_run": {name, namespace, uid, spec}, "image": {reference, id}}``; what
+    cannot be read is None, with the reason under ``"unavailable"``."""
+    if not environ.get("RADPS_POD_NAME"):
+        return {"pipeline_run": _local_run, "image": None}
+    run: dict[str, Any] = {
+        "name": environ.get("RADPS_RUN_NAME"),
+        "namespace": environ.get("RADPS_RUN_NAMESPACE") or environ.get("RADPS_POD_NAMESPACE"),
+        "uid": environ.get("RADPS_RUN_UID"),
+        "spec": None,
+    }
+    image: dict[str, Any] = {"reference": environ.get("RADPS_IMAGE"), "id": None}
+    record: dict[str, Any] = {"pipeline_run": run, "image": image}
+    try:
+        stored, pod = _read(environ, run["namespace"], run["name"])
+    except Exception as exc:  # provenance is a record, never a reason to fail a run
+        record["unavailable"] = f"not read from the Kubernetes API: {exc}"[:500]
+        return record
+    if stored.get("metadata", {}).get("uid") == run["uid"]:
+        run["spec"] = stored.get("spec")
+    else:  # deleted and made again under the same name since this run started
+        record["unavailable"] = f"PipelineRun {run['name']} is no longer the one with this UID"
+    image["id"] = image_id(pod, image["reference"])
+    return record
+
+
+def image_id(pod: Mapping[str, Any], reference: str | None) -> str | None:
+    """The resolved image of the pod's container running ``reference`` (the only one, in a
+    flow-run pod)."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    if len(statuses) > 1:
+        named = (reference, f"docker.io/library/{reference}")
+        statuses = [s for s in statuses if s.get("image") in named]
+    return (statuses[0].get("imageID") or None) if len(statuses) == 1 else None
+
+
+def _read(
+    environ: Mapping[str, str], namespace: str | None, name: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    from kubernetes import client, config
+
+    config.load_incluster_config()
+    api = client.ApiClient()
+    pod = client.CoreV1Api(api).read_namespaced_pod(
+        environ["RADPS_POD_NAME"], environ.get("RADPS_POD_NAMESPACE", namespace or "default")
+    )
+    stored = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        PIPELINERUN_GROUP, PIPELINERUN_VERSION, namespace, PIPELINERUN_PLURAL, name
+    )
+    return stored, api.sanitize_for_serialization(pod)

@@ -63,7 +63,8 @@ class Tracked:
     flow_run_id: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     flow_pod_seen: bool = False
-    """A flow-run pod of this run was seen: its later absence while Running means lost."""
+    """A pod of this run was seen (now, or before a restart: reconcile.pods_seen): a later
+    absence of its flow-run pod while Running means lost."""
     no_flow_pod_since: float | None = None
     missing_reads: int = 0
     """Consecutive full reads that did not return the flow run (deleted in Prefect)."""
@@ -521,7 +522,8 @@ class Follower:
     ) -> api.PipelineRunStatus:
         """A run that just failed or crashed, with why its pods died (OOMKilled, Evicted)
         when the periodic pod check has not seen it yet: Prefect may report first."""
-        if r.get_condition(status, r.PODS_HEALTHY) is not None:
+        known = r.get_condition(status, r.PODS_HEALTHY)
+        if known is not None and known.status == "False":
             return status
         try:
             pods = (await self.kube.run_pods(run.namespace)).get(run.uid, [])
@@ -591,7 +593,8 @@ class Follower:
                 return
         async with run.lock:
             old = r.get_condition(run.status, r.PODS_HEALTHY)
-            new = r.pods_status(run.status, r.pod_problems(pods), utcnow())
+            flow_pod = flow_pods[0]["metadata"]["name"] if flow_pods else None
+            new = r.pods_status(run.status, r.pod_problems(pods), utcnow(), flow_pod)
             await self.write(run, new)
             condition = r.get_condition(new, r.PODS_HEALTHY)
             if (

@@ -150,6 +150,7 @@ def _tracked(body: kopf.Body, spec: api.PipelineRunSpec, status: api.PipelineRun
         generation=meta.get("generation"),
         work_pool=spec.work_pool or rt.settings.work_pool,
         flow_run_id=status.prefect.flow_run_id if status.prefect else None,
+        flow_pod_seen=r.pods_seen(status),
     )
 
 

@@ -540,13 +540,20 @@ def pod_problems(pods: list[dict[str, Any]]) -> list[PodProblem]:
 
 
 def pods_status(
-    previous: api.PipelineRunStatus, problems: list[PodProblem], now: datetime
+    previous: api.PipelineRunStatus,
+    problems: list[PodProblem],
+    now: datetime,
+    flow_pod: str | None = None,
 ) -> api.PipelineRunStatus:
-    """The PodsHealthy condition; a pod that can never start ends the run with its reason."""
+    """The PodsHealthy condition, True naming the flow-run pod once one is seen (so that an
+    operator restarted later knows a pod existed, see :func:`pods_seen`); a pod that can
+    never start ends the run with its reason."""
     if not problems:
-        if get_condition(previous, PODS_HEALTHY) is None:
+        old = get_condition(previous, PODS_HEALTHY)
+        if old is None and flow_pod is None:
             return previous
-        condition = ("True", "Healthy", None)
+        kept = old.message if old is not None and old.status == "True" else None
+        condition = ("True", "Healthy", f"flow-run pod {flow_pod}" if flow_pod else kept)
     else:
         first = next((p for p in problems if p.fatal), problems[0])
         message = "; ".join(dict.fromkeys(p.message for p in problems))[:1000]
@@ -558,6 +565,12 @@ def pods_status(
     if fatal is not None and not is_finished(previous):
         status = verdict_status(status, api.Phase.FAILED, fatal.reason, fatal.message, now)
     return status
+
+
+def pods_seen(status: api.PipelineRunStatus) -> bool:
+    """Whether a pod of the run was ever seen (it runs on Kubernetes, not a process pool):
+    then a Running run without a flow-run pod is lost."""
+    return get_condition(status, PODS_HEALTHY) is not None
 
 
 def explain_with_pods(

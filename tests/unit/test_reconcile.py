@@ -341,6 +341,20 @@ def test_pod_reasons_are_surfaced_without_failing_a_run_that_may_recover(pod, re
     assert r.get_condition(healthy, r.PODS_HEALTHY).status == "True"
 
 
+def test_a_seen_flow_pod_is_remembered_in_the_status():
+    """An operator restarted later still knows the run's pod existed, so a Running run whose
+    pod has since gone is lost rather than Running for ever."""
+    running = to_status(None, snap("RUNNING", "Running", start_time=NOW))
+    assert r.pods_status(running, [], NOW) is running and not r.pods_seen(running)
+    seen = r.pods_status(running, [], NOW, flow_pod="run-abcde-x1")
+    condition = r.get_condition(seen, r.PODS_HEALTHY)
+    assert (condition.status, condition.message) == ("True", "flow-run pod run-abcde-x1")
+    assert r.pods_seen(seen)
+    later = r.pods_status(seen, [], NOW)  # the pod listing is empty now: the name stays
+    assert r.get_condition(later, r.PODS_HEALTHY).message == "flow-run pod run-abcde-x1"
+    assert r.status_patch(seen, later) is None
+
+
 def test_a_lost_flow_run_crashes_the_run_for_good():
     running = to_status(None, snap("RUNNING", "Running", start_time=NOW))
     lost = r.lost_status(running, "flow run fr-1 no longer exists in Prefect", NOW)

@@ -66,19 +66,23 @@ def test_deploy_create_idempotently_follow_events_and_read_outputs(
             follower = asyncio.create_task(
                 gw.follow_flow_run_events(lambda run_id, state: seen.append(run_id))
             )
-            ids = await asyncio.gather(gw.ensure_deployment(dep), gw.ensure_deployment(dep))
+            ids = await asyncio.gather(
+                _patiently(lambda: gw.ensure_deployment(dep)),
+                _patiently(lambda: gw.ensure_deployment(dep)),
+            )
             assert ids[0] == ids[1]
-            first = await gw.create_flow_run(ids[0], req, dep.work_pool)
-            again = await gw.create_flow_run(ids[0], req, dep.work_pool)
+            first = await _patiently(lambda: gw.create_flow_run(ids[0], req, dep.work_pool))
+            again = await _patiently(lambda: gw.create_flow_run(ids[0], req, dep.work_pool))
             assert first.id == again.id and first.name == "gw"
-            assert (await gw.read_flow_run_by_key(req.idempotency_key)).id == first.id
+            by_key = await _patiently(lambda: gw.read_flow_run_by_key(req.idempotency_key))
+            assert by_key.id == first.id
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                (run,) = await gw.read_flow_runs([first.id])
+                (run,) = await _patiently(lambda: gw.read_flow_runs([first.id]))
                 if run.terminal:
                     break
                 await asyncio.sleep(0.5)
-            outputs = await gw.read_outputs(first.id)
+            outputs = await _patiently(lambda: gw.read_outputs(first.id))
             await asyncio.sleep(0.5)
             follower.cancel()
             return run, outputs, seen
@@ -108,7 +112,7 @@ def test_spec_retries_make_prefect_run_a_failing_flow_again(
             deadline = time.monotonic() + 180
             while not run.terminal and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
-                (run,) = await gw.read_flow_runs([run.id])
+                (run,) = await _patiently(lambda: gw.read_flow_runs([run.id]))  # noqa: B023
         async with PrefectClient(radps_server.api_url) as client:
             return run, await client.read_flow_run(uuid.UUID(run.id))
 
@@ -125,10 +129,10 @@ def test_schema_is_enforced_and_cancel_of_unstarted_run(radps_server, tmp_path):
 
     async def scenario():
         async with PrefectGateway(radps_server.api_url) as gw:
-            dep_id = await gw.ensure_deployment(dep)
-            run = await gw.create_flow_run(dep_id, req, dep.work_pool)
-            await gw.cancel_flow_run(run.id, "cancelled by test")
-            (run,) = await gw.read_flow_runs([run.id])
+            dep_id = await _patiently(lambda: gw.ensure_deployment(dep))
+            run = await _patiently(lambda: gw.create_flow_run(dep_id, req, dep.work_pool))
+            await _patiently(lambda: gw.cancel_flow_run(run.id, "cancelled by test"))
+            (run,) = await _patiently(lambda: gw.read_flow_runs([run.id]))
             bad = reconcile.FlowRunRequest(
                 name="bad", idempotency_key="k-bad", parameters={}, tags=(), job_variables={}
             )

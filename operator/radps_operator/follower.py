@@ -40,10 +40,6 @@ DELETED_RUN_WATCH_SECONDS = 300.0
 that took the flow run just as it was cancelled creates the Job afterwards (Prefect cancels a
 run it thinks unstarted without touching infrastructure). Later, the Job's pod refuses to run
 (radps_flows.origin finds no PipelineRun) and its TTL collects it."""
-DELETED_RUN_CANCEL_GRACE = 30.0
-"""Seconds a deleted run's flow run may stay Cancelling, the worker stopping its Job, before
-the operator ends it as Cancelled and removes the Job itself (a worker that lost the race with
-the Job's creation never completes the cancellation)."""
 
 
 def utcnow() -> datetime:
@@ -68,6 +64,8 @@ class Tracked:
     no_flow_pod_since: float | None = None
     missing_reads: int = 0
     """Consecutive full reads that did not return the flow run (deleted in Prefect)."""
+    cancelling_since: float | None = None
+    """When the run was first seen Cancelling (monotonic), for settings.cancel_grace_seconds."""
 
     def ref(self) -> dict[str, str]:
         return {"namespace": self.namespace, "name": self.name, "uid": self.uid}
@@ -556,7 +554,7 @@ class Follower:
     async def _collect_deleted(self) -> None:
         """Delete the Jobs of deleted runs (one Job list per namespace). A run whose flow run
         is being cancelled is left to the worker, which stops its infrastructure, for
-        DELETED_RUN_CANCEL_GRACE; then its flow run is ended here."""
+        settings.cancel_grace_seconds; then its flow run is ended here."""
         now = time.monotonic()
         self.deleted = {
             uid: d for uid, d in self.deleted.items() if now - d.since < DELETED_RUN_WATCH_SECONDS
@@ -573,7 +571,7 @@ class Follower:
             stopping = {s.id for s in runs if not s.terminal}
             for uid, gone in found.items():
                 if gone.flow_run_id in stopping:
-                    if now - gone.since < DELETED_RUN_CANCEL_GRACE:
+                    if now - gone.since < self.settings.cancel_grace_seconds:
                         continue
                     await self.gateway.force_cancelled(
                         gone.flow_run_id,
@@ -634,6 +632,8 @@ class Follower:
                 if start_by is not None and now >= start_by:
                     await self.fail_to_start(run)
                     continue
+                if await self._cancel_overdue(run):
+                    continue
                 ttl = r.ttl_deadline(run.spec, run.status)
                 if ttl is not None and now >= ttl:
                     log.info("TTL: deleting %s/%s", run.namespace, run.name)
@@ -652,6 +652,25 @@ class Follower:
                 return
             except Exception as exc:
                 log.warning("deadlines of %s/%s: %r", run.namespace, run.name, exc)
+
+    async def _cancel_overdue(self, run: Tracked) -> bool:
+        """End a cancellation its worker does not complete (settings.cancel_grace_seconds):
+        Cancelled in Prefect, the Jobs removed; the next read makes the run Cancelled."""
+        if run.status.phase != api.Phase.CANCELLING or not run.flow_run_id:
+            run.cancelling_since = None
+            return False
+        run.cancelling_since = run.cancelling_since or time.monotonic()
+        grace = self.settings.cancel_grace_seconds
+        if time.monotonic() - run.cancelling_since < grace:
+            return False
+        message = f"radps: its worker did not stop it within {grace:.0f} s; its Jobs are removed"
+        await self.gateway.force_cancelled(run.flow_run_id, message)
+        await self.remove_jobs(run)
+        self.post_event(run, "Warning", "CancelForced", message.removeprefix("radps: "))
+        run.cancelling_since = None
+        self._dirty.add(run.flow_run_id)
+        self._wake.set()
+        return True
 
     async def fail_to_start(self, run: Tracked) -> None:
         seconds = run.spec.start_deadline_seconds or self.settings.start_deadline_seconds

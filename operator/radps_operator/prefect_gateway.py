@@ -339,8 +339,8 @@ class PrefectGateway:
             )
 
     async def force_cancelled(self, flow_run_id: str, message: str) -> None:
-        """End a flow run left in Cancelling: its pod ended without the worker completing
-        the cancellation (seen when the pod was refused as its PipelineRun was deleted)."""
+        """End a flow run left in Cancelling: no worker completes the cancellation (it is
+        gone, or lost the race with the Job's creation)."""
         from prefect.states import Cancelled
 
         await self._call(

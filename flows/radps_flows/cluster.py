@@ -18,8 +18,9 @@ import dask
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
+from radps_flows import contract
 from radps_flows.allocator import ENVIRONMENT as ALLOCATOR_ENV
-from radps_flows.labels import RUN_NAME_LABEL, RUN_UID_LABEL
+from radps_flows.contract import RUN_NAME_LABEL, RUN_UID_LABEL
 
 ENV_PREFIX = "RADPS_DASK_"
 
@@ -185,9 +186,9 @@ class KubeContext:
             pod_name=environ["RADPS_POD_NAME"],
             pod_uid=environ["RADPS_POD_UID"],
             namespace=environ.get("RADPS_POD_NAMESPACE", "default"),
-            run_name=environ.get("RADPS_RUN_NAME", environ["RADPS_POD_NAME"]),
-            run_uid=environ.get("RADPS_RUN_UID", environ["RADPS_POD_UID"]),
-            image=environ.get("RADPS_IMAGE", "radps:0.1.0"),
+            run_name=environ.get(contract.RUN_NAME_ENV, environ["RADPS_POD_NAME"]),
+            run_uid=environ.get(contract.RUN_UID_ENV, environ["RADPS_POD_UID"]),
+            image=environ.get(contract.IMAGE_ENV, "radps:0.1.0"),
             data_claim=environ.get("RADPS_DATA_CLAIM") or None,
             data_mount_path=environ.get("RADPS_DATA_MOUNT_PATH") or "/data",
             worker_resources=json.loads(resources) if resources else None,

@@ -17,12 +17,12 @@ from uuid import UUID
 
 import httpx
 
+from radps_flows.contract import OUTPUTS_ARTIFACT_DESCRIPTION
 from radps_operator import metrics
 from radps_operator.reconcile import DeploymentRequest, FlowRunRequest, FlowRunSnapshot
 
 log = logging.getLogger(__name__)
 
-OUTPUTS_ARTIFACT_DESCRIPTION = "radps outputs"
 FLOW_RUN_EVENT_PREFIX = "prefect.flow-run."
 READ_BATCH = 200
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from radps_flows.labels import PIPELINE_LABEL, RUN_NAME_LABEL, RUN_UID_LABEL
+from radps_flows import contract
+from radps_flows.contract import PIPELINE_LABEL, RUN_NAME_LABEL, RUN_UID_LABEL
 from radps_operator import api
 from radps_operator.settings import OperatorSettings
 
@@ -125,10 +126,10 @@ def job_variables(
     dask = spec.dask_or_default()
     env = {
         **ALLOCATOR_ENV,
-        "RADPS_RUN_NAMESPACE": namespace,
-        "RADPS_RUN_NAME": name,
-        "RADPS_RUN_UID": uid,
-        "RADPS_IMAGE": spec.image or settings.default_image,
+        contract.RUN_NAMESPACE_ENV: namespace,
+        contract.RUN_NAME_ENV: name,
+        contract.RUN_UID_ENV: uid,
+        contract.IMAGE_ENV: spec.image or settings.default_image,
         **DaskClusterConfig(
             workers=dask.workers,
             threads_per_worker=dask.threads_per_worker,

@@ -147,7 +147,10 @@ def _schema_errors(
             what = "parameter" if not path else "field"
             present = error.instance if isinstance(error.instance, dict) else {}
             for missing in [name for name in error.validator_value if name not in present]:
-                errors.append(ParameterError(_join(path, missing), f"required {what} is missing"))
+                # jsonschema reports each missing name once, each error naming the whole list
+                error_here = ParameterError(_join(path, missing), f"required {what} is missing")
+                if error_here not in errors:
+                    errors.append(error_here)
         elif error.validator in ("anyOf", "oneOf") and len(_not_null(error.validator_value)) == 1:
             # `X | None`: null is not the mistake, so say what is wrong as an X
             only = {**_not_null(error.validator_value)[0], "definitions": _definitions(schema)}

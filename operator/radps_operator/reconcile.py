@@ -113,6 +113,17 @@ def _quantity(value: int | str | None) -> str | None:
     return None if value is None else str(value)
 
 
+def dask_config(spec: api.PipelineRunSpec) -> contract.DaskClusterConfig:
+    """The size of the run's Dask cluster (`spec.dask`, or the defaults), for a pod's
+    environment or a local run."""
+    dask = spec.dask_or_default()
+    return contract.DaskClusterConfig(
+        workers=dask.workers,
+        threads_per_worker=dask.threads_per_worker,
+        idle_timeout_seconds=dask.idle_timeout_seconds,
+    )
+
+
 def job_variables(
     namespace: str, name: str, uid: str, spec: api.PipelineRunSpec, settings: OperatorSettings
 ) -> dict[str, Any]:
@@ -121,7 +132,6 @@ def job_variables(
     A process pool ignores what its template does not know (the gateway keeps only the
     variables the pool declares)."""
     from radps_flows.allocator import ENVIRONMENT as ALLOCATOR_ENV
-    from radps_flows.cluster import DaskClusterConfig
 
     dask = spec.dask_or_default()
     env = {
@@ -130,16 +140,12 @@ def job_variables(
         contract.RUN_NAME_ENV: name,
         contract.RUN_UID_ENV: uid,
         contract.IMAGE_ENV: spec.image or settings.default_image,
-        **DaskClusterConfig(
-            workers=dask.workers,
-            threads_per_worker=dask.threads_per_worker,
-            idle_timeout_seconds=dask.idle_timeout_seconds,
-        ).to_env(),
+        **dask_config(spec).to_env(),
     }
     if dask.worker_resources is not None:
         import json
 
-        env["RADPS_DASK_WORKER_RESOURCES"] = json.dumps(
+        env[contract.DASK_WORKER_RESOURCES_ENV] = json.dumps(
             dask.worker_resources.to_wire(), separators=(",", ":")
         )
     variables: dict[str, Any] = {

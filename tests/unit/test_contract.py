@@ -6,16 +6,35 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from radps_flows import contract
 from radps_operator import handlers
 
 
-def test_the_contract_module_imports_nothing():
+def test_the_contract_module_imports_only_the_standard_library():
     tree = ast.parse(Path(contract.__file__).read_text())
-    imports = [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
-    assert not imports, [ast.unparse(n) for n in imports]
+    modules = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    modules += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    assert modules and all(m.split(".")[0] in sys.stdlib_module_names for m in modules), modules
+
+
+def test_the_operator_decides_without_prefect_or_dask():
+    """reconcile (the operator's pure decisions) loads neither Prefect nor Dask, nor the
+    science stack, even when it sizes a run's Dask cluster; checked in a fresh interpreter."""
+    probe = (
+        "import sys; from radps_operator import reconcile, api; "
+        "reconcile.job_variables('ns', 'n', 'u', api.PipelineRunSpec(pipeline='imaging', "
+        "parameters={}), __import__('radps_operator.settings').settings.OperatorSettings()); "
+        "print(sorted(m for m in ('prefect', 'dask', 'distributed', 'prefect_dask', 'xradio', "
+        "'ducc0') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]", loaded
 
 
 def test_handlers_use_only_the_follower_public_api():

@@ -40,3 +40,16 @@ def test_the_operator_decides_without_prefect_or_dask():
 def test_handlers_use_only_the_follower_public_api():
     source = Path(handlers.__file__).read_text()
     assert not re.findall(r"follower\.(_\w+|by_flow_run|runs)\b", source)
+
+
+def test_no_pipeline_imports_another_pipelines_private_names():
+    """Pipelines are siblings: what they share lives in pipelines.stages and .common."""
+    folder = Path(contract.__file__).parent / "pipelines"
+    borrowed = []
+    for module in sorted(folder.glob("*.py")):
+        tree = ast.parse(module.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("radps_"):
+                names = [a.name for a in node.names if a.name.startswith("_")]
+                borrowed += [f"{module.name}: {node.module}.{name}" for name in names]
+    assert not borrowed, borrowed

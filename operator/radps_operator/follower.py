@@ -1,9 +1,10 @@
 """One asyncio loop that mirrors every followed flow run into its PipelineRun's `.status`.
 
-Per-object kopf timers do not scale (DESIGN.md): instead one Prefect event-stream consumer marks
-flow runs dirty, one loop reads the dirty ones in bulk (and every run each resync period, which
-catches missed events and progress labels) and patches the statuses that changed. The same loop
-enforces `timeoutSeconds` and `ttlSecondsAfterFinished`.
+Per-object kopf timers do not scale (docs/architecture.md): instead one Prefect event-stream
+consumer marks flow runs dirty, one loop reads the dirty ones in bulk (and every run each resync
+period, which catches missed events and progress labels) and patches the statuses that changed.
+The same loop enforces `timeoutSeconds`, `ttlSecondsAfterFinished`, start deadlines and the
+cancel grace, follows the runs' pods, and removes the Jobs of deleted runs.
 """
 
 from __future__ import annotations

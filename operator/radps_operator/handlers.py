@@ -1,6 +1,6 @@
 """Thin kopf registrations: each handler turns an object event into calls on the gateway and
 the follower. Registered on radps's own registry, never kopf's default one (importing
-prefect_kubernetes registers five handlers there; DESIGN.md)."""
+prefect_kubernetes registers five handlers there; docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ def runtime() -> Runtime:
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """Status storages (one PATCH per object instead of two; DESIGN.md), our finalizer, no
-    Events for kopf's own handler logs (we post the meaningful ones)."""
+    """Status storages (one PATCH per object instead of two; docs/architecture.md), our
+    finalizer, no Events for kopf's own handler logs (we post the meaningful ones)."""
     settings.persistence.progress_storage = kopf.StatusProgressStorage()
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
     settings.persistence.finalizer = FINALIZER
@@ -344,7 +344,7 @@ def run_operator(settings: OperatorSettings | None = None) -> None:
     settings = settings or OperatorSettings.from_env()
     metrics.configure_logging(settings.log_format)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    # uvloop: part of the measured kopf floor in DESIGN.md (p50 0.47-0.53 s for 200 objects)
+    # uvloop: part of the measured kopf floor (docs/architecture.md: p50 0.47-0.53 s, 200 objects)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(
         kopf.operator(

@@ -1,6 +1,6 @@
 """Dirty imaging: Stokes I, natural weighting, multi-frequency synthesis, ducc0 wgridder.
 
-Conventions (measured, see DESIGN.md "The array core"):
+Conventions (measured, see docs/architecture.md, "The array core's conventions"):
 
 * Textbook sign: ``V = S exp(-2 pi i (u l + v m + w (n - 1)))`` with ``l`` towards east (RA
   increasing) and ``m`` towards north. ducc0 needs ``flip_w=True`` for it.

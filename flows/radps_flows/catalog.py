@@ -144,9 +144,13 @@ def _schema_errors(
                     )
                 )
         elif error.validator == "required":
-            missing = error.message.split("'")[1]
             what = "parameter" if not path else "field"
-            errors.append(ParameterError(_join(path, missing), f"required {what} is missing"))
+            present = error.instance if isinstance(error.instance, dict) else {}
+            for missing in [name for name in error.validator_value if name not in present]:
+                # jsonschema reports each missing name once, each error naming the whole list
+                error_here = ParameterError(_join(path, missing), f"required {what} is missing")
+                if error_here not in errors:
+                    errors.append(error_here)
         elif error.validator in ("anyOf", "oneOf") and len(_not_null(error.validator_value)) == 1:
             # `X | None`: null is not the mistake, so say what is wrong as an X
             only = {**_not_null(error.validator_value)[0], "definitions": _definitions(schema)}

@@ -18,10 +18,9 @@ import dask
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
+from radps_flows import contract
 from radps_flows.allocator import ENVIRONMENT as ALLOCATOR_ENV
-from radps_flows.labels import RUN_NAME_LABEL, RUN_UID_LABEL
-
-ENV_PREFIX = "RADPS_DASK_"
+from radps_flows.contract import RUN_NAME_LABEL, RUN_UID_LABEL, DaskClusterConfig
 
 DASK_SETTINGS = {
     "distributed.worker.profile.interval": "100ms",
@@ -40,39 +39,6 @@ DASK_ENVIRONMENT = {
 """The same, for the pods of a Kubernetes cluster (Dask reads ``DASK_*`` at import)."""
 RUN_AS_USER = 10001
 KUBE_CLUSTER_START_TIMEOUT_SECONDS = 600
-
-
-@dataclass(frozen=True)
-class DaskClusterConfig:
-    workers: int = 2
-    threads_per_worker: int = 1
-    idle_timeout_seconds: int = 300
-    address: str | None = None
-    """Connect to this running scheduler instead of starting a cluster."""
-
-    def to_env(self) -> dict[str, str]:
-        env = {
-            f"{ENV_PREFIX}WORKERS": str(self.workers),
-            f"{ENV_PREFIX}THREADS_PER_WORKER": str(self.threads_per_worker),
-            f"{ENV_PREFIX}IDLE_TIMEOUT_SECONDS": str(self.idle_timeout_seconds),
-        }
-        if self.address:
-            env[f"{ENV_PREFIX}ADDRESS"] = self.address
-        return env
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> DaskClusterConfig:
-        def integer(name: str, default: int) -> int:
-            raw = environ.get(f"{ENV_PREFIX}{name}")
-            return default if raw in (None, "") else int(raw)
-
-        defaults = cls()
-        return cls(
-            workers=integer("WORKERS", defaults.workers),
-            threads_per_worker=integer("THREADS_PER_WORKER", defaults.threads_per_worker),
-            idle_timeout_seconds=integer("IDLE_TIMEOUT_SECONDS", defaults.idle_timeout_seconds),
-            address=environ.get(f"{ENV_PREFIX}ADDRESS") or None,
-        )
 
 
 class RadpsDaskTaskRunner(DaskTaskRunner):
@@ -180,14 +146,14 @@ class KubeContext:
         """None outside a Kubernetes flow-run pod."""
         if not environ.get("RADPS_POD_UID"):
             return None
-        resources = environ.get(f"{ENV_PREFIX}WORKER_RESOURCES")
+        resources = environ.get(contract.DASK_WORKER_RESOURCES_ENV)
         return cls(
             pod_name=environ["RADPS_POD_NAME"],
             pod_uid=environ["RADPS_POD_UID"],
             namespace=environ.get("RADPS_POD_NAMESPACE", "default"),
-            run_name=environ.get("RADPS_RUN_NAME", environ["RADPS_POD_NAME"]),
-            run_uid=environ.get("RADPS_RUN_UID", environ["RADPS_POD_UID"]),
-            image=environ.get("RADPS_IMAGE", "radps:0.1.0"),
+            run_name=environ.get(contract.RUN_NAME_ENV, environ["RADPS_POD_NAME"]),
+            run_uid=environ.get(contract.RUN_UID_ENV, environ["RADPS_POD_UID"]),
+            image=environ.get(contract.IMAGE_ENV, "radps:0.1.0"),
             data_claim=environ.get("RADPS_DATA_CLAIM") or None,
             data_mount_path=environ.get("RADPS_DATA_MOUNT_PATH") or "/data",
             worker_resources=json.loads(resources) if resources else None,

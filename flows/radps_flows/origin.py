@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from radps_flows.labels import PIPELINERUN_GROUP, PIPELINERUN_PLURAL, PIPELINERUN_VERSION
+from radps_flows.contract import PIPELINERUN_GROUP, PIPELINERUN_PLURAL, PIPELINERUN_VERSION
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 WAIT_SECONDS = 60.0

@@ -17,7 +17,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from radps_flows.labels import PIPELINERUN_GROUP, PIPELINERUN_PLURAL, PIPELINERUN_VERSION
+from radps_flows import contract
+from radps_flows.contract import PIPELINERUN_GROUP, PIPELINERUN_PLURAL, PIPELINERUN_VERSION
 
 _local_run: dict[str, Any] | None = None
 
@@ -34,12 +35,12 @@ def of_this_run(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     if not environ.get("RADPS_POD_NAME"):
         return {"pipeline_run": _local_run, "image": None}
     run: dict[str, Any] = {
-        "name": environ.get("RADPS_RUN_NAME"),
-        "namespace": environ.get("RADPS_RUN_NAMESPACE") or environ.get("RADPS_POD_NAMESPACE"),
-        "uid": environ.get("RADPS_RUN_UID"),
+        "name": environ.get(contract.RUN_NAME_ENV),
+        "namespace": environ.get(contract.RUN_NAMESPACE_ENV) or environ.get("RADPS_POD_NAMESPACE"),
+        "uid": environ.get(contract.RUN_UID_ENV),
         "spec": None,
     }
-    image: dict[str, Any] = {"reference": environ.get("RADPS_IMAGE"), "id": None}
+    image: dict[str, Any] = {"reference": environ.get(contract.IMAGE_ENV), "id": None}
     record: dict[str, Any] = {"pipeline_run": run, "image": image}
     try:
         stored, pod = _read(environ, run["namespace"], run["name"])

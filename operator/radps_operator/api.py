@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
-from radps_flows.labels import PIPELINERUN_GROUP, PIPELINERUN_PLURAL, PIPELINERUN_VERSION
+from radps_flows.contract import PIPELINERUN_GROUP, PIPELINERUN_PLURAL, PIPELINERUN_VERSION
 
 GROUP = PIPELINERUN_GROUP
 VERSION = PIPELINERUN_VERSION

@@ -208,7 +208,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     )
     local_server.write_record(home, server)
     stdout.print(f"Prefect UI: [bold]{server.ui_url}[/]; `radps run` now uses it. Ctrl-C stops.")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does, removing the record
     try:
         assert server.process is not None
         server.process.wait()
@@ -243,6 +243,10 @@ def _prepare_prefect_env() -> None:
 
     for key, value in prefect_base_env(radps_home()).items():
         os.environ.setdefault(key, value)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """One asyncio loop that mirrors every followed flow run into its PipelineRun's `.status`.
 
-Per-object kopf timers do not scale (DESIGN.md): instead one Prefect event-stream consumer marks
-flow runs dirty, one loop reads the dirty ones in bulk (and every run each resync period, which
-catches missed events and progress labels) and patches the statuses that changed. The same loop
-enforces `timeoutSeconds` and `ttlSecondsAfterFinished`.
+Per-object kopf timers do not scale (docs/architecture.md): instead one Prefect event-stream
+consumer marks flow runs dirty, one loop reads the dirty ones in bulk (and every run each resync
+period, which catches missed events and progress labels) and patches the statuses that changed.
+The same loop enforces `timeoutSeconds`, `ttlSecondsAfterFinished`, start deadlines and the
+cancel grace, follows the runs' pods, and removes the Jobs of deleted runs.
 """
 
 from __future__ import annotations
@@ -11,20 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from radps_operator import api, metrics
 from radps_operator import reconcile as r
+from radps_operator.kube import Kube
 from radps_operator.prefect_gateway import PrefectBusy, PrefectGateway, PrefectUnavailable
 from radps_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
-DASK_GROUP, DASK_VERSION, DASK_PLURAL = "kubernetes.dask.org", "v1", "daskclusters"
 STATUS_PATCHES_IN_FLIGHT = 32
 """Status patches written at once: one at a time, 1000 runs changing together took 10 s."""
 POD_CHECK_SECONDS = 10.0
@@ -40,10 +41,6 @@ DELETED_RUN_WATCH_SECONDS = 300.0
 that took the flow run just as it was cancelled creates the Job afterwards (Prefect cancels a
 run it thinks unstarted without touching infrastructure). Later, the Job's pod refuses to run
 (radps_flows.origin finds no PipelineRun) and its TTL collects it."""
-DELETED_RUN_CANCEL_GRACE = 30.0
-"""Seconds a deleted run's flow run may stay Cancelling, the worker stopping its Job, before
-the operator ends it as Cancelled and removes the Job itself (a worker that lost the race with
-the Job's creation never completes the cancellation)."""
 
 
 def utcnow() -> datetime:
@@ -68,6 +65,8 @@ class Tracked:
     no_flow_pod_since: float | None = None
     missing_reads: int = 0
     """Consecutive full reads that did not return the flow run (deleted in Prefect)."""
+    cancelling_since: float | None = None
+    """When the run was first seen Cancelling (monotonic), for settings.cancel_grace_seconds."""
 
     def ref(self) -> dict[str, str]:
         return {"namespace": self.namespace, "name": self.name, "uid": self.uid}
@@ -81,183 +80,6 @@ class DeletedRun:
     name: str
     flow_run_id: str | None
     since: float
-
-
-class Kube:
-    """The few Kubernetes calls the operator makes outside kopf (kubernetes_asyncio)."""
-
-    def __init__(self) -> None:
-        self.api: Any = None
-
-    async def __aenter__(self) -> Kube:
-        from kubernetes_asyncio import client, config
-
-        try:
-            config.load_incluster_config()
-            self.api = client.ApiClient()
-        except config.ConfigException:
-            configuration = client.Configuration()
-            # KUBECONFIG read now (kubernetes_asyncio reads it once, when first imported)
-            await config.load_kube_config(
-                config_file=os.environ.get("KUBECONFIG") or None,
-                client_configuration=configuration,
-            )
-            self.api = client.ApiClient(configuration)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.api is not None:
-            await self.api.close()
-
-    def _custom(self) -> Any:
-        from kubernetes_asyncio import client
-
-        return client.CustomObjectsApi(self.api)
-
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
-        """Merge-patch `.status`; False when the object is gone."""
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        try:
-            await self._custom().patch_namespaced_custom_object_status(
-                api.GROUP,
-                api.VERSION,
-                namespace,
-                api.PLURAL,
-                name,
-                {"status": patch},
-                _content_type="application/merge-patch+json",
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        metrics.STATUS_PATCHES.inc()
-        return True
-
-    async def delete_run(self, namespace: str, name: str) -> None:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        try:
-            await self._custom().delete_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-
-    async def delete_dask_clusters(self, namespace: str, uid: str) -> list[str]:
-        """Delete every DaskCluster labelled with the run; nothing when the CRD is absent."""
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        custom = self._custom()
-        try:
-            found = await custom.list_namespaced_custom_object(
-                DASK_GROUP,
-                DASK_VERSION,
-                namespace,
-                DASK_PLURAL,
-                label_selector=f"{r.RUN_UID_LABEL}={uid}",
-            )
-        except ApiException as exc:
-            if exc.status == 404:  # the dask-kubernetes CRDs are not installed
-                return []
-            raise
-        names = [item["metadata"]["name"] for item in found.get("items", [])]
-        for name in names:
-            with contextlib.suppress(ApiException):
-                await custom.delete_namespaced_custom_object(
-                    DASK_GROUP, DASK_VERSION, namespace, DASK_PLURAL, name
-                )
-        return names
-
-    async def dask_clusters(self, namespace: str) -> list[dict[str, Any]]:
-        """DaskClusters of radps runs in `namespace`; none when the CRD is not installed."""
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        try:
-            found = await self._custom().list_namespaced_custom_object(
-                DASK_GROUP, DASK_VERSION, namespace, DASK_PLURAL, label_selector=r.RUN_UID_LABEL
-            )
-        except ApiException as exc:
-            if exc.status in (403, 404):
-                return []
-            raise
-        return list(found.get("items", []))
-
-    async def delete_run_jobs(self, namespace: str, uid: str) -> list[str]:
-        """Delete the flow-run Jobs of a run the operator failed (their pods with them): a
-        pod waiting for an image that never comes would otherwise wait forever, since Prefect
-        cancels a run that never started without touching its infrastructure."""
-        from kubernetes_asyncio import client
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        batch = client.BatchV1Api(self.api)
-        jobs = await batch.list_namespaced_job(namespace, label_selector=f"{r.RUN_UID_LABEL}={uid}")
-        names = [job.metadata.name for job in jobs.items]
-        for name in names:
-            with contextlib.suppress(ApiException):
-                await batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
-        return names
-
-    async def run_job_uids(self, namespace: str) -> set[str]:
-        """The run UIDs that flow-run Jobs in `namespace` carry."""
-        from kubernetes_asyncio import client
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        try:
-            jobs = await client.BatchV1Api(self.api).list_namespaced_job(
-                namespace, label_selector=r.RUN_UID_LABEL
-            )
-        except ApiException as exc:
-            if exc.status in (403, 404):  # an install without the Jobs rule: TTLs collect them
-                return set()
-            raise
-        return {job.metadata.labels[r.RUN_UID_LABEL] for job in jobs.items}
-
-    async def run_pods(self, namespace: str) -> dict[str, list[dict[str, Any]]]:
-        """Pods of radps runs in `namespace` (flow-run and Dask pods carry the run's UID
-        label), by run UID, as the API returns them."""
-        from kubernetes_asyncio import client
-
-        response = await client.CoreV1Api(self.api).list_namespaced_pod(
-            namespace, label_selector=r.RUN_UID_LABEL, _preload_content=False
-        )
-        pods = (await response.json()).get("items", [])
-        by_uid: dict[str, list[dict[str, Any]]] = {}
-        for pod in pods:
-            uid = (pod.get("metadata", {}).get("labels") or {}).get(r.RUN_UID_LABEL)
-            by_uid.setdefault(uid, []).append(pod)
-        return by_uid
-
-    async def post_event(self, ref: dict[str, str], type_: str, reason: str, message: str) -> None:
-        from kubernetes_asyncio import client
-
-        now = utcnow()
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                generate_name=f"{ref['name']}.", namespace=ref["namespace"]
-            ),
-            involved_object=client.V1ObjectReference(
-                api_version=api.API_VERSION,
-                kind=api.KIND,
-                name=ref["name"],
-                namespace=ref["namespace"],
-                uid=ref["uid"],
-            ),
-            type=type_,
-            reason=reason,
-            message=message[:1024],
-            source=client.V1EventSource(component="radps-operator"),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            reporting_component="radps-operator",
-        )
-        try:
-            await client.CoreV1Api(self.api).create_namespaced_event(ref["namespace"], event)
-        except Exception as exc:  # an Event is advisory
-            log.debug("could not post event %s for %s: %r", reason, ref, exc)
 
 
 class Follower:
@@ -280,7 +102,7 @@ class Follower:
         self._tasks = [
             asyncio.create_task(self._loop(), name="radps-follower"),
             asyncio.create_task(
-                self.gateway.follow_flow_run_events(self._on_flow_run_event),
+                self.gateway.follow_flow_run_events(self.flow_run_changed),
                 name="radps-prefect-events",
             ),
         ]
@@ -292,9 +114,10 @@ class Follower:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def _on_flow_run_event(self, flow_run_id: str, state_name: str | None = None) -> None:
+    def flow_run_changed(self, flow_run_id: str, state_name: str | None = None) -> None:
         """Read the flow run soon, unless the event only says what its status already shows
-        (the Scheduled event of a run just created: at 1000 creates, 1000 needless reads)."""
+        (the Scheduled event of a run just created: at 1000 creates, 1000 needless reads).
+        Prefect's event stream calls it, and a handler that has just acted on the flow run."""
         uid = self.by_flow_run.get(flow_run_id)
         run = self.runs.get(uid) if uid else None
         if run is None:
@@ -320,6 +143,15 @@ class Follower:
         self._wake.set()
         return run
 
+    def find(self, uid: str) -> Tracked | None:
+        return self.runs.get(uid)
+
+    def record_flow_run(self, run: Tracked, flow_run_id: str) -> None:
+        """The flow run just created for ``run`` (kept if one was recorded meanwhile)."""
+        if run.flow_run_id is None:
+            run.flow_run_id = flow_run_id
+            self.by_flow_run[flow_run_id] = run.uid
+
     def untrack(self, uid: str) -> None:
         run = self.runs.pop(uid, None)
         if run is not None and run.flow_run_id:
@@ -343,8 +175,29 @@ class Follower:
         if event is not None:
             self.post_event(run, *event)
 
-    def post_event(self, run: Tracked, type_: str, reason: str, message: str) -> None:
-        task = asyncio.create_task(self.kube.post_event(run.ref(), type_, reason, message))
+    async def update(
+        self, run: Tracked, change: Callable[[api.PipelineRunStatus], api.PipelineRunStatus]
+    ) -> None:
+        """Write ``change`` of the run's current status, holding its lock (a handler and the
+        follower loop may change one status at once)."""
+        async with run.lock:
+            await self.write(run, change(run.status))
+
+    async def write_untracked(
+        self, ref: dict[str, str], old: api.PipelineRunStatus, new: api.PipelineRunStatus
+    ) -> None:
+        """The status of a run that is not followed (its spec is invalid)."""
+        patch = r.status_patch(old, new)
+        if patch is not None and await self.kube.patch_status(ref["namespace"], ref["name"], patch):
+            event = r.phase_event(old, new)
+            if event is not None:
+                self.post_event(ref, *event)
+
+    def post_event(
+        self, run: Tracked | dict[str, str], type_: str, reason: str, message: str
+    ) -> None:
+        ref = run.ref() if isinstance(run, Tracked) else run
+        task = asyncio.create_task(self.kube.post_event(ref, type_, reason, message))
         self._event_tasks.add(task)
         task.add_done_callback(self._event_tasks.discard)
 
@@ -383,10 +236,9 @@ class Follower:
             if r.is_finished(run.status):
                 continue
             try:
-                async with run.lock:
-                    await self.write(
-                        run, r.reachability_status(run.status, reachable, message, utcnow())
-                    )
+                await self.update(
+                    run, lambda s: r.reachability_status(s, reachable, message, utcnow())
+                )
             except Exception as exc:
                 log.warning("status of %s/%s: %r", run.namespace, run.name, exc)
 
@@ -511,8 +363,7 @@ class Follower:
                 await self.lose(run, f"flow run {run.flow_run_id} no longer exists in Prefect")
 
     async def lose(self, run: Tracked, why: str) -> None:
-        async with run.lock:
-            await self.write(run, r.lost_status(run.status, why, utcnow()))
+        await self.update(run, lambda s: r.lost_status(s, why, utcnow()))
         with contextlib.suppress(PrefectUnavailable):
             if run.flow_run_id:
                 await self.gateway.cancel_flow_run(run.flow_run_id, f"radps: {why}")
@@ -556,7 +407,7 @@ class Follower:
     async def _collect_deleted(self) -> None:
         """Delete the Jobs of deleted runs (one Job list per namespace). A run whose flow run
         is being cancelled is left to the worker, which stops its infrastructure, for
-        DELETED_RUN_CANCEL_GRACE; then its flow run is ended here."""
+        settings.cancel_grace_seconds; then its flow run is ended here."""
         now = time.monotonic()
         self.deleted = {
             uid: d for uid, d in self.deleted.items() if now - d.since < DELETED_RUN_WATCH_SECONDS
@@ -573,7 +424,7 @@ class Follower:
             stopping = {s.id for s in runs if not s.terminal}
             for uid, gone in found.items():
                 if gone.flow_run_id in stopping:
-                    if now - gone.since < DELETED_RUN_CANCEL_GRACE:
+                    if now - gone.since < self.settings.cancel_grace_seconds:
                         continue
                     await self.gateway.force_cancelled(
                         gone.flow_run_id,
@@ -634,6 +485,8 @@ class Follower:
                 if start_by is not None and now >= start_by:
                     await self.fail_to_start(run)
                     continue
+                if await self._cancel_overdue(run):
+                    continue
                 ttl = r.ttl_deadline(run.spec, run.status)
                 if ttl is not None and now >= ttl:
                     log.info("TTL: deleting %s/%s", run.namespace, run.name)
@@ -653,24 +506,40 @@ class Follower:
             except Exception as exc:
                 log.warning("deadlines of %s/%s: %r", run.namespace, run.name, exc)
 
+    async def _cancel_overdue(self, run: Tracked) -> bool:
+        """End a cancellation its worker does not complete (settings.cancel_grace_seconds):
+        Cancelled in Prefect, the Jobs removed; the next read makes the run Cancelled."""
+        if run.status.phase != api.Phase.CANCELLING or not run.flow_run_id:
+            run.cancelling_since = None
+            return False
+        run.cancelling_since = run.cancelling_since or time.monotonic()
+        grace = self.settings.cancel_grace_seconds
+        if time.monotonic() - run.cancelling_since < grace:
+            return False
+        message = f"radps: its worker did not stop it within {grace:.0f} s; its Jobs are removed"
+        await self.gateway.force_cancelled(run.flow_run_id, message)
+        await self.remove_jobs(run)
+        self.post_event(run, "Warning", "CancelForced", message.removeprefix("radps: "))
+        run.cancelling_since = None
+        self._dirty.add(run.flow_run_id)
+        self._wake.set()
+        return True
+
     async def fail_to_start(self, run: Tracked) -> None:
         seconds = run.spec.start_deadline_seconds or self.settings.start_deadline_seconds
         if run.flow_run_id:  # first: when Prefect is down, both wait for the next pass
             await self.gateway.cancel_flow_run(
                 run.flow_run_id, f"radps: not running {seconds} s after creation"
             )
-        async with run.lock:
-            await self.write(run, r.start_deadline_status(run.status, seconds, utcnow()))
+        await self.update(run, lambda s: r.start_deadline_status(s, seconds, utcnow()))
         await self.remove_jobs(run)  # its flow run is cancelled above
 
     async def time_out(self, run: Tracked) -> None:
         assert run.spec.timeout_seconds is not None and run.flow_run_id
         message = f"exceeded spec.timeoutSeconds ({run.spec.timeout_seconds} s)"
         await self.gateway.cancel_flow_run(run.flow_run_id, message)
-        async with run.lock:
-            await self.write(
-                run, r.timed_out_status(run.status, run.spec.timeout_seconds, utcnow())
-            )
+        seconds = run.spec.timeout_seconds
+        await self.update(run, lambda s: r.timed_out_status(s, seconds, utcnow()))
         self._dirty.add(run.flow_run_id)
         self._wake.set()
 

@@ -1,6 +1,6 @@
 """Thin kopf registrations: each handler turns an object event into calls on the gateway and
 the follower. Registered on radps's own registry, never kopf's default one (importing
-prefect_kubernetes registers five handlers there; DESIGN.md)."""
+prefect_kubernetes registers five handlers there; docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ import uvloop
 from radps_operator import api, metrics
 from radps_operator import reconcile as r
 from radps_operator.flow_identity import AuthSecret, FlowIdentities
-from radps_operator.follower import Follower, Kube, Tracked, utcnow
+from radps_operator.follower import Follower, Tracked, utcnow
+from radps_operator.kube import Kube
 from radps_operator.prefect_gateway import (
     PrefectBusy,
     PrefectGateway,
@@ -60,8 +61,8 @@ def runtime() -> Runtime:
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
-    """Status storages (one PATCH per object instead of two; DESIGN.md), our finalizer, no
-    Events for kopf's own handler logs (we post the meaningful ones)."""
+    """Status storages (one PATCH per object instead of two; docs/architecture.md), our
+    finalizer, no Events for kopf's own handler logs (we post the meaningful ones)."""
     settings.persistence.progress_storage = kopf.StatusProgressStorage()
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
     settings.persistence.finalizer = FINALIZER
@@ -187,13 +188,12 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
     except InvalidPipelineRun as invalid:
         if status.phase is not None:
             return  # already rejected
-        run = _tracked(body, api.PipelineRunSpec.model_construct(**{"pipeline": "?"}), status)
+        meta = body["metadata"]
+        ref = {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]}
         message = f"invalid spec: {invalid}"
-        async with run.lock:
-            await rt.follower.write(
-                run, r.invalid_spec_status(status, message, utcnow(), run.generation)
-            )
-        rt.follower.post_event(run, "Warning", "InvalidSpec", message)
+        new = r.invalid_spec_status(status, message, utcnow(), meta.get("generation"))
+        await rt.follower.write_untracked(ref, status, new)
+        rt.follower.post_event(ref, "Warning", "InvalidSpec", message)
         return
     run = rt.follower.track(_tracked(body, spec, status))
     if r.is_finished(run.status):
@@ -201,12 +201,11 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
             rt.follower.untrack(run.uid)
         return
     if run.flow_run_id is not None:  # created before (e.g. by a previous operator process)
-        rt.follower._on_flow_run_event(run.flow_run_id)
+        rt.follower.flow_run_changed(run.flow_run_id)
         if spec.cancel:
             await _cancel(run, "spec.cancel is true")
         return
-    async with run.lock:
-        await rt.follower.write(run, r.pending_status(run.status, utcnow(), run.generation))
+    await rt.follower.update(run, lambda s: r.pending_status(s, utcnow(), run.generation))
     await _ensure_flow_identity(run, retry)
     await _ensure_run_network(run, retry)
     info = _catalog()[spec.pipeline]
@@ -219,27 +218,22 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
         snapshot = await rt.gateway.create_flow_run(deployment_id, request, deployment.work_pool)
     except PrefectRejected as exc:
         message = f"{exc} (the run fails: asking again would get the same answer)"
-        async with run.lock:
-            await rt.follower.write(
-                run,
-                r.verdict_status(
-                    run.status, api.Phase.FAILED, r.PREFECT_REJECTED, message[:2000], utcnow()
-                ),
-            )
+        await rt.follower.update(
+            run,
+            lambda s: r.verdict_status(
+                s, api.Phase.FAILED, r.PREFECT_REJECTED, message[:2000], utcnow()
+            ),
+        )
         rt.follower.post_event(run, "Warning", r.PREFECT_REJECTED, message)
         return
     except PrefectBusy as exc:
         raise kopf.TemporaryError(f"Prefect busy: {exc}", delay=_busy_delay(retry)) from exc
     except PrefectUnavailable as exc:
-        async with run.lock:
-            await rt.follower.write(
-                run, r.reachability_status(run.status, False, str(exc)[:500], utcnow())
-            )
+        why = str(exc)[:500]
+        await rt.follower.update(run, lambda s: r.reachability_status(s, False, why, utcnow()))
         raise kopf.TemporaryError(f"Prefect unreachable: {exc}", delay=_retry_delay(retry)) from exc
     metrics.FLOW_RUNS_CREATED.inc()
-    if run.flow_run_id is None:
-        run.flow_run_id = snapshot.id
-        rt.follower.by_flow_run[snapshot.id] = run.uid
+    rt.follower.record_flow_run(run, snapshot.id)
     await rt.follower.apply(run, snapshot, None)
     if r.has_operator_verdict(run.status) and not snapshot.terminal:
         # the run failed (its start deadline) while this create was in flight
@@ -288,8 +282,7 @@ async def _ensure_run_network(run: Tracked, retry: int) -> None:
 async def _show_and_retry(run: Tracked, message: str, retry: int, cause: Exception) -> NoReturn:
     """A refusal an admin may fix (RBAC, admission): it shows in the run's message, and kopf
     retries the handler with backoff."""
-    async with run.lock:
-        await runtime().follower.write(run, run.status.model_copy(update={"message": message}))
+    await runtime().follower.update(run, lambda s: s.model_copy(update={"message": message}))
     raise kopf.TemporaryError(message, delay=_retry_delay(retry)) from cause
 
 
@@ -302,7 +295,7 @@ async def _cancel(run: Tracked, why: str) -> None:
     except PrefectUnavailable as exc:
         raise kopf.TemporaryError(f"Prefect unreachable: {exc}", delay=2) from exc
     rt.follower.post_event(run, "Normal", "Cancelling", f"cancelling the flow run: {why}")
-    rt.follower._on_flow_run_event(run.flow_run_id)
+    rt.follower.flow_run_changed(run.flow_run_id)
 
 
 @kopf.on.update(*RESOURCE, registry=registry, field="spec.cancel")
@@ -310,7 +303,7 @@ async def cancel(body: kopf.Body, new: Any, **_: Any) -> None:
     if not new:
         return
     rt = runtime()
-    run = rt.follower.runs.get(body["metadata"]["uid"])
+    run = rt.follower.find(body["metadata"]["uid"])
     if run is not None:
         await _cancel(run, "spec.cancel set to true")
 
@@ -323,7 +316,7 @@ async def delete(body: kopf.Body, **_: Any) -> None:
     rt = runtime()
     meta = body["metadata"]
     uid, namespace = meta["uid"], meta["namespace"]
-    run = rt.follower.runs.get(uid)
+    run = rt.follower.find(uid)
     status = run.status if run else r.parse_status(dict(body.get("status") or {}))
     flow_run_id = status.prefect.flow_run_id if status.prefect else None
     try:
@@ -351,7 +344,7 @@ def run_operator(settings: OperatorSettings | None = None) -> None:
     settings = settings or OperatorSettings.from_env()
     metrics.configure_logging(settings.log_format)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    # uvloop: part of the measured kopf floor in DESIGN.md (p50 0.47-0.53 s for 200 objects)
+    # uvloop: part of the measured kopf floor (docs/architecture.md: p50 0.47-0.53 s, 200 objects)
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(
         kopf.operator(

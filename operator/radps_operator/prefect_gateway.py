@@ -17,12 +17,12 @@ from uuid import UUID
 
 import httpx
 
+from radps_flows.contract import OUTPUTS_ARTIFACT_DESCRIPTION
 from radps_operator import metrics
 from radps_operator.reconcile import DeploymentRequest, FlowRunRequest, FlowRunSnapshot
 
 log = logging.getLogger(__name__)
 
-OUTPUTS_ARTIFACT_DESCRIPTION = "radps outputs"
 FLOW_RUN_EVENT_PREFIX = "prefect.flow-run."
 READ_BATCH = 200
 
@@ -339,8 +339,8 @@ class PrefectGateway:
             )
 
     async def force_cancelled(self, flow_run_id: str, message: str) -> None:
-        """End a flow run left in Cancelling: its pod ended without the worker completing
-        the cancellation (seen when the pod was refused as its PipelineRun was deleted)."""
+        """End a flow run left in Cancelling: no worker completes the cancellation (it is
+        gone, or lost the race with the Job's creation)."""
         from prefect.states import Cancelled
 
         await self._call(

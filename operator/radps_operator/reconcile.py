@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from radps_flows.labels import PIPELINE_LABEL, RUN_NAME_LABEL, RUN_UID_LABEL
+from radps_flows import contract
+from radps_flows.contract import PIPELINE_LABEL, RUN_NAME_LABEL, RUN_UID_LABEL
 from radps_operator import api
 from radps_operator.settings import OperatorSettings
 
@@ -112,6 +113,17 @@ def _quantity(value: int | str | None) -> str | None:
     return None if value is None else str(value)
 
 
+def dask_config(spec: api.PipelineRunSpec) -> contract.DaskClusterConfig:
+    """The size of the run's Dask cluster (`spec.dask`, or the defaults), for a pod's
+    environment or a local run."""
+    dask = spec.dask_or_default()
+    return contract.DaskClusterConfig(
+        workers=dask.workers,
+        threads_per_worker=dask.threads_per_worker,
+        idle_timeout_seconds=dask.idle_timeout_seconds,
+    )
+
+
 def job_variables(
     namespace: str, name: str, uid: str, spec: api.PipelineRunSpec, settings: OperatorSettings
 ) -> dict[str, Any]:
@@ -120,25 +132,20 @@ def job_variables(
     A process pool ignores what its template does not know (the gateway keeps only the
     variables the pool declares)."""
     from radps_flows.allocator import ENVIRONMENT as ALLOCATOR_ENV
-    from radps_flows.cluster import DaskClusterConfig
 
     dask = spec.dask_or_default()
     env = {
         **ALLOCATOR_ENV,
-        "RADPS_RUN_NAMESPACE": namespace,
-        "RADPS_RUN_NAME": name,
-        "RADPS_RUN_UID": uid,
-        "RADPS_IMAGE": spec.image or settings.default_image,
-        **DaskClusterConfig(
-            workers=dask.workers,
-            threads_per_worker=dask.threads_per_worker,
-            idle_timeout_seconds=dask.idle_timeout_seconds,
-        ).to_env(),
+        contract.RUN_NAMESPACE_ENV: namespace,
+        contract.RUN_NAME_ENV: name,
+        contract.RUN_UID_ENV: uid,
+        contract.IMAGE_ENV: spec.image or settings.default_image,
+        **dask_config(spec).to_env(),
     }
     if dask.worker_resources is not None:
         import json
 
-        env["RADPS_DASK_WORKER_RESOURCES"] = json.dumps(
+        env[contract.DASK_WORKER_RESOURCES_ENV] = json.dumps(
             dask.worker_resources.to_wire(), separators=(",", ":")
         )
     variables: dict[str, Any] = {

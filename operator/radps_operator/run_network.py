@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from radps_flows.labels import RUN_UID_LABEL
+from radps_flows.contract import RUN_UID_LABEL
 from radps_operator import api
 
 log = logging.getLogger(__name__)

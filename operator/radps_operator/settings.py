@@ -61,6 +61,10 @@ class OperatorSettings:
     resync_seconds: float = 5.0
     start_deadline_seconds: int = 900
     """Default of spec.startDeadlineSeconds: a run not running by then fails with the reason."""
+    cancel_grace_seconds: float = 60.0
+    """How long a flow run may stay Cancelling (its worker stopping the Job) before the
+    operator ends it as Cancelled and removes the Job itself: a worker that is gone, or that
+    never recorded the Job, never completes the cancellation."""
     prefect_max_concurrent_calls: int = 8
     metrics_port: int = 9090
     health_port: int = 8080
@@ -122,6 +126,7 @@ class OperatorSettings:
             start_deadline_seconds=max(
                 1, int(number("RADPS_START_DEADLINE_SECONDS", cls.start_deadline_seconds, int))
             ),
+            cancel_grace_seconds=max(1.0, number("RADPS_CANCEL_GRACE_SECONDS", 60.0)),
             prefect_max_concurrent_calls=max(
                 1, int(number("RADPS_PREFECT_MAX_CONCURRENT_CALLS", 8, int))
             ),

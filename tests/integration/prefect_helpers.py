@@ -71,7 +71,7 @@ def start_process_worker(api_url: str, pool: str, log: Path, limit: int = 4) -> 
         stdout=out,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        # SIGINT at its default (not ignored) so the worker stops on SIGTERM (DESIGN.md)
+        # SIGINT at its default (not ignored) so the worker stops on SIGTERM (docs/architecture.md)
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     out.close()

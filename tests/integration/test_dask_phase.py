@@ -54,7 +54,8 @@ def test_pending_cluster_with_a_scheduler_service_becomes_running(
     saved = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(kube_cluster.kubeconfig)
     try:
-        # its own registry: kopf's default one may hold prefect_kubernetes' handlers (DESIGN.md)
+        # its own registry: kopf's default one may hold prefect_kubernetes' handlers
+        # (docs/architecture.md)
         registry = kopf.OperatorRegistry()
         kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
         kopf.timer("daskcluster.kubernetes.dask.org", interval=CHECK_SECONDS, registry=registry)(

@@ -153,16 +153,20 @@ def test_cancel_delete_timeout_and_ttl(env, runs, tmp_path):
 def test_no_run_stays_stuck(env, runs, tmp_path):
     """Each way a run could wait forever ends with the reason in its status and an Event: a
     work pool Prefect does not know (a terminal 4xx, not retried), a run no worker starts
-    (the start deadline), a flow run deleted in Prefect (lost)."""
+    (the start deadline), a flow run deleted in Prefect (lost), a cancel no worker completes
+    (its process died without a word, so its flow run stays Running: set through Prefect's
+    API, since a real process cannot die that quietly on demand)."""
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.states import Running
 
     from tests.integration.prefect_helpers import create_process_pool
 
     api_url = env["RADPS_PREFECT_API_URL"]
     idle_pool = f"idle-{uuid.uuid4().hex[:6]}"
     create_process_pool(api_url, idle_pool)
-    with kopf_operator(runs.namespace, env):
+    with kopf_operator(runs.namespace, {**env, "RADPS_CANCEL_GRACE_SECONDS": "3"}):
         runs.create("no-pool", **synth(tmp_path, "np", workPool="no-such-pool"))
+        runs.create("abandoned", **synth(tmp_path, "ab", workPool=idle_pool))
         runs.create("no-start", **synth(tmp_path, "ns", workPool=idle_pool, startDeadlineSeconds=5))
         runs.create("lost", **synth(tmp_path, "lost", workPool=idle_pool))
         rejected = runs.wait_phase("no-pool", "Failed", timeout=30)
@@ -171,6 +175,12 @@ def test_no_run_stays_stuck(env, runs, tmp_path):
         with SyncPrefectClient(api_url) as client:
             client.delete_flow_run(uuid.UUID(scheduled["prefect"]["flowRunId"]))
             lost = runs.wait_phase("lost", "Crashed", timeout=60)
+            abandoned = runs.wait_phase("abandoned", "Scheduled", timeout=30)["prefect"]
+            client.set_flow_run_state(uuid.UUID(abandoned["flowRunId"]), Running(), force=True)
+            runs.wait_phase("abandoned", "Running", timeout=30)
+            runs.patch_spec("abandoned", cancel=True)
+            runs.wait_phase("abandoned", "Cancelling", "Cancelled", timeout=30)
+            abandoned = runs.wait_phase("abandoned", "Cancelled", timeout=60)
             # the deadline may pass while the create call is in flight: the flow run it
             # makes is recorded and cancelled all the same
             never = wait_until(
@@ -202,6 +212,8 @@ def test_no_run_stays_stuck(env, runs, tmp_path):
     cond = condition(lost, "Succeeded")
     assert (cond["status"], cond["reason"]) == ("False", "FlowRunLost"), lost
     assert "no longer exists in Prefect" in lost["message"] and "Crashed" in events["lost"]
+    assert "did not stop it within 3 s" in abandoned["message"], abandoned
+    assert "CancelForced" in events["abandoned"]
 
 
 def test_deleting_a_run_cancels_a_flow_run_its_status_never_recorded(env, runs, kube_api, tmp_path):

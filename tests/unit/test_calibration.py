@@ -17,10 +17,10 @@ from radps_flows.core.calibration import (
     solve_gains,
     solve_interval,
     stefcal,
-    stefcal_reference,
 )
 from radps_flows.core.io import open_processing_set
 from radps_flows.core.synth import PointSource, SynthesisSpec, synthesize_processing_set
+from tests.oracles import stefcal_reference
 
 ARCSEC = math.pi / (180 * 3600)
 

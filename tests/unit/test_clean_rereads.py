@@ -11,7 +11,7 @@ import pytest
 
 from radps_flows.core.synth import PointSource, SynthesisSpec, synthesize_processing_set
 from radps_flows.pipelines import blocks as blk
-from radps_flows.pipelines import imaging
+from radps_flows.pipelines import imaging, stages
 
 SOURCES = [PointSource(flux_jy=1.0), PointSource(flux_jy=0.5, offset_ra_arcsec=60)]
 
@@ -56,7 +56,11 @@ PARAMS = {
 
 
 def _steps(store: str) -> blk.Steps:
-    return imaging._steps(blk.open_datasets(store), PARAMS)
+    names = ("model", "model_image", "refant", "solint", "minsnr", "calibrate", "flag")
+    return stages.calibration_steps(
+        blk.open_datasets(store), flag_threshold=PARAMS["flag_threshold"],
+        **{name: PARAMS[name] for name in names},
+    )  # fmt: skip
 
 
 def test_the_estimate_is_what_the_prepared_samples_take(corrupted):

@@ -27,6 +27,8 @@ N = 64
 #: 30 arcsec cells: a 0.53 deg field where the w term matters (w (n-1) ~ 0.05 turns at the edge).
 CELL = math.radians(30 / 3600)
 FREQ = np.array([1.30e9, 1.40e9, 1.50e9])
+TEXTBOOK = 1
+"""The exact DFT here uses textbook UVW, (u, v, w) toward the source: no sign flip."""
 
 
 def _uvw(rng: np.random.Generator, nrow: int) -> np.ndarray:
@@ -68,12 +70,20 @@ def test_matches_direct_fourier_transform():
     vis = _model_vis(uvw, FREQ, sources)
     weight = rng.uniform(0.5, 2.0, size=vis.shape)
     expected = _dft_image(uvw, FREQ, vis, weight)
-    got = dirty_image_from_arrays(uvw, FREQ, vis, weight, imsize=N, cell_rad=CELL)
+    got = dirty_image_from_arrays(
+        uvw, FREQ, vis, weight, imsize=N, cell_rad=CELL, uvw_sign=TEXTBOOK
+    )
     assert got.shape == (N, N)
     assert np.abs(got - expected).max() <= 1e-4 * expected.max()
     # the same with single precision visibilities, as xradio stores them
     got32 = dirty_image_from_arrays(
-        uvw, FREQ, vis.astype(np.complex64), weight.astype(np.float32), imsize=N, cell_rad=CELL
+        uvw,
+        FREQ,
+        vis.astype(np.complex64),
+        weight.astype(np.float32),
+        imsize=N,
+        cell_rad=CELL,
+        uvw_sign=TEXTBOOK,
     )
     assert np.abs(got32 - expected).max() <= 1e-4 * expected.max()
 
@@ -82,7 +92,9 @@ def test_unit_source_at_phase_centre_gives_one():
     rng = np.random.default_rng(1)
     uvw = _uvw(rng, 200)
     vis = _model_vis(uvw, FREQ, [(1.0, 0.0, 0.0)])
-    image = dirty_image_from_arrays(uvw, FREQ, vis, np.ones(vis.shape), imsize=N, cell_rad=CELL)
+    image = dirty_image_from_arrays(
+        uvw, FREQ, vis, np.ones(vis.shape), imsize=N, cell_rad=CELL, uvw_sign=TEXTBOOK
+    )
     assert image[N // 2, N // 2] == pytest.approx(1.0, abs=1e-3)
     assert np.unravel_index(image.argmax(), image.shape) == (N // 2, N // 2)
 
@@ -94,7 +106,9 @@ def test_off_centre_source_lands_on_its_pixel(dl: int, dm: int):
     uvw = _uvw(rng, 200)
     l0, m0 = dl * CELL, dm * CELL
     vis = _model_vis(uvw, FREQ, [(1.0, l0, m0)])
-    image = dirty_image_from_arrays(uvw, FREQ, vis, np.ones(vis.shape), imsize=N, cell_rad=CELL)
+    image = dirty_image_from_arrays(
+        uvw, FREQ, vis, np.ones(vis.shape), imsize=N, cell_rad=CELL, uvw_sign=TEXTBOOK
+    )
     peak = np.unravel_index(image.argmax(), image.shape)
     assert peak == _pix(l0, m0) == (N // 2 + dm, N // 2 - dl)
     assert image[peak] == pytest.approx(1.0, abs=1e-3)
@@ -242,5 +256,11 @@ def test_stokes_i_weights():
 def test_bad_geometry():
     with pytest.raises(ValueError, match="even"):
         dirty_image_from_arrays(
-            np.zeros((1, 3)), FREQ, np.ones((1, 3)), np.ones((1, 3)), imsize=63, cell_rad=CELL
+            np.zeros((1, 3)),
+            FREQ,
+            np.ones((1, 3)),
+            np.ones((1, 3)),
+            imsize=63,
+            cell_rad=CELL,
+            uvw_sign=TEXTBOOK,
         )

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from radps_flows.core.calibration import PointModel, model_visibilities
-from radps_flows.core.weighting import dirty_cube, imaging_weights, psf_image
+from radps_flows.core.weighting import imaging_weights
+from tests.oracles import dirty_cube, psf_image
 
 N = 64
 CELL = math.radians(10 / 3600)

@@ -54,7 +54,6 @@ __all__ = [
     "solve_gains_arrays",
     "solve_interval",
     "stefcal",
-    "stefcal_reference",
 ]
 
 
@@ -109,34 +108,6 @@ def stefcal(
         if np.all(change <= tol * np.maximum(size, 1e-300)):
             break
     return g, it
-
-
-def stefcal_reference(
-    vis: np.ndarray, model: np.ndarray, *, max_iter: int = 200, tol: float = 1e-10
-) -> np.ndarray:
-    """Textbook StEFCal (Salvini & Wijnholds 2014, Algorithm 1) on dense matrices, plain numpy.
-
-    ``vis`` and ``model`` (nant, nant), Hermitian, diagonal ignored, for one interval and
-    receptor. Solves ``R ~ G M G^H`` column by column; kept as the readable reference that the
-    batched :func:`stefcal` and the benchmark compare against.
-    """
-    r = np.array(vis, dtype=np.complex128)
-    m = np.array(model, dtype=np.complex128)
-    np.fill_diagonal(r, 0)
-    np.fill_diagonal(m, 0)
-    n = r.shape[0]
-    g = np.ones(n, dtype=np.complex128) * math.sqrt(np.abs(r).sum() / max(np.abs(m).sum(), 1e-300))
-    for i in range(1, max_iter + 1):
-        old = g.copy()
-        for p in range(n):
-            z = old * m[:, p]  # z_q = g_q M_qp; R[:, p] = z conj(g_p)
-            zz = np.vdot(z, z).real
-            g[p] = np.conj(np.vdot(z, r[:, p]) / zz) if zz > 0 else 0
-        if i % 2 == 0:
-            g = 0.5 * (g + old)
-        if np.linalg.norm(g - old) <= tol * np.linalg.norm(g):
-            break
-    return g
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Dirty imaging: Stokes I, natural weighting, multi-frequency synthesis, ducc0 wgridder.
 
-Conventions (measured, see DESIGN.md "The array core"):
+Conventions (measured, see docs/architecture.md, "The array core's conventions"):
 
 * Textbook sign: ``V = S exp(-2 pi i (u l + v m + w (n - 1)))`` with ``l`` towards east (RA
   increasing) and ``m`` towards north. ducc0 needs ``flip_w=True`` for it.
@@ -82,15 +82,16 @@ def dirty_sum_from_arrays(
     imsize: int,
     cell_rad: float,
     epsilon: float = 1e-4,
+    uvw_sign: int,
     nthreads: int = 1,
-    uvw_sign: int = 1,
 ) -> DirtySum:
     """Grid one block of Stokes I visibilities (no normalisation).
 
     ``uvw`` (nrow, 3) in metres, ``freq`` (nchan,) Hz, ``vis`` (nrow, nchan) complex,
     ``weight`` (nrow, nchan) with 0 for anything not to image. ``uvw_sign`` is +1 for textbook
-    UVW, :data:`MSV4_UVW_SIGN` for xradio's; instead of negating the array, the matching ducc0
-    flips are chosen. Rows with non-finite UVW or no positive weight are dropped first.
+    UVW, :data:`MSV4_UVW_SIGN` for xradio's (no default: a wrong guess mirrors the image);
+    instead of negating the array, the matching ducc0 flips are chosen. Rows with non-finite
+    UVW or no positive weight are dropped first.
     """
     _check_geometry(imsize, cell_rad)
     uvw = np.asarray(uvw, dtype=np.float64)
@@ -141,8 +142,8 @@ def dirty_image_from_arrays(
     imsize: int,
     cell_rad: float,
     epsilon: float = 1e-4,
+    uvw_sign: int,
     nthreads: int = 1,
-    uvw_sign: int = 1,
 ) -> np.ndarray:
     """Natural-weighted dirty image ``[y, x]`` (FITS orientation) of one block of visibilities.
 

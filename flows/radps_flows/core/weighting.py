@@ -1,4 +1,4 @@
-"""Imaging weights (natural, uniform, Briggs), the PSF and per-channel cubes.
+"""Imaging weights (natural, uniform, Briggs) on the image's uv grid.
 
 Uniform and Briggs weights follow CASA's definitions on the image's own uv grid (cell
 ``1 / (imsize * cell)`` wavelengths): the gridded weight density ``W`` counts every sample
@@ -12,14 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conventions import MSV4_UVW_SIGN
-from .cube import cube_sum_from_arrays
-from .imaging import dirty_image_from_arrays
-
 __all__ = [
-    "dirty_cube",
     "imaging_weights",
-    "psf_image",
     "weight_density",
     "weights_from_density",
 ]
@@ -108,57 +102,3 @@ def weights_from_density(
     # sum over samples inside of 2 w (sample + mirror) is the grid's total
     f2 = (5 * 10 ** (-robust)) ** 2 / ((grid**2).sum() / grid.sum())
     return weight / (1 + density * f2)
-
-
-def psf_image(
-    uvw: np.ndarray,
-    freq: np.ndarray,
-    weight: np.ndarray,
-    *,
-    imsize: int,
-    cell_rad: float,
-    uvw_sign: int = MSV4_UVW_SIGN,
-    epsilon: float = 1e-5,
-    nthreads: int = 1,
-) -> np.ndarray:
-    """Point spread function ``[y, x]`` (peak 1 at pixel N/2) of samples with ``weight``:
-    the dirty image of unit visibilities."""
-    return dirty_image_from_arrays(
-        uvw,
-        freq,
-        np.ones(np.shape(weight), dtype=np.complex128),
-        weight,
-        imsize=imsize,
-        cell_rad=cell_rad,
-        epsilon=epsilon,
-        nthreads=nthreads,
-        uvw_sign=uvw_sign,
-    )
-
-
-def dirty_cube(
-    uvw: np.ndarray,
-    freq: np.ndarray,
-    vis: np.ndarray,
-    weight: np.ndarray,
-    *,
-    imsize: int,
-    cell_rad: float,
-    uvw_sign: int = MSV4_UVW_SIGN,
-    epsilon: float = 1e-4,
-    nthreads: int = 1,
-) -> np.ndarray:
-    """Per-channel dirty images (nchan, y, x), each normalised by its own weight sum
-    (channels with no weight are NaN), the ``specmode='cube'`` counterpart of the MFS image."""
-    total = cube_sum_from_arrays(
-        uvw,
-        freq,
-        vis,
-        weight,
-        imsize=imsize,
-        cell_rad=cell_rad,
-        epsilon=epsilon,
-        nthreads=nthreads,
-        uvw_sign=uvw_sign,
-    )
-    return total.normalised(np.float64)

@@ -1,1 +1,2 @@
-"""Prefect flows, one per pipeline; each stage is one coarse Prefect task (see DESIGN.md)."""
+"""Prefect flows, one per pipeline; each stage is one coarse Prefect task (see
+docs/architecture.md)."""

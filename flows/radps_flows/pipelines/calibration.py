@@ -8,7 +8,6 @@ CASA's ``split`` of the corrected column, so it can be imaged as it is.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import xarray as xr
@@ -19,21 +18,16 @@ from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import calibration as cal
 from radps_flows.pipelines import blocks as blk
-from radps_flows.pipelines import msv4
+from radps_flows.pipelines import msv4, stages
 from radps_flows.pipelines.common import (
     ModelSource,
     Solint,
     merge_gains,
-    plot_gains,
-    publish_gain_table,
-    write_gains,
 )
-from radps_flows.pipelines.imaging import _steps, open_visibilities
 from radps_flows.pipelines.outputs import (
     Output,
     file_output,
     publish_outputs,
-    publish_preview,
 )
 from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
@@ -59,7 +53,14 @@ def _solve_block(block: blk.Block, steps: blk.Steps) -> xr.Dataset:
 @task(name="solve-gains")
 def solve(store: str, datasets: list[xr.Dataset], params: dict) -> dict[str, xr.Dataset]:
     """StEFCal per solution interval, one Dask task per block of whole intervals."""
-    steps = _steps(datasets, {**params, "flag": False, "flag_threshold": 5.0, "calibrate": True})
+    steps = stages.calibration_steps(
+        datasets,
+        model=params["model"],
+        model_image=params["model_image"],
+        refant=params["refant"],
+        solint=params["solint"],
+        minsnr=params["minsnr"],
+    )
     blocks = blk.plan_blocks(store, datasets, block_mb=params["block_mb"], solint=steps.solint)
     with blk.executor() as ex:
         tables = ex.gather(ex.map(_solve_block, blocks, steps=steps))
@@ -68,16 +69,6 @@ def solve(store: str, datasets: list[xr.Dataset], params: dict) -> dict[str, xr.
         flagged = float(ds["FLAG"].values.mean())
         print(f"{name}: {ds.sizes['time']} intervals, {flagged:.2%} of solutions flagged")
     return merged
-
-
-@task(name="write-gains")
-def write_gain_table(tables: dict[str, xr.Dataset], output: str) -> list[Output]:
-    folder = Path(output)
-    path = write_gains(tables, folder / "gains.zarr")
-    png = plot_gains(tables, folder / "gains.png")
-    publish_gain_table(tables)
-    publish_preview(png, "gain solutions: amplitude and phase per antenna")
-    return [file_output("gains", path, "zarr"), file_output("gains-plot", png, "png")]
 
 
 @task(name="apply-gains")
@@ -139,13 +130,10 @@ def calibration(
     inputs = {"input": input, "model_image": model_image}
     with transactional_output("calibration", output, overwrite, arguments, inputs) as transaction:
         folder = str(transaction.folder)
-        report_progress(0, STAGES)
-        blk.start_dask_cluster_early(input)  # comes up while the input opens
-        store, datasets = open_visibilities(input, f"{folder}/msv4")
-        report_progress(1, STAGES)
+        store, datasets = stages.open_input(input, folder, STAGES)
         tables = solve(store, datasets, params)
         report_progress(2, STAGES)
-        outputs = write_gain_table(tables, folder)
+        outputs = stages.write_gain_products(tables, folder)
         report_progress(3, STAGES)
         outputs += apply(store, datasets, tables, folder)
         outputs = transaction.commit(outputs)

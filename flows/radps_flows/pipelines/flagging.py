@@ -23,8 +23,7 @@ from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core.flagging import flag_dataset
 from radps_flows.pipelines import blocks as blk
-from radps_flows.pipelines import msv4
-from radps_flows.pipelines.imaging import open_visibilities
+from radps_flows.pipelines import msv4, stages
 from radps_flows.pipelines.outputs import Output, file_output, publish_outputs
 from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
@@ -99,10 +98,7 @@ def flagging(
     inputs = {"input": input}
     with transactional_output("flagging", output, overwrite, arguments, inputs) as transaction:
         folder = str(transaction.folder)
-        report_progress(0, STAGES)
-        blk.start_dask_cluster_early(input)  # comes up while the input opens
-        store, datasets = open_visibilities(input, f"{folder}/msv4")
-        report_progress(1, STAGES)
+        store, datasets = stages.open_input(input, folder, STAGES)
         outputs = transaction.commit(flag(store, datasets, folder, threshold, block_mb))
     report_progress(2, STAGES)
     return publish_outputs(outputs)

@@ -21,27 +21,20 @@ import xarray as xr
 from prefect import flow, task
 from pydantic import Field
 
-from radps_flows import manifest, parameter_rules
+from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import cube as core_cube
 from radps_flows.core import imaging as core_imaging
-from radps_flows.core import io as core_io
 from radps_flows.core import products
 from radps_flows.core.beam import fit_beam, restore
 from radps_flows.core.clean import hogbom, psf_sidelobe
 from radps_flows.parameter_rules import GRIDDER_MIN_PIXELS
 from radps_flows.pipelines import blocks as blk
-from radps_flows.pipelines import msv4
+from radps_flows.pipelines import stages
 from radps_flows.pipelines.common import (
     Box,
     ModelSource,
     Solint,
-    image_model,
-    merge_gains,
-    plot_gains,
-    point_models,
-    publish_gain_table,
-    write_gains,
 )
 from radps_flows.pipelines.outputs import (
     Output,
@@ -53,36 +46,17 @@ from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
 
 
-@task(name="open-visibilities")
-def open_visibilities(input: str, cache_dir: str) -> tuple[str, list[xr.Dataset]]:
-    """The input as MSv4 datasets. A processing set a radps run wrote (calibrated, flagged)
-    is read only with its manifest: without it, it is a remnant of a run that never
-    finished."""
-    store = str(core_io.ensure_processing_set(input, cache_dir=cache_dir))
-    if msv4.is_product(store):
-        try:
-            manifest.verify(store)
-        except manifest.ProductError as exc:
-            raise core_io.InputDataError(str(exc)) from None
-    return store, blk.open_datasets(store)  # the blocks of a local run reuse them
-
-
 def _steps(datasets: list[xr.Dataset], params: dict) -> blk.Steps:
-    pc = core_imaging.common_phase_center(datasets)
-    t0 = min(float(np.nanmin(ds["time"].values)) for ds in datasets if ds.sizes["time"])
-    if params.get("model_image"):
-        model = image_model(params["model_image"], pc)
-    else:
-        model = point_models(params["model"], float(pc["dec"]))
-    return blk.Steps(
-        flag=params["flag"],
-        flag_threshold=params["flag_threshold"],
-        calibrate=params["calibrate"],
-        model=model,
+    return stages.calibration_steps(
+        datasets,
+        model=params["model"],
+        model_image=params.get("model_image"),
         refant=params["refant"],
         solint=params["solint"],
         minsnr=params["minsnr"],
-        time_origin=t0,
+        calibrate=params["calibrate"],
+        flag=params["flag"],
+        flag_threshold=params["flag_threshold"],
     )
 
 
@@ -383,17 +357,6 @@ def write_clean_products(images: xr.Dataset, output: str, title: str) -> list[Ou
     return out
 
 
-@task(name="write-gains")
-def write_gain_products(gains: list[xr.Dataset], output: str) -> list[Output]:
-    tables = merge_gains(gains)
-    folder = Path(output)
-    zarr_path = write_gains(tables, folder / "gains.zarr")
-    png = plot_gains(tables, folder / "gains.png")
-    publish_gain_table(tables)
-    publish_preview(png, "gain solutions: amplitude and phase per antenna")
-    return [file_output("gains", zarr_path, "zarr"), file_output("gains-plot", png, "png")]
-
-
 @flow(name="imaging", task_runner=task_runner_from_env(), log_prints=True)
 def imaging(
     input: str,
@@ -476,27 +439,24 @@ def imaging(
     with transactional_output("imaging", output, overwrite, params, inputs) as transaction:
         folder = str(transaction.folder)
         params = {k: v for k, v in params.items() if k not in ("input", "output")}
-        stages = 4 if clean or calibrate else 3
-        report_progress(0, stages)
-        blk.start_dask_cluster_early(input)  # comes up while the input opens
-        store, datasets = open_visibilities(input, f"{folder}/msv4")
-        report_progress(1, stages)
+        n_stages = 4 if clean or calibrate else 3
+        store, datasets = stages.open_input(input, folder, n_stages)
         title = Path(input).name
         if clean:
             images, gains = clean_image(store, datasets, imsize, cell_arcsec, params)
-            report_progress(2, stages)
+            report_progress(2, n_stages)
             outputs = write_products(images["dirty"], folder, f"{title}: dirty image")
             outputs += write_clean_products(images, folder, title)
         else:
             make = dirty_cube if specmode == "cube" else dirty_image
             image, gains = make(store, datasets, imsize, cell_arcsec, params)
-            report_progress(2, stages)
+            report_progress(2, n_stages)
             kind = "cube" if specmode == "cube" else "image"
             outputs = write_products(image, folder, f"{title}: dirty {kind}")
         if calibrate or clean:
-            report_progress(3, stages)
+            report_progress(3, n_stages)
         if gains:
-            outputs += write_gain_products(gains, folder)
+            outputs += stages.write_gain_products(gains, folder)
         outputs = transaction.commit(outputs)
-    report_progress(stages, stages)
+    report_progress(n_stages, n_stages)
     return publish_outputs(outputs)

@@ -10,9 +10,8 @@ from pathlib import Path
 
 from prefect.artifacts import create_image_artifact, create_table_artifact
 
+from radps_flows.contract import OUTPUTS_ARTIFACT_DESCRIPTION
 from radps_flows.core.products import png_thumbnail
-
-OUTPUTS_ARTIFACT_DESCRIPTION = "radps outputs"
 
 
 @dataclass(frozen=True)

@@ -153,16 +153,12 @@ def _run_with_server(
     # Prefect imports its collections (prefect-kubernetes...) once per process, otherwise
     # inside the flow run's first task (0.7 s of a 4 s run): a process start-up cost.
     load_prefect_collections()
-    from radps_flows.cluster import DaskClusterConfig, local_task_runner
+    from radps_flows.cluster import local_task_runner
+    from radps_operator.reconcile import dask_config
 
     pipeline = get_pipeline(run.spec.pipeline)
     assert pipeline is not None, "validated before"
-    dask = run.spec.dask_or_default()
-    config = DaskClusterConfig(
-        workers=dask.workers,
-        threads_per_worker=dask.threads_per_worker,
-        idle_timeout_seconds=dask.idle_timeout_seconds,
-    )
+    config = dask_config(run.spec)
     os.environ.update(config.to_env())
     provenance.set_local_run(run.metadata.name, run.spec.to_wire())
     flow = pipeline.flow.with_options(

@@ -1,0 +1,69 @@
+"""What the operator and flow-run pods share, in one light module (both sides load it):
+the PipelineRun API's coordinates (radps_flows.origin and provenance read PipelineRuns;
+radps_operator.api defines them with these), the labels that tie a run's objects (flow-run
+Job, DaskCluster, pods) to its PipelineRun (the operator finds and cleans up by them, the flow
+sets them), the environment the operator gives each flow-run pod, and the artifact through
+which a flow run reports its products, and the size of a run's Dask cluster as it travels in
+the environment. It imports only the standard library, so each side loads it without the
+other's stack (the operator never imports Prefect's Dask runner to size a cluster)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+PIPELINERUN_GROUP = "radps.io"
+PIPELINERUN_VERSION = "v1alpha1"
+PIPELINERUN_PLURAL = "pipelineruns"
+
+RUN_UID_LABEL = "radps.io/run-uid"
+RUN_NAME_LABEL = "radps.io/run-name"
+PIPELINE_LABEL = "radps.io/pipeline"
+
+RUN_NAME_ENV = "RADPS_RUN_NAME"
+RUN_NAMESPACE_ENV = "RADPS_RUN_NAMESPACE"
+RUN_UID_ENV = "RADPS_RUN_UID"
+IMAGE_ENV = "RADPS_IMAGE"
+"""The image reference the run asked for (its ID, the digest that ran, is read from the pod)."""
+
+OUTPUTS_ARTIFACT_DESCRIPTION = "radps outputs"
+"""The table artifact listing a flow run's products; the operator copies its rows into
+`.status.outputs`."""
+
+DASK_ENV_PREFIX = "RADPS_DASK_"
+DASK_WORKER_RESOURCES_ENV = f"{DASK_ENV_PREFIX}WORKER_RESOURCES"
+"""JSON of the Dask worker pods' requests and limits (spec.dask.workerResources)."""
+
+
+@dataclass(frozen=True)
+class DaskClusterConfig:
+    workers: int = 2
+    threads_per_worker: int = 1
+    idle_timeout_seconds: int = 300
+    address: str | None = None
+    """Connect to this running scheduler instead of starting a cluster."""
+
+    def to_env(self) -> dict[str, str]:
+        env = {
+            f"{DASK_ENV_PREFIX}WORKERS": str(self.workers),
+            f"{DASK_ENV_PREFIX}THREADS_PER_WORKER": str(self.threads_per_worker),
+            f"{DASK_ENV_PREFIX}IDLE_TIMEOUT_SECONDS": str(self.idle_timeout_seconds),
+        }
+        if self.address:
+            env[f"{DASK_ENV_PREFIX}ADDRESS"] = self.address
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> DaskClusterConfig:
+        def integer(name: str, default: int) -> int:
+            raw = environ.get(f"{DASK_ENV_PREFIX}{name}")
+            return default if raw in (None, "") else int(raw)
+
+        defaults = cls()
+        return cls(
+            workers=integer("WORKERS", defaults.workers),
+            threads_per_worker=integer("THREADS_PER_WORKER", defaults.threads_per_worker),
+            idle_timeout_seconds=integer("IDLE_TIMEOUT_SECONDS", defaults.idle_timeout_seconds),
+            address=environ.get(f"{DASK_ENV_PREFIX}ADDRESS") or None,
+        )

@@ -1,0 +1,97 @@
+"""Stages the visibility pipelines share. Imaging, calibration and flagging are siblings: each
+takes what it has in common with the others from here (and from :mod:`.common`, the shared
+parameter types and gain-table helpers), never from another pipeline's module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from prefect import task
+
+from radps_flows import manifest
+from radps_flows.core import imaging as core_imaging
+from radps_flows.core import io as core_io
+from radps_flows.pipelines import blocks as blk
+from radps_flows.pipelines import msv4
+from radps_flows.pipelines.common import (
+    ModelSource,
+    image_model,
+    merge_gains,
+    plot_gains,
+    point_models,
+    publish_gain_table,
+    write_gains,
+)
+from radps_flows.pipelines.outputs import Output, file_output, publish_preview
+from radps_flows.progress import report_progress
+
+
+@task(name="open-visibilities")
+def open_visibilities(input: str, cache_dir: str) -> tuple[str, list[xr.Dataset]]:
+    """The input as MSv4 datasets. A processing set a radps run wrote (calibrated, flagged)
+    is read only with its manifest: without it, it is a remnant of a run that never
+    finished."""
+    store = str(core_io.ensure_processing_set(input, cache_dir=cache_dir))
+    if msv4.is_product(store):
+        try:
+            manifest.verify(store)
+        except manifest.ProductError as exc:
+            raise core_io.InputDataError(str(exc)) from None
+    return store, blk.open_datasets(store)  # the blocks of a local run reuse them
+
+
+def open_input(input: str, folder: str | Path, stages: int) -> tuple[str, list[xr.Dataset]]:
+    """How every visibility pipeline begins: progress 0 of ``stages``, the Dask cluster
+    started (it comes up while the input opens), the input opened (an MSv2 converted into
+    ``<folder>/msv4``), progress 1."""
+    report_progress(0, stages)
+    blk.start_dask_cluster_early(input)
+    store, datasets = open_visibilities(input, f"{folder}/msv4")
+    report_progress(1, stages)
+    return store, datasets
+
+
+def calibration_steps(
+    datasets: list[xr.Dataset],
+    *,
+    model: list[ModelSource] | list[dict] | None,
+    model_image: str | None,
+    refant: str | None,
+    solint: str | float,
+    minsnr: float,
+    calibrate: bool = True,
+    flag: bool = False,
+    flag_threshold: float = 5.0,
+) -> blk.Steps:
+    """What each block does before it is gridded or solved: flag, then solve (and apply)
+    gains against the model, a list of point sources or a FITS image, placed relative to
+    the data's common phase centre."""
+    pc = core_imaging.common_phase_center(datasets)
+    t0 = min(float(np.nanmin(ds["time"].values)) for ds in datasets if ds.sizes["time"])
+    sky = image_model(model_image, pc) if model_image else point_models(model, float(pc["dec"]))
+    return blk.Steps(
+        flag=flag,
+        flag_threshold=flag_threshold,
+        calibrate=calibrate,
+        model=sky,
+        refant=refant,
+        solint=solint,
+        minsnr=minsnr,
+        time_origin=t0,
+    )
+
+
+@task(name="write-gains")
+def write_gain_products(
+    gains: list[xr.Dataset] | dict[str, xr.Dataset], folder: str
+) -> list[Output]:
+    """The gain solutions (of each block, or already merged per partition): gains.zarr,
+    gains.png and a table artifact."""
+    tables = gains if isinstance(gains, dict) else merge_gains(gains)
+    zarr_path = write_gains(tables, Path(folder) / "gains.zarr")
+    png = plot_gains(tables, Path(folder) / "gains.png")
+    publish_gain_table(tables)
+    publish_preview(png, "gain solutions: amplitude and phase per antenna")
+    return [file_output("gains", zarr_path, "zarr"), file_output("gains-plot", png, "png")]

@@ -331,16 +331,11 @@ class PrefectGateway:
         )
         if getattr(result.status, "value", result.status) != "ACCEPT" and new_state is Cancelling:
             # e.g. "no infrastructure to terminate" for a run not yet picked up
-            await self._call(
-                "set_flow_run_state",
-                self._client.set_flow_run_state(
-                    UUID(flow_run_id), Cancelled(message=message), force=True
-                ),
-            )
+            await self.force_cancelled(flow_run_id, message)
 
     async def force_cancelled(self, flow_run_id: str, message: str) -> None:
-        """End a flow run left in Cancelling: no worker completes the cancellation (it is
-        gone, or lost the race with the Job's creation)."""
+        """Set Cancelled whatever Prefect's rules say: a Cancelling that Prefect refused, or
+        one no worker completes (it is gone, or lost the race with the Job's creation)."""
         from prefect.states import Cancelled
 
         await self._call(

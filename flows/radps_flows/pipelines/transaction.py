@@ -112,9 +112,9 @@ def remove_if_abandoned(staging: Path) -> bool:
 
     run_id = staging_run_id(staging)
     try:
-        uuid.UUID(run_id)
+        flow_run_id = uuid.UUID(run_id)
         with get_client(sync_client=True) as client:
-            state = client.read_flow_run(uuid.UUID(run_id)).state
+            state = client.read_flow_run(flow_run_id).state
     except (ValueError, ObjectNotFound):
         print(f"note: {staging} is left by run {run_id}, which this Prefect server does not know")
         return False

@@ -10,7 +10,38 @@ import numpy as np
 
 from radps_flows.core.conventions import MSV4_UVW_SIGN
 from radps_flows.core.cube import cube_sum_from_arrays
-from radps_flows.core.imaging import dirty_image_from_arrays
+from radps_flows.core.imaging import dirty_sum_from_arrays
+
+
+def dirty_image_from_arrays(
+    uvw: np.ndarray,
+    freq: np.ndarray,
+    vis: np.ndarray,
+    weight: np.ndarray,
+    *,
+    imsize: int,
+    cell_rad: float,
+    epsilon: float = 1e-4,
+    uvw_sign: int,
+    nthreads: int = 1,
+) -> np.ndarray:
+    """Natural-weighted dirty image ``[y, x]`` (FITS orientation) of visibilities in one
+    piece: the gridding kernel every block runs, normalised. A 1 Jy source at ``(l, m)``
+    (``l`` east) lands on pixel ``x = N/2 - l/cell``, ``y = N/2 + m/cell`` with value 1."""
+    total = dirty_sum_from_arrays(
+        uvw,
+        freq,
+        vis,
+        weight,
+        imsize=imsize,
+        cell_rad=cell_rad,
+        epsilon=epsilon,
+        nthreads=nthreads,
+        uvw_sign=uvw_sign,
+    )
+    if total.weight_sum <= 0:
+        raise ValueError("no visibilities with positive weight to image")
+    return total.image / total.weight_sum
 
 
 def stefcal_reference(

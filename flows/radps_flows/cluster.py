@@ -50,9 +50,16 @@ class RadpsDaskTaskRunner(DaskTaskRunner):
     2 busy cores, measured with py-spy) can never find a duplicate: it is pure overhead.
     The body is prefect-dask 0.3's ``submit`` with that one argument added."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, expected_workers: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.expected_workers = expected_workers
+        """The run's Dask size, as the blocks' executor reckons memory with it."""
         self._starting: threading.Thread | None = None
+
+    def duplicate(self) -> RadpsDaskTaskRunner:
+        copy = super().duplicate()  # prefect-dask copies only its own settings
+        copy.expected_workers = self.expected_workers
+        return copy
 
     def start_in_background(self) -> None:
         """Start the cluster now, in a thread, so that it comes up while the flow opens its
@@ -111,8 +118,9 @@ def local_task_runner(config: DaskClusterConfig) -> DaskTaskRunner:
     GIL, and a worker process would first spend ~10 s importing Prefect, xradio and the
     pipelines before its first task (measured on the VLA example: 29 s with processes)."""
     if config.address:
-        return RadpsDaskTaskRunner(address=config.address)
+        return RadpsDaskTaskRunner(address=config.address, expected_workers=config.workers)
     return RadpsDaskTaskRunner(
+        expected_workers=max(1, config.workers),
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
             # workers=0 is valid for a Kubernetes cluster that scales up; locally it needs one.
@@ -243,6 +251,7 @@ def kube_task_runner(config: DaskClusterConfig, kube: KubeContext) -> DaskTaskRu
     from dask_kubernetes.operator.kubecluster.kubecluster import CreateMode
 
     return RadpsDaskTaskRunner(
+        expected_workers=config.workers,
         cluster_class="dask_kubernetes.operator.KubeCluster",
         cluster_kwargs={
             "custom_cluster_spec": dask_cluster_spec(config, kube),

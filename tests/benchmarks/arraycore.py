@@ -21,12 +21,13 @@ from pathlib import Path
 import ducc0
 import numpy as np
 
+from radps_flows.core import blocks as blk
 from radps_flows.core import calibration as cal
+from radps_flows.core.executors import SerialExecutor
 from radps_flows.core.flagging import mad_flags
 from radps_flows.core.imaging import dirty_sum_from_arrays, stokes_i
 from radps_flows.core.io import open_processing_set
 from radps_flows.core.synth import PointSource, SynthesisSpec, synthesize_processing_set
-from radps_flows.pipelines import blocks as blk
 from tests.oracles import stefcal_reference
 
 N_ANTENNAS = 27
@@ -76,7 +77,7 @@ def imaging(path: Path, n_vis: int) -> dict:
     grid = blk.Grid(IMSIZE, cell, EPSILON, 1)
     blocks = blk.plan_blocks(str(path), [ds])
     # our path, block by block from zarr (page cache warm after the first pass)
-    ex = blk.SerialExecutor()
+    ex = SerialExecutor()
     ex.map(blk.dirty_block, blocks[:1], steps=blk.Steps(), grid=grid)  # warm-up
     _, t_stage = _timed(ex.map, blk.dirty_block, blocks, steps=blk.Steps(), grid=grid)
     # the same blocks in memory: read once, then Stokes I + gridding timed

@@ -36,10 +36,10 @@ from pathlib import Path
 import yaml
 
 from radps_flows.allocator import keep_freed_memory
+from radps_flows.core import blocks as blk
 from radps_flows.core import products
 from radps_flows.core.imaging import dirty_image_from_sums
 from radps_flows.core.io import open_processing_set
-from radps_flows.pipelines import blocks as blk
 
 from . import arraycore
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from radps_flows.core import blocks as blk
 from radps_flows.core import products
 from radps_flows.core.cube import CubeSum, common_frequencies
 from radps_flows.core.io import open_processing_set
 from radps_flows.core.synth import PointSource, SynthesisSpec, synthesize_processing_set
-from radps_flows.pipelines import blocks as blk
 from radps_flows.pipelines.imaging import dirty_cube
 
 IMSIZE = 64

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radps_flows.core.imaging import make_dirty_image
+from radps_flows.core.imager import make_dirty_image
 from radps_flows.core.io import open_processing_set
 from radps_flows.core.synth import PointSource, SynthesisSpec, synthesize_processing_set
 

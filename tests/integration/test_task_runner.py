@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from radps_flows.cluster import DaskClusterConfig, local_task_runner
-from radps_flows.pipelines.blocks import DaskExecutor
+from radps_flows.core.executors import DaskExecutor
 
 pytestmark = pytest.mark.integration
 

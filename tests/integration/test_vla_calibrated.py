@@ -21,9 +21,9 @@ import pytest
 from astropy.io import fits
 
 from radps_flows.core.calibration import apply_gains, solve_gains
-from radps_flows.core.clean import make_clean_image
-from radps_flows.core.imaging import make_dirty_image
+from radps_flows.core.imager import make_clean_image, make_dirty_image
 from radps_flows.core.io import open_processing_set
+from radps_flows.pipelines.stages import calibration_steps
 from tests.conftest import shared_dir
 
 INNER = slice(128, 384)
@@ -42,10 +42,16 @@ def casa() -> dict:
 
 
 @pytest.fixture(scope="module")
-def calibrated(vla_ms: Path, tmp_path_factory: pytest.TempPathFactory, casa: dict):
+def raw(vla_ms: Path, tmp_path_factory: pytest.TempPathFactory) -> list:
+    return open_processing_set(vla_ms, cache_dir=tmp_path_factory.mktemp("ps-cache-raw"))
+
+
+@pytest.fixture(scope="module")
+def calibrated(raw, casa):
+    """The whole set solved and applied at once, with the calibration kernels alone."""
     cal_params = casa["meta"]["calibration"]
     assert cal_params["solint"] == "int" and cal_params["minsnr"] == 3
-    (ds,) = open_processing_set(vla_ms, cache_dir=tmp_path_factory.mktemp("ps-cache"))
+    (ds,) = raw
     ds = ds.load()
     t0 = time.perf_counter()
     solutions = solve_gains(ds, refant="2", solint="int", minsnr=3.0)
@@ -57,11 +63,25 @@ def calibrated(vla_ms: Path, tmp_path_factory: pytest.TempPathFactory, casa: dic
 
 
 @pytest.fixture(scope="module")
-def dirty(calibrated, casa):
-    _, _, cal = calibrated
+def steps(raw, casa):
+    """What the imaging pipeline's blocks do with calibrate: true and CASA's settings."""
+    cal_params = casa["meta"]["calibration"]
+    return calibration_steps(
+        raw,
+        model=None,
+        model_image=None,
+        refant="2",
+        solint=cal_params["solint"],
+        minsnr=cal_params["minsnr"],
+    )
+
+
+@pytest.fixture(scope="module")
+def dirty(raw, steps, casa):
+    """Solved, applied and imaged block by block, as a PipelineRun's imaging does."""
     params = casa["meta"]["imaging_parameters"]
     return make_dirty_image(
-        [cal], imsize=params["imsize"], cell_arcsec=params["cell_arcsec"], data_group="corrected"
+        raw, imsize=params["imsize"], cell_arcsec=params["cell_arcsec"], steps=steps
     )
 
 
@@ -77,6 +97,15 @@ def test_solutions_and_flags(calibrated, casa):
     expected = casa["meta"]["calibration"]["flagged_fraction_after_applycal"]
     print(f"flagged after applying: {flagged:.4f} (CASA {expected:.4f})")
     assert abs(flagged - expected) < 0.02
+
+
+def test_blocks_flag_as_the_whole_set(calibrated, dirty):
+    """The pipeline's block-by-block calibration flags exactly what calibrating the whole
+    set at once flags (solutions per integration: no interval crosses a block)."""
+    ds, _, cal = calibrated
+    present = np.isfinite(ds["VISIBILITY"].values)
+    whole = float((cal["FLAG_CORRECTED"].values & present).sum() / present.sum())
+    assert dirty.attrs["flagged_fraction"] == pytest.approx(whole, abs=1e-12)
 
 
 def test_calibrated_dirty_image_matches_casa(dirty, casa):
@@ -95,20 +124,19 @@ def test_calibrated_dirty_image_matches_casa(dirty, casa):
     assert corr >= 0.995
 
 
-def test_clean_residual_and_beam_match_casa(calibrated, dirty, casa):
-    _, _, cal = calibrated
+def test_clean_residual_and_beam_match_casa(raw, steps, dirty, casa):
     params = casa["meta"]["imaging_parameters"]
     ref = casa["meta"]["calibrated_clean"]
     rms = float(np.sqrt(np.mean(dirty.values[OFF, OFF] ** 2)))
     t0 = time.perf_counter()
     images = make_clean_image(
-        [cal],
+        raw,
         imsize=params["imsize"],
         cell_arcsec=params["cell_arcsec"],
         niter=1000,
         gain=0.1,
-        threshold=3 * rms,
-        data_group="corrected",
+        threshold_jy=3 * rms,
+        steps=steps,
     )
     elapsed = time.perf_counter() - t0
     residual = images["residual"].values

@@ -17,7 +17,7 @@ import xarray as xr
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from radps_flows.core.imaging import make_dirty_image
+from radps_flows.core.imager import make_dirty_image
 from radps_flows.core.io import InputDataError, open_processing_set
 from radps_flows.core.products import write_fits, write_png, write_zarr
 from tests.conftest import shared_dir

@@ -3,8 +3,8 @@ may image a set, overwrite it with `synthesize` and image it again, all in one p
 
 from __future__ import annotations
 
+from radps_flows.core import blocks as blk
 from radps_flows.core.synth import SynthesisSpec, synthesize_processing_set
-from radps_flows.pipelines import blocks as blk
 
 
 def test_a_rewritten_store_is_opened_again(tmp_path):

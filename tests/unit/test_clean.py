@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from radps_flows.core.beam import Beam, fit_beam, gaussian_image, restore
-from radps_flows.core.clean import hogbom, make_clean_image
+from radps_flows.core.clean import hogbom
+from radps_flows.core.imager import make_clean_image
 from radps_flows.core.io import open_processing_set
 from radps_flows.core.synth import PointSource, SynthesisSpec, synthesize_processing_set
 
@@ -33,7 +34,7 @@ def clean_result(tmp_path_factory: pytest.TempPathFactory):
     result = synthesize_processing_set(tmp_path_factory.mktemp("clean") / "sky", spec)
     datasets = open_processing_set(result.path)
     images = make_clean_image(
-        datasets, imsize=N, cell_arcsec=CELL_ARCSEC, niter=3000, gain=0.2, threshold=1e-5
+        datasets, imsize=N, cell_arcsec=CELL_ARCSEC, niter=3000, gain=0.2, threshold_jy=1e-5
     )
     return result, images
 

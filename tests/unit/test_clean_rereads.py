@@ -9,8 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from radps_flows.core import blocks as blk
 from radps_flows.core.synth import PointSource, SynthesisSpec, synthesize_processing_set
-from radps_flows.pipelines import blocks as blk
 from radps_flows.pipelines import imaging, stages
 
 SOURCES = [PointSource(flux_jy=1.0), PointSource(flux_jy=0.5, offset_ra_arcsec=60)]

@@ -15,12 +15,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from radps_flows.core.imaging import (
-    MSV4_UVW_SIGN,
-    dirty_image_from_arrays,
-    make_dirty_image,
-    stokes_i,
-)
+from radps_flows.core.imager import make_dirty_image
+from radps_flows.core.imaging import MSV4_UVW_SIGN, stokes_i
+from tests.oracles import dirty_image_from_arrays
 
 C = 299_792_458.0
 N = 64
@@ -264,3 +261,17 @@ def test_bad_geometry():
             cell_rad=CELL,
             uvw_sign=TEXTBOOK,
         )
+
+
+def test_smallest_image_the_parameter_rules_allow_is_made(two_sources):
+    """The pipeline's parameter rules accept an imsize of GRIDDER_MIN_PIXELS: the imager
+    makes it too (it once refused anything under 32 at run time)."""
+    from radps_flows.parameter_rules import GRIDDER_MIN_PIXELS
+
+    uvw, vis, _ = two_sources
+    ds = _msv4_dataset(uvw, vis, ntime=6)
+    image = make_dirty_image([ds], imsize=GRIDDER_MIN_PIXELS, cell_arcsec=30.0)
+    assert image.shape == (GRIDDER_MIN_PIXELS, GRIDDER_MIN_PIXELS)
+    assert np.unravel_index(image.values.argmax(), image.shape) == (8, 8)
+    with pytest.raises(ValueError, match=f"at least {GRIDDER_MIN_PIXELS}"):
+        make_dirty_image([ds], imsize=GRIDDER_MIN_PIXELS - 2, cell_arcsec=30.0)

@@ -21,7 +21,7 @@ Several partitions combine by summing their un-normalised images and weight sums
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,14 +30,14 @@ import ducc0
 import numpy as np
 import xarray as xr
 
+from radps_flows.parameter_rules import GRIDDER_MIN_PIXELS
+
 from .conventions import MSV4_UVW_SIGN, ducc0_flips
-from .io import InputDataError, data_variable_names
+from .io import data_variable_names
 
 #: Parallel-hand correlations that estimate Stokes I, in order of preference.
 _STOKES_I_PAIRS = (("RR", "LL"), ("XX", "YY"))
 _SINGLE_HANDS = ("I", "RR", "LL", "XX", "YY")
-#: Upper bound on visibility bytes loaded at once per dataset (time blocks are split to fit).
-_BLOCK_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -64,9 +64,13 @@ class DirtySum:
         )
 
 
-def _check_geometry(imsize: int, cell_rad: float) -> None:
-    if imsize < 32 or imsize % 2:
-        raise ValueError(f"imsize must be even and at least 32 (ducc0 wgridder), got {imsize}")
+def check_geometry(imsize: int, cell_rad: float) -> None:
+    """ValueError unless ducc0's wgridder can make an ``imsize`` image of ``cell_rad`` cells
+    (the same bound the pipelines' parameter rules check before a run starts)."""
+    if imsize < GRIDDER_MIN_PIXELS or imsize % 2:
+        raise ValueError(
+            f"imsize must be even and at least {GRIDDER_MIN_PIXELS} (ducc0 wgridder), got {imsize}"
+        )
     if not cell_rad > 0:
         raise ValueError(f"cell size must be positive, got {cell_rad} rad")
     if imsize * cell_rad / 2 >= 1:
@@ -93,7 +97,7 @@ def dirty_sum_from_arrays(
     instead of negating the array, the matching ducc0 flips are chosen. Rows with non-finite
     UVW or no positive weight are dropped first.
     """
-    _check_geometry(imsize, cell_rad)
+    check_geometry(imsize, cell_rad)
     uvw = np.asarray(uvw, dtype=np.float64)
     freq = np.asarray(freq, dtype=np.float64).ravel()
     weight = np.where(np.isfinite(weight), weight, 0)
@@ -131,40 +135,6 @@ def dirty_sum_from_arrays(
     out.freq_low = float(freq[chans].min())
     out.freq_high = float(freq[chans].max())
     return out
-
-
-def dirty_image_from_arrays(
-    uvw: np.ndarray,
-    freq: np.ndarray,
-    vis: np.ndarray,
-    weight: np.ndarray,
-    *,
-    imsize: int,
-    cell_rad: float,
-    epsilon: float = 1e-4,
-    uvw_sign: int,
-    nthreads: int = 1,
-) -> np.ndarray:
-    """Natural-weighted dirty image ``[y, x]`` (FITS orientation) of one block of visibilities.
-
-    The pure core of :func:`make_dirty_image`; see :func:`dirty_sum_from_arrays` for the
-    arguments. A 1 Jy source at ``(l, m)`` (``l`` east) lands on pixel
-    ``x = N/2 - l/cell``, ``y = N/2 + m/cell`` with value 1.
-    """
-    total = dirty_sum_from_arrays(
-        uvw,
-        freq,
-        vis,
-        weight,
-        imsize=imsize,
-        cell_rad=cell_rad,
-        epsilon=epsilon,
-        nthreads=nthreads,
-        uvw_sign=uvw_sign,
-    )
-    if total.weight_sum <= 0:
-        raise ValueError("no visibilities with positive weight to image")
-    return total.image / total.weight_sum
 
 
 def stokes_i(
@@ -216,70 +186,53 @@ def stokes_i(
     return vis_i, den
 
 
-def _time_blocks(ds: xr.Dataset, var: str) -> Iterator[slice]:
-    """Time slices following the Dask chunks, split further to bound memory."""
-    n = ds.sizes["time"]
-    data = ds[var].data
-    chunks = data.chunks[ds[var].dims.index("time")] if hasattr(data, "chunks") else (n,)
-    per_time = max(1, ds[var].isel(time=0).size * 16)  # complex128 work arrays
-    step = max(1, _BLOCK_BYTES // per_time)
-    start = 0
-    for c in chunks:
-        for s in range(start, start + c, step):
-            yield slice(s, min(s + step, start + c))
-        start += c
+@dataclass
+class StokesIVisibilities:
+    """Stokes I samples ready for imaging: ``uvw`` (nrow, 3) m, ``freq`` (nchan,) Hz,
+    ``vis`` and ``weight`` (nrow, nchan) (weight 0 = not imaged), ``uvw_sign`` as in
+    :func:`radps_flows.core.imaging.dirty_sum_from_arrays`."""
+
+    uvw: np.ndarray
+    freq: np.ndarray
+    vis: np.ndarray
+    weight: np.ndarray
+    uvw_sign: int = MSV4_UVW_SIGN
 
 
-def dataset_dirty_sum(
-    ds: xr.Dataset,
-    *,
-    imsize: int,
-    cell_rad: float,
-    epsilon: float = 1e-4,
-    nthreads: int = 1,
-    data_group: str = "base",
-) -> DirtySum:
-    """Un-normalised Stokes I dirty image of one MSv4 dataset, gridded time block by block."""
+def gather_stokes_i(ds: xr.Dataset, data_group: str = "base") -> StokesIVisibilities:
+    """Stokes I visibilities of one MSv4 dataset (in memory), the way the imager forms them:
+    parallel hands combined with their weights, flagged/NaN samples and autocorrelations
+    weighted 0."""
     names = data_variable_names(ds, data_group)
-    pols = [str(p) for p in ds["polarization"].values]
-    freq = np.asarray(ds["frequency"].values, dtype=np.float64)
-    auto = None
-    if "baseline_antenna1_name" in ds.coords and "baseline_antenna2_name" in ds.coords:
+    vname = names["vis"]
+    fname = names["flag"]
+    wname = names["weight"]
+    uname = names["uvw"]
+    order = ("time", "baseline_id", "frequency", "polarization")
+    vis = ds[vname].transpose(*order).values
+    flag = ds[fname].transpose(*order).values if fname in ds else None
+    weight = ds[wname].values if wname in ds else None
+    if weight is not None and weight.ndim == 2:
+        weight = np.broadcast_to(weight[:, :, None, None], vis.shape)
+    elif weight is not None:
+        weight = ds[wname].transpose(*order).values
+    vis_i, w_i = stokes_i(vis, flag, weight, [str(p) for p in ds["polarization"].values])
+    if "baseline_antenna1_name" in ds.coords:
         auto = np.asarray(
             ds["baseline_antenna1_name"].values == ds["baseline_antenna2_name"].values
         )
-    total = DirtySum(image=np.zeros((imsize, imsize)))
-    for sl in _time_blocks(ds, names["vis"]):
-        block = ds.isel(time=sl)
-        try:
-            vis = block[names["vis"]].transpose("time", "baseline_id", "frequency", "polarization")
-            vis = vis.values
-            flag = block[names["flag"]].values if names["flag"] in block else None
-            weight = block[names["weight"]].values if names["weight"] in block else None
-            uvw = block[names["uvw"]].transpose("time", "baseline_id", "uvw_label").values
-        except Exception as exc:
-            raise InputDataError(
-                f"{ds.attrs.get('source_path', '?')}: cannot read partition "
-                f"{ds.attrs.get('partition_name', '?')} (times {sl.start}..{sl.stop}): {exc}"
-            ) from exc
-        if weight is not None and weight.ndim == 2:  # (time, baseline) weights
-            weight = np.broadcast_to(weight[:, :, None, None], vis.shape)
-        vis_i, w_i = stokes_i(vis, flag, weight, pols)
-        if auto is not None and auto.any():  # autocorrelations carry no image information
-            w_i[:, auto, :] = 0
-        nt, nb, nf = vis_i.shape
-        total = total + dirty_sum_from_arrays(
-            uvw.reshape(nt * nb, 3),
-            freq,
-            vis_i.reshape(nt * nb, nf),
-            w_i.reshape(nt * nb, nf),
-            imsize=imsize,
-            cell_rad=cell_rad,
-            epsilon=epsilon,
-            nthreads=nthreads,
-            uvw_sign=MSV4_UVW_SIGN,
-        )
-    return total
+        w_i[:, auto, :] = 0
+    uvw = ds[uname].transpose("time", "baseline_id", "uvw_label").values
+    nt, nb, nf = vis_i.shape
+    uvw = uvw.reshape(nt * nb, 3)
+    w_i = w_i.reshape(nt * nb, nf)
+    w_i[~np.isfinite(uvw).all(axis=1)] = 0
+    return StokesIVisibilities(
+        uvw=np.where(np.isfinite(uvw), uvw, 0.0),
+        freq=np.asarray(ds["frequency"].values, dtype=np.float64),
+        vis=vis_i.reshape(nt * nb, nf),
+        weight=w_i,
+    )
 
 
 def _phase_center_of(ds: xr.Dataset) -> dict[str, Any]:
@@ -318,46 +271,6 @@ def _date_obs(datasets: Sequence[xr.Dataset]) -> str | None:
     return datetime.fromtimestamp(min(starts), tz=UTC).replace(tzinfo=None).isoformat()
 
 
-def make_dirty_image(
-    datasets: Sequence[xr.Dataset],
-    *,
-    imsize: int,
-    cell_arcsec: float,
-    epsilon: float = 1e-4,
-    nthreads: int = 1,
-    data_group: str = "base",
-) -> xr.DataArray:
-    """Stokes I natural-weighted MFS dirty image of MSv4 datasets sharing one phase centre.
-
-    Gridding is ducc0.wgridder with w-gridding. Returns dims ``(y, x)`` in FITS orientation
-    (see the module docstring) normalised by the sum of weights, with coords ``l`` (along x)
-    and ``m`` (along y) in radians and attrs carrying what a FITS WCS and a report need:
-    ``phase_center_ra_rad``, ``phase_center_dec_rad``, ``phase_center_frame``, ``cell_rad``,
-    ``cell_arcsec``, ``reference_pixel`` (0-based [x, y]), ``reference_frequency_hz``,
-    ``bandwidth_hz``, ``spectral_frame``, ``bunit``, ``nvis`` ((row, channel) Stokes I samples
-    gridded), ``sum_weights``, ``stokes``, ``weighting``, and when known ``date_obs``,
-    ``telescope``, ``observer``, ``object``.
-    ``data_group`` picks the xradio data group (``base`` is the MSv2 DATA column).
-    """
-    if not datasets:
-        raise ValueError("no datasets to image")
-    cell_rad = math.radians(cell_arcsec / 3600.0)
-    _check_geometry(imsize, cell_rad)
-    common_phase_center(datasets)
-    parts = [
-        dataset_dirty_sum(
-            ds,
-            imsize=imsize,
-            cell_rad=cell_rad,
-            epsilon=epsilon,
-            nthreads=nthreads,
-            data_group=data_group,
-        )
-        for ds in datasets
-    ]
-    return dirty_image_from_sums(datasets, parts, cell_arcsec=cell_arcsec, epsilon=epsilon)
-
-
 def common_phase_center(datasets: Sequence[xr.Dataset]) -> dict[str, Any]:
     """The phase centre the datasets share (``phase_center`` attribute); ValueError if they
     do not share one."""
@@ -381,9 +294,18 @@ def dirty_image_from_sums(
     epsilon: float = 1e-4,
     weighting: str = "natural",
 ) -> xr.DataArray:
-    """The normalised image and attributes of :func:`make_dirty_image` from one
-    :class:`DirtySum` per dataset (however they were computed: block by block, on Dask
-    workers...). ``weighting`` is only recorded."""
+    """The Stokes I MFS dirty image of ``datasets`` (sharing one phase centre) from one
+    :class:`DirtySum` per dataset, however they were computed (block by block, on Dask
+    workers: see :func:`radps_flows.core.imager.dirty_image`).
+
+    Returns dims ``(y, x)`` in FITS orientation (see the module docstring) normalised by the
+    sum of weights, with coords ``l`` (along x) and ``m`` (along y) in radians and attrs
+    carrying what a FITS WCS and a report need: ``phase_center_ra_rad``,
+    ``phase_center_dec_rad``, ``phase_center_frame``, ``cell_rad``, ``cell_arcsec``,
+    ``reference_pixel`` (0-based [x, y]), ``reference_frequency_hz``, ``bandwidth_hz``,
+    ``spectral_frame``, ``bunit``, ``nvis`` ((row, channel) Stokes I samples gridded),
+    ``sum_weights``, ``stokes``, ``weighting`` (only recorded), and when known ``date_obs``,
+    ``telescope``, ``observer``, ``object``."""
     if len(parts) != len(datasets):
         raise ValueError("one DirtySum per dataset expected")
     cell_rad = math.radians(cell_arcsec / 3600.0)
@@ -457,7 +379,7 @@ def image_attrs(
     spectral_frames: set[str] | None = None,
 ) -> dict[str, Any]:
     """What a FITS WCS and a report need about an image of ``datasets`` covering the band
-    ``low..high`` Hz (see :func:`make_dirty_image` for the keys)."""
+    ``low..high`` Hz (see :func:`dirty_image_from_sums` for the keys)."""
     ref = _phase_center_of(datasets[0])
     frames = (
         set(spectral_frames)

@@ -16,14 +16,15 @@ from pydantic import Field
 
 from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
+from radps_flows.core import blocks as blk
 from radps_flows.core import calibration as cal
-from radps_flows.pipelines import blocks as blk
 from radps_flows.pipelines import msv4, stages
 from radps_flows.pipelines.common import (
     ModelSource,
     Solint,
     merge_gains,
 )
+from radps_flows.pipelines.executor import executor
 from radps_flows.pipelines.outputs import (
     Output,
     file_output,
@@ -33,21 +34,6 @@ from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
 
 STAGES = 4
-
-
-def _solve_block(block: blk.Block, steps: blk.Steps) -> xr.Dataset:
-    ds = blk.load_block(block, steps.data_group)
-    if steps.flag:
-        ds, _, _ = blk.flag_block(ds, steps.data_group, steps.flag_threshold)
-    return cal.solve_gains(
-        ds,
-        model=blk.calibration_model(steps),
-        refant=steps.refant,
-        solint=steps.solint,
-        minsnr=steps.minsnr,
-        data_group=steps.data_group,
-        time_origin=steps.time_origin,
-    )
 
 
 @task(name="solve-gains")
@@ -62,8 +48,8 @@ def solve(store: str, datasets: list[xr.Dataset], params: dict) -> dict[str, xr.
         minsnr=params["minsnr"],
     )
     blocks = blk.plan_blocks(store, datasets, block_mb=params["block_mb"], solint=steps.solint)
-    with blk.executor() as ex:
-        tables = ex.gather(ex.map(_solve_block, blocks, steps=steps))
+    with executor() as ex:
+        tables = ex.gather(ex.map(blk.block_gains, blocks, steps=steps))
     merged = merge_gains(tables)
     for name, ds in merged.items():
         flagged = float(ds["FLAG"].values.mean())
@@ -77,7 +63,7 @@ def apply(
 ) -> list[Output]:
     """Calibrated copy of the input: corrected VISIBILITY and FLAG, chunk by chunk."""
     dest = msv4.copy_processing_set(store, msv4.output_store(output, "calibrated"), "calibration")
-    with blk.executor() as ex:
+    with executor() as ex:
         for ds in datasets:
             name = ds.attrs["partition_name"]
             if name not in tables:

@@ -21,9 +21,10 @@ from pydantic import Field
 
 from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
+from radps_flows.core import blocks as blk
 from radps_flows.core.flagging import flag_dataset
-from radps_flows.pipelines import blocks as blk
 from radps_flows.pipelines import msv4, stages
+from radps_flows.pipelines.executor import executor
 from radps_flows.pipelines.outputs import Output, file_output, publish_outputs
 from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
@@ -43,7 +44,7 @@ def flag(
 ) -> list[Output]:
     dest = msv4.copy_processing_set(store, msv4.output_store(output, "flagged"), "flagging")
     rows = []
-    with blk.executor() as ex:
+    with executor() as ex:
         for ds in datasets:
             name = ds.attrs["partition_name"]
             sub = ds[["VISIBILITY", "FLAG", "WEIGHT"]].reset_coords(drop=True)

@@ -1,7 +1,8 @@
 """The `imaging` pipeline: visibilities in; dirty image, optionally flagged, calibrated and
 CLEANed, out (FITS, PNG, zarr; gain solutions when calibrating).
 
-Every stage works block by block (see :mod:`radps_flows.pipelines.blocks`): time blocks of the
+Every stage works block by block (see :mod:`radps_flows.core.blocks`, driven by
+:mod:`radps_flows.core.imager`): time blocks of the
 MSv4 zarr store are read, flagged, calibrated and gridded on the flow run's Dask workers and
 only partial images come back, so the data set may be larger than memory. The default (dirty
 image, natural weighting) makes one pass over the data. CLEAN and uniform/Briggs weighting
@@ -12,30 +13,26 @@ where they would not fit in half the cluster's memory, read again at each pass.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
-import numpy as np
 import xarray as xr
 from prefect import flow, task
 from pydantic import Field
 
 from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
-from radps_flows.core import cube as core_cube
-from radps_flows.core import imaging as core_imaging
-from radps_flows.core import products
-from radps_flows.core.beam import fit_beam, restore
-from radps_flows.core.clean import hogbom, psf_sidelobe
+from radps_flows.core import blocks as blk
+from radps_flows.core import imager, products
+from radps_flows.core.clean import CleanSettings
 from radps_flows.parameter_rules import GRIDDER_MIN_PIXELS
-from radps_flows.pipelines import blocks as blk
 from radps_flows.pipelines import stages
 from radps_flows.pipelines.common import (
     Box,
     ModelSource,
     Solint,
 )
+from radps_flows.pipelines.executor import executor
 from radps_flows.pipelines.outputs import (
     Output,
     file_output,
@@ -60,35 +57,12 @@ def _steps(datasets: list[xr.Dataset], params: dict) -> blk.Steps:
     )
 
 
-def _rms(image: np.ndarray, box: list[int] | None) -> float:
-    """rms in a CASA-style box [x0, y0, x1, y1] (inclusive), else a robust estimate over the
-    whole image (1.4826 x median absolute deviation)."""
-    if box:
-        x0, y0, x1, y1 = box
-        region = image[y0 : y1 + 1, x0 : x1 + 1]
-        return float(np.sqrt(np.mean(region**2)))
-    return float(1.4826 * np.median(np.abs(image - np.median(image))))
+def _grid(imsize: int, cell_arcsec: float, epsilon: float) -> blk.Grid:
+    return blk.Grid(imsize, math.radians(cell_arcsec / 3600), epsilon)
 
 
-def _mask(boxes: list[list[int]] | None, imsize: int) -> np.ndarray | None:
-    if not boxes:
-        return None
-    mask = np.zeros((imsize, imsize), dtype=bool)
-    for x0, y0, x1, y1 in boxes:
-        mask[y0 : y1 + 1, x0 : x1 + 1] = True
-    return mask
-
-
-def _flag_report(summaries: list[dict]) -> dict:
-    samples = sum(s["samples"] for s in summaries)
-    before = sum(s["flagged_before"] for s in summaries)
-    after = sum(s["flagged_after"] for s in summaries)
-    return {
-        "samples": samples,
-        "flagged_before": before,
-        "flagged_after": after,
-        "flagged_fraction": after / samples if samples else 0.0,
-    }
+def _blocks(store: str, datasets: list[xr.Dataset], steps: blk.Steps, params: dict):
+    return blk.plan_blocks(store, datasets, block_mb=params["block_mb"], solint=steps.solint)
 
 
 @task(name="dirty-image")
@@ -97,137 +71,41 @@ def dirty_image(
 ) -> tuple[xr.DataArray, list[xr.Dataset]]:
     """One pass over the blocks: read, flag, calibrate, grid; partial images summed."""
     steps = _steps(datasets, params)
-    grid = blk.Grid(imsize, math.radians(cell_arcsec / 3600), params["epsilon"])
-    blocks = blk.plan_blocks(store, datasets, block_mb=params["block_mb"], solint=steps.solint)
-    sums: dict[str, core_imaging.DirtySum] = {}
-    summaries = []
-    with blk.executor() as ex:
-        handles = ex.map(blk.dirty_block, blocks, steps=steps, grid=grid)
-        for i, (part, info) in ex.completed(handles):
-            name = blocks[i].partition
-            sums[name] = part if name not in sums else sums[name] + part
-            summaries.append(info)
-    parts = [sums.get(ds.attrs["partition_name"], _empty(imsize)) for ds in datasets]
-    image = core_imaging.dirty_image_from_sums(
-        datasets, parts, cell_arcsec=cell_arcsec, epsilon=params["epsilon"]
-    )
-    report = _flag_report(summaries)
-    print(
-        f"imaged {image.attrs['nvis']:,} Stokes I samples in {len(blocks)} blocks; "
-        f"flagged {report['flagged_fraction']:.2%} of {report['samples']:,} visibilities"
-    )
-    image.attrs["flagged_fraction"] = report["flagged_fraction"]
-    return image, [s["gains"] for s in summaries if s["gains"] is not None]
+    grid = _grid(imsize, cell_arcsec, params["epsilon"])
+    with executor() as ex:
+        return imager.dirty_image(
+            ex, _blocks(store, datasets, steps, params), datasets, steps, grid, log=print
+        )
 
 
 @task(name="dirty-cube")
 def dirty_cube(
     store: str, datasets: list[xr.Dataset], imsize: int, cell_arcsec: float, params: dict
 ) -> tuple[xr.DataArray, list[xr.Dataset]]:
-    """One task per (block, channel group); a group's partial cubes are summed as they come
-    back and normalised into the cube once all its blocks are in, so the flow holds the cube
-    (float32) and the groups still open, whatever the size of the data."""
+    """One task per (block, channel group), each group normalised once all its blocks are in."""
     steps = _steps(datasets, params)
-    freq = core_cube.common_frequencies(datasets)
-    grid = blk.Grid(imsize, math.radians(cell_arcsec / 3600), params["epsilon"])
-    blocks = blk.plan_blocks(store, datasets, block_mb=params["block_mb"], solint=steps.solint)
-    groups = blk.channel_groups(len(freq), imsize)
-    jobs = [(b, g) for g in groups for b in blocks]
-    cube = np.full((len(freq), imsize, imsize), np.nan, dtype=np.float32)
-    weight_sum = np.zeros(len(freq))
-    nvis = np.zeros(len(freq), dtype=np.int64)
-    open_groups: dict[tuple[int, int], core_cube.CubeSum] = {}
-    missing = dict.fromkeys(groups, len(blocks))
-    summaries = []
-    with blk.executor() as ex:
-        handles = ex.map(blk.cube_block, jobs, steps=steps, grid=grid)
-        for i, (part, info) in ex.completed(handles):
-            group = jobs[i][1]
-            if group == groups[0]:  # every group sees the same flags and gains
-                summaries.append(info)
-            open_groups[group] = part if group not in open_groups else open_groups[group] + part
-            missing[group] -= 1
-            if missing[group] == 0:
-                done = open_groups.pop(group)
-                a, b = group
-                cube[a:b] = done.normalised()
-                weight_sum[a:b], nvis[a:b] = done.weight_sum, done.nvis
-    image = core_cube.cube_image(
-        datasets, cube, weight_sum, nvis, cell_arcsec=cell_arcsec, epsilon=params["epsilon"]
+    grid = _grid(imsize, cell_arcsec, params["epsilon"])
+    with executor() as ex:
+        return imager.dirty_cube(
+            ex, _blocks(store, datasets, steps, params), datasets, steps, grid, log=print
+        )
+
+
+def clean_settings(params: dict) -> CleanSettings:
+    """The CLEAN settings among the imaging parameters."""
+    return CleanSettings(
+        niter=params["niter"],
+        gain=params["clean_gain"],
+        threshold_jy=params["threshold_jy"],
+        threshold_rms=params["threshold_rms"],
+        rms_box=params["rms_box"],
+        mask=params["mask"],
+        cyclefactor=params["cyclefactor"],
+        max_major=params["max_major"],
+        weighting=params["weighting"],
+        robust=params["robust"],
+        visibilities=params["clean_visibilities"],
     )
-    report = _flag_report(summaries)
-    print(
-        f"imaged a cube of {len(freq)} channels ({int(nvis.sum()):,} Stokes I samples) in "
-        f"{len(jobs)} tasks; flagged {report['flagged_fraction']:.2%} of "
-        f"{report['samples']:,} visibilities"
-    )
-    image.attrs["flagged_fraction"] = report["flagged_fraction"]
-    return image, [s["gains"] for s in summaries if s["gains"] is not None]
-
-
-def _empty(imsize: int) -> core_imaging.DirtySum:
-    return core_imaging.DirtySum(image=np.zeros((imsize, imsize)))
-
-
-def _clean_inputs(
-    ex: blk.SerialExecutor | blk.DaskExecutor,
-    blocks: list[blk.Block],
-    datasets: list[xr.Dataset],
-    steps: blk.Steps,
-    grid: blk.Grid,
-    params: dict,
-) -> tuple[list, list[dict], dict]:
-    """The blocks as every later pass of CLEAN uses them, their summaries, and what each of
-    those passes needs besides (the shared weight density for uniform/Briggs weights of
-    reread blocks).
-
-    Kept (``clean_visibilities: keep``): the prepared Stokes I samples stay on the workers,
-    reweighted once. Reread: each pass reads, flags and calibrates its block again with the
-    gains of the first pass, so memory stays bounded by the block size (a read per pass more).
-    ``auto`` keeps them when they fill at most half the cluster's memory."""
-    choice = params["clean_visibilities"]
-    if choice == "auto":
-        needed, memory = blk.stokes_i_bytes(datasets), ex.memory_bytes()
-        choice = "keep" if blk.keep_between_passes(needed, memory) else "reread"
-        print(
-            f"CLEAN {'keeps' if choice == 'keep' else 'rereads'} the visibilities between "
-            f"major cycles: {needed / 1e9:.3g} GB of Stokes I samples, cluster memory "
-            f"{memory / 1e9:.3g} GB"
-        )
-    weighted = params["weighting"] != "natural"
-    if choice == "reread":
-        handles = ex.map(
-            blk.first_pass, blocks, steps=steps, density_grid=grid if weighted else None
-        )
-        summaries: list[dict] = [{}] * len(blocks)
-        density = None
-        for i, (summary, part) in ex.completed(handles):
-            summaries[i] = summary
-            density = part if density is None else density + part
-        extra, scheme = {}, None
-        if weighted:
-            extra["density"] = ex.share(density)
-            scheme = blk.Weighting(params["weighting"], params["robust"], grid)
-        again = replace(steps, model=())  # the model only served to solve the gains
-        rereads = [
-            blk.Reread(b, again, s["gains"], scheme) for b, s in zip(blocks, summaries, strict=True)
-        ]
-        return rereads, summaries, extra
-    prepared = ex.map(blk.prepare_block, blocks, steps=steps)
-    summaries = ex.gather(ex.map(blk.summary, prepared))
-    if weighted:
-        density = blk.total(ex, ex.map(blk.density_block, prepared, grid=grid))
-        reweighted = ex.map(
-            blk.reweight_block,
-            prepared,
-            density=ex.share(density),
-            grid=grid,
-            scheme=params["weighting"],
-            robust=params["robust"],
-        )
-        ex.release(prepared)
-        prepared = reweighted
-    return prepared, summaries, {}
 
 
 @task(name="clean")
@@ -235,96 +113,14 @@ def clean_image(
     store: str, datasets: list[xr.Dataset], imsize: int, cell_arcsec: float, params: dict
 ) -> tuple[xr.Dataset, list[xr.Dataset]]:
     """Hogbom CLEAN with major cycles through the visibilities, kept on the workers or read
-    again at each cycle (see :func:`_clean_inputs`)."""
+    again at each cycle (see :func:`radps_flows.core.imager.clean_inputs`)."""
     steps = _steps(datasets, params)
-    cell_rad = math.radians(cell_arcsec / 3600)
-    eps = params["clean_epsilon"]
-    grid = blk.Grid(imsize, cell_rad, eps)
-    blocks = blk.plan_blocks(store, datasets, block_mb=params["block_mb"], solint=steps.solint)
-    with blk.executor() as ex:
-        prepared, summaries, extra = _clean_inputs(ex, blocks, datasets, steps, grid, params)
-        psf_grid = blk.Grid(2 * imsize, cell_rad, eps)
-        psf_sum = blk.total(ex, ex.map(blk.psf_block, prepared, grid=psf_grid, **extra))
-        psf2 = psf_sum.image / psf_sum.weight_sum
-        q = imsize // 2
-        psf = psf2[q : q + imsize, q : q + imsize]
-        beam = fit_beam(psf, cell_arcsec)
-        sidelobe = psf_sidelobe(psf)
-        sums = blk.sums_by_partition(
-            ex, ex.map(blk.residual_block, prepared, grid=grid, **extra), blocks
+    grid = _grid(imsize, cell_arcsec, params["clean_epsilon"])
+    blocks = _blocks(store, datasets, steps, params)
+    with executor() as ex:
+        return imager.clean_image(
+            ex, blocks, datasets, steps, grid, clean_settings(params), log=print
         )
-        parts = [sums.get(ds.attrs["partition_name"], _empty(imsize)) for ds in datasets]
-        dirty = core_imaging.dirty_image_from_sums(
-            datasets, parts, cell_arcsec=cell_arcsec, epsilon=eps, weighting=params["weighting"]
-        )
-        weight_sum = float(dirty.attrs["sum_weights"])
-        residual = dirty.values.copy()
-        rms = _rms(residual, params["rms_box"])
-        threshold = max(params["threshold_jy"], params["threshold_rms"] * rms)
-        mask = _mask(params["mask"], imsize)
-        model = np.zeros((imsize, imsize))
-        niter, done, cycles = params["niter"], 0, 0
-        while done < niter and cycles < params["max_major"]:
-            region = residual if mask is None else np.where(mask, residual, 0)
-            peak = float(np.abs(region).max())
-            if peak < threshold:
-                break
-            frac = min(0.8, max(0.05, params["cyclefactor"] * sidelobe))
-            cycle_threshold = max(threshold, frac * peak)
-            delta, _, n = hogbom(
-                residual,
-                psf2,
-                gain=params["clean_gain"],
-                threshold=cycle_threshold,
-                niter=niter - done,
-                mask=mask,
-            )
-            if n == 0:
-                break
-            done += n
-            model += delta
-            shared = ex.share(model.copy())
-            residuals = ex.map(blk.residual_block, prepared, grid=grid, model=shared, **extra)
-            total = blk.total(ex, residuals)
-            residual = total.image / weight_sum
-            cycles += 1
-            print(f"major cycle {cycles}: {n} components, cycle threshold {cycle_threshold:.4g}")
-        ex.release(prepared)
-    restored = restore(model, residual, beam, cell_arcsec)
-    report = _flag_report(summaries)
-    print(
-        f"CLEAN: {done} components in {cycles} major cycles, dirty rms {rms:.4g}, threshold "
-        f'{threshold:.4g} Jy/beam; beam {beam.major_arcsec:.3f}" x {beam.minor_arcsec:.3f}" '
-        f"PA {beam.pa_deg:.2f} deg; flagged {report['flagged_fraction']:.2%}"
-    )
-    attrs = {
-        **dirty.attrs,
-        **beam.attrs(),
-        "clean_iterations": done,
-        "clean_major_cycles": cycles,
-        "clean_threshold": float(threshold),
-        "clean_gain": float(params["clean_gain"]),
-        "dirty_rms": rms,
-        "deconvolver": "hogbom",
-        "flagged_fraction": report["flagged_fraction"],
-    }
-
-    def da(values: np.ndarray, name: str, bunit: str) -> xr.DataArray:
-        return xr.DataArray(
-            values, dims=("y", "x"), coords=dirty.coords, name=name, attrs={**attrs, "bunit": bunit}
-        )
-
-    images = xr.Dataset(
-        {
-            "dirty": da(dirty.values, "dirty", "Jy/beam"),
-            "model": da(model, "model", "Jy/pixel"),
-            "residual": da(residual, "residual", "Jy/beam"),
-            "restored": da(restored, "restored", "Jy/beam"),
-            "psf": da(psf, "psf", ""),
-        },
-        attrs=attrs,
-    )
-    return images, [s["gains"] for s in summaries if s["gains"] is not None]
 
 
 @task(name="write-products")

@@ -11,9 +11,9 @@ import xarray as xr
 from prefect import task
 
 from radps_flows import manifest
+from radps_flows.core import blocks as blk
 from radps_flows.core import imaging as core_imaging
 from radps_flows.core import io as core_io
-from radps_flows.pipelines import blocks as blk
 from radps_flows.pipelines import msv4
 from radps_flows.pipelines.common import (
     ModelSource,
@@ -24,6 +24,7 @@ from radps_flows.pipelines.common import (
     publish_gain_table,
     write_gains,
 )
+from radps_flows.pipelines.executor import start_dask_cluster_early
 from radps_flows.pipelines.outputs import Output, file_output, publish_preview
 from radps_flows.progress import report_progress
 
@@ -47,7 +48,7 @@ def open_input(input: str, folder: str | Path, stages: int) -> tuple[str, list[x
     started (it comes up while the input opens), the input opened (an MSv2 converted into
     ``<folder>/msv4``), progress 1."""
     report_progress(0, stages)
-    blk.start_dask_cluster_early(input)
+    start_dask_cluster_early(input)
     store, datasets = open_visibilities(input, f"{folder}/msv4")
     report_progress(1, stages)
     return store, datasets

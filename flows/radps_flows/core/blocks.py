@@ -1,18 +1,18 @@
-"""Block-level work of the pipelines: time blocks of MSv4 partitions, mapped over Dask workers.
+"""The stages of the one array path, block by block: read, flag, calibrate, Stokes I, grid.
 
 A *block* is a run of whole zarr time chunks of one partition (a few tens of MB of
 visibilities, seconds of work). Each block is read, flagged, calibrated and turned into
-Stokes I samples on a worker; blocks only ever come back to the Prefect task as small
-things (partial images, gain tables), so memory stays bounded by the block size times the
-worker threads, whatever the size of the data set. Where visibilities must be revisited
+Stokes I samples where it runs (a Dask worker, or this process); blocks only ever come back
+as small things (partial images, gain tables), so memory stays bounded by the block size times
+the worker threads, whatever the size of the data set. Where visibilities must be revisited
 (CLEAN's major cycles, uniform/Briggs weights), their Stokes I samples stay on the workers as
 Dask futures (Dask spills them to disk under memory pressure), or, where they would not fit,
 each pass reads the block again (:class:`Reread`).
 
-The pipelines run their stage tasks in the flow process, as the Dask client of the flow run's
-own cluster: :func:`executor` gives a :class:`DaskExecutor` over it (or over
-``distributed.worker_client`` inside a task that runs on a worker); outside a flow run, a
-:class:`SerialExecutor`.
+Every function here is a pure function of its block and settings; the drivers of
+:mod:`radps_flows.core.imager` and the pipelines' stages map them through an executor
+(:mod:`radps_flows.core.executors`). Data already in memory (a test's synthetic dataset) make
+blocks too (:func:`plan_blocks` without a store), read by the same :func:`load_block`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import contextlib
 import functools
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,14 @@ import dask
 import numpy as np
 import xarray as xr
 
-from radps_flows.allocator import keep_freed_memory
 from radps_flows.core import calibration as cal
 from radps_flows.core import imaging as core_imaging
 from radps_flows.core import io as core_io
 from radps_flows.core import products, weighting
-from radps_flows.core.clean import StokesIVisibilities, gather_stokes_i
 from radps_flows.core.cube import CubeSum, cube_sum_from_arrays
+from radps_flows.core.executors import Executor
 from radps_flows.core.flagging import mad_flags
+from radps_flows.core.imaging import StokesIVisibilities, gather_stokes_i
 
 #: Default uncompressed VISIBILITY bytes per block.
 DEFAULT_BLOCK_MB = 64
@@ -47,175 +47,21 @@ ORDER = ("time", "baseline_id", "frequency", "polarization")
 
 
 # ---------------------------------------------------------------------------------------------
-# Executors
-
-
-class SerialExecutor:
-    """Runs blocks one after the other in this process (no Dask cluster around)."""
-
-    def map(self, fn: Callable, items: Sequence, **kwargs: Any) -> list:
-        return [fn(item, **kwargs) for item in items]
-
-    def share(self, value: Any) -> Any:
-        return value
-
-    def completed(self, handles: Sequence) -> Iterator[tuple[int, Any]]:
-        """(index, result) of every handle, in order of completion."""
-        yield from enumerate(handles)
-
-    def gather(self, handles: Sequence) -> list:
-        return list(handles)
-
-    def release(self, handles: Sequence) -> None:
-        pass
-
-    def compute(self, collection: Any) -> Any:
-        with dask.config.set(scheduler="synchronous"):
-            return dask.compute(collection)[0]
-
-    def memory_bytes(self) -> int:
-        """What blocks kept between passes may use: this process's available memory."""
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-
-
-class DaskExecutor:
-    """Maps blocks over a Dask cluster; results are folded as they complete."""
-
-    def __init__(self, client: Any):
-        self.client = client
-
-    def map(self, fn: Callable, items: Sequence, **kwargs: Any) -> list:
-        return self.client.map(fn, list(items), pure=False, **kwargs)
-
-    def share(self, value: Any) -> Any:
-        """Send a large argument once to every worker instead of once per block."""
-        return self.client.scatter(value, broadcast=True, hash=False)
-
-    def completed(self, handles: Sequence) -> Iterator[tuple[int, Any]]:
-        """(index, result) of every handle, in order of completion; each future is released
-        once its result is here, so only finished, unconsumed results hold memory."""
-        from distributed import as_completed
-
-        index = {f.key: i for i, f in enumerate(handles)}
-        for future, result in as_completed(list(handles), with_results=True):
-            yield index[future.key], result
-            future.release()
-
-    def gather(self, handles: Sequence) -> list:
-        return self.client.gather(list(handles))
-
-    def release(self, handles: Sequence) -> None:
-        """Let the workers drop the results of ``handles`` (what is not a future is left)."""
-        from distributed import Future
-
-        for h in handles:
-            if isinstance(h, Future):
-                h.release()
-
-    def compute(self, collection: Any) -> Any:
-        """Compute a Dask collection (a lazy zarr write, say) on the cluster."""
-        return self.client.gather(self.client.compute(collection))
-
-    def workers_in_this_process(self) -> bool:
-        """Whether the workers are threads of this process (a local run's cluster)."""
-        workers = self.client.scheduler_info(n_workers=-1)["workers"]
-        return any(address.startswith("inproc://") for address in workers)
-
-    def memory_bytes(self) -> int:
-        """The workers' memory limits summed, counting the workers the run asked for that are
-        still starting as the average of those up (a worker without a limit counts its
-        host's memory)."""
-        import psutil
-
-        from radps_flows.cluster import KUBE_CLUSTER_START_TIMEOUT_SECONDS, DaskClusterConfig
-
-        self.client.wait_for_workers(1, timeout=KUBE_CLUSTER_START_TIMEOUT_SECONDS)
-        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
-        host = int(psutil.virtual_memory().total)
-        limits = [int(w.get("memory_limit") or host) for w in workers]
-        expected = max(len(limits), DaskClusterConfig.from_env().workers)
-        return sum(limits) * expected // len(limits)
-
-
-@contextlib.contextmanager
-def executor() -> Iterator[SerialExecutor | DaskExecutor]:
-    """The flow run's Dask cluster: from a stage task running in the flow process, through the
-    flow's task runner; from a task running on one of the cluster's workers, through
-    ``worker_client``; outside a flow run with a Dask task runner, serial. Blocks reuse the
-    process's freed memory (:mod:`radps_flows.allocator`). While the flow process waits for
-    its workers, it gets its plotting ready for the products (up to a second at a process's
-    first figure)."""
-    keep_freed_memory()
-    try:
-        from distributed import get_worker, worker_client
-
-        get_worker()
-    except ImportError:
-        yield SerialExecutor()
-        return
-    except ValueError:  # not on a Dask worker
-        client = _flow_run_dask_client()
-        if client is None:
-            yield SerialExecutor()
-            return
-        ex = DaskExecutor(client)
-        products.warm_up_plotting(at_gridding=ex.workers_in_this_process())
-        with client.as_current():  # for what looks up the default client (as_completed)
-            yield ex
-        return
-    with worker_client() as client:
-        yield DaskExecutor(client)
-
-
-def _flow_task_runner() -> Any:
-    """The current flow run's DaskTaskRunner, or None."""
-    from prefect.context import FlowRunContext
-    from prefect_dask import DaskTaskRunner
-
-    context = FlowRunContext.get()
-    runner = context.task_runner if context is not None else None
-    return runner if isinstance(runner, DaskTaskRunner) else None
-
-
-def _flow_run_dask_client() -> Any:
-    """The Dask client of the current flow run's task runner (its cluster starts on first
-    use, unless :func:`start_dask_cluster_early` started it), or None."""
-    runner = _flow_task_runner()
-    return runner.client if runner is not None else None
-
-
-def start_dask_cluster_early(input: str) -> None:
-    """In a flow run: start its Dask cluster in the background now (see
-    :meth:`radps_flows.cluster.RadpsDaskTaskRunner.start_in_background`).
-
-    An MSv2 ``input`` will be converted by xradio, whose import parses source with ``ast``;
-    with the cluster starting in another thread, that could meet the concurrent-AST bug of
-    older CPython 3.11 releases (see :mod:`radps_flows.preload`). So xradio is imported first,
-    here: the conversion needs it anyway."""
-    from radps_flows.cluster import RadpsDaskTaskRunner
-
-    with contextlib.suppress(core_io.InputDataError, OSError):  # the open reports those
-        if core_io.detect_input_kind(Path(input)) == "msv2":
-            import radps_flows.preload  # noqa: F401
-    runner = _flow_task_runner()
-    if isinstance(runner, RadpsDaskTaskRunner):
-        runner.start_in_background()
-
-
-# ---------------------------------------------------------------------------------------------
 # Blocks
 
 
 @dataclass(frozen=True)
 class Block:
-    """Times ``start:stop`` of partition ``partition`` of the processing set ``store``."""
+    """Times ``start:stop`` of partition ``partition`` of the processing set ``store``, the
+    ``dataset``-th of the datasets it was planned from. Without a store, ``data`` holds that
+    dataset (in memory, or lazy: a serial run's)."""
 
-    store: str
+    store: str | None
     partition: str
     start: int
     stop: int
+    dataset: int = 0
+    data: xr.Dataset | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -264,7 +110,7 @@ def _names(ds: xr.Dataset, data_group: str) -> dict[str, str]:
 
 
 def plan_blocks(
-    store: str,
+    store: str | None,
     datasets: Sequence[xr.Dataset],
     *,
     block_mb: float = DEFAULT_BLOCK_MB,
@@ -273,11 +119,12 @@ def plan_blocks(
 ) -> list[Block]:
     """Split every partition into blocks of whole zarr time chunks of about ``block_mb`` MB of
     visibilities. With ``solint`` in seconds a block never splits a solution interval; with
-    ``"inf"`` a partition is one block."""
+    ``"inf"`` a partition is one block. With ``store`` None, each block carries its dataset
+    (see :class:`Block`)."""
     target = max(1.0, block_mb) * 2**20
     blocks = []
-    for ds in datasets:
-        name = ds.attrs["partition_name"]
+    for index, ds in enumerate(datasets):
+        name = str(ds.attrs.get("partition_name", index))
         var = ds[_names(ds, data_group)["vis"]]
         nt = ds.sizes["time"]
         if nt == 0:
@@ -302,21 +149,28 @@ def plan_blocks(
             cuts = [c for c in cuts if c in (0, nt) or bins[c] != bins[c - 1]]
         elif solint in (None, "inf"):
             cuts = [0, nt]
-        blocks.extend(Block(str(store), name, a, b) for a, b in itertools.pairwise(cuts))
+        source = str(store) if store is not None else None
+        data = ds if store is None else None
+        blocks.extend(Block(source, name, a, b, index, data) for a, b in itertools.pairwise(cuts))
     return blocks
 
 
 def load_block(block: Block, data_group: str = "base") -> xr.Dataset:
-    """The block's visibilities, flags, weights and UVW in memory."""
-    ds = open_partition(block.store, block.partition)
+    """The block's visibilities, flags, weights and UVW in memory (the one block reader)."""
+    if block.data is not None:
+        ds = block.data
+    else:
+        assert block.store is not None, "a block has a store or its data"
+        ds = open_partition(block.store, block.partition)
     names = _names(ds, data_group)
     keep = [v for v in names.values() if v in ds.data_vars]
     with dask.config.set(scheduler="synchronous"):
         try:
             return ds[keep].isel(time=slice(block.start, block.stop)).load()
         except Exception as exc:
+            where = block.store or ds.attrs.get("source_path", "in-memory data")
             raise core_io.InputDataError(
-                f"{block.store}: cannot read partition {block.partition} "
+                f"{where}: cannot read partition {block.partition} "
                 f"(times {block.start}..{block.stop}): {exc}"
             ) from exc
 
@@ -332,6 +186,7 @@ class Prepared:
     flagged_after: int
     samples: int
     partition: str
+    dataset: int = 0
 
 
 def flag_block(ds: xr.Dataset, data_group: str, threshold: float) -> tuple[xr.Dataset, int, int]:
@@ -355,6 +210,28 @@ def calibration_model(steps: Steps) -> list[cal.PointModel] | xr.DataArray:
     return steps.model if isinstance(steps.model, xr.DataArray) else list(steps.model)
 
 
+def solve_block(ds: xr.Dataset, steps: Steps) -> xr.Dataset:
+    """The gain solutions of a loaded (and flagged) block against the steps' model."""
+    return cal.solve_gains(
+        ds,
+        model=calibration_model(steps),
+        refant=steps.refant,
+        solint=steps.solint,
+        minsnr=steps.minsnr,
+        data_group=steps.data_group,
+        time_origin=steps.time_origin,
+    )
+
+
+def block_gains(block: Block, steps: Steps) -> xr.Dataset:
+    """Read, flag (if the steps say so) and solve one block: the calibration pipeline's
+    solve, the same as the first half of :func:`prepare_block`."""
+    ds = load_block(block, steps.data_group)
+    if steps.flag:
+        ds, _, _ = flag_block(ds, steps.data_group, steps.flag_threshold)
+    return solve_block(ds, steps)
+
+
 def prepare_block(block: Block, steps: Steps, gains: xr.Dataset | None = None) -> Prepared:
     """Read, flag, calibrate and form Stokes I for one block; with ``gains`` (what an earlier
     pass solved for this block), calibrate with those instead of solving again."""
@@ -372,20 +249,13 @@ def prepare_block(block: Block, steps: Steps, gains: xr.Dataset | None = None) -
         after = flagged(names["flag"])
     group = steps.data_group
     if steps.calibrate and gains is None:
-        gains = cal.solve_gains(
-            ds,
-            model=calibration_model(steps),
-            refant=steps.refant,
-            solint=steps.solint,
-            minsnr=steps.minsnr,
-            data_group=group,
-            time_origin=steps.time_origin,
-        )
+        gains = solve_block(ds, steps)
     if steps.calibrate:
         ds = cal.apply_gains(ds, gains, data_group=group, output_group="corrected")
         group = "corrected"
         after = flagged("FLAG_CORRECTED")
-    return Prepared(gather_stokes_i(ds, group), gains, before, after, samples, block.partition)
+    vis = gather_stokes_i(ds, group)
+    return Prepared(vis, gains, before, after, samples, block.partition, block.dataset)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,7 +446,7 @@ def reweight_block(
     return replace(p, vis=replace(v, weight=w))
 
 
-def total(ex: SerialExecutor | DaskExecutor, handles: Sequence) -> Any:
+def total(ex: Executor, handles: Sequence) -> Any:
     """Sum of the results (partial images, densities)."""
     out = None
     for _, result in ex.completed(handles):
@@ -584,12 +454,12 @@ def total(ex: SerialExecutor | DaskExecutor, handles: Sequence) -> Any:
     return out
 
 
-def sums_by_partition(
-    ex: SerialExecutor | DaskExecutor, handles: Sequence, blocks: Sequence[Block]
-) -> dict[str, core_imaging.DirtySum]:
-    """Partial images summed per partition (the image attributes are per partition)."""
-    out: dict[str, core_imaging.DirtySum] = {}
+def sums_by_dataset(
+    ex: Executor, handles: Sequence, blocks: Sequence[Block], datasets: int, imsize: int
+) -> list[core_imaging.DirtySum]:
+    """Partial images summed per dataset the blocks were planned from (the image attributes
+    are per dataset), one for each of the ``datasets``; one without blocks is empty."""
+    out = [core_imaging.DirtySum(image=np.zeros((imsize, imsize))) for _ in range(datasets)]
     for i, result in ex.completed(handles):
-        name = blocks[i].partition
-        out[name] = result if name not in out else out[name] + result
+        out[blocks[i].dataset] = out[blocks[i].dataset] + result
     return out

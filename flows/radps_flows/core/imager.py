@@ -1,0 +1,362 @@
+"""The imaging drivers: a dirty image or cube in one pass over the blocks, CLEAN in major cycles.
+
+Each driver maps the block functions of :mod:`radps_flows.core.blocks` through an executor
+(:mod:`radps_flows.core.executors`) and folds what comes back. The imaging pipeline's tasks
+call them with the flow run's Dask cluster; :func:`make_dirty_image` and
+:func:`make_clean_image`, for data at hand (a test, a notebook), call the same drivers with a
+serial executor. There is no other imaging path: what the tests check is what a PipelineRun
+runs.
+
+The major cycles (:func:`clean_image`): residual visibilities ``V - predict(model)`` are
+imaged with the same gridder as the dirty image, the model predicted with
+:func:`radps_flows.core.calibration.image_model_visibilities` (ducc0 ``dirty2vis``, its
+adjoint), so model and residual always agree with the visibilities instead of accumulating
+PSF-subtraction errors. The minor cycles are :func:`radps_flows.core.clean.hogbom`, down to
+``max(threshold, min(0.8, max(0.05, cyclefactor * psf_sidelobe)) * peak)`` as tclean does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from radps_flows.core import blocks as blk
+from radps_flows.core import cube as core_cube
+from radps_flows.core import imaging as core_imaging
+from radps_flows.core.beam import fit_beam, restore
+from radps_flows.core.clean import CleanSettings, box_mask, box_rms, hogbom, psf_sidelobe
+from radps_flows.core.executors import Executor, SerialExecutor
+
+Log = Callable[[str], object]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def flag_report(summaries: Sequence[dict]) -> dict:
+    """Visibilities, flagged before and after, and the fraction flagged, over block
+    summaries (:func:`radps_flows.core.blocks.summary`)."""
+    samples = sum(s["samples"] for s in summaries)
+    before = sum(s["flagged_before"] for s in summaries)
+    after = sum(s["flagged_after"] for s in summaries)
+    return {
+        "samples": samples,
+        "flagged_before": before,
+        "flagged_after": after,
+        "flagged_fraction": after / samples if samples else 0.0,
+    }
+
+
+def _gains(summaries: Sequence[dict]) -> list[xr.Dataset]:
+    return [s["gains"] for s in summaries if s["gains"] is not None]
+
+
+def dirty_image(
+    ex: Executor,
+    blocks: Sequence[blk.Block],
+    datasets: Sequence[xr.Dataset],
+    steps: blk.Steps,
+    grid: blk.Grid,
+    *,
+    log: Log = _quiet,
+) -> tuple[xr.DataArray, list[xr.Dataset]]:
+    """One pass over the blocks (read, flag, calibrate, grid), partial images summed: the
+    Stokes I MFS dirty image (attributes of
+    :func:`radps_flows.core.imaging.dirty_image_from_sums`, plus ``flagged_fraction``) and the
+    gain solutions of each block."""
+    core_imaging.common_phase_center(datasets)
+    cell_arcsec = math.degrees(grid.cell_rad) * 3600
+    sums = [core_imaging.DirtySum(image=np.zeros((grid.imsize, grid.imsize))) for _ in datasets]
+    summaries = []
+    handles = ex.map(blk.dirty_block, blocks, steps=steps, grid=grid)
+    for i, (part, info) in ex.completed(handles):
+        sums[blocks[i].dataset] = sums[blocks[i].dataset] + part
+        summaries.append(info)
+    image = core_imaging.dirty_image_from_sums(
+        datasets, sums, cell_arcsec=cell_arcsec, epsilon=grid.epsilon
+    )
+    report = flag_report(summaries)
+    log(
+        f"imaged {image.attrs['nvis']:,} Stokes I samples in {len(blocks)} blocks; "
+        f"flagged {report['flagged_fraction']:.2%} of {report['samples']:,} visibilities"
+    )
+    image.attrs["flagged_fraction"] = report["flagged_fraction"]
+    return image, _gains(summaries)
+
+
+def dirty_cube(
+    ex: Executor,
+    blocks: Sequence[blk.Block],
+    datasets: Sequence[xr.Dataset],
+    steps: blk.Steps,
+    grid: blk.Grid,
+    *,
+    log: Log = _quiet,
+) -> tuple[xr.DataArray, list[xr.Dataset]]:
+    """One task per (block, channel group); a group's partial cubes are summed as they come
+    back and normalised into the cube once all its blocks are in, so the caller holds the cube
+    (float32) and the groups still open, whatever the size of the data."""
+    core_imaging.common_phase_center(datasets)
+    freq = core_cube.common_frequencies(datasets)
+    imsize = grid.imsize
+    groups = blk.channel_groups(len(freq), imsize)
+    jobs = [(b, g) for g in groups for b in blocks]
+    cube = np.full((len(freq), imsize, imsize), np.nan, dtype=np.float32)
+    weight_sum = np.zeros(len(freq))
+    nvis = np.zeros(len(freq), dtype=np.int64)
+    open_groups: dict[tuple[int, int], core_cube.CubeSum] = {}
+    missing = dict.fromkeys(groups, len(blocks))
+    summaries = []
+    handles = ex.map(blk.cube_block, jobs, steps=steps, grid=grid)
+    for i, (part, info) in ex.completed(handles):
+        group = jobs[i][1]
+        if group == groups[0]:  # every group sees the same flags and gains
+            summaries.append(info)
+        open_groups[group] = part if group not in open_groups else open_groups[group] + part
+        missing[group] -= 1
+        if missing[group] == 0:
+            done = open_groups.pop(group)
+            a, b = group
+            cube[a:b] = done.normalised()
+            weight_sum[a:b], nvis[a:b] = done.weight_sum, done.nvis
+    cell_arcsec = math.degrees(grid.cell_rad) * 3600
+    image = core_cube.cube_image(
+        datasets, cube, weight_sum, nvis, cell_arcsec=cell_arcsec, epsilon=grid.epsilon
+    )
+    report = flag_report(summaries)
+    log(
+        f"imaged a cube of {len(freq)} channels ({int(nvis.sum()):,} Stokes I samples) in "
+        f"{len(jobs)} tasks; flagged {report['flagged_fraction']:.2%} of "
+        f"{report['samples']:,} visibilities"
+    )
+    image.attrs["flagged_fraction"] = report["flagged_fraction"]
+    return image, _gains(summaries)
+
+
+def clean_inputs(
+    ex: Executor,
+    blocks: Sequence[blk.Block],
+    datasets: Sequence[xr.Dataset],
+    steps: blk.Steps,
+    grid: blk.Grid,
+    settings: CleanSettings,
+    *,
+    log: Log = _quiet,
+) -> tuple[list, list[dict], dict]:
+    """The blocks as every later pass of CLEAN uses them, their summaries, and what each of
+    those passes needs besides (the shared weight density for uniform/Briggs weights of
+    reread blocks).
+
+    Kept (``visibilities: keep``): the prepared Stokes I samples stay on the workers,
+    reweighted once. Reread: each pass reads, flags and calibrates its block again with the
+    gains of the first pass, so memory stays bounded by the block size (a read per pass more).
+    ``auto`` keeps them when they fill at most half the cluster's memory."""
+    choice = settings.visibilities
+    if choice == "auto":
+        needed, memory = blk.stokes_i_bytes(datasets, steps.data_group), ex.memory_bytes()
+        choice = "keep" if blk.keep_between_passes(needed, memory) else "reread"
+        log(
+            f"CLEAN {'keeps' if choice == 'keep' else 'rereads'} the visibilities between "
+            f"major cycles: {needed / 1e9:.3g} GB of Stokes I samples, cluster memory "
+            f"{memory / 1e9:.3g} GB"
+        )
+    weighted = settings.weighting != "natural"
+    if choice == "reread":
+        handles = ex.map(
+            blk.first_pass, blocks, steps=steps, density_grid=grid if weighted else None
+        )
+        summaries: list[dict] = [{}] * len(blocks)
+        density = None
+        for i, (summary, part) in ex.completed(handles):
+            summaries[i] = summary
+            density = part if density is None else density + part
+        extra, scheme = {}, None
+        if weighted:
+            extra["density"] = ex.share(density)
+            scheme = blk.Weighting(settings.weighting, settings.robust, grid)
+        again = replace(steps, model=())  # the model only served to solve the gains
+        rereads = [
+            blk.Reread(b, again, s["gains"], scheme) for b, s in zip(blocks, summaries, strict=True)
+        ]
+        return rereads, summaries, extra
+    prepared = ex.map(blk.prepare_block, blocks, steps=steps)
+    summaries = ex.gather(ex.map(blk.summary, prepared))
+    if weighted:
+        density = blk.total(ex, ex.map(blk.density_block, prepared, grid=grid))
+        reweighted = ex.map(
+            blk.reweight_block,
+            prepared,
+            density=ex.share(density),
+            grid=grid,
+            scheme=settings.weighting,
+            robust=settings.robust,
+        )
+        ex.release(prepared)
+        prepared = reweighted
+    return prepared, summaries, {}
+
+
+def clean_image(
+    ex: Executor,
+    blocks: Sequence[blk.Block],
+    datasets: Sequence[xr.Dataset],
+    steps: blk.Steps,
+    grid: blk.Grid,
+    settings: CleanSettings,
+    *,
+    log: Log = _quiet,
+) -> tuple[xr.Dataset, list[xr.Dataset]]:
+    """Hogbom CLEAN with major cycles through the visibilities, kept on the workers or read
+    again at each cycle (see :func:`clean_inputs`): the major-cycle driver.
+
+    ``grid.epsilon`` is the gridder accuracy of both directions (the residual is a difference
+    of nearly equal numbers: tighter than for a dirty image). Returns the ``(y, x)`` images
+    ``dirty``, ``model`` (Jy/pixel), ``residual``, ``restored`` (Jy/beam) and ``psf`` (peak
+    1), with the dirty image's attributes plus the beam (``beam_major_arcsec``,
+    ``beam_minor_arcsec``, ``beam_pa_deg``), ``clean_iterations``, ``clean_major_cycles``,
+    ``clean_threshold``, ``clean_gain``, ``dirty_rms``; and the gain solutions of each block.
+    """
+    core_imaging.common_phase_center(datasets)
+    imsize, cell_rad = grid.imsize, grid.cell_rad
+    cell_arcsec = math.degrees(cell_rad) * 3600
+    prepared, summaries, extra = clean_inputs(ex, blocks, datasets, steps, grid, settings, log=log)
+    psf_grid = replace(grid, imsize=2 * imsize)
+    psf_sum = blk.total(ex, ex.map(blk.psf_block, prepared, grid=psf_grid, **extra))
+    if psf_sum is None or psf_sum.weight_sum <= 0:
+        raise ValueError("no visibilities with positive weight to image")
+    psf2 = psf_sum.image / psf_sum.weight_sum
+    q = imsize // 2
+    psf = psf2[q : q + imsize, q : q + imsize]
+    beam = fit_beam(psf, cell_arcsec)
+    sidelobe = psf_sidelobe(psf)
+    parts = blk.sums_by_dataset(
+        ex, ex.map(blk.residual_block, prepared, grid=grid, **extra), blocks, len(datasets), imsize
+    )
+    dirty = core_imaging.dirty_image_from_sums(
+        datasets, parts, cell_arcsec=cell_arcsec, epsilon=grid.epsilon, weighting=settings.weighting
+    )
+    weight_sum = float(dirty.attrs["sum_weights"])
+    residual = dirty.values.copy()
+    rms = box_rms(residual, settings.rms_box)
+    threshold = max(settings.threshold_jy, settings.threshold_rms * rms)
+    mask = box_mask(settings.mask, imsize)
+    model = np.zeros((imsize, imsize))
+    niter, done, cycles = settings.niter, 0, 0
+    while done < niter and cycles < settings.max_major:
+        region = residual if mask is None else np.where(mask, residual, 0)
+        peak = float(np.abs(region).max())
+        if peak < threshold:
+            break
+        frac = min(0.8, max(0.05, settings.cyclefactor * sidelobe))
+        cycle_threshold = max(threshold, frac * peak)
+        delta, _, n = hogbom(
+            residual,
+            psf2,
+            gain=settings.gain,
+            threshold=cycle_threshold,
+            niter=niter - done,
+            mask=mask,
+        )
+        if n == 0:
+            break
+        done += n
+        model += delta
+        shared = ex.share(model.copy())
+        residuals = ex.map(blk.residual_block, prepared, grid=grid, model=shared, **extra)
+        residual = blk.total(ex, residuals).image / weight_sum
+        cycles += 1
+        log(f"major cycle {cycles}: {n} components, cycle threshold {cycle_threshold:.4g}")
+    ex.release(prepared)
+    restored = restore(model, residual, beam, cell_arcsec)
+    report = flag_report(summaries)
+    log(
+        f"CLEAN: {done} components in {cycles} major cycles, dirty rms {rms:.4g}, threshold "
+        f'{threshold:.4g} Jy/beam; beam {beam.major_arcsec:.3f}" x {beam.minor_arcsec:.3f}" '
+        f"PA {beam.pa_deg:.2f} deg; flagged {report['flagged_fraction']:.2%}"
+    )
+    attrs = {
+        **dirty.attrs,
+        **beam.attrs(),
+        "clean_iterations": done,
+        "clean_major_cycles": cycles,
+        "clean_threshold": float(threshold),
+        "clean_gain": float(settings.gain),
+        "dirty_rms": rms,
+        "deconvolver": "hogbom",
+        "flagged_fraction": report["flagged_fraction"],
+    }
+
+    def da(values: np.ndarray, name: str, bunit: str) -> xr.DataArray:
+        return xr.DataArray(
+            values, dims=("y", "x"), coords=dirty.coords, name=name, attrs={**attrs, "bunit": bunit}
+        )
+
+    images = xr.Dataset(
+        {
+            "dirty": da(dirty.values, "dirty", "Jy/beam"),
+            "model": da(model, "model", "Jy/pixel"),
+            "residual": da(residual, "residual", "Jy/beam"),
+            "restored": da(restored, "restored", "Jy/beam"),
+            "psf": da(psf, "psf", ""),
+        },
+        attrs=attrs,
+    )
+    return images, _gains(summaries)
+
+
+def grid_for(imsize: int, cell_arcsec: float, epsilon: float) -> blk.Grid:
+    """The image grid of ``imsize`` pixels of ``cell_arcsec``, checked for the gridder."""
+    cell_rad = math.radians(cell_arcsec / 3600)
+    core_imaging.check_geometry(imsize, cell_rad)
+    return blk.Grid(imsize, cell_rad, epsilon)
+
+
+def make_dirty_image(
+    datasets: Sequence[xr.Dataset],
+    *,
+    imsize: int,
+    cell_arcsec: float,
+    epsilon: float = 1e-4,
+    steps: blk.Steps | None = None,
+    block_mb: float = blk.DEFAULT_BLOCK_MB,
+) -> xr.DataArray:
+    """The imaging pipeline's dirty image of datasets at hand (lazy or in memory), block by
+    block in this process: :func:`dirty_image` with a serial executor. ``steps`` flag and
+    calibrate each block first (default: image the ``base`` data group as it is)."""
+    if not datasets:
+        raise ValueError("no datasets to image")
+    steps = steps or blk.Steps()
+    grid = grid_for(imsize, cell_arcsec, epsilon)
+    blocks = blk.plan_blocks(None, datasets, block_mb=block_mb, solint=steps.solint)
+    image, _ = dirty_image(SerialExecutor(), blocks, datasets, steps, grid)
+    return image
+
+
+def make_clean_image(
+    datasets: Sequence[xr.Dataset],
+    *,
+    imsize: int,
+    cell_arcsec: float,
+    settings: CleanSettings | None = None,
+    epsilon: float = 1e-6,
+    steps: blk.Steps | None = None,
+    block_mb: float = blk.DEFAULT_BLOCK_MB,
+    **clean: Any,
+) -> xr.Dataset:
+    """The imaging pipeline's CLEAN of datasets at hand, block by block in this process:
+    :func:`clean_image` with a serial executor. ``settings`` (or its fields as keywords)
+    as :class:`radps_flows.core.clean.CleanSettings`."""
+    if not datasets:
+        raise ValueError("no datasets to image")
+    settings = replace(settings or CleanSettings(), **clean)
+    steps = steps or blk.Steps()
+    grid = grid_for(imsize, cell_arcsec, epsilon)
+    blocks = blk.plan_blocks(None, datasets, block_mb=block_mb, solint=steps.solint)
+    images, _ = clean_image(SerialExecutor(), blocks, datasets, steps, grid, settings)
+    return images

@@ -7,6 +7,8 @@ from radps_flows.cluster import (
     DaskClusterConfig,
     KubeContext,
     dask_cluster_spec,
+    kube_task_runner,
+    local_task_runner,
     task_runner_from_env,
 )
 
@@ -80,3 +82,14 @@ def test_task_runner_follows_the_environment(monkeypatch):
     for key in POD_ENV:
         monkeypatch.delenv(key)
     assert "LocalCluster" in str(task_runner_from_env().cluster_class)
+
+
+def test_the_runs_dask_size_travels_with_its_task_runner():
+    """The blocks' executor reckons cluster memory with the workers the run asked for; that
+    number comes from the task runner (also the copy Prefect makes of it), not os.environ."""
+    runner = local_task_runner(DaskClusterConfig(workers=3))
+    assert runner.expected_workers == 3
+    assert runner.duplicate().expected_workers == 3
+    kube = KubeContext.from_env(POD_ENV)
+    assert kube is not None
+    assert kube_task_runner(DaskClusterConfig(workers=5), kube).duplicate().expected_workers == 5

@@ -158,8 +158,7 @@ def _run_with_server(
 
     pipeline = get_pipeline(run.spec.pipeline)
     assert pipeline is not None, "validated before"
-    config = dask_config(run.spec)
-    os.environ.update(config.to_env())
+    config = dask_config(run.spec)  # reaches the blocks through the task runner
     provenance.set_local_run(run.metadata.name, run.spec.to_wire())
     flow = pipeline.flow.with_options(
         task_runner=local_task_runner(config),

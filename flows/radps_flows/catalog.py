@@ -1,116 +1,80 @@
 """The pipeline catalog: every pipeline a PipelineRun may name, with its parameter schema.
 
-Descriptions and schemas come from the flows themselves (docstring and signature, through
-Prefect's own `parameter_schema`), so they are never written twice and the schema the operator
-enforces is the one the Prefect deployment carries.
+The catalog is the one list of pipelines. Each is described by its parameter model
+(:mod:`radps_flows.parameters`): the description, the JSON schema and the flow's own signature
+come from it, so they are never written twice. Loading the catalog imports only those light
+modules (pydantic, jsonschema): ``radps validate``, ``radps pipelines`` and the operator never
+load the science stack or Prefect to check a spec. The flow itself is imported only to run it
+(:meth:`Pipeline.load_flow`).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
-from prefect import Flow
-from prefect.utilities.callables import parameter_schema
 
 from radps_flows import parameter_rules
 from radps_flows.parameter_rules import ParameterError, brief
+from radps_flows.parameters.base import PipelineParameters
+from radps_flows.parameters.calibration import CalibrationParameters
+from radps_flows.parameters.flagging import FlaggingParameters
+from radps_flows.parameters.imaging import ImagingParameters
+from radps_flows.parameters.synthesize import SynthesizeParameters
+
+if TYPE_CHECKING:
+    from prefect import Flow
+
+PARAMETER_MODELS: tuple[type[PipelineParameters], ...] = (
+    SynthesizeParameters,
+    ImagingParameters,
+    CalibrationParameters,
+    FlaggingParameters,
+)
 
 
 @dataclass(frozen=True)
 class Pipeline:
-    name: str
-    flow: Flow
-    entrypoint: str
-    """`module:function`, what a Prefect deployment points at."""
-
-    @property
-    def description(self) -> str:
-        doc = (self.flow.fn.__doc__ or "").strip()
-        return doc.splitlines()[0] if doc else ""
-
-    @property
-    def parameter_schema(self) -> dict[str, Any]:
-        """JSON schema of the parameters; unknown parameters are errors."""
-        schema = parameter_schema(self.flow.fn).model_dump_for_openapi()
-        schema["additionalProperties"] = False
-        return schema
-
-
-@dataclass(frozen=True)
-class PipelineInfo:
-    """What the operator needs of a pipeline, as plain data: it learns these from a child
-    process (`python -m radps_flows.catalog`), so the operator never imports the science
-    stack (about 200 MiB of its memory otherwise)."""
+    """What the operator, the CLI and a run need of a pipeline, as plain data."""
 
     name: str
     entrypoint: str
+    """`module:function` of its Prefect flow, what a deployment points at."""
     flow_name: str
     description: str
     parameter_schema: dict[str, Any]
+    """JSON schema of the parameters; unknown parameters are errors."""
 
     @classmethod
-    def of(cls, pipeline: Pipeline) -> PipelineInfo:
+    def of(cls, model: type[PipelineParameters]) -> Pipeline:
         return cls(
-            name=pipeline.name,
-            entrypoint=pipeline.entrypoint,
-            flow_name=pipeline.flow.name,
-            description=pipeline.description,
-            parameter_schema=pipeline.parameter_schema,
+            name=model.pipeline,
+            entrypoint=model.flow,
+            flow_name=model.pipeline,
+            description=model.description(),
+            parameter_schema=model.parameter_schema(),
         )
 
-
-@cache
-def catalog_info() -> dict[str, PipelineInfo]:
-    return {name: PipelineInfo.of(p) for name, p in pipelines().items()}
-
-
-def catalog_info_from_child_process(timeout: float = 300) -> dict[str, PipelineInfo]:
-    """`catalog_info()` computed in a child process, which frees that memory when it exits."""
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, "-m", "radps_flows.catalog"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"listing the pipeline catalog failed: {out.stderr[-2000:]}")
-    return {row["name"]: PipelineInfo(**row) for row in json.loads(out.stdout)}
+    def load_flow(self) -> Flow:
+        """The Prefect flow (imports the pipeline, its science stack and Prefect)."""
+        module, _, name = self.entrypoint.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
 @cache
 def pipelines() -> dict[str, Pipeline]:
-    from radps_flows.pipelines.calibration import calibration
-    from radps_flows.pipelines.flagging import flagging
-    from radps_flows.pipelines.imaging import imaging
-    from radps_flows.pipelines.synthesize import synthesize
-
-    flows = {
-        "synthesize": synthesize,
-        "imaging": imaging,
-        "calibration": calibration,
-        "flagging": flagging,
-    }
-    return {
-        name: Pipeline(name=name, flow=flow, entrypoint=f"{flow.fn.__module__}:{flow.fn.__name__}")
-        for name, flow in flows.items()
-    }
+    return {model.pipeline: Pipeline.of(model) for model in PARAMETER_MODELS}
 
 
 def get_pipeline(name: str) -> Pipeline | None:
     return pipelines().get(name)
 
 
-def validate_parameters(
-    pipeline: Pipeline | PipelineInfo, parameters: dict[str, Any]
-) -> list[ParameterError]:
+def validate_parameters(pipeline: Pipeline, parameters: dict[str, Any]) -> list[ParameterError]:
     """Every way `parameters` break the pipeline's schema or its rules
     (:mod:`radps_flows.parameter_rules`), each with its exact path and what is expected."""
     schema = pipeline.parameter_schema
@@ -239,9 +203,3 @@ def _describe(error: jsonschema.ValidationError, root: dict[str, Any]) -> str:
             bound = "at least" if error.validator == "minLength" else "at most"
             return f"must have {bound} {limit} characters, got {len(error.instance)}"
     return f"{error.message[:200]}"
-
-
-if __name__ == "__main__":
-    from dataclasses import asdict
-
-    print(json.dumps([asdict(info) for info in catalog_info().values()]))

@@ -97,7 +97,6 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 
 def cmd_pipelines(args: argparse.Namespace) -> int:
-    _prepare_prefect_env()
     from radps_flows.catalog import get_pipeline, pipelines
 
     if args.name:
@@ -138,7 +137,6 @@ def _type_name(prop: dict) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    _prepare_prefect_env()
     from radps_operator.validation import InvalidPipelineRun, load_manifest, validate_manifest
 
     status = 0
@@ -238,7 +236,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 
 def _prepare_prefect_env() -> None:
-    """Point Prefect at radps's home before it is imported (listing the catalog imports it)."""
+    """Point Prefect at radps's home before it is imported."""
     from radps_operator.local.home import prefect_base_env, radps_home
 
     for key, value in prefect_base_env(radps_home()).items():

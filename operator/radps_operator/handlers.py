@@ -36,7 +36,7 @@ RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
 FINALIZER = "radps.io/finalizer"
 
 if TYPE_CHECKING:
-    from radps_flows.catalog import PipelineInfo
+    from radps_flows.catalog import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     sys.setrecursionlimit(max(sys.getrecursionlimit(), DEEP_OBJECT_RECURSION_LIMIT))
     configure(settings)
     config = OperatorSettings.from_env()
-    # Listing the catalog imports the science stack (seconds, ~200 MiB): a child process does
-    # it once, before the first object, and this process keeps only the plain result.
-    await asyncio.to_thread(_catalog)
+    await asyncio.to_thread(_catalog)  # the parameter models' schemas, built once
     metrics.start_metrics_server(config.metrics_port)
     gateway = await PrefectGateway(
         config.prefect_api_url, config.prefect_auth_string, config.prefect_max_concurrent_calls
@@ -156,10 +154,10 @@ def _tracked(body: kopf.Body, spec: api.PipelineRunSpec, status: api.PipelineRun
 
 
 @functools.cache
-def _catalog() -> dict[str, PipelineInfo]:
-    from radps_flows.catalog import catalog_info_from_child_process
+def _catalog() -> dict[str, Pipeline]:
+    from radps_flows.catalog import pipelines  # light: parameter models, no science stack
 
-    return catalog_info_from_child_process()
+    return pipelines()
 
 
 def _retry_delay(retry: int) -> float:

@@ -19,7 +19,7 @@ from radps_operator import api, image_policy, manifest_yaml, plain_json, quantit
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from radps_flows.catalog import PipelineInfo
+    from radps_flows.catalog import Pipeline
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def parse_manifest(text: str, source: str = "<input>") -> dict[str, Any]:
 def validate_manifest(
     document: dict[str, Any],
     allowed_images: tuple[str, ...] | None = None,
-    catalog: Mapping[str, PipelineInfo] | None = None,
+    catalog: Mapping[str, Pipeline] | None = None,
 ) -> api.PipelineRun:
     """The parsed PipelineRun, or InvalidPipelineRun listing every problem found, the spec's
     and the parameters' together. ``allowed_images`` defaults to
@@ -105,7 +105,7 @@ def validate_manifest(
 
 def validate_spec(
     spec: dict[str, Any],
-    catalog: Mapping[str, PipelineInfo] | None = None,
+    catalog: Mapping[str, Pipeline] | None = None,
     allowed_images: tuple[str, ...] | None = None,
 ) -> api.PipelineRunSpec:
     """The operator's entry: the spec of an object the API server already admitted. Never
@@ -131,7 +131,7 @@ def validate_spec(
 
 def check_spec_rules(
     spec: dict[str, Any],
-    catalog: Mapping[str, PipelineInfo] | None = None,
+    catalog: Mapping[str, Pipeline] | None = None,
     allowed_images: tuple[str, ...] | None = None,
 ) -> list[FieldError]:
     """What the spec's schema cannot say: the allowed images, requests within limits, the
@@ -213,13 +213,13 @@ def _checked_copy(value: Any, prefix: str) -> tuple[Any, list[FieldError]]:
 def check_parameters(
     pipeline_name: str,
     parameters: dict[str, Any],
-    catalog: Mapping[str, PipelineInfo] | None = None,
+    catalog: Mapping[str, Pipeline] | None = None,
 ) -> list[FieldError]:
-    """`spec.pipeline` and `spec.parameters` against the catalog (default: this process's
-    own, which imports every pipeline)."""
-    from radps_flows.catalog import catalog_info, validate_parameters
+    """`spec.pipeline` and `spec.parameters` against the catalog (default: the whole
+    catalog, :func:`radps_flows.catalog.pipelines`)."""
+    from radps_flows.catalog import pipelines, validate_parameters
 
-    catalog = catalog_info() if catalog is None else catalog
+    catalog = pipelines() if catalog is None else catalog
     pipeline = catalog.get(pipeline_name)
     if pipeline is None:
         known = ", ".join(sorted(catalog))

@@ -1,12 +1,13 @@
 """`python -m tests.benchmarks --out results`: array-core, pipeline and operator benchmarks,
-JSON out (`--only arraycore|operator` for one part).
+JSON out (`--only arraycore|operator|cli` for one part).
 
 Sizes are visibilities of synthesized sets (default a quick 1e6,1e7; `--sizes 1e8` or
 `--large` adds 1e8, which takes minutes and a few GB of disk). Each size writes
 `<out>/arraycore-<n>.json`; the operator part (operator.py: PipelineRuns applied at once on
 the local control plane; its Prefect server on SQLite and on a throwaway PostgreSQL) writes
 `<out>/operator-<db>.json`; `<out>/summary.json` collects them with
-the targets checked.
+the targets checked. The cli part (cli.py: `radps validate` against importing what it needs)
+writes `<out>/cli.json`.
 Not tests: nothing here fails on a slow machine, the numbers are for reading.
 """
 
@@ -22,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import arraycore, pipeline
+from . import arraycore, cli, pipeline
 from . import operator as operator_bench
 
 
@@ -49,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="folder for synthesized sets (kept)")
     parser.add_argument("--no-pipeline", action="store_true", help="skip the end-to-end runs")
     parser.add_argument(
-        "--only", choices=("all", "arraycore", "operator"), default="all", help="one part only"
+        "--only",
+        choices=("all", "arraycore", "operator", "cli"),
+        default="all",
+        help="one part only",
     )
     parser.add_argument(
         "--operator-runs",
@@ -64,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"environment": _environment()}
+    if args.only in ("all", "cli"):
+        results["cli"] = cli.validate()
+        (args.out / "cli.json").write_text(json.dumps(results["cli"], indent=1))
+        print(json.dumps(results["cli"], indent=1), flush=True)
     if args.only in ("all", "arraycore"):
         results |= _arraycore(args)
     if args.only in ("all", "operator"):

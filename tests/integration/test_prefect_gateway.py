@@ -46,7 +46,7 @@ def _requests(settings, tmp_path, name="gw", **spec_fields):
     )
     pipeline = get_pipeline("synthesize")
     dep = reconcile.desired_deployment(
-        spec, settings, pipeline.entrypoint, pipeline.flow.name, pipeline.parameter_schema
+        spec, settings, pipeline.entrypoint, pipeline.flow_name, pipeline.parameter_schema
     )
     uid = str(uuid.uuid4())
     return dep, reconcile.desired_flow_run("ns", name, uid, spec, settings)

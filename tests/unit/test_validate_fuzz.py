@@ -17,7 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from radps_flows.catalog import catalog_info
+from radps_flows.catalog import pipelines
 from radps_operator.validation import (
     InvalidPipelineRun,
     parse_manifest,
@@ -144,7 +144,7 @@ def _check(run: Any, document: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def catalog():
-    catalog = catalog_info()
+    catalog = pipelines()
     validate_manifest(BASES[0], ALLOWED, catalog)  # imports and caches: not a case's time
     gc.freeze()  # the science stack the catalog imported is not rescanned by every collection
     yield catalog

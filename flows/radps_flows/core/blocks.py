@@ -38,9 +38,8 @@ from radps_flows.core.cube import CubeSum, cube_sum_from_arrays
 from radps_flows.core.executors import Executor
 from radps_flows.core.flagging import mad_flags
 from radps_flows.core.imaging import StokesIVisibilities, gather_stokes_i
+from radps_flows.parameters.common import DEFAULT_BLOCK_MB
 
-#: Default uncompressed VISIBILITY bytes per block.
-DEFAULT_BLOCK_MB = 64
 #: Largest partial cube (float64 megabytes) one cube block task returns.
 CUBE_GROUP_MB = 64
 ORDER = ("time", "baseline_id", "frequency", "polarization")
@@ -78,6 +77,9 @@ class Steps:
     solint: str | float = "int"
     minsnr: float = 3.0
     time_origin: float | None = None
+    """Where solution intervals of ``solint`` seconds start counting: the first time of all
+    the data (each partition counting from its own first time would cut intervals
+    differently in each)."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -115,10 +117,12 @@ def plan_blocks(
     *,
     block_mb: float = DEFAULT_BLOCK_MB,
     solint: str | float | None = "int",
+    time_origin: float | None = None,
     data_group: str = "base",
 ) -> list[Block]:
     """Split every partition into blocks of whole zarr time chunks of about ``block_mb`` MB of
-    visibilities. With ``solint`` in seconds a block never splits a solution interval; with
+    visibilities. With ``solint`` in seconds a block never splits a solution interval (counted
+    from ``time_origin``, as the solve counts them: see :attr:`Steps.time_origin`); with
     ``"inf"`` a partition is one block. With ``store`` None, each block carries its dataset
     (see :class:`Block`)."""
     target = max(1.0, block_mb) * 2**20
@@ -145,7 +149,7 @@ def plan_blocks(
         cuts = fine
         if solint not in ("int", 0, None) and solint != "inf":
             times = np.asarray(ds["time"].values, dtype=np.float64)
-            bins = cal._time_bins(times, solint)
+            bins = cal.time_bins(times, solint, time_origin)
             cuts = [c for c in cuts if c in (0, nt) or bins[c] != bins[c - 1]]
         elif solint in (None, "inf"):
             cuts = [0, nt]
@@ -153,6 +157,20 @@ def plan_blocks(
         data = ds if store is None else None
         blocks.extend(Block(source, name, a, b, index, data) for a, b in itertools.pairwise(cuts))
     return blocks
+
+
+def blocks_for(
+    store: str | None, datasets: Sequence[xr.Dataset], steps: Steps, block_mb: float
+) -> list[Block]:
+    """The blocks ``steps`` work on: never splitting one of their solution intervals."""
+    return plan_blocks(
+        store,
+        datasets,
+        block_mb=block_mb,
+        solint=steps.solint,
+        time_origin=steps.time_origin,
+        data_group=steps.data_group,
+    )
 
 
 def load_block(block: Block, data_group: str = "base") -> xr.Dataset:

@@ -448,9 +448,11 @@ def _resolve_refant(refant: str | int | None, names: Sequence[str]) -> int | Non
     raise ValueError(f"reference antenna {refant!r} not among {list(names)}")
 
 
-def _time_bins(
+def time_bins(
     times: np.ndarray, solint: str | float | None, origin: float | None = None
 ) -> np.ndarray:
+    """The solution interval of each time: each its own (``"int"``), one for all (``"inf"``,
+    None), or ``solint`` seconds from ``origin`` (default the first time)."""
     if solint in ("int", 0):
         return np.arange(len(times))
     if solint is None or solint == "inf":
@@ -528,7 +530,7 @@ def solve_gains(
     vis_r = vis[..., parallel]
     w_r = weight[..., parallel]
     model_r = np.repeat(m_i[..., None], len(parallel), axis=-1)
-    tb, fb = _time_bins(times, solint, time_origin), _freq_bins(len(freq), chans_per_solution)
+    tb, fb = time_bins(times, solint, time_origin), _freq_bins(len(freq), chans_per_solution)
     gain, gflag, snr = solve_gains_arrays(
         vis_r,
         model_r,

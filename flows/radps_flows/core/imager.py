@@ -333,7 +333,7 @@ def make_dirty_image(
         raise ValueError("no datasets to image")
     steps = steps or blk.Steps()
     grid = grid_for(imsize, cell_arcsec, epsilon)
-    blocks = blk.plan_blocks(None, datasets, block_mb=block_mb, solint=steps.solint)
+    blocks = blk.blocks_for(None, datasets, steps, block_mb)
     image, _ = dirty_image(SerialExecutor(), blocks, datasets, steps, grid)
     return image
 
@@ -357,6 +357,6 @@ def make_clean_image(
     settings = replace(settings or CleanSettings(), **clean)
     steps = steps or blk.Steps()
     grid = grid_for(imsize, cell_arcsec, epsilon)
-    blocks = blk.plan_blocks(None, datasets, block_mb=block_mb, solint=steps.solint)
+    blocks = blk.blocks_for(None, datasets, steps, block_mb)
     images, _ = clean_image(SerialExecutor(), blocks, datasets, steps, grid, settings)
     return images

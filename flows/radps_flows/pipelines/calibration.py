@@ -8,22 +8,19 @@ CASA's ``split`` of the corrected column, so it can be imaged as it is.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Any
 
 import xarray as xr
 from prefect import flow, task
-from pydantic import Field
 
 from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import blocks as blk
 from radps_flows.core import calibration as cal
+from radps_flows.parameters.base import flow_parameters
+from radps_flows.parameters.calibration import CalibrationParameters
 from radps_flows.pipelines import msv4, stages
-from radps_flows.pipelines.common import (
-    ModelSource,
-    Solint,
-    merge_gains,
-)
+from radps_flows.pipelines.common import merge_gains
 from radps_flows.pipelines.executor import executor
 from radps_flows.pipelines.outputs import (
     Output,
@@ -47,7 +44,7 @@ def solve(store: str, datasets: list[xr.Dataset], params: dict) -> dict[str, xr.
         solint=params["solint"],
         minsnr=params["minsnr"],
     )
-    blocks = blk.plan_blocks(store, datasets, block_mb=params["block_mb"], solint=steps.solint)
+    blocks = blk.blocks_for(store, datasets, steps, params["block_mb"])
     with executor() as ex:
         tables = ex.gather(ex.map(blk.block_gains, blocks, steps=steps))
     merged = merge_gains(tables)
@@ -82,41 +79,15 @@ def apply(
 
 
 @flow(name="calibration", task_runner=task_runner_from_env(), log_prints=True)
-def calibration(
-    input: str,
-    output: str,
-    model: list[ModelSource] | None = None,
-    model_image: str | None = None,
-    refant: str | None = None,
-    solint: Solint = "int",
-    minsnr: Annotated[float, Field(ge=0)] = 3.0,
-    block_mb: Annotated[float, Field(gt=0)] = blk.DEFAULT_BLOCK_MB,
-    overwrite: bool = False,
-) -> list[dict[str, str]]:
-    """Antenna gain calibration (StEFCal): gain table and a calibrated MSv4 copy.
-
-    Args:
-        input: MeasurementSet v2 directory or MSv4 processing set (zarr) to calibrate.
-        output: Folder for gains.zarr, gains.png and calibrated.ps.zarr (the input with
-            corrected VISIBILITY and FLAG).
-        model: Point sources of the model (default 1 Jy at the phase centre, as CASA).
-        model_image: The model as a FITS image in Jy/pixel instead, such as the model.fits
-            of an imaging run with clean on the same data (self-calibration).
-        refant: Reference antenna: name, CASA antenna number ("2") or pad ("E02").
-        solint: Solution interval: "int" (each integration), "inf" or seconds.
-        minsnr: Flag solutions below this SNR (and the data they calibrate).
-        block_mb: Visibility megabytes per block of work.
-        overwrite: Replace an existing output when this run completes (otherwise an existing
-            non-empty output is an error).
-    """
-    arguments = dict(locals())
-    parameter_rules.raise_if_invalid("calibration", arguments)
-    params = {"model": model, "model_image": model_image, "refant": refant, "solint": solint}
-    params.update(minsnr=minsnr, block_mb=block_mb)
-    inputs = {"input": input, "model_image": model_image}
-    with transactional_output("calibration", output, overwrite, arguments, inputs) as transaction:
+@flow_parameters(CalibrationParameters)
+def calibration(**arguments: Any) -> list[dict[str, str]]:
+    p = CalibrationParameters(**arguments)
+    params = p.model_dump()
+    parameter_rules.raise_if_invalid("calibration", params)
+    inputs = {"input": p.input, "model_image": p.model_image}
+    with transactional_output("calibration", p.output, p.overwrite, params, inputs) as transaction:
         folder = str(transaction.folder)
-        store, datasets = stages.open_input(input, folder, STAGES)
+        store, datasets = stages.open_input(p.input, folder, STAGES)
         tables = solve(store, datasets, params)
         report_progress(2, STAGES)
         outputs = stages.write_gain_products(tables, folder)

@@ -1,4 +1,4 @@
-"""Pieces the pipelines share: parameter models, output folders, gain-table products."""
+"""Pieces the pipelines share: calibration models, gain-table products."""
 
 from __future__ import annotations
 
@@ -6,32 +6,16 @@ import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 import xarray as xr
 from prefect.artifacts import create_table_artifact
-from pydantic import BaseModel, Field
 
 from radps_flows import manifest
 from radps_flows.core import products
 from radps_flows.core.calibration import PointModel
-
-Solint = Literal["int", "inf"] | Annotated[float, Field(gt=0)]
-"""Solution interval: "int" (each integration), "inf" (one per partition) or seconds."""
-
-Box = Annotated[list[int], Field(min_length=4, max_length=4)]
-"""Pixel box [x0, y0, x1, y1], 0-based and inclusive, as CASA's box regions."""
-
-
-class ModelSource(BaseModel):
-    """A point source of the calibration model, offset from the phase centre."""
-
-    flux_jy: float = Field(default=1.0, description="Flux density (Jy), flat spectrum.")
-    offset_ra_arcsec: float = Field(default=0.0, description="East offset (arcsec).")
-    offset_dec_arcsec: float = Field(default=0.0, description="North offset (arcsec).")
-
-    model_config = {"extra": "forbid"}
+from radps_flows.parameters.common import ModelSource
 
 
 def image_model(path: str, phase_center: dict[str, Any]) -> xr.DataArray:

@@ -11,18 +11,18 @@ baseline (each baseline needs its whole plane): memory per Dask task is the plan
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Any
 
 import numpy as np
 import xarray as xr
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
-from pydantic import Field
 
 from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
-from radps_flows.core import blocks as blk
 from radps_flows.core.flagging import flag_dataset
+from radps_flows.parameters.base import flow_parameters
+from radps_flows.parameters.flagging import FlaggingParameters
 from radps_flows.pipelines import msv4, stages
 from radps_flows.pipelines.executor import executor
 from radps_flows.pipelines.outputs import Output, file_output, publish_outputs
@@ -77,29 +77,16 @@ def _counts(ds: xr.Dataset, dest: Path, name: str, ex) -> dict:
 
 
 @flow(name="flagging", task_runner=task_runner_from_env(), log_prints=True)
-def flagging(
-    input: str,
-    output: str,
-    threshold: Annotated[float, Field(gt=0)] = 5.0,
-    block_mb: Annotated[float, Field(gt=0)] = blk.DEFAULT_BLOCK_MB,
-    overwrite: bool = False,
-) -> list[dict[str, str]]:
-    """RFI flagging (median/MAD per baseline), written into an MSv4 copy of the input.
-
-    Args:
-        input: MeasurementSet v2 directory or MSv4 processing set (zarr) to flag.
-        output: Folder for flagged.ps.zarr (the input with FLAG = old flags OR new ones).
-        threshold: Clip at this many robust standard deviations (iterated to convergence).
-        block_mb: Visibility megabytes per Dask task (whole baselines' planes).
-        overwrite: Replace an existing output when this run completes (otherwise an existing
-            non-empty output is an error).
-    """
-    arguments = dict(locals())
-    parameter_rules.raise_if_invalid("flagging", arguments)
-    inputs = {"input": input}
-    with transactional_output("flagging", output, overwrite, arguments, inputs) as transaction:
+@flow_parameters(FlaggingParameters)
+def flagging(**arguments: Any) -> list[dict[str, str]]:
+    p = FlaggingParameters(**arguments)
+    params = p.model_dump()
+    parameter_rules.raise_if_invalid("flagging", params)
+    inputs = {"input": p.input}
+    with transactional_output("flagging", p.output, p.overwrite, params, inputs) as transaction:
         folder = str(transaction.folder)
-        store, datasets = stages.open_input(input, folder, STAGES)
-        outputs = transaction.commit(flag(store, datasets, folder, threshold, block_mb))
+        store, datasets = stages.open_input(p.input, folder, STAGES)
+        products = flag(store, datasets, folder, p.threshold, p.block_mb)
+        outputs = transaction.commit(products)
     report_progress(2, STAGES)
     return publish_outputs(outputs)

@@ -14,24 +14,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any
 
 import xarray as xr
 from prefect import flow, task
-from pydantic import Field
 
 from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import blocks as blk
 from radps_flows.core import imager, products
 from radps_flows.core.clean import CleanSettings
-from radps_flows.parameter_rules import GRIDDER_MIN_PIXELS
+from radps_flows.parameters.base import flow_parameters
+from radps_flows.parameters.imaging import ImagingParameters
 from radps_flows.pipelines import stages
-from radps_flows.pipelines.common import (
-    Box,
-    ModelSource,
-    Solint,
-)
 from radps_flows.pipelines.executor import executor
 from radps_flows.pipelines.outputs import (
     Output,
@@ -62,7 +57,7 @@ def _grid(imsize: int, cell_arcsec: float, epsilon: float) -> blk.Grid:
 
 
 def _blocks(store: str, datasets: list[xr.Dataset], steps: blk.Steps, params: dict):
-    return blk.plan_blocks(store, datasets, block_mb=params["block_mb"], solint=steps.solint)
+    return blk.blocks_for(store, datasets, steps, params["block_mb"])
 
 
 @task(name="dirty-image")
@@ -154,102 +149,29 @@ def write_clean_products(images: xr.Dataset, output: str, title: str) -> list[Ou
 
 
 @flow(name="imaging", task_runner=task_runner_from_env(), log_prints=True)
-def imaging(
-    input: str,
-    output: str,
-    imsize: Annotated[int, Field(ge=GRIDDER_MIN_PIXELS, le=65536, multiple_of=2)] = 512,
-    cell_arcsec: Annotated[float, Field(gt=0)] = 1.0,
-    epsilon: Annotated[float, Field(ge=1e-7, le=1e-1)] = 1e-4,
-    specmode: Literal["mfs", "cube"] = "mfs",
-    weighting: Literal["natural", "uniform", "briggs"] = "natural",
-    robust: Annotated[float, Field(ge=-2, le=2)] = 0.5,
-    flag: bool = False,
-    flag_threshold: Annotated[float, Field(gt=0)] = 5.0,
-    calibrate: bool = False,
-    model: list[ModelSource] | None = None,
-    model_image: str | None = None,
-    refant: str | None = None,
-    solint: Solint = "int",
-    minsnr: Annotated[float, Field(ge=0)] = 3.0,
-    clean: bool = False,
-    niter: Annotated[int, Field(ge=0)] = 1000,
-    clean_gain: Annotated[float, Field(gt=0, le=1)] = 0.1,
-    threshold_jy: Annotated[float, Field(ge=0)] = 0.0,
-    threshold_rms: Annotated[float, Field(ge=0)] = 0.0,
-    rms_box: Box | None = None,
-    mask: list[Box] | None = None,
-    cyclefactor: Annotated[float, Field(gt=0)] = 1.0,
-    max_major: Annotated[int, Field(ge=1)] = 50,
-    clean_epsilon: Annotated[float, Field(ge=1e-8, le=1e-2)] = 1e-6,
-    clean_visibilities: Literal["auto", "keep", "reread"] = "auto",
-    block_mb: Annotated[float, Field(gt=0)] = blk.DEFAULT_BLOCK_MB,
-    overwrite: bool = False,
-) -> list[dict[str, str]]:
-    """Image a MeasurementSet (Stokes I, MFS or a per-channel cube), optionally flagged,
-    calibrated and CLEANed (MFS).
-
-    Args:
-        input: MeasurementSet v2 directory or MSv4 processing set (zarr) to image.
-        output: Folder for the products (image.fits/png/zarr; with clean restored, residual,
-            model, psf FITS and PNG, images.zarr; with calibrate gains.zarr, gains.png).
-        imsize: Image width and height in pixels.
-        cell_arcsec: Pixel size in arcseconds.
-        epsilon: Gridding accuracy of ducc0's wgridder for the dirty image (1e-4: ~1e-5 Jy).
-        specmode: mfs (one image over the band) or cube (one dirty image per channel, each
-            normalised by its own weights; all partitions must share one frequency axis).
-        weighting: natural, uniform or briggs (uniform and briggs need clean: true).
-        robust: Briggs robustness (-2 ~ uniform, +2 ~ natural).
-        flag: Flag RFI first: median/MAD clipping per baseline over each block's time x
-            frequency plane (NaN samples are always ignored).
-        flag_threshold: Clip at this many robust standard deviations.
-        calibrate: Solve antenna gains with StEFCal against `model` and apply them.
-        model: Calibration model: point sources (default 1 Jy at the phase centre, as CASA).
-        model_image: Calibration model from a FITS image in Jy/pixel instead, such as the
-            model.fits of an earlier clean run on the same data (self-calibration).
-        refant: Reference antenna: name, CASA antenna number ("2") or pad ("E02").
-        solint: Solution interval: "int" (each integration), "inf" or seconds.
-        minsnr: Flag gain solutions below this SNR (and the data they calibrate).
-        clean: Deconvolve with Hogbom CLEAN (major cycles through the visibilities).
-        niter: Maximum number of CLEAN components.
-        clean_gain: CLEAN loop gain.
-        threshold_jy: Stop when the residual peak is below this (Jy/beam).
-        threshold_rms: Or below this many times the dirty image rms (see rms_box); the larger
-            of the two thresholds applies.
-        rms_box: Box [x0, y0, x1, y1] (pixels, inclusive) where the rms is measured; default a
-            robust (MAD) estimate over the whole dirty image.
-        mask: CLEAN only inside these boxes [x0, y0, x1, y1] (pixels, inclusive).
-        cyclefactor: Minor cycle depth, as tclean's.
-        max_major: Maximum number of major cycles.
-        clean_epsilon: Gridder accuracy inside CLEAN (residuals need more than dirty images).
-        clean_visibilities: Between major cycles, keep the Stokes I samples on the Dask workers
-            (keep), or read, flag and calibrate the data again at each cycle, with the gains
-            solved once (reread: memory bounded by block_mb, one read per cycle more); auto
-            keeps them when they fill at most half of the cluster's memory.
-        block_mb: Visibility megabytes per block of work (memory per worker thread ~4x this).
-        overwrite: Replace an existing output when this run completes (otherwise an existing
-            non-empty output is an error).
-    """
-    params = dict(locals())
+@flow_parameters(ImagingParameters)
+def imaging(**arguments: Any) -> list[dict[str, str]]:
+    p = ImagingParameters(**arguments)
+    params = p.model_dump()
     parameter_rules.raise_if_invalid("imaging", params)
-    inputs = {"input": input, "model_image": model_image}
-    with transactional_output("imaging", output, overwrite, params, inputs) as transaction:
+    inputs = {"input": p.input, "model_image": p.model_image}
+    with transactional_output("imaging", p.output, p.overwrite, params, inputs) as transaction:
         folder = str(transaction.folder)
-        params = {k: v for k, v in params.items() if k not in ("input", "output")}
-        n_stages = 4 if clean or calibrate else 3
-        store, datasets = stages.open_input(input, folder, n_stages)
-        title = Path(input).name
-        if clean:
-            images, gains = clean_image(store, datasets, imsize, cell_arcsec, params)
+        n_stages = 4 if p.clean or p.calibrate else 3
+        store, datasets = stages.open_input(p.input, folder, n_stages)
+        title = Path(p.input).name
+        if p.clean:
+            images, gains = clean_image(store, datasets, p.imsize, p.cell_arcsec, params)
             report_progress(2, n_stages)
             outputs = write_products(images["dirty"], folder, f"{title}: dirty image")
             outputs += write_clean_products(images, folder, title)
         else:
-            make = dirty_cube if specmode == "cube" else dirty_image
-            image, gains = make(store, datasets, imsize, cell_arcsec, params)
+            make = dirty_cube if p.specmode == "cube" else dirty_image
+            image, gains = make(store, datasets, p.imsize, p.cell_arcsec, params)
             report_progress(2, n_stages)
-            kind = "cube" if specmode == "cube" else "image"
+            kind = "cube" if p.specmode == "cube" else "image"
             outputs = write_products(image, folder, f"{title}: dirty {kind}")
-        if calibrate or clean:
+        if p.calibrate or p.clean:
             report_progress(3, n_stages)
         if gains:
             outputs += stages.write_gain_products(gains, folder)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 from prefect import flow, task
-from pydantic import BaseModel, Field
 
 from radps_flows import provenance
 from radps_flows.cluster import task_runner_from_env
@@ -18,23 +17,11 @@ from radps_flows.core.synth import (
     synthesize_processing_set,
 )
 from radps_flows.manifest import store_manifest_name
+from radps_flows.parameters.base import flow_parameters
+from radps_flows.parameters.synthesize import SynthesizeParameters
 from radps_flows.pipelines.outputs import Output, file_output, publish_outputs
 from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
-
-_DEFAULTS = SynthesisSpec()
-"""Parameter defaults come from the core's spec: one place says what a default set is."""
-
-
-class Source(BaseModel):
-    """A point source, offset from the phase centre on the sky."""
-
-    flux_jy: float = Field(description="Flux density at the reference frequency (Jy).")
-    offset_ra_arcsec: float = Field(default=0.0, description="East offset (arcsec).")
-    offset_dec_arcsec: float = Field(default=0.0, description="North offset (arcsec).")
-    spectral_index: float = Field(default=0.0, description="S ~ (nu/nu_ref)**alpha.")
-
-    model_config = {"extra": "forbid"}
 
 
 @task(name="synthesize-visibilities")
@@ -85,77 +72,17 @@ def _truth(result) -> dict:
 
 
 @flow(name="synthesize", task_runner=task_runner_from_env(), log_prints=True)
-def synthesize(
-    output: str,
-    n_antennas: Annotated[int, Field(ge=2, le=4096)] = _DEFAULTS.n_antennas,
-    n_times: Annotated[int, Field(ge=1)] = _DEFAULTS.n_times,
-    n_channels: Annotated[int, Field(ge=1)] = _DEFAULTS.n_channels,
-    n_polarizations: Literal[1, 2, 4] = _DEFAULTS.n_polarizations,
-    integration_s: Annotated[float, Field(gt=0)] = _DEFAULTS.integration_s,
-    start_freq_hz: Annotated[float, Field(gt=0)] = _DEFAULTS.start_freq_hz,
-    channel_width_hz: Annotated[float, Field(gt=0)] = _DEFAULTS.channel_width_hz,
-    phase_centre_ra_deg: Annotated[float, Field(ge=0, lt=360)] = _DEFAULTS.phase_centre_ra_deg,
-    phase_centre_dec_deg: Annotated[float, Field(gt=-90, lt=90)] = _DEFAULTS.phase_centre_dec_deg,
-    array_radius_m: Annotated[float, Field(gt=0)] = _DEFAULTS.array_radius_m,
-    layout: Literal["y", "random"] = _DEFAULTS.layout,
-    sources: list[Source] | None = None,
-    gain_amplitude_rms: Annotated[float, Field(ge=0)] = _DEFAULTS.gain_amplitude_rms,
-    gain_phase_rms_deg: Annotated[float, Field(ge=0)] = _DEFAULTS.gain_phase_rms_deg,
-    noise_jy: Annotated[float, Field(ge=0)] = _DEFAULTS.noise_jy,
-    rfi_fraction: Annotated[float, Field(ge=0, le=1)] = _DEFAULTS.rfi_fraction,
-    rfi_amplitude_jy: Annotated[float, Field(ge=0)] = _DEFAULTS.rfi_amplitude_jy,
-    seed: int = _DEFAULTS.seed,
-    overwrite: bool = False,
-) -> list[dict[str, str]]:
-    """Simulated MSv4 processing set with known point sources, gains, noise and RFI.
-
-    Args:
-        output: Path of the processing set (zarr) to write; `.ps.zarr` is appended if missing.
-        n_antennas: Antennas in the array.
-        n_times: Integrations.
-        n_channels: Frequency channels.
-        n_polarizations: 1 (XX), 2 (XX YY) or 4 (XX XY YX YY).
-        integration_s: Integration time (s).
-        start_freq_hz: Frequency of the first channel (Hz).
-        channel_width_hz: Channel width (Hz).
-        phase_centre_ra_deg: Phase centre right ascension (deg, FK5).
-        phase_centre_dec_deg: Phase centre declination (deg, FK5).
-        array_radius_m: Size of the array (m).
-        layout: Antenna layout: VLA-like "y" or "random" in a disc.
-        sources: Point sources (default: one 1 Jy source at the phase centre).
-        gain_amplitude_rms: Per-antenna gain amplitude scatter (0: no gains).
-        gain_phase_rms_deg: Per-antenna gain phase scatter in degrees (0: no gains).
-        noise_jy: Gaussian noise per visibility, real and imaginary parts (Jy).
-        rfi_fraction: Fraction of time x channel cells hit by RFI.
-        rfi_amplitude_jy: Typical RFI amplitude (Jy).
-        seed: Random seed; the same seed gives the same data.
-        overwrite: Replace an existing processing set at `output` (and its truth and
-            manifest files) when this run completes.
-    """
-    points = tuple(PointSource(**s.model_dump()) for s in sources) if sources else None
+@flow_parameters(SynthesizeParameters)
+def synthesize(**arguments: Any) -> list[dict[str, str]]:
+    p = SynthesizeParameters(**arguments)
+    params = p.model_dump()
+    sky = {"sources": tuple(PointSource(**s) for s in params["sources"])} if p.sources else {}
     spec = SynthesisSpec(
-        n_antennas=n_antennas,
-        n_times=n_times,
-        n_channels=n_channels,
-        n_polarizations=n_polarizations,
-        integration_s=integration_s,
-        start_freq_hz=start_freq_hz,
-        channel_width_hz=channel_width_hz,
-        phase_centre_ra_deg=phase_centre_ra_deg,
-        phase_centre_dec_deg=phase_centre_dec_deg,
-        array_radius_m=array_radius_m,
-        layout=layout,
-        sources=points or _DEFAULTS.sources,
-        gain_amplitude_rms=gain_amplitude_rms,
-        gain_phase_rms_deg=gain_phase_rms_deg,
-        noise_jy=noise_jy,
-        rfi_fraction=rfi_fraction,
-        rfi_amplitude_jy=rfi_amplitude_jy,
-        seed=seed,
+        **{k: v for k, v in params.items() if k not in ("output", "overwrite", "sources")},
+        **sky,
     )
-    arguments = {k: v for k, v in locals().items() if k not in ("spec", "points")}
     report_progress(0, 1)
     run = provenance.of_this_run()
-    outputs = synthesize_visibilities.submit(output, overwrite, arguments, spec, run).result()
+    outputs = synthesize_visibilities.submit(p.output, p.overwrite, params, spec, run).result()
     report_progress(1, 1)
     return publish_outputs(outputs)

@@ -160,7 +160,7 @@ def _run_with_server(
     assert pipeline is not None, "validated before"
     config = dask_config(run.spec)  # reaches the blocks through the task runner
     provenance.set_local_run(run.metadata.name, run.spec.to_wire())
-    flow = pipeline.flow.with_options(
+    flow = pipeline.load_flow().with_options(
         task_runner=local_task_runner(config),
         retries=run.spec.retries,
         timeout_seconds=run.spec.timeout_seconds,

@@ -1,0 +1,125 @@
+"""Parameters of the `imaging` pipeline."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from radps_flows.parameter_rules import GRIDDER_MIN_PIXELS
+from radps_flows.parameters.base import PipelineParameters
+from radps_flows.parameters.common import (
+    DEFAULT_BLOCK_MB,
+    INPUT_SET,
+    OVERWRITE,
+    REFANT,
+    SOLINT,
+    Box,
+    ModelSource,
+    Solint,
+)
+
+
+class ImagingParameters(PipelineParameters):
+    """Image a MeasurementSet (Stokes I, MFS or a per-channel cube), optionally flagged,
+    calibrated and CLEANed (MFS)."""
+
+    pipeline: ClassVar[str] = "imaging"
+    flow: ClassVar[str] = "radps_flows.pipelines.imaging:imaging"
+
+    input: str = Field(description=f"{INPUT_SET} to image.")
+    output: str = Field(
+        description="Folder for the products (image.fits/png/zarr; with clean restored, "
+        "residual, model, psf FITS and PNG, images.zarr; with calibrate gains.zarr, gains.png)."
+    )
+    imsize: Annotated[int, Field(ge=GRIDDER_MIN_PIXELS, le=65536, multiple_of=2)] = Field(
+        512, description="Image width and height in pixels."
+    )
+    cell_arcsec: Annotated[float, Field(gt=0)] = Field(1.0, description="Pixel size in arcseconds.")
+    epsilon: Annotated[float, Field(ge=1e-7, le=1e-1)] = Field(
+        1e-4,
+        description="Gridding accuracy of ducc0's wgridder for the dirty image (1e-4: ~1e-5 Jy).",
+    )
+    specmode: Literal["mfs", "cube"] = Field(
+        "mfs",
+        description="mfs (one image over the band) or cube (one dirty image per channel, each "
+        "normalised by its own weights; all partitions must share one frequency axis).",
+    )
+    weighting: Literal["natural", "uniform", "briggs"] = Field(
+        "natural", description="natural, uniform or briggs (uniform and briggs need clean: true)."
+    )
+    robust: Annotated[float, Field(ge=-2, le=2)] = Field(
+        0.5, description="Briggs robustness (-2 ~ uniform, +2 ~ natural)."
+    )
+    flag: bool = Field(
+        False,
+        description="Flag RFI first: median/MAD clipping per baseline over each block's time x "
+        "frequency plane (NaN samples are always ignored).",
+    )
+    flag_threshold: Annotated[float, Field(gt=0)] = Field(
+        5.0, description="Clip at this many robust standard deviations."
+    )
+    calibrate: bool = Field(
+        False, description="Solve antenna gains with StEFCal against `model` and apply them."
+    )
+    model: list[ModelSource] | None = Field(
+        None,
+        description="Calibration model: point sources (default 1 Jy at the phase centre, as CASA).",
+    )
+    model_image: str | None = Field(
+        None,
+        description="Calibration model from a FITS image in Jy/pixel instead, such as the "
+        "model.fits of an earlier clean run on the same data (self-calibration).",
+    )
+    refant: str | None = Field(None, description=REFANT)
+    solint: Solint = Field("int", description=SOLINT)
+    minsnr: Annotated[float, Field(ge=0)] = Field(
+        3.0, description="Flag gain solutions below this SNR (and the data they calibrate)."
+    )
+    clean: bool = Field(
+        False,
+        description="Deconvolve with Hogbom CLEAN (major cycles through the visibilities).",
+    )
+    niter: Annotated[int, Field(ge=0)] = Field(
+        1000, description="Maximum number of CLEAN components."
+    )
+    clean_gain: Annotated[float, Field(gt=0, le=1)] = Field(0.1, description="CLEAN loop gain.")
+    threshold_jy: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="Stop when the residual peak is below this (Jy/beam)."
+    )
+    threshold_rms: Annotated[float, Field(ge=0)] = Field(
+        0.0,
+        description="Or below this many times the dirty image rms (see rms_box); the larger "
+        "of the two thresholds applies.",
+    )
+    rms_box: Box | None = Field(
+        None,
+        description="Box [x0, y0, x1, y1] (pixels, inclusive) where the rms is measured; "
+        "default a robust (MAD) estimate over the whole dirty image.",
+    )
+    mask: list[Box] | None = Field(
+        None,
+        description="CLEAN only inside these boxes [x0, y0, x1, y1] (pixels, inclusive).",
+    )
+    cyclefactor: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="Minor cycle depth, as tclean's."
+    )
+    max_major: Annotated[int, Field(ge=1)] = Field(
+        50, description="Maximum number of major cycles."
+    )
+    clean_epsilon: Annotated[float, Field(ge=1e-8, le=1e-2)] = Field(
+        1e-6,
+        description="Gridder accuracy inside CLEAN (residuals need more than dirty images).",
+    )
+    clean_visibilities: Literal["auto", "keep", "reread"] = Field(
+        "auto",
+        description="Between major cycles, keep the Stokes I samples on the Dask workers "
+        "(keep), or read, flag and calibrate the data again at each cycle, with the gains "
+        "solved once (reread: memory bounded by block_mb, one read per cycle more); auto "
+        "keeps them when they fill at most half of the cluster's memory.",
+    )
+    block_mb: Annotated[float, Field(gt=0)] = Field(
+        DEFAULT_BLOCK_MB,
+        description="Visibility megabytes per block of work (memory per worker thread ~4x this).",
+    )
+    overwrite: bool = Field(False, description=OVERWRITE)

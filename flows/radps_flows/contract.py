@@ -67,3 +67,29 @@ class DaskClusterConfig:
             idle_timeout_seconds=integer("IDLE_TIMEOUT_SECONDS", defaults.idle_timeout_seconds),
             address=environ.get(f"{DASK_ENV_PREFIX}ADDRESS") or None,
         )
+
+
+PROGRESS_COMPLETED_LABEL = "radps.io/progress-completed"
+PROGRESS_TOTAL_LABEL = "radps.io/progress-total"
+"""A flow run's stage progress, kept as labels on the flow run itself: the flow writes them
+(:mod:`radps_flows.progress`), the operator and `radps run` read them (:func:`read_progress`)."""
+
+
+def read_progress(
+    labels: Mapping[str, object] | None, *, run_completed: bool = False
+) -> tuple[int, int] | None:
+    """(completed, total) from a flow run's labels, or None before the first report. A
+    Completed run has done every stage, even while its last labels are still on their way."""
+    if not labels or PROGRESS_TOTAL_LABEL not in labels:
+        return None
+    try:
+        completed = int(str(labels.get(PROGRESS_COMPLETED_LABEL, 0)))
+        total = int(str(labels[PROGRESS_TOTAL_LABEL]))
+    except ValueError:
+        return None
+    return (total, total) if run_completed else (completed, total)
+
+
+def flow_run_url(ui_url: str, flow_run_id: object) -> str:
+    """Where Prefect's UI shows a flow run (`.status.prefect.url`, `radps run`'s link)."""
+    return f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"

@@ -18,8 +18,8 @@ from typing import Any
 from prefect.client.orchestration import get_client
 from prefect.context import get_run_context
 
-COMPLETED_LABEL = "radps.io/progress-completed"
-TOTAL_LABEL = "radps.io/progress-total"
+from radps_flows.contract import PROGRESS_COMPLETED_LABEL, PROGRESS_TOTAL_LABEL
+
 #: How long a flow's last report, or a process about to exit, waits for labels to land.
 FLUSH_TIMEOUT_SECONDS = 30.0
 
@@ -99,7 +99,7 @@ def _update_labels(flow_run_id: Any, completed: int, total: int) -> None:
     import httpx
     from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-    labels = {COMPLETED_LABEL: str(completed), TOTAL_LABEL: str(total)}
+    labels = {PROGRESS_COMPLETED_LABEL: str(completed), PROGRESS_TOTAL_LABEL: str(total)}
     with (
         temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}),
         get_client(sync_client=True) as client,
@@ -130,17 +130,3 @@ def report_progress(completed: int, total: int) -> None:
     if flow_run is None:
         return
     _SENDER.report(flow_run.id, completed, total)
-
-
-def read_progress(
-    labels: dict[str, object] | None, *, run_completed: bool = False
-) -> tuple[int, int] | None:
-    """(completed, total) from a flow run's labels, or None before the first report. A
-    Completed run has done every stage, even while its last labels are still on their way."""
-    if not labels or TOTAL_LABEL not in labels:
-        return None
-    try:
-        completed, total = int(str(labels.get(COMPLETED_LABEL, 0))), int(str(labels[TOTAL_LABEL]))
-    except ValueError:
-        return None
-    return (total, total) if run_completed else (completed, total)

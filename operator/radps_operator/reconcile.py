@@ -260,10 +260,8 @@ def format_duration(seconds: float) -> str:
 def _progress(snapshot: FlowRunSnapshot, previous: api.Progress | None) -> api.Progress | None:
     """From the labels (else as before); a Completed run has done every stage, even while
     its flow's last label write is still on its way."""
-    from radps_flows.progress import read_progress
-
     done = snapshot.state_type == COMPLETED
-    found = read_progress(snapshot.labels, run_completed=done)
+    found = contract.read_progress(snapshot.labels, run_completed=done)
     if found is None and previous is not None:
         found = (previous.total, previous.total) if done else (previous.completed, previous.total)
     if found is None:

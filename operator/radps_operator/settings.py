@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from radps_flows import contract
 from radps_operator import __version__, image_policy
 
 DEFAULT_API_URL = "http://radps-prefect-server:4200/api"
@@ -75,7 +76,7 @@ class OperatorSettings:
         return not self.namespaces
 
     def flow_run_url(self, flow_run_id: object) -> str:
-        return f"{self.prefect_ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
+        return contract.flow_run_url(self.prefect_ui_url, flow_run_id)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> OperatorSettings:

@@ -24,11 +24,19 @@ def test_the_contract_module_imports_only_the_standard_library():
 
 def test_the_operator_decides_without_prefect_or_dask():
     """reconcile (the operator's pure decisions) loads neither Prefect nor Dask, nor the
-    science stack, even when it sizes a run's Dask cluster; checked in a fresh interpreter."""
+    science stack, even when it sizes a run's Dask cluster or reads a flow run's progress;
+    checked in a fresh interpreter."""
     probe = (
-        "import sys; from radps_operator import reconcile, api; "
-        "reconcile.job_variables('ns', 'n', 'u', api.PipelineRunSpec(pipeline='imaging', "
-        "parameters={}), __import__('radps_operator.settings').settings.OperatorSettings()); "
+        "import sys; from datetime import UTC, datetime; "
+        "from radps_operator import reconcile, api, settings; "
+        "spec = api.PipelineRunSpec(pipeline='imaging', parameters={}); "
+        "reconcile.job_variables('ns', 'n', 'u', spec, settings.OperatorSettings()); "
+        "snap = reconcile.FlowRunSnapshot(id='f', name='n', state_type='RUNNING', "
+        "labels={'radps.io/progress-completed': '1', 'radps.io/progress-total': '3'}); "
+        "status = reconcile.status_from_flow_run(api.PipelineRunStatus(), snap, "
+        "now=datetime.now(UTC), settings=settings.OperatorSettings(), work_pool='p'); "
+        "assert status.progress.summary == '1/3', status.progress; "
+        "assert status.prefect.url.endswith('/runs/flow-run/f'), status.prefect.url; "
         "print(sorted(m for m in ('prefect', 'dask', 'distributed', 'prefect_dask', 'xradio', "
         "'ducc0') if m in sys.modules))"
     )
@@ -36,6 +44,14 @@ def test_the_operator_decides_without_prefect_or_dask():
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == "[]", loaded
+
+
+def test_progress_labels_read_back_as_written():
+    labels = {contract.PROGRESS_COMPLETED_LABEL: "2", contract.PROGRESS_TOTAL_LABEL: "4"}
+    assert contract.read_progress(labels) == (2, 4)
+    assert contract.read_progress(labels, run_completed=True) == (4, 4)
+    assert contract.read_progress({}) is None
+    assert contract.read_progress({contract.PROGRESS_TOTAL_LABEL: "x"}) is None
 
 
 HEAVY = ("prefect", "dask", "distributed", "prefect_dask", "xradio", "ducc0", "xarray", "numpy")

@@ -305,7 +305,7 @@ class _ProgressDisplay:
     def _refresh(self, client: Any = None) -> None:
         from prefect.client.orchestration import get_client
 
-        from radps_flows.progress import read_progress
+        from radps_flows.contract import read_progress
 
         try:
             if client is None:

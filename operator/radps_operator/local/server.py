@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from radps_flows import contract
 from radps_operator.local.home import prefect_base_env
 
 DEFAULT_PORT = 4200
@@ -40,7 +41,7 @@ class LocalServer:
     log_path: Path | None = None
 
     def flow_run_link(self, flow_run_id: object) -> str:
-        return f"{self.ui_url}/runs/flow-run/{flow_run_id}"
+        return contract.flow_run_url(self.ui_url, flow_run_id)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Callable
@@ -70,6 +71,19 @@ class Tracked:
 
     def ref(self) -> dict[str, str]:
         return {"namespace": self.namespace, "name": self.name, "uid": self.uid}
+
+
+class Deadline(enum.Enum):
+    """A deadline of a run that has passed, each with its own action."""
+
+    START = "start"
+    """Not running spec.startDeadlineSeconds after creation: Failed, flow run cancelled."""
+    CANCEL_GRACE = "cancel-grace"
+    """Cancelling for settings.cancel_grace_seconds: forced Cancelled, Jobs removed."""
+    TTL = "ttl"
+    """spec.ttlSecondsAfterFinished after finishing: the PipelineRun is deleted."""
+    TIMEOUT = "timeout"
+    """spec.timeoutSeconds after starting: TimedOut, flow run cancelled."""
 
 
 @dataclass(frozen=True)
@@ -201,21 +215,35 @@ class Follower:
         self._event_tasks.add(task)
         task.add_done_callback(self._event_tasks.discard)
 
+    def next_status(
+        self,
+        run: Tracked,
+        snapshot: r.FlowRunSnapshot,
+        outputs: list[dict[str, Any]] | None = None,
+        now: datetime | None = None,
+    ) -> api.PipelineRunStatus:
+        """The status ``run`` gets from a read of its flow run (no I/O: the pods' reasons for
+        a failure are added by :meth:`apply`)."""
+        now = now or utcnow()
+        new = r.status_from_flow_run(
+            run.status,
+            snapshot,
+            now=now,
+            settings=self.settings,
+            work_pool=run.work_pool,
+            outputs=outputs,
+            generation=run.generation,
+        )
+        if not self._reachable or r.get_condition(run.status, r.PREFECT_REACHABLE):
+            new = r.reachability_status(new, True, None, now)
+        return new
+
     async def apply(
         self, run: Tracked, snapshot: r.FlowRunSnapshot, outputs: list[dict[str, Any]] | None
     ) -> None:
+        """A read of the run's flow run in; its status patch (and Event) out."""
         async with run.lock:
-            new = r.status_from_flow_run(
-                run.status,
-                snapshot,
-                now=utcnow(),
-                settings=self.settings,
-                work_pool=run.work_pool,
-                outputs=outputs,
-                generation=run.generation,
-            )
-            if not self._reachable or r.get_condition(run.status, r.PREFECT_REACHABLE):
-                new = r.reachability_status(new, True, None, utcnow())
+            new = self.next_status(run, snapshot, outputs)
             if new.phase in (api.Phase.FAILED, api.Phase.CRASHED) and not r.is_finished(run.status):
                 new = await self._with_pod_reasons(run, new)
             state_changed = (run.status.prefect is None) or run.status.prefect.state != (
@@ -286,13 +314,19 @@ class Follower:
             await self._deadlines()
             self._count_phases()
 
-    async def _refresh(self, everything: bool) -> None:
+    def reads_due(self, everything: bool) -> list[str]:
+        """The flow runs to read now (and forget as due): those events named, or, on a resync,
+        every unfinished run's."""
         if everything:
             ids = [run.flow_run_id for run in self.runs.values() if run.flow_run_id]
             ids = [i for i in ids if not r.is_finished(self.runs[self.by_flow_run[i]].status)]
             self._dirty.clear()
         else:
             ids, self._dirty = list(self._dirty), set()
+        return ids
+
+    async def _refresh(self, everything: bool) -> None:
+        ids = self.reads_due(everything)
         if not ids:
             return
         try:
@@ -475,47 +509,58 @@ class Follower:
         if removed:
             log.info("deleted Jobs %s of failed run %s/%s", removed, run.namespace, run.name)
 
+    def deadline_due(self, run: Tracked, now: datetime, clock: float) -> Deadline | None:
+        """Which of the run's deadlines has passed at ``now`` (``clock``: monotonic seconds,
+        for the cancel grace counted from when this operator first saw it Cancelling)."""
+        start_by = r.start_deadline(
+            run.spec, run.status, run.created, self.settings.start_deadline_seconds
+        )
+        if start_by is not None and now >= start_by:
+            return Deadline.START
+        if run.status.phase == api.Phase.CANCELLING and run.flow_run_id:
+            run.cancelling_since = run.cancelling_since or clock
+            if clock - run.cancelling_since >= self.settings.cancel_grace_seconds:
+                return Deadline.CANCEL_GRACE
+        else:
+            run.cancelling_since = None
+        ttl = r.ttl_deadline(run.spec, run.status)
+        if ttl is not None and now >= ttl:
+            return Deadline.TTL
+        deadline = r.timeout_deadline(run.spec, run.status, run.created)
+        if (
+            deadline is not None
+            and now >= deadline
+            and run.status.phase != api.Phase.TIMED_OUT
+            and run.flow_run_id
+        ):
+            return Deadline.TIMEOUT
+        return None
+
     async def _deadlines(self) -> None:
-        now = utcnow()
+        now, clock = utcnow(), time.monotonic()
         for run in list(self.runs.values()):
             try:
-                start_by = r.start_deadline(
-                    run.spec, run.status, run.created, self.settings.start_deadline_seconds
-                )
-                if start_by is not None and now >= start_by:
+                due = self.deadline_due(run, now, clock)
+                if due is Deadline.START:
                     await self.fail_to_start(run)
-                    continue
-                if await self._cancel_overdue(run):
-                    continue
-                ttl = r.ttl_deadline(run.spec, run.status)
-                if ttl is not None and now >= ttl:
+                elif due is Deadline.CANCEL_GRACE:
+                    await self.force_cancel(run)
+                elif due is Deadline.TTL:
                     log.info("TTL: deleting %s/%s", run.namespace, run.name)
                     self.untrack(run.uid)
                     await self.kube.delete_run(run.namespace, run.name)
-                    continue
-                deadline = r.timeout_deadline(run.spec, run.status, run.created)
-                if (
-                    deadline is not None
-                    and now >= deadline
-                    and run.status.phase != api.Phase.TIMED_OUT
-                    and run.flow_run_id
-                ):
+                elif due is Deadline.TIMEOUT:
                     await self.time_out(run)
             except PrefectUnavailable:
                 return
             except Exception as exc:
                 log.warning("deadlines of %s/%s: %r", run.namespace, run.name, exc)
 
-    async def _cancel_overdue(self, run: Tracked) -> bool:
-        """End a cancellation its worker does not complete (settings.cancel_grace_seconds):
+    async def force_cancel(self, run: Tracked) -> None:
+        """End a cancellation its worker did not complete (settings.cancel_grace_seconds):
         Cancelled in Prefect, the Jobs removed; the next read makes the run Cancelled."""
-        if run.status.phase != api.Phase.CANCELLING or not run.flow_run_id:
-            run.cancelling_since = None
-            return False
-        run.cancelling_since = run.cancelling_since or time.monotonic()
+        assert run.flow_run_id
         grace = self.settings.cancel_grace_seconds
-        if time.monotonic() - run.cancelling_since < grace:
-            return False
         message = f"radps: its worker did not stop it within {grace:.0f} s; its Jobs are removed"
         await self.gateway.force_cancelled(run.flow_run_id, message)
         await self.remove_jobs(run)
@@ -523,7 +568,6 @@ class Follower:
         run.cancelling_since = None
         self._dirty.add(run.flow_run_id)
         self._wake.set()
-        return True
 
     async def fail_to_start(self, run: Tracked) -> None:
         seconds = run.spec.start_deadline_seconds or self.settings.start_deadline_seconds

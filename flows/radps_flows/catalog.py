@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
-from radps_flows import parameter_rules
 from radps_flows.parameter_rules import ParameterError, brief
 from radps_flows.parameters.base import PipelineParameters
 from radps_flows.parameters.calibration import CalibrationParameters
@@ -48,6 +47,8 @@ class Pipeline:
     description: str
     parameter_schema: dict[str, Any]
     """JSON schema of the parameters; unknown parameters are errors."""
+    parameters: type[PipelineParameters]
+    """The parameter model: its data parameters and rules besides the schema."""
 
     @classmethod
     def of(cls, model: type[PipelineParameters]) -> Pipeline:
@@ -57,6 +58,7 @@ class Pipeline:
             flow_name=model.pipeline,
             description=model.description(),
             parameter_schema=model.parameter_schema(),
+            parameters=model,
         )
 
     def load_flow(self) -> Flow:
@@ -75,17 +77,14 @@ def get_pipeline(name: str) -> Pipeline | None:
 
 
 def validate_parameters(pipeline: Pipeline, parameters: dict[str, Any]) -> list[ParameterError]:
-    """Every way `parameters` break the pipeline's schema or its rules
-    (:mod:`radps_flows.parameter_rules`), each with its exact path and what is expected."""
+    """Every way `parameters` break the pipeline's schema or its rules (its model's
+    :meth:`~radps_flows.parameters.base.PipelineParameters.check`), each with its exact path
+    and what is expected."""
     schema = pipeline.parameter_schema
     errors = _schema_errors(schema, parameters, pipeline.name)
     defaults = {k: p["default"] for k, p in schema["properties"].items() if "default" in p}
     failed = {e.path for e in errors}
-    errors += [
-        e
-        for e in parameter_rules.check(pipeline.name, parameters, defaults)
-        if e.path not in failed
-    ]
+    errors += [e for e in pipeline.parameters.check(parameters, defaults) if e.path not in failed]
     return errors
 
 

@@ -1,9 +1,10 @@
-"""Rules on pipeline parameters that a JSON schema cannot say: one parameter against another,
-and where data may be read and written.
+"""Rules on pipeline parameters that a JSON schema cannot say: where data may be read and
+written, and the checks that pipelines' own rules share (one parameter against another).
 
-The one implementation: `radps validate`, the operator (before anything reaches Prefect) and
-each flow (at run time, for a flow started some other way) call :func:`check`. Import-free on
-purpose (standard library only), so the operator loads it without the science stack.
+Each pipeline's parameter model (:mod:`radps_flows.parameters`) names its data parameters and
+its rules; :meth:`radps_flows.parameters.base.PipelineParameters.check` applies them, and
+`radps validate`, the operator (before anything reaches Prefect) and each flow (at run time,
+for a flow started some other way) call it. Standard library only.
 
 Paths are checked lexically here (the operator cannot see the pods' filesystem); `radps run`
 passes paths it has already resolved (symlinks included), see
@@ -35,13 +36,6 @@ class DataParameters:
     outputs: tuple[str, ...]
 
 
-DATA_PARAMETERS: dict[str, DataParameters] = {
-    "synthesize": DataParameters(inputs=(), outputs=("output",)),
-    "imaging": DataParameters(inputs=("input", "model_image"), outputs=("output",)),
-    "calibration": DataParameters(inputs=("input", "model_image"), outputs=("output",)),
-    "flagging": DataParameters(inputs=("input",), outputs=("output",)),
-}
-
 SYSTEM_TREES = ("/proc", "/sys", "/dev", "/etc", "/boot", "/bin", "/sbin", "/lib", "/usr")
 """Never data: reading them leaks the host's or pod's secrets, writing them breaks it."""
 
@@ -49,29 +43,9 @@ GRIDDER_MIN_PIXELS = 16
 """ducc0's wgridder needs an even image of at least 16 pixels a side."""
 
 
-def check(
-    pipeline: str, parameters: Mapping[str, Any], defaults: Mapping[str, Any]
-) -> list[ParameterError]:
-    """Every rule `parameters` (with `defaults` for what they leave out) break. Values of the
-    wrong type are skipped: the schema reports those."""
-    values = {**defaults, **parameters}
-    errors = _path_errors(DATA_PARAMETERS.get(pipeline), values)
-    rules = _RULES.get(pipeline)
-    if rules is not None:
-        errors += rules(values)
-    return errors
-
-
-def raise_if_invalid(pipeline: str, parameters: Mapping[str, Any]) -> None:
-    """For a flow at run time: its own arguments (defaults already applied)."""
-    errors = check(pipeline, parameters, {})
-    if errors:
-        raise ValueError("; ".join(f"{e.path}: {e.message}" for e in errors))
-
-
-def _path_errors(data: DataParameters | None, values: Mapping[str, Any]) -> list[ParameterError]:
-    if data is None:
-        return []
+def path_errors(data: DataParameters, values: Mapping[str, Any]) -> list[ParameterError]:
+    """Data parameters that name no place a run may read (or write), or outputs that
+    overlap inputs."""
     errors = []
     paths: dict[str, str] = {}
     for name in data.inputs + data.outputs:
@@ -136,7 +110,7 @@ def _inside(path: str, folder: str) -> bool:
     return path.startswith(folder.rstrip("/") + "/")
 
 
-def _box_errors(name: str, box: Any, imsize: int) -> list[ParameterError]:
+def box_errors(name: str, box: Any, imsize: int) -> list[ParameterError]:
     if not (isinstance(box, list) and len(box) == 4 and all(type(v) is int for v in box)):
         return []
     x0, y0, x1, y1 = box
@@ -151,39 +125,10 @@ def _box_errors(name: str, box: Any, imsize: int) -> list[ParameterError]:
     return []
 
 
-def _model_errors(values: Mapping[str, Any]) -> list[ParameterError]:
+def model_errors(values: Mapping[str, Any]) -> list[ParameterError]:
     if values.get("model") and values.get("model_image"):
         return [ParameterError("model_image", "give the model as model or model_image, not both")]
     return []
-
-
-def _imaging_errors(values: Mapping[str, Any]) -> list[ParameterError]:
-    errors = _model_errors(values)
-    clean = values.get("clean") is True
-    if values.get("weighting") in ("uniform", "briggs") and not clean:
-        errors.append(
-            ParameterError(
-                "weighting",
-                f"{values['weighting']} weighting is implemented with clean: true "
-                "(set clean: true, or weighting: natural)",
-            )
-        )
-    if values.get("specmode") == "cube" and clean:
-        errors.append(
-            ParameterError("clean", "specmode cube makes dirty cubes only: set clean: false")
-        )
-    imsize = values.get("imsize")
-    if type(imsize) is not int or imsize < GRIDDER_MIN_PIXELS or imsize % 2:
-        return errors  # the schema says why
-    errors += _box_errors("rms_box", values.get("rms_box"), imsize)
-    mask = values.get("mask")
-    if isinstance(mask, list):
-        for i, box in enumerate(mask):
-            errors += _box_errors(f"mask.{i}", box, imsize)
-    return errors
-
-
-_RULES = {"imaging": _imaging_errors, "calibration": _model_errors}
 
 
 def brief(value: Any) -> str:

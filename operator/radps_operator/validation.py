@@ -299,11 +299,13 @@ def check_local_paths(
     """For `radps run`, where the data are on this machine: inputs exist (or are the outputs
     of runs earlier in the same command, `produced`, resolved), and the overlap rules hold for
     the paths as resolved (symlinks followed), which a lexical check misses."""
-    from radps_flows.parameter_rules import DATA_PARAMETERS, check_resolved_overlap
+    from radps_flows.catalog import get_pipeline
+    from radps_flows.parameter_rules import check_resolved_overlap
 
-    data = DATA_PARAMETERS.get(spec.pipeline)
-    if data is None:
+    pipeline = get_pipeline(spec.pipeline)
+    if pipeline is None:
         return []
+    data = pipeline.parameters.data
     errors = []
     resolved = {}
     for name in data.inputs + data.outputs:
@@ -323,9 +325,11 @@ def check_local_paths(
 
 def local_outputs(spec: api.PipelineRunSpec) -> list[str]:
     """Where a run's products will be, resolved: inputs of the runs after it may name them."""
-    from radps_flows.parameter_rules import DATA_PARAMETERS
+    from radps_flows.catalog import get_pipeline
 
-    data = DATA_PARAMETERS.get(spec.pipeline)
-    outputs = [spec.parameters.get(name) for name in (data.outputs if data else ())]
+    pipeline = get_pipeline(spec.pipeline)
+    outputs = [
+        spec.parameters.get(name) for name in (pipeline.parameters.data.outputs if pipeline else ())
+    ]
     paths = [os.path.realpath(p) for p in outputs if isinstance(p, str)]
     return paths + [p + ".ps.zarr" for p in paths if spec.pipeline == "synthesize"]

@@ -10,10 +10,12 @@ compares them).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+from radps_flows.parameter_rules import DataParameters, ParameterError, path_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,6 +29,31 @@ class PipelineParameters(BaseModel):
     """The name a PipelineRun's spec.pipeline gives."""
     flow: ClassVar[str]
     """`module:function` of the Prefect flow, what a deployment points at."""
+    data: ClassVar[DataParameters]
+    """Which parameters name data: read (never written or removed by a run) and written."""
+
+    @classmethod
+    def rules(cls, values: Mapping[str, Any]) -> list[ParameterError]:
+        """What the JSON schema cannot say: one parameter against another. ``values`` are
+        the parameters with the defaults; values of the wrong type are skipped (the schema
+        reports those)."""
+        return []
+
+    @classmethod
+    def check(
+        cls, parameters: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+    ) -> list[ParameterError]:
+        """Every rule ``parameters`` (with ``defaults`` for what they leave out) break: the
+        places data may be read and written, and :meth:`rules`."""
+        values = {**(defaults or {}), **parameters}
+        return path_errors(cls.data, values) + cls.rules(values)
+
+    @classmethod
+    def raise_if_invalid(cls, parameters: Mapping[str, Any]) -> None:
+        """For a flow at run time: its own arguments (defaults already applied)."""
+        errors = cls.check(parameters)
+        if errors:
+            raise ValueError("; ".join(f"{e.path}: {e.message}" for e in errors))
 
     @classmethod
     def description(cls) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
 
+from radps_flows.parameter_rules import DataParameters, ParameterError, model_errors
 from radps_flows.parameters.base import PipelineParameters
 from radps_flows.parameters.common import (
     DEFAULT_BLOCK_MB,
@@ -23,6 +25,9 @@ class CalibrationParameters(PipelineParameters):
 
     pipeline: ClassVar[str] = "calibration"
     flow: ClassVar[str] = "radps_flows.pipelines.calibration:calibration"
+    data: ClassVar[DataParameters] = DataParameters(
+        inputs=("input", "model_image"), outputs=("output",)
+    )
 
     input: str = Field(description=f"{INPUT_SET} to calibrate.")
     output: str = Field(
@@ -47,3 +52,7 @@ class CalibrationParameters(PipelineParameters):
         DEFAULT_BLOCK_MB, description="Visibility megabytes per block of work."
     )
     overwrite: bool = Field(False, description=OVERWRITE)
+
+    @classmethod
+    def rules(cls, values: Mapping[str, Any]) -> list[ParameterError]:
+        return model_errors(values)

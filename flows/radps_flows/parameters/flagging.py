@@ -6,6 +6,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field
 
+from radps_flows.parameter_rules import DataParameters
 from radps_flows.parameters.base import PipelineParameters
 from radps_flows.parameters.common import DEFAULT_BLOCK_MB, INPUT_SET, OVERWRITE
 
@@ -15,6 +16,7 @@ class FlaggingParameters(PipelineParameters):
 
     pipeline: ClassVar[str] = "flagging"
     flow: ClassVar[str] = "radps_flows.pipelines.flagging:flagging"
+    data: ClassVar[DataParameters] = DataParameters(inputs=("input",), outputs=("output",))
 
     input: str = Field(description=f"{INPUT_SET} to flag.")
     output: str = Field(

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from radps_flows.parameter_rules import GRIDDER_MIN_PIXELS
+from radps_flows.parameter_rules import (
+    GRIDDER_MIN_PIXELS,
+    DataParameters,
+    ParameterError,
+    box_errors,
+    model_errors,
+)
 from radps_flows.parameters.base import PipelineParameters
 from radps_flows.parameters.common import (
     DEFAULT_BLOCK_MB,
@@ -26,6 +33,9 @@ class ImagingParameters(PipelineParameters):
 
     pipeline: ClassVar[str] = "imaging"
     flow: ClassVar[str] = "radps_flows.pipelines.imaging:imaging"
+    data: ClassVar[DataParameters] = DataParameters(
+        inputs=("input", "model_image"), outputs=("output",)
+    )
 
     input: str = Field(description=f"{INPUT_SET} to image.")
     output: str = Field(
@@ -123,3 +133,29 @@ class ImagingParameters(PipelineParameters):
         description="Visibility megabytes per block of work (memory per worker thread ~4x this).",
     )
     overwrite: bool = Field(False, description=OVERWRITE)
+
+    @classmethod
+    def rules(cls, values: Mapping[str, Any]) -> list[ParameterError]:
+        errors = model_errors(values)
+        clean = values.get("clean") is True
+        if values.get("weighting") in ("uniform", "briggs") and not clean:
+            errors.append(
+                ParameterError(
+                    "weighting",
+                    f"{values['weighting']} weighting is implemented with clean: true "
+                    "(set clean: true, or weighting: natural)",
+                )
+            )
+        if values.get("specmode") == "cube" and clean:
+            errors.append(
+                ParameterError("clean", "specmode cube makes dirty cubes only: set clean: false")
+            )
+        imsize = values.get("imsize")
+        if type(imsize) is not int or imsize < GRIDDER_MIN_PIXELS or imsize % 2:
+            return errors  # the schema says why
+        errors += box_errors("rms_box", values.get("rms_box"), imsize)
+        mask = values.get("mask")
+        if isinstance(mask, list):
+            for i, box in enumerate(mask):
+                errors += box_errors(f"mask.{i}", box, imsize)
+        return errors

@@ -8,6 +8,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from radps_flows.parameter_rules import DataParameters
 from radps_flows.parameters.base import PipelineParameters
 
 
@@ -27,6 +28,7 @@ class SynthesizeParameters(PipelineParameters):
 
     pipeline: ClassVar[str] = "synthesize"
     flow: ClassVar[str] = "radps_flows.pipelines.synthesize:synthesize"
+    data: ClassVar[DataParameters] = DataParameters(inputs=(), outputs=("output",))
 
     output: str = Field(
         description="Path of the processing set (zarr) to write; `.ps.zarr` is appended if missing."

@@ -13,7 +13,6 @@ from typing import Any
 import xarray as xr
 from prefect import flow, task
 
-from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import blocks as blk
 from radps_flows.core import calibration as cal
@@ -83,7 +82,7 @@ def apply(
 def calibration(**arguments: Any) -> list[dict[str, str]]:
     p = CalibrationParameters(**arguments)
     params = p.model_dump()
-    parameter_rules.raise_if_invalid("calibration", params)
+    CalibrationParameters.raise_if_invalid(params)
     inputs = {"input": p.input, "model_image": p.model_image}
     with transactional_output("calibration", p.output, p.overwrite, params, inputs) as transaction:
         folder = str(transaction.folder)

@@ -18,7 +18,6 @@ import xarray as xr
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
-from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core.flagging import flag_dataset
 from radps_flows.parameters.base import flow_parameters
@@ -81,7 +80,7 @@ def _counts(ds: xr.Dataset, dest: Path, name: str, ex) -> dict:
 def flagging(**arguments: Any) -> list[dict[str, str]]:
     p = FlaggingParameters(**arguments)
     params = p.model_dump()
-    parameter_rules.raise_if_invalid("flagging", params)
+    FlaggingParameters.raise_if_invalid(params)
     inputs = {"input": p.input}
     with transactional_output("flagging", p.output, p.overwrite, params, inputs) as transaction:
         folder = str(transaction.folder)

@@ -19,7 +19,6 @@ from typing import Any
 import xarray as xr
 from prefect import flow, task
 
-from radps_flows import parameter_rules
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import blocks as blk
 from radps_flows.core import imager, products
@@ -153,7 +152,7 @@ def write_clean_products(images: xr.Dataset, output: str, title: str) -> list[Ou
 def imaging(**arguments: Any) -> list[dict[str, str]]:
     p = ImagingParameters(**arguments)
     params = p.model_dump()
-    parameter_rules.raise_if_invalid("imaging", params)
+    ImagingParameters.raise_if_invalid(params)
     inputs = {"input": p.input, "model_image": p.model_image}
     with transactional_output("imaging", p.output, p.overwrite, params, inputs) as transaction:
         folder = str(transaction.folder)

@@ -447,6 +447,15 @@ def psf_block(
     return _sum(p.vis, np.ones(p.vis.vis.shape, dtype=np.complex128), grid)
 
 
+def psf_and_residual_block(
+    p: Prepared | Reread, grid: Grid, density: np.ndarray | None = None
+) -> tuple[core_imaging.DirtySum, core_imaging.DirtySum]:
+    """The block's partial PSF and dirty image from one making of its samples (one read of
+    a reread block instead of two)."""
+    p = samples(p, density)
+    return psf_block(p, grid), residual_block(p, grid)
+
+
 def density_block(p: Prepared, grid: Grid) -> np.ndarray:
     v = p.vis
     return weighting.weight_density(
@@ -469,15 +478,4 @@ def total(ex: Executor, handles: Sequence) -> Any:
     out = None
     for _, result in ex.completed(handles):
         out = result if out is None else out + result
-    return out
-
-
-def sums_by_dataset(
-    ex: Executor, handles: Sequence, blocks: Sequence[Block], datasets: int, imsize: int
-) -> list[core_imaging.DirtySum]:
-    """Partial images summed per dataset the blocks were planned from (the image attributes
-    are per dataset), one for each of the ``datasets``; one without blocks is empty."""
-    out = [core_imaging.DirtySum(image=np.zeros((imsize, imsize))) for _ in range(datasets)]
-    for i, result in ex.completed(handles):
-        out[blocks[i].dataset] = out[blocks[i].dataset] + result
     return out

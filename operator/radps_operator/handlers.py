@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from radps_operator.prefect_gateway import (
     PrefectGateway,
     PrefectRejected,
     PrefectUnavailable,
+    busy_retry_delay,
 )
 from radps_operator.run_network import ensure_run_network_policy
 from radps_operator.settings import OperatorSettings
@@ -164,11 +164,6 @@ def _retry_delay(retry: int) -> float:
     return float(min(2 ** min(retry, 5), 30))
 
 
-def _busy_delay(retry: int) -> float:
-    """An overloaded Prefect answers again within moments; jitter spreads the retries."""
-    return min(0.2 * 2 ** min(retry, 5), 5.0) * random.uniform(0.5, 1.5)
-
-
 @kopf.on.resume(*RESOURCE, registry=registry)
 @kopf.on.create(*RESOURCE, registry=registry)
 async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
@@ -225,7 +220,7 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
         rt.follower.post_event(run, "Warning", r.PREFECT_REJECTED, message)
         return
     except PrefectBusy as exc:
-        raise kopf.TemporaryError(f"Prefect busy: {exc}", delay=_busy_delay(retry)) from exc
+        raise kopf.TemporaryError(f"Prefect busy: {exc}", delay=busy_retry_delay(retry)) from exc
     except PrefectUnavailable as exc:
         why = str(exc)[:500]
         await rt.follower.update(run, lambda s: r.reachability_status(s, False, why, utcnow()))

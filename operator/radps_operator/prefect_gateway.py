@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -103,6 +104,17 @@ def _output_rows(artifact: Any) -> list[dict[str, str]] | None:
         for row in data
         if isinstance(row, dict)
     ]
+
+
+def busy_retry_delay(retry: int) -> float:
+    """Seconds before the ``retry``-th attempt of a call Prefect refused as busy (503, 429):
+    an overloaded server answers again within moments; jitter spreads the retries."""
+    return min(0.2 * 2 ** min(retry, 5), 5.0) * random.uniform(0.5, 1.5)
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is Prefect saying it is busy (SQLite's "database is locked" is a 503)."""
+    return _unavailable(exc) is PrefectBusy
 
 
 class PrefectGateway:

@@ -103,6 +103,12 @@ def _arraycore(args: argparse.Namespace) -> dict:
                 entry: dict = {"data": info}
                 entry["imaging"] = arraycore.imaging(path, n_vis)
                 print(" imaging", json.dumps(entry["imaging"]["ratio_vs_ducc0"]), flush=True)
+                entry["clean"] = arraycore.clean(path, n_vis)
+                print(
+                    " clean per pass / ducc0 pass",
+                    round(entry["clean"]["clean_per_pass_vs_ducc0_pass"], 2),
+                    flush=True,
+                )
                 entry["calibration"] = arraycore.calibration(path, n_vis)
                 print(" calibration x", round(entry["calibration"]["speedup_vs_reference"], 1))
                 entry["flagging"] = arraycore.flagging(path, n_vis)

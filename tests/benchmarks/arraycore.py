@@ -156,6 +156,89 @@ def imaging(path: Path, n_vis: int) -> dict:
     }
 
 
+def clean(path: Path, n_vis: int, niter: int = 1000) -> dict:
+    """The CLEAN driver (serial, visibilities kept) at IMSIZE, Hogbom niter 1000 gain 0.1
+    threshold 0, against its parts measured in the same run: one degrid + grid pass of ducc0
+    alone on the same prepared samples (what each major cycle should cost) and the minor
+    cycles alone on the dirty image."""
+    from radps_flows.core.clean import hogbom
+    from radps_flows.core.imager import CANDIDATE_FRACTION, make_clean_image
+
+    cell = math.radians(CELL_ARCSEC / 3600)
+    datasets = open_processing_set(path)
+    images, t_clean = _timed(
+        make_clean_image,
+        datasets,
+        imsize=IMSIZE,
+        cell_arcsec=CELL_ARCSEC,
+        niter=niter,
+        gain=0.1,
+        threshold_jy=0.0,
+        visibilities="keep",
+    )
+    cycles = int(images.attrs["clean_major_cycles"])
+    # one major cycle's data work, ducc0 alone: predict the model, grid the residual
+    model = images["model"].values
+    t_pass = 0.0
+    for b in blk.plan_blocks(None, datasets):
+        v = blk.prepare_block(b, blk.Steps()).vis
+        w = np.ascontiguousarray(v.weight, dtype=np.float64)
+        t0 = time.perf_counter()
+        predicted = ducc0.wgridder.dirty2vis(
+            uvw=v.uvw,
+            freq=v.freq,
+            dirty=np.ascontiguousarray(model.T),
+            pixsize_x=cell,
+            pixsize_y=cell,
+            epsilon=1e-6,
+            do_wgridding=True,
+            flip_v=True,
+            divide_by_n=False,
+            nthreads=1,
+        )
+        ducc0.wgridder.vis2dirty(
+            uvw=v.uvw,
+            freq=v.freq,
+            vis=np.ascontiguousarray(v.vis - predicted),
+            wgt=w,
+            npix_x=IMSIZE,
+            npix_y=IMSIZE,
+            pixsize_x=cell,
+            pixsize_y=cell,
+            epsilon=1e-6,
+            do_wgridding=True,
+            flip_v=True,
+            divide_by_n=False,
+            nthreads=1,
+        )
+        t_pass += time.perf_counter() - t0
+    dirty, psf = images["dirty"].values, images["psf"].values
+    peak = float(np.abs(dirty).max())
+    (_, _, n), t_minor = _timed(
+        hogbom,
+        dirty,
+        psf,
+        gain=0.1,
+        threshold=0.1 * peak,
+        niter=niter,
+        floor=CANDIDATE_FRACTION * 0.1 * peak,
+    )
+    passes = cycles + 1  # the PSF with the first residual, then one per major cycle
+    return {
+        "imsize": IMSIZE,
+        "niter": niter,
+        "components": int(images.attrs["clean_iterations"]),
+        "major_cycles": cycles,
+        "seconds": {
+            "clean": t_clean,
+            "ducc0_degrid_grid_pass": t_pass,
+            "one_minor_cycle": t_minor,
+        },
+        "minor_cycle_components": n,
+        "clean_per_pass_vs_ducc0_pass": t_clean / passes / t_pass,
+    }
+
+
 def _reference_solve(ds, n_intervals: int) -> float:
     """Plain-numpy StEFCal on the first ``n_intervals`` integrations; returns seconds."""
     names, ant1, ant2 = cal.baseline_indices(ds)

@@ -106,3 +106,31 @@ def test_restore_conserves_flux():
     assert restored[30, 33] == pytest.approx(2.0)
     area = math.pi * 6.0 * 4.0 / (4 * math.log(2))
     assert restored.sum() == pytest.approx(2.0 * area, rel=1e-3)
+
+
+def test_the_minor_cycles_window_finds_what_the_whole_image_does():
+    """Compact emission: the window around the pixels above the floor holds every component
+    the whole-image search takes, in the same order (a Gaussian PSF has no sidelobe that
+    could raise a pixel outside)."""
+    n = 256
+    psf = gaussian_image((n, n), Beam(5.0, 3.0, 30.0), 1.0, (n // 2, n // 2))
+    rng = np.random.default_rng(7)
+    dirty = rng.normal(size=(n, n)) * 1e-4
+    for flux, y, x in [(1.0, 100, 120), (0.6, 130, 90), (0.3, 110, 140)]:
+        dirty += flux * gaussian_image((n, n), Beam(5.0, 3.0, 30.0), 1.0, (y, x))
+    whole, _, n_whole = hogbom(dirty, psf, gain=0.1, threshold=0.05, niter=500)
+    window, res, n_window = hogbom(dirty, psf, gain=0.1, threshold=0.05, niter=500, floor=0.025)
+    assert n_window == n_whole > 50
+    np.testing.assert_array_equal(window, whole)
+    assert np.abs(res[:40, :40] - dirty[:40, :40]).max() == 0  # outside the window: untouched
+
+
+def test_an_image_sized_psf_subtracts_where_it_reaches():
+    """As CASA's: the PSF is the image's size; a component near a corner subtracts the part
+    of the PSF that overlaps the image."""
+    n = 32
+    psf = gaussian_image((n, n), Beam(3.0, 3.0, 0.0), 1.0, (n // 2, n // 2))
+    source = 0.5 * gaussian_image((n, n), Beam(3.0, 3.0, 0.0), 1.0, (2, 3))
+    model, res, done = hogbom(source, psf, gain=1.0, threshold=1e-9, niter=1)
+    assert done == 1 and model[2, 3] == pytest.approx(0.5)
+    assert np.abs(res).max() < 1e-12  # the Gaussian's overlap with the image is all of it

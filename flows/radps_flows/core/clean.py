@@ -77,46 +77,54 @@ def hogbom(
     mask: np.ndarray | None = None,
     floor: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Hogbom minor cycle: subtract ``gain * peak * PSF`` at the peak of ``|residual|`` until
-    the peak is below ``threshold`` or ``niter`` components were taken.
+    """Hogbom minor cycle: subtract ``gain * peak * PSF`` at the peak of ``|residual|`` (inside
+    ``mask``) until the peak is below ``threshold`` or ``niter`` components were taken.
 
-    Components are looked for among the candidate pixels: those inside ``mask`` whose
-    ``|residual|`` is at least ``floor`` to begin with (a window around the emission; a pixel
-    that rises above the others only during the cycle is found by the next major cycle, which
-    images the residual from the visibilities). The work per component is proportional to the
-    candidates, not to the image: vectorised over them, with no Python loop over pixels.
+    The cycle works in a window around the emission: the smallest box holding every pixel
+    (inside ``mask``) whose ``|residual|`` is at least ``floor`` to begin with. Components are
+    looked for, and the PSF subtracted, inside it only, so a component costs the window's
+    area, not the image's (a pixel outside that would rise above the others during the cycle
+    is found by the next major cycle, which images the residual from the visibilities).
 
     ``psf`` has its peak (1) at ``(shape[0] // 2, shape[1] // 2)``; where it is smaller than
     twice the image (as CASA's, the image's own size), a component reaches as far as the PSF.
-    Returns the model increment (Jy/pixel), the residual (updated at the candidates; elsewhere
-    as given) and the number of components.
+    Returns the model increment (Jy/pixel), the residual (updated inside the window) and the
+    number of components.
     """
     res = np.array(residual, dtype=np.float64, copy=True)
     model = np.zeros_like(res)
-    candidates = np.abs(res) >= floor
-    if mask is not None:
-        candidates &= np.asarray(mask, dtype=bool)
-    ys, xs = np.nonzero(candidates)
-    if ys.size == 0:
+    search = None if mask is None else np.asarray(mask, dtype=bool)
+    inside = np.abs(res) >= floor
+    if search is not None:
+        inside &= search
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if rows.size == 0:
         return model, res, 0
-    values = res[ys, xs]
+    top, left = int(rows[0]), int(cols[0])
+    window = res[top : rows[-1] + 1, left : cols[-1] + 1]  # a view: res is updated in place
+    allowed = None if search is None else search[top : rows[-1] + 1, left : cols[-1] + 1]
+    n_y, n_x = window.shape
     p_y, p_x = psf.shape
     cy, cx = p_y // 2, p_x // 2
-    padded = np.zeros((p_y + 1, p_x + 1))  # index -1 (the last row/column) reads 0
-    padded[:p_y, :p_x] = psf
+    absres = np.abs(window)
+    if allowed is not None:
+        absres[~allowed] = -1.0
     done = 0
     while done < niter:
-        j = int(np.argmax(np.abs(values)))
-        peak = values[j]
-        if abs(peak) < threshold:
+        k = int(np.argmax(absres))
+        y0, x0 = divmod(k, n_x)
+        peak = window[y0, x0]
+        if absres[y0, x0] < 0 or abs(peak) < threshold:
             break
         step = gain * peak
-        model[ys[j], xs[j]] += step
-        dy = ys - ys[j] + cy
-        dx = xs - xs[j] + cx
-        dy[(dy < 0) | (dy >= p_y)] = -1  # beyond the PSF: no change
-        dx[(dx < 0) | (dx >= p_x)] = -1
-        values -= step * padded[dy, dx]
+        model[top + y0, left + x0] += step
+        # the window's rows/columns the shifted PSF covers, and where they are in the PSF
+        ya, yb = max(0, y0 - cy), min(n_y, y0 - cy + p_y)
+        xa, xb = max(0, x0 - cx), min(n_x, x0 - cx + p_x)
+        part = window[ya:yb, xa:xb]
+        part -= step * psf[ya - y0 + cy : yb - y0 + cy, xa - x0 + cx : xb - x0 + cx]
+        np.abs(part, out=absres[ya:yb, xa:xb])
+        if allowed is not None:
+            absres[ya:yb, xa:xb][~allowed[ya:yb, xa:xb]] = -1.0
         done += 1
-    res[ys, xs] = values
     return model, res, done

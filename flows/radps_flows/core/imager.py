@@ -36,10 +36,9 @@ from radps_flows.core.executors import Executor, SerialExecutor
 Log = Callable[[str], object]
 
 CANDIDATE_FRACTION = 0.5
-"""A minor cycle looks for components among the pixels at least this fraction of its cycle
-threshold to begin with: a pixel would have to rise by half the threshold within one cycle to
-be missed (and the next major cycle finds it). At 2048 x 2048 a component then costs ~0.3 ms
-instead of ~16 ms over the whole image."""
+"""A minor cycle works in the box around the pixels at least this fraction of its cycle
+threshold (:func:`radps_flows.core.clean.hogbom`'s ``floor``): a pixel outside would have to
+rise by half the threshold within one cycle to be missed, and the next major cycle finds it."""
 
 
 def _quiet(_: str) -> None:

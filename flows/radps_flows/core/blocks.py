@@ -204,7 +204,6 @@ class Prepared:
     flagged_after: int
     samples: int
     partition: str
-    dataset: int = 0
 
 
 def flag_block(ds: xr.Dataset, data_group: str, threshold: float) -> tuple[xr.Dataset, int, int]:
@@ -273,7 +272,7 @@ def prepare_block(block: Block, steps: Steps, gains: xr.Dataset | None = None) -
         group = "corrected"
         after = flagged("FLAG_CORRECTED")
     vis = gather_stokes_i(ds, group)
-    return Prepared(vis, gains, before, after, samples, block.partition, block.dataset)
+    return Prepared(vis, gains, before, after, samples, block.partition)
 
 
 # ---------------------------------------------------------------------------------------------

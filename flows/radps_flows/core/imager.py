@@ -78,7 +78,7 @@ def dirty_image(
     gain solutions of each block."""
     core_imaging.common_phase_center(datasets)
     cell_arcsec = math.degrees(grid.cell_rad) * 3600
-    sums = [core_imaging.DirtySum(image=np.zeros((grid.imsize, grid.imsize))) for _ in datasets]
+    sums = [core_imaging.DirtySum.empty(grid.imsize) for _ in datasets]
     summaries = []
     handles = ex.map(blk.dirty_block, blocks, steps=steps, grid=grid)
     for i, (part, info) in ex.completed(handles):
@@ -232,10 +232,11 @@ def clean_image(
     imsize, cell_rad = grid.imsize, grid.cell_rad
     cell_arcsec = math.degrees(cell_rad) * 3600
     prepared, summaries, extra = clean_inputs(ex, blocks, datasets, steps, grid, settings, log=log)
-    # The PSF at the image's own size, as CASA's: a quarter of the gridding of one twice as
-    # large; it shares its pass over the data with the first residual.
-    psf_sum = core_imaging.DirtySum(image=np.zeros((imsize, imsize)))
-    parts = [core_imaging.DirtySum(image=np.zeros((imsize, imsize))) for _ in datasets]
+    # The PSF at the image's own size, as CASA's (a quarter of the grid and FFT of one twice
+    # as large; the gridding itself costs about the same), in one pass over the data with the
+    # first residual.
+    psf_sum = core_imaging.DirtySum.empty(imsize)
+    parts = [core_imaging.DirtySum.empty(imsize) for _ in datasets]
     handles = ex.map(blk.psf_and_residual_block, prepared, grid=grid, **extra)
     for i, (psf_part, part) in ex.completed(handles):
         psf_sum = psf_sum + psf_part

@@ -54,6 +54,10 @@ class DirtySum:
     freq_low: float = math.inf
     freq_high: float = -math.inf
 
+    @classmethod
+    def empty(cls, imsize: int) -> DirtySum:
+        return cls(image=np.zeros((imsize, imsize)))
+
     def __add__(self, other: DirtySum) -> DirtySum:
         return DirtySum(
             image=self.image + other.image,
@@ -102,7 +106,7 @@ def dirty_sum_from_arrays(
     freq = np.asarray(freq, dtype=np.float64).ravel()
     weight = np.where(np.isfinite(weight), weight, 0)
     rows = np.isfinite(uvw).all(axis=1) & (weight > 0).any(axis=1)
-    out = DirtySum(image=np.zeros((imsize, imsize)))
+    out = DirtySum.empty(imsize)
     if not rows.any():
         return out
     single = np.asarray(vis).dtype == np.complex64 and epsilon >= 2e-5
@@ -310,7 +314,7 @@ def dirty_image_from_sums(
         raise ValueError("one DirtySum per dataset expected")
     cell_rad = math.radians(cell_arcsec / 3600.0)
     imsize = parts[0].image.shape[0]
-    total = DirtySum(image=np.zeros((imsize, imsize)))
+    total = DirtySum.empty(imsize)
     half_width = 0.0
     spectral_frames = set()
     for ds, part in zip(datasets, parts, strict=True):

@@ -12,7 +12,6 @@ where they would not fit in half the cluster's memory, read again at each pass.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +50,6 @@ def _steps(datasets: list[xr.Dataset], params: dict) -> blk.Steps:
     )
 
 
-def _grid(imsize: int, cell_arcsec: float, epsilon: float) -> blk.Grid:
-    return blk.Grid(imsize, math.radians(cell_arcsec / 3600), epsilon)
-
-
 def _blocks(store: str, datasets: list[xr.Dataset], steps: blk.Steps, params: dict):
     return blk.blocks_for(store, datasets, steps, params["block_mb"])
 
@@ -65,7 +60,7 @@ def dirty_image(
 ) -> tuple[xr.DataArray, list[xr.Dataset]]:
     """One pass over the blocks: read, flag, calibrate, grid; partial images summed."""
     steps = _steps(datasets, params)
-    grid = _grid(imsize, cell_arcsec, params["epsilon"])
+    grid = imager.grid_for(imsize, cell_arcsec, params["epsilon"])
     with executor() as ex:
         return imager.dirty_image(
             ex, _blocks(store, datasets, steps, params), datasets, steps, grid, log=print
@@ -78,7 +73,7 @@ def dirty_cube(
 ) -> tuple[xr.DataArray, list[xr.Dataset]]:
     """One task per (block, channel group), each group normalised once all its blocks are in."""
     steps = _steps(datasets, params)
-    grid = _grid(imsize, cell_arcsec, params["epsilon"])
+    grid = imager.grid_for(imsize, cell_arcsec, params["epsilon"])
     with executor() as ex:
         return imager.dirty_cube(
             ex, _blocks(store, datasets, steps, params), datasets, steps, grid, log=print
@@ -109,7 +104,7 @@ def clean_image(
     """Hogbom CLEAN with major cycles through the visibilities, kept on the workers or read
     again at each cycle (see :func:`radps_flows.core.imager.clean_inputs`)."""
     steps = _steps(datasets, params)
-    grid = _grid(imsize, cell_arcsec, params["clean_epsilon"])
+    grid = imager.grid_for(imsize, cell_arcsec, params["clean_epsilon"])
     blocks = _blocks(store, datasets, steps, params)
     with executor() as ex:
         return imager.clean_image(

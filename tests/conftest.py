@@ -27,6 +27,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("RADPS_HOME", str(home))
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a `radps run` with no server gets a private one, stopped after it, unless a test asks for
+    # the background server (tests/integration/test_warm_runs.py), which would outlive it
+    os.environ.setdefault("RADPS_SERVER_IDLE_SECONDS", "0")
 
 
 PREFECT_TEMPORARY_SERVER = "prefect.server.api.server:create_app"

@@ -11,8 +11,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -71,9 +72,25 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(command=cmd_run)
 
     server = commands.add_parser(
-        "server", help="keep a local Prefect server with its UI running (radps run uses it)"
+        "server",
+        help="keep a local Prefect server with its UI, and a warm process for radps run",
+    )
+    server.add_argument(
+        "action",
+        nargs="?",
+        choices=["start", "stop", "status"],
+        default="start",
+        help="start (the default: in the foreground until Ctrl-C), stop or status",
     )
     server.add_argument("--port", type=int, default=4200)
+    server.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long without a run (default: never; in the background "
+        "$RADPS_SERVER_IDLE_SECONDS, 900)",
+    )
+    server.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
     server.set_defaults(command=cmd_server)
 
     operator = commands.add_parser(
@@ -156,39 +173,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     from radps_flows.allocator import keep_freed_memory
 
     keep_freed_memory()  # before any thread exists: the flows run in this process
+    from radps_operator.local import server as local_server
     from radps_operator.local.home import radps_home
-    from radps_operator.local.runner import configure_process_env
+    from radps_operator.local.runner import configure_process_env, process_env, validated_runs
 
     home = radps_home()
+    environment = dict(os.environ)
     configure_process_env(home, args.verbose)
-    from radps_operator.local.runner import run_locally
-    from radps_operator.validation import (
-        InvalidPipelineRun,
-        check_local_paths,
-        load_manifest,
-        local_outputs,
-        validate_manifest,
-    )
-
-    runs = []
-    produced: list[str] = []
-    for path in args.files:
+    runs = validated_runs(args.files, stderr)
+    if runs is None:
+        return EXIT_INVALID
+    server = local_server.find_running_server(home)
+    if server is None and local_server.idle_seconds_setting() > 0:
         try:
-            run = validate_manifest(load_manifest(path))
-            errors = check_local_paths(run.spec, produced)
-            if errors:
-                raise InvalidPipelineRun(errors)
-        except InvalidPipelineRun as invalid:
-            for error in invalid.errors:
-                stderr.print(f"[red]{path}[/]: {error}")
-            return EXIT_INVALID
-        runs.append(run)
-        produced += local_outputs(run.spec)
-    results = run_locally(runs, home, stdout)
-    if len(results) < len(runs):
-        skipped = ", ".join(str(p) for p in args.files[len(results) :])
-        stdout.print(f"[yellow]not run after that: {skipped}[/]")
-    return results[-1].exit_code
+            server, started = local_server.start_background(
+                home, process_env(home, False, environment)
+            )
+        except local_server.ServerError as exc:
+            stderr.print(f"[yellow]radps: {exc}; this run gets a private server[/]")
+        else:
+            if started:
+                stdout.print(
+                    f"[dim]started a background radps server ({server.ui_url}); it stops "
+                    f"after {local_server.idle_seconds_setting():g} s without a run, or with "
+                    "`radps server stop`[/]"
+                )
+    if server is not None and server.runner_socket and not args.verbose:
+        from radps_operator.local import warm
+
+        outcome = warm.run_warm(server.runner_socket, args.files)
+        if not isinstance(outcome, warm.Refused):
+            return outcome
+        stdout.print(f"[dim]running in this process: {outcome.reason}[/]")
+    from radps_operator.local.runner import run_and_report
+
+    return run_and_report(runs, args.files, home, stdout, server)
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -196,27 +215,88 @@ def cmd_server(args: argparse.Namespace) -> int:
     from radps_operator.local.home import radps_home
 
     home = radps_home()
+    if args.action == "stop":
+        pid = local_server.stop_running_server(home)
+        stdout.print(f"stopped the radps server (PID {pid})" if pid else "no radps server runs")
+        return 0
     running = local_server.find_running_server(home)
+    if args.action == "status":
+        if running is None:
+            stdout.print(f"no radps server runs for {home}")
+            return 1
+        kind = "background" if running.background else "started by hand"
+        stdout.print(f"radps server (PID {running.supervisor_pid}, {kind}): {running.ui_url}")
+        return 0
     if running is not None:
         stdout.print(f"a radps server is already running: {running.ui_url}")
         return 0
-    stdout.print(f"starting the Prefect server on 127.0.0.1:{args.port} (state in {home})")
-    server = local_server.start_server(
-        home, port=args.port, ui=True, log_path=home / "logs" / "server.log"
-    )
-    local_server.write_record(home, server)
-    stdout.print(f"Prefect UI: [bold]{server.ui_url}[/]; `radps run` now uses it. Ctrl-C stops.")
+    return _serve(home, args)
+
+
+def _serve(home: Path, args: argparse.Namespace) -> int:
+    """The Prefect server, and a warm process that forks a child per `radps run`
+    (local.warm), until Ctrl-C, SIGTERM or (in the background) idleness."""
+    from radps_flows.allocator import keep_freed_memory
+
+    keep_freed_memory()  # inherited by the runs forked from this process
+    from radps_operator.local import server as local_server
+    from radps_operator.local import warm
+    from radps_operator.local.runner import configure_process_env
+
+    configure_process_env(home, verbose=False)
+    idle = args.idle_timeout
+    if args.background and idle is None:
+        idle = local_server.idle_seconds_setting()
+    port = local_server.port_or_free(args.port) if args.background else args.port
+    stdout.print(f"starting the Prefect server on 127.0.0.1:{port} (state in {home})")
     signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does, removing the record
+    server = local_server.start_server(
+        home, port=port, ui=True, log_path=home / "logs" / "prefect-server.log", wait=False
+    )
+    runner: warm.WarmRunner | None = None
     try:
-        assert server.process is not None
-        server.process.wait()
-        stderr.print(f"[red]the Prefect server exited (code {server.process.returncode})[/]")
-        return 1
+        warm.warm_up()  # while the Prefect server starts
+        runner = warm.WarmRunner(home, warm.import_settings(os.environ), _run_child(home, server))
+        local_server.wait_healthy(server)
+        server.runner_socket = str(runner.listen())
+        server.background = args.background
+        local_server.write_record(home, server)
+        stdout.print(
+            f"Prefect UI: [bold]{server.ui_url}[/]; `radps run` now uses it. "
+            + (f"Stops after {idle:g} s without a run." if idle else "Ctrl-C stops.")
+        )
+        process = server.process
+        assert process is not None
+        reason = runner.serve(alive=lambda: process.poll() is None, idle_seconds=idle)
+        stdout.print(f"the radps server stops: {reason}")
+        return 0 if process.poll() is None else 1
     except KeyboardInterrupt:
         return 0
     finally:
-        local_server.remove_record(home)
+        local_server.remove_record(home)  # first: no new run may pick this server
+        if runner is not None:
+            runner.close()
         server.stop()
+
+
+def _run_child(home: Path, server: Any) -> Callable[[Any], int]:
+    """What a run forked from the warm server does: what `radps run` does in its own process,
+    on this server."""
+
+    def run(request: Any) -> int:
+        from radps_operator.local.runner import run_and_report, validated_runs
+        from radps_operator.local.server import LocalServer
+
+        out = Console(highlight=False)  # this terminal's, not the server's log
+        err = Console(stderr=True, highlight=False)
+        files = [Path(f) for f in request.files]
+        runs = validated_runs(files, err)
+        if runs is None:
+            return EXIT_INVALID
+        attached = LocalServer(api_url=server.api_url, ui_url=server.ui_url, process=None)
+        return run_and_report(runs, files, home, out, attached)
+
+    return run
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -233,14 +313,6 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     run_operator(settings)
     return 0
-
-
-def _prepare_prefect_env() -> None:
-    """Point Prefect at radps's home before it is imported."""
-    from radps_operator.local.home import prefect_base_env, radps_home
-
-    for key, value in prefect_base_env(radps_home()).items():
-        os.environ.setdefault(key, value)
 
 
 def _interrupt(signum: int, frame: object) -> None:

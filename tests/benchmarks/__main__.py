@@ -6,8 +6,8 @@ Sizes are visibilities of synthesized sets (default a quick 1e6,1e7; `--sizes 1e
 `<out>/arraycore-<n>.json`; the operator part (operator.py: PipelineRuns applied at once on
 the local control plane; its Prefect server on SQLite and on a throwaway PostgreSQL) writes
 `<out>/operator-<db>.json`; `<out>/summary.json` collects them with
-the targets checked. The cli part (cli.py: `radps validate` against importing what it needs)
-writes `<out>/cli.json`.
+the targets checked. The cli part (cli.py: `radps validate` against importing what it needs, and
+`radps run`'s start to its first task, cold, warm and in its own process) writes `<out>/cli.json`.
 Not tests: nothing here fails on a slow machine, the numbers are for reading.
 """
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"environment": _environment()}
     if args.only in ("all", "cli"):
-        results["cli"] = cli.validate()
+        results["cli"] = {"validate": cli.validate(), "start": cli.start()}
         (args.out / "cli.json").write_text(json.dumps(results["cli"], indent=1))
         print(json.dumps(results["cli"], indent=1), flush=True)
     if args.only in ("all", "arraycore"):

@@ -255,20 +255,27 @@ def _descendants(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
         return []
 
 
-def _interrupt_while_running(
-    env: dict[str, str], tmp_path: Path
-) -> tuple[int, str, list[psutil.Process], list[str]]:
-    """Start a long run, wait until its task is writing, then Ctrl-C it the way a terminal
-    does (SIGINT to the whole foreground process group)."""
+def long_synth(folder: Path) -> Path:
+    """A synthesize run of ~a minute that writes its store's metadata (in staging) first."""
     sources = [
         {"flux_jy": 0.01, "offset_ra_arcsec": i, "offset_dec_arcsec": -i} for i in range(400)
     ]
-    run = manifest(
-        tmp_path,
+    return manifest(
+        folder,
         "long",
         "synthesize",
-        {"output": str(tmp_path / "long.ps.zarr"), "n_times": 600, "sources": sources},
+        {"output": str(folder / "long.ps.zarr"), "n_times": 600, "sources": sources},
     )
+
+
+def _interrupt_while_running(
+    env: dict[str, str], tmp_path: Path, server: psutil.Process | None = None
+) -> tuple[int, str, list[psutil.Process], list[str]]:
+    """Start a long run, wait until its task is writing, then Ctrl-C it the way a terminal
+    does (SIGINT to the whole foreground process group). The processes it started: those of
+    `radps run`, and the new children of `server` (a `radps server`) if given."""
+    before = {p.pid for p in server.children()} if server else set()
+    run = long_synth(tmp_path)
     log = tmp_path / "run.out"
     with open(log, "w") as out:
         process = subprocess.Popen(
@@ -286,6 +293,8 @@ def _interrupt_while_running(
             time.sleep(0.2)
         time.sleep(2)
         started = _safe(_descendants(process))
+        if server is not None:
+            started += _safe([p for p in server.children() if p.pid not in before])
         commands = [" ".join(p.cmdline()) for p in started]
         os.killpg(process.pid, signal.SIGINT)
         code = process.wait(90)
@@ -314,9 +323,14 @@ def _assert_all_gone(processes: list[psutil.Process]) -> None:
 
 
 def test_ctrl_c_cancels_the_flow_run(radps_server: RadpsServer, tmp_path: Path):
-    code, output, started, _ = _interrupt_while_running(radps_server.env(), tmp_path)
+    """With a `radps server` up, the run is a child forked from its warm process (the client
+    has none): Ctrl-C to the client reaches it, it records Cancelled, and it ends."""
+    server = psutil.Process(radps_server.process.pid)
+    code, output, started, commands = _interrupt_while_running(radps_server.env(), tmp_path, server)
     assert code == 130, output
     assert "Cancelled" in output
+    assert "running in this process" not in output
+    assert len(started) == 1 and " server " in f"{commands[0]} ", commands  # the fork alone
     assert not (tmp_path / "long.ps.zarr").exists()  # nothing that looks complete
     _assert_all_gone(started)
     (flow_run_id,) = flow_run_ids(output)

@@ -61,23 +61,75 @@ class RunResult:
         return EXIT_FAILED
 
 
-def configure_process_env(home: Path, verbose: bool) -> None:
-    """Settings for Prefect and Dask in this process and every worker it spawns; must run
-    before `import prefect`."""
-    os.environ.update(prefect_base_env(home))
+def process_env(home: Path, verbose: bool, base: dict[str, str]) -> dict[str, str]:
+    """`base` with the settings for Prefect and Dask in a `radps run` process and every worker
+    it spawns."""
+    env = {**base, **prefect_base_env(home)}
     # Our own progress bar and summary replace Prefect's console log; everything still goes
     # to the Prefect API (`radps server` shows it) and `--verbose` brings it back.
-    os.environ.setdefault(
-        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL"
+    env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
+    env.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "error")
+    env.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "true")
+    return env
+
+
+def configure_process_env(home: Path, verbose: bool) -> None:
+    """`process_env` for this process; must run before `import prefect` (Prefect reads its
+    settings when first imported)."""
+    os.environ.update(process_env(home, verbose, dict(os.environ)))
+
+
+def validated_runs(files: list[Path], errors: Console) -> list[api.PipelineRun] | None:
+    """The PipelineRuns of `files`, checked as the operator checks them and against this
+    machine's paths (the inputs of a later file may be the outputs of an earlier one); None
+    after printing every problem of the first file that has any."""
+    from radps_operator.validation import (
+        InvalidPipelineRun,
+        check_local_paths,
+        load_manifest,
+        local_outputs,
+        validate_manifest,
     )
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "error")
-    os.environ.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "true")
+
+    runs = []
+    produced: list[str] = []
+    for path in files:
+        try:
+            run = validate_manifest(load_manifest(path))
+            problems = check_local_paths(run.spec, produced)
+            if problems:
+                raise InvalidPipelineRun(problems)
+        except InvalidPipelineRun as invalid:
+            for error in invalid.errors:
+                errors.print(f"[red]{path}[/]: {error}")
+            return None
+        runs.append(run)
+        produced += local_outputs(run.spec)
+    return runs
+
+
+def run_and_report(
+    runs: list[api.PipelineRun],
+    files: list[Path],
+    home: Path,
+    console: Console,
+    server: local_server.LocalServer | None = None,
+) -> int:
+    """Run `runs` (read from `files`) here; the exit code of the last one that ran."""
+    results = run_locally(runs, home, console, server)
+    if len(results) < len(runs):
+        skipped = ", ".join(str(p) for p in files[len(results) :])
+        console.print(f"[yellow]not run after that: {skipped}[/]")
+    return results[-1].exit_code
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path, console: Console) -> Iterator[local_server.LocalServer]:
-    """The running `radps server` if there is one, else a private server for this run."""
-    running = local_server.find_running_server(home)
+def prefect_server(
+    home: Path, console: Console, known: local_server.LocalServer | None = None
+) -> Iterator[local_server.LocalServer]:
+    """`known`, or the running `radps server` if there is one, else a private server for this
+    run."""
+    running = known or local_server.find_running_server(home)
     if running is not None:
         yield running
         return
@@ -125,11 +177,17 @@ def _drain_prefect_services() -> None:
         QueueService.drain_all(timeout=15)
 
 
-def run_locally(runs: list[api.PipelineRun], home: Path, console: Console) -> list[RunResult]:
-    """Run the PipelineRuns one after the other on one Prefect server, each to its end,
-    stopping after the first that does not complete (later ones usually need its outputs)."""
+def run_locally(
+    runs: list[api.PipelineRun],
+    home: Path,
+    console: Console,
+    server: local_server.LocalServer | None = None,
+) -> list[RunResult]:
+    """Run the PipelineRuns one after the other on one Prefect server (`server`, else as
+    `prefect_server` finds one), each to its end, stopping after the first that does not
+    complete (later ones usually need its outputs)."""
     results = []
-    with prefect_server(home, console) as server:
+    with prefect_server(home, console, server) as server:
         for run in runs:
             result = _run_with_server(run, server, console)
             print_result(console, result)

@@ -1,13 +1,15 @@
-"""A Prefect server on loopback, either the persistent one of `radps server` or one started
-for a single `radps run` and stopped after it.
+"""A Prefect server on loopback: the one a `radps server` keeps (started by hand, or in the
+background by `radps run`, see `radps_operator.local.warm`), or a private one started for a
+single `radps run` and stopped after it.
 
-The server runs in its own session (process group) so a Ctrl-C in the terminal reaches
+The Prefect server runs in its own session (process group) so a Ctrl-C in the terminal reaches
 `radps run` first, which then cancels the flow run while the server can still record it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -17,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,11 @@ from radps_operator.local.home import prefect_base_env
 DEFAULT_PORT = 4200
 START_TIMEOUT_SECONDS = 120.0
 RECORD_FILE = "server.json"
+START_LOCK_FILE = "server-start.lock"
+IDLE_ENV = "RADPS_SERVER_IDLE_SECONDS"
+DEFAULT_IDLE_SECONDS = 900.0
+"""How long the background server that `radps run` starts waits for the next run; 0: none
+(each `radps run` then starts a private server and stops it, 10-30 s per run)."""
 
 
 class ServerError(RuntimeError):
@@ -39,6 +47,12 @@ class LocalServer:
     process: subprocess.Popen[bytes] | None
     """None when attached to a server this process did not start."""
     log_path: Path | None = None
+    supervisor_pid: int | None = None
+    """The `radps server` process that keeps this Prefect server (None: a private one)."""
+    runner_socket: str | None = None
+    """Where that `radps server` takes runs to fork from its warm process (local.warm)."""
+    background: bool = False
+    """Started by `radps run` and stopped when idle, rather than by hand."""
 
     def flow_run_link(self, flow_run_id: object) -> str:
         return contract.flow_run_url(self.ui_url, flow_run_id)
@@ -69,8 +83,9 @@ def start_server(
     ui: bool = False,
     database: Path | None = None,
     log_path: Path | None = None,
+    wait: bool = True,
 ) -> LocalServer:
-    """Start `prefect server start` on 127.0.0.1 and wait until it answers."""
+    """Start `prefect server start` on 127.0.0.1 and (with `wait`) wait until it answers."""
     port = port or free_port()
     log_path = log_path or home / "logs" / f"prefect-server-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +104,29 @@ def start_server(
         "--port",
         str(port),
     ]
+    process = _start_detached(command, env, log_path)
+    server = LocalServer(
+        api_url=f"http://127.0.0.1:{port}/api",
+        ui_url=f"http://127.0.0.1:{port}",
+        process=process,
+        log_path=log_path,
+    )
+    if wait:
+        try:
+            wait_healthy(server)
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
+def _start_detached(
+    command: list[str], env: dict[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    """`command` in its own session (a Ctrl-C in the terminal is not its), output to
+    `log_path`."""
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             command,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -98,18 +134,6 @@ def start_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = LocalServer(
-        api_url=f"http://127.0.0.1:{port}/api",
-        ui_url=f"http://127.0.0.1:{port}",
-        process=process,
-        log_path=log_path,
-    )
-    try:
-        wait_healthy(server)
-    except BaseException:
-        server.stop()
-        raise
-    return server
 
 
 def wait_healthy(server: LocalServer, timeout: float = START_TIMEOUT_SECONDS) -> None:
@@ -144,10 +168,19 @@ def stop_process_group(process: subprocess.Popen[bytes], timeout: float = 20.0) 
 
 
 def write_record(home: Path, server: LocalServer) -> Path:
-    """Tell later `radps run`s where the persistent server is."""
+    """Tell later `radps run`s where the persistent server is (written whole, then renamed,
+    so a reader never sees half a record)."""
     path = home / RECORD_FILE
-    pid = server.process.pid if server.process else os.getpid()
-    path.write_text(json.dumps({"pid": pid, "api_url": server.api_url, "ui_url": server.ui_url}))
+    record = {
+        "pid": os.getpid(),
+        "api_url": server.api_url,
+        "ui_url": server.ui_url,
+        "runner_socket": server.runner_socket,
+        "background": server.background,
+    }
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(record))
+    partial.replace(path)
     return path
 
 
@@ -156,17 +189,134 @@ def find_running_server(home: Path) -> LocalServer | None:
     path = home / RECORD_FILE
     try:
         record = json.loads(path.read_text())
-        os.kill(int(record["pid"]), 0)
+        pid = int(record["pid"])
+        os.kill(pid, 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not is_healthy(record["api_url"]):
         return None
-    return LocalServer(api_url=record["api_url"], ui_url=record["ui_url"], process=None)
+    return LocalServer(
+        api_url=record["api_url"],
+        ui_url=record["ui_url"],
+        process=None,
+        supervisor_pid=pid,
+        runner_socket=record.get("runner_socket"),
+        background=bool(record.get("background")),
+    )
+
+
+def port_or_free(port: int) -> int:
+    """`port` on 127.0.0.1 when nothing listens there, else any free one."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
 
 
 def remove_record(home: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        (home / RECORD_FILE).unlink()
+    """Remove this process's record (never another server's)."""
+    path = home / RECORD_FILE
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        if int(json.loads(path.read_text())["pid"]) == os.getpid():
+            path.unlink()
+
+
+def idle_seconds_setting() -> float:
+    raw = os.environ.get(IDLE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_IDLE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ServerError(
+            f"{IDLE_ENV}={raw!r}: expected a number of seconds >= 0 (0: no background server)"
+        )
+    return value
+
+
+def start_background(home: Path, env: dict[str, str]) -> tuple[LocalServer, bool]:
+    """The running `radps server` of `home`, else a new one started in the background (its own
+    session, outliving this process; it stops itself after `IDLE_ENV` seconds without a run),
+    and whether this call started it. Concurrent callers start one server between them."""
+    with _start_lock(home):
+        running = find_running_server(home)
+        if running is not None:
+            return running, False
+        log_path = home / "logs" / "server.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "radps_operator", "server", "--background"]
+        process = _start_detached(command, env, log_path)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:
+            found = find_running_server(home)
+            if found is not None and found.supervisor_pid == process.pid:
+                return found, True
+            if process.poll() is not None:
+                raise ServerError(
+                    f"the background radps server exited with code {process.returncode} "
+                    f"while starting; last lines of {log_path}:\n{_tail(log_path)}"
+                )
+            if time.monotonic() > deadline:
+                stop_process_group(process)
+                raise ServerError(
+                    f"the background radps server did not start within "
+                    f"{START_TIMEOUT_SECONDS:.0f} s; see {log_path}"
+                )
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _start_lock(home: Path) -> Iterator[None]:
+    """Held while one caller finds or starts the server; others wait, a bounded time."""
+    with open(home / START_LOCK_FILE, "w") as lock:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS + 30
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ServerError(
+                        f"another radps process has been starting the server of {home} for "
+                        f"over {START_TIMEOUT_SECONDS + 30:.0f} s"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def stop_running_server(home: Path, timeout: float = START_TIMEOUT_SECONDS) -> int | None:
+    """SIGTERM the `radps server` of `home` and wait until it has gone; its PID, or None when
+    none runs."""
+    path = home / RECORD_FILE
+    try:
+        pid = int(json.loads(path.read_text())["pid"])
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise ServerError(f"the radps server (PID {pid}) did not stop within {timeout:.0f} s")
+        time.sleep(0.2)
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, dead but not yet reaped by its parent, has ended)."""
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _tail(path: Path | None, lines: int = 15) -> str:

@@ -49,13 +49,20 @@ from tests.integration.operator_helpers import (
 from tests.integration.prefect_helpers import create_process_pool
 from tests.k8s import HACK, KubeCluster, hack_setting, wait_until
 
-TARGETS = {
-    "one_run_latency_s": 0.15,
-    "batch_200_p50_s": 0.6,
-    "batch_200_p99_s": 1.0,
-    "batch_1000_all_created_s": 10.0,
-    "status_lag_p50_at_1000_s": 1.0,
-    "operator_rss_at_1000_mib": 150.0,
+TARGETS: dict[str, dict[str, float]] = {
+    # issue 18's "done when", per Prefect database
+    "sqlite": {"one_run_latency_s": 0.15, "batch_200_all_created_s": 15.0},
+    "postgres": {
+        "one_run_latency_s": 0.15,
+        "batch_200_all_created_s": 5.0,
+        "batch_200_p99_s": 5.0,
+        "batch_1000_all_created_s": 25.0,
+    },
+    "any": {
+        "status_lag_p99_at_1000_s": 2.0,
+        "operator_rss_at_1000_mib": 150.0,
+        "all_created_ratio_to_prefect_alone": 1.2,
+    },
 }
 SINGLE_RUNS = 5
 """One run at a time, this many times (the first run of a pipeline also creates its
@@ -451,7 +458,7 @@ def _operator_share(before: dict[str, float], after: dict[str, float], n: int) -
     }
 
 
-def run(api_url: str, sizes: list[int], scratch: Path) -> dict[str, Any]:
+def run(api_url: str, sizes: list[int], scratch: Path, database: str) -> dict[str, Any]:
     """Warm-up, SINGLE_RUNS single runs, then each size applied at once; each beside the
     same number of flow runs created by a plain Prefect client (the reference)."""
     from radps_operator.prefect_gateway import DEFAULT_MAX_CONCURRENT_CALLS as CONCURRENCY
@@ -486,27 +493,28 @@ def run(api_url: str, sizes: list[int], scratch: Path) -> dict[str, Any]:
             results["operator_rss_mib_idle_after"] = bench.operator.rss_mib()
         finally:
             bench.close()
-    return {"sizes": results, "targets": targets(results)}
+    return {"sizes": results, "targets": targets(results, database)}
 
 
-def targets(results: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def targets(results: dict[str, Any], database: str) -> dict[str, Any]:
+    """[measured, met] for each of issue 18's targets that the sizes measured reach."""
+    goals = TARGETS[database] | TARGETS["any"]
+    measured: dict[str, float] = {}
     if "1" in results:
-        value = percentile(results["1"]["latencies_s"], 50)
-        out["one_run_latency_s"] = [value, value <= TARGETS["one_run_latency_s"]]
-    if "200" in results:
-        lat = results["200"]["create_latency_s"]
-        out["batch_200_p50_s"] = [lat["p50"], lat["p50"] <= TARGETS["batch_200_p50_s"]]
-        out["batch_200_p99_s"] = [lat["p99"], lat["p99"] <= TARGETS["batch_200_p99_s"]]
+        measured["one_run_latency_s"] = percentile(results["1"]["latencies_s"], 50)
+    for n in ("200", "1000"):
+        if n in results:
+            row = results[n]
+            measured[f"batch_{n}_all_created_s"] = row["all_flow_runs_created_s"]
+            measured[f"batch_{n}_p99_s"] = row["create_latency_s"]["p99"]
+            ratio = row["ratio_to_prefect_alone"]["all_created"]
+            key = "all_created_ratio_to_prefect_alone"
+            measured[key] = max(measured.get(key, 0.0), ratio)
     if "1000" in results:
-        r = results["1000"]
-        all_s = r["all_flow_runs_created_s"]
-        lag = r["status_lag_running_s"]["p50"]
-        rss = max(r["operator_rss_mib"].values())
-        out["batch_1000_all_created_s"] = [all_s, all_s <= TARGETS["batch_1000_all_created_s"]]
-        out["status_lag_p50_at_1000_s"] = [lag, lag <= TARGETS["status_lag_p50_at_1000_s"]]
-        out["operator_rss_at_1000_mib"] = [rss, rss <= TARGETS["operator_rss_at_1000_mib"]]
-    return out
+        row = results["1000"]
+        measured["status_lag_p99_at_1000_s"] = row["status_lag_running_s"]["p99"]
+        measured["operator_rss_at_1000_mib"] = max(row["operator_rss_mib"].values())
+    return {k: [v, v <= goals[k]] for k, v in measured.items() if k in goals}
 
 
 def main_standalone(out: Path, sizes: list[int], prefect_db: str = "sqlite") -> dict[str, Any]:
@@ -524,6 +532,7 @@ def main_standalone(out: Path, sizes: list[int], prefect_db: str = "sqlite") -> 
             os.environ[DATABASE_URL_ENV] = stack.enter_context(throwaway_postgres())
             stack.callback(os.environ.pop, DATABASE_URL_ENV, None)
         env = stack.enter_context(pipeline.prefect_server())
-        result = run(env["RADPS_API_URL"], sizes, scratch) | {"prefect_database": prefect_db}
+        result = run(env["RADPS_API_URL"], sizes, scratch, prefect_db)
+        result["prefect_database"] = prefect_db
     (out / f"operator-{prefect_db}.json").write_text(json.dumps(result, indent=1))
     return result

@@ -12,8 +12,8 @@ warming up); that is the kernels' own cost, so both sides pay it. The same kerne
 in a warm process are reported too (``kernels_warm``). Pipeline and kernels alternate five
 times; the overhead compares their medians. Overhead = (flow run wall - kernels)
 / flow run wall: Prefect, Dask, task start-up, result transfer. Peak RSS is the kernel's
-high-water mark of the `radps run` process (its Dask workers are threads of it), see
-:class:`PeakRss`.
+high-water mark of the process the flow runs in (the `radps server`'s fork for this `radps run`;
+its Dask workers are threads of it), see :class:`PeakRss`.
 
 `python -m tests.benchmarks.pipeline STORE OUT` runs the kernels once and prints their JSON.
 """
@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -146,8 +147,26 @@ class PeakRss:
         return self.peak
 
 
+def _flow_process(client: subprocess.Popen[str], server: Any, before: set[int]) -> int:
+    """The process the flow runs in: the child the `radps server` forks for this `radps run`
+    (radps_operator.local.warm), or the `radps run` itself when it runs in its own process."""
+    deadline = time.monotonic() + 10
+    while client.poll() is None and time.monotonic() < deadline:
+        forked = [p for p in server.children() if p.pid not in before]
+        if forked:
+            return forked[0].pid
+        time.sleep(0.02)
+    return client.pid
+
+
 def _radps_run(env: dict[str, str], manifest: Path) -> tuple[float, float | None, int]:
-    """One `radps run`: its wall time, its flow run's own wall time, its peak RSS."""
+    """One `radps run`: its wall time, its flow run's own wall time, the peak RSS of the
+    process its flow runs in."""
+    import psutil
+
+    home = Path(env["RADPS_HOME"])
+    server = psutil.Process(json.loads((home / "server.json").read_text())["pid"])
+    before = {p.pid for p in server.children()}
     t0 = time.perf_counter()
     process = subprocess.Popen(
         [RADPS, "run", str(manifest)],
@@ -156,7 +175,7 @@ def _radps_run(env: dict[str, str], manifest: Path) -> tuple[float, float | None
         stderr=subprocess.STDOUT,
         text=True,
     )
-    rss = PeakRss(process.pid)
+    rss = PeakRss(_flow_process(process, server, before))
     output = process.stdout.read()  # until the process closes it, at its end
     peak = rss.stop()
     process.wait()
@@ -183,6 +202,7 @@ def end_to_end(env: dict[str, str], path: Path, n_vis: int, work: Path, repeat: 
                 "imsize": arraycore.IMSIZE,
                 "cell_arcsec": arraycore.CELL_ARCSEC,
                 "epsilon": arraycore.EPSILON,
+                "overwrite": True,  # the same output, run after run
             },
             "dask": {"workers": 1, "threadsPerWorker": 1},
         },

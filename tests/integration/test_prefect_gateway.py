@@ -123,6 +123,11 @@ def test_spec_retries_make_prefect_run_a_failing_flow_again(
 
 
 def test_schema_is_enforced_and_cancel_of_unstarted_run(radps_server, tmp_path):
+    """The deployment checks parameters against the pipeline's schema for runs made outside
+    the operator (the UI, a plain client); the operator's own creates skip that check, as it
+    has just validated them against the model the schema came from."""
+    from prefect.client.orchestration import PrefectClient
+
     create_process_pool(radps_server.api_url, "no-worker-pool")
     settings = OperatorSettings(prefect_api_url=radps_server.api_url, work_pool="no-worker-pool")
     dep, req = _requests(settings, tmp_path, name="gw-cancel")
@@ -133,11 +138,9 @@ def test_schema_is_enforced_and_cancel_of_unstarted_run(radps_server, tmp_path):
             run = await _patiently(lambda: gw.create_flow_run(dep_id, req, dep.work_pool))
             await _patiently(lambda: gw.cancel_flow_run(run.id, "cancelled by test"))
             (run,) = await _patiently(lambda: gw.read_flow_runs([run.id]))
-            bad = reconcile.FlowRunRequest(
-                name="bad", idempotency_key="k-bad", parameters={}, tags=(), job_variables={}
-            )
-            with pytest.raises(Exception, match="Validation failed"):
-                await gw.create_flow_run(dep_id, bad, dep.work_pool)
+            async with PrefectClient(radps_server.api_url) as client:
+                with pytest.raises(Exception, match="Validation failed"):
+                    await client.create_flow_run_from_deployment(dep_id, parameters={})
             return run
 
     run = asyncio.run(scenario())

@@ -66,6 +66,23 @@ def test_events_name_the_flow_runs_to_read_and_a_resync_reads_the_unfinished(fol
     assert follower.reads_due(everything=False) == ["fr-c"]
 
 
+def test_a_resync_reads_a_bounded_batch_longest_unread_first(follower, monkeypatch):
+    """Many live runs are resynced a batch per pass, in turn, so each is read again within
+    a bounded number of passes; what events named is read at once on top of the batch."""
+    from radps_operator import follower as follower_module
+
+    monkeypatch.setattr(follower_module, "RESYNC_BATCH", 2)
+    for name in "abcde":
+        follower.track(_run(name, f"fr-{name}"))
+    passes = [sorted(follower.reads_due(everything=True, clock=t)) for t in (1.0, 2.0, 3.0)]
+    assert passes[0] == ["fr-a", "fr-b"] and passes[1] == ["fr-c", "fr-d"]
+    assert passes[2] == ["fr-a", "fr-e"]  # the last unread, then the longest unread again
+    follower.flow_run_changed("fr-a", "Running")  # just read, but an event names it
+    fourth = follower.reads_due(everything=True, clock=4.0)
+    assert fourth[0] == "fr-a" and sorted(fourth[1:]) in (["fr-b", "fr-c"], ["fr-b", "fr-d"])
+    assert {i for p in passes for i in p} == {f"fr-{n}" for n in "abcde"}
+
+
 def test_an_event_repeating_what_the_status_shows_is_not_read_again(follower):
     run = follower.track(_run("a", "fr-a"))
     run.status = follower.next_status(run, _snapshot("fr-a", "SCHEDULED", "Scheduled"), now=NOW)

@@ -45,17 +45,17 @@ sys.exit(outcome)
 
 def child(request: warm.Request) -> int:
     """What the forked child runs here: report where it is, then do what the 'file' says."""
-    greeting = os.environ.get("GREETING")
-    print(f"child {os.getpid()} in {os.getcwd()} with {request.files} GREETING={greeting}")
-    sys.stdout.flush()
     action = request.files[0]
-    if action == "wait":
-        try:
+    try:
+        greeting = os.environ.get("GREETING")
+        print(f"child {os.getpid()} in {os.getcwd()} with {request.files} GREETING={greeting}")
+        sys.stdout.flush()
+        if action == "wait":
             time.sleep(60)
-        except KeyboardInterrupt:
-            Path("interrupted").write_text("yes")
-            return 130
-    return int(action)
+    except KeyboardInterrupt:
+        Path("interrupted").write_text("yes")
+        return 130
+    return int(action) if action != "wait" else 0
 
 
 @pytest.fixture

@@ -209,7 +209,7 @@ def _draw_throwaway_figure() -> None:
     fig.savefig(io.BytesIO(), format="png")
 
 
-def warm_up_plotting(*, at_gridding: bool = False) -> None:
+def warm_up_plotting(*, at_gridding: bool = False, wait: bool = False) -> None:
     """Import matplotlib and draw a throwaway figure in a background thread, once per process.
 
     A process's first figure costs 0.3-1 s (imports, font list, first text layout); later ones
@@ -219,18 +219,23 @@ def warm_up_plotting(*, at_gridding: bool = False) -> None:
     ``at_gridding``: wait for this process's next gridding (:func:`gridding_starts`). Workers
     that are threads of this process (a local run) read their blocks holding the GIL much of
     the time, and the warm-up's imports next to a read slowed it by as much as they took;
-    ducc0 grids without the GIL for about a second per block."""
+    ducc0 grids without the GIL for about a second per block.
+
+    ``wait``: return when it is drawn (`radps server`'s warm process, so that the runs it forks
+    start with plotting warm and no thread running at the fork)."""
     global _warm_up, _warm_up_at_gridding
     with _warm_up_lock:
-        if _warm_up is not None:
-            return
-        if at_gridding:
-            _warm_up_at_gridding = True
-            return
-        _warm_up = threading.Thread(
-            target=_draw_throwaway_figure, name="radps-warm-up-plotting", daemon=True
-        )
-        _warm_up.start()
+        if _warm_up is None:
+            if at_gridding:
+                _warm_up_at_gridding = True
+                return
+            _warm_up = threading.Thread(
+                target=_draw_throwaway_figure, name="radps-warm-up-plotting", daemon=True
+            )
+            _warm_up.start()
+        warming = _warm_up
+    if wait:
+        warming.join()
 
 
 def gridding_starts() -> None:

@@ -34,6 +34,7 @@ import socket
 import struct
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -135,9 +136,11 @@ def warm_up() -> None:
     import prefect.flow_engine  # noqa: F401
 
     from radps_flows.catalog import pipelines
+    from radps_flows.core import products
 
     for pipeline in pipelines().values():
         pipeline.load_flow()
+    products.warm_up_plotting(wait=True)  # a process's first figure costs 0.3-1 s
 
 
 # --- the server side -------------------------------------------------------------------
@@ -238,9 +241,19 @@ class WarmRunner:
                 _send(connection, {"accepted": False, "differing": differing})
                 connection.close()
                 return
+            if threading.active_count() > 1:  # a fork would copy their locks, held or not
+                names = ", ".join(t.name for t in threading.enumerate())
+                _send(connection, {"accepted": False, "reason": f"threads running ({names})"})
+                connection.close()
+                return
             sys.stdout.flush()
             sys.stderr.flush()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:  # out of memory or processes: the client runs it itself
+                _send(connection, {"accepted": False, "reason": f"cannot fork ({exc})"})
+                connection.close()
+                return
             if pid == 0:  # the child: never returns
                 self._become_child(request, fds, connection)
         finally:
@@ -381,8 +394,10 @@ def run_warm(socket_file: str, files: list[Path]) -> int | Refused:
         except (OSError, ValueError) as exc:
             return Refused(f"the radps server did not take the run ({exc})")
         if not answer.get("accepted"):
-            differing = ", ".join(answer.get("differing", [])) or "unknown"
-            return Refused(f"the radps server was started with other settings ({differing})")
+            if "differing" in answer:
+                differing = ", ".join(answer["differing"])
+                return Refused(f"the radps server was started with other settings ({differing})")
+            return Refused(f"the radps server did not take the run: {answer.get('reason')}")
         connection.settimeout(None)
         return _wait_for_exit(int(answer["pid"]), reader)
     finally:

@@ -205,9 +205,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not isinstance(outcome, warm.Refused):
             return outcome
         stdout.print(f"[dim]running in this process: {outcome.reason}[/]")
+        if outcome.unreachable:  # stopping, perhaps: only a server that answers is used
+            server = local_server.find_running_server(home)
     from radps_operator.local.runner import run_and_report
 
-    return run_and_report(runs, args.files, home, stdout, server)
+    if server is None:
+        return run_and_report(runs, args.files, home, stdout)  # a private server
+    with local_server.using(home):  # the background server is not idle meanwhile
+        return run_and_report(runs, args.files, home, stdout, server)
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -244,19 +249,26 @@ def _serve(home: Path, args: argparse.Namespace) -> int:
     from radps_operator.local.runner import configure_process_env
 
     configure_process_env(home, verbose=False)
+    life_lock = local_server.hold_life_lock(home)
+    if life_lock is None:
+        stderr.print(f"[red]another radps server of {home} is starting or running[/]")
+        return 1
     idle = args.idle_timeout
     if args.background and idle is None:
         idle = local_server.idle_seconds_setting()
+    idle = idle or None  # 0: never idle
     port = local_server.port_or_free(args.port) if args.background else args.port
     stdout.print(f"starting the Prefect server on 127.0.0.1:{port} (state in {home})")
-    signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does, removing the record
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # stop as Ctrl-C does, removing the record
+        signal.signal(sig, _interrupt)
+    settings = warm.import_settings(os.environ)  # before the imports: an edit meanwhile shows
     server = local_server.start_server(
         home, port=port, ui=True, log_path=home / "logs" / "prefect-server.log", wait=False
     )
     runner: warm.WarmRunner | None = None
     try:
         warm.warm_up()  # while the Prefect server starts
-        runner = warm.WarmRunner(home, warm.import_settings(os.environ), _run_child(home, server))
+        runner = warm.WarmRunner(home, settings, _run_child(home, server), [life_lock])
         local_server.wait_healthy(server)
         server.runner_socket = str(runner.listen())
         server.background = args.background
@@ -267,16 +279,24 @@ def _serve(home: Path, args: argparse.Namespace) -> int:
         )
         process = server.process
         assert process is not None
-        reason = runner.serve(alive=lambda: process.poll() is None, idle_seconds=idle)
+        reason = runner.serve(
+            alive=lambda: process.poll() is None,
+            idle_seconds=idle,
+            in_use=lambda: local_server.in_use(home),
+        )
         stdout.print(f"the radps server stops: {reason}")
         return 0 if process.poll() is None else 1
     except KeyboardInterrupt:
         return 0
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second one: no matter
+            signal.signal(sig, signal.SIG_IGN)
         local_server.remove_record(home)  # first: no new run may pick this server
-        if runner is not None:
-            runner.close()
-        server.stop()
+        try:
+            if runner is not None:
+                runner.close()
+        finally:
+            server.stop()
 
 
 def _run_child(home: Path, server: Any) -> Callable[[Any], int]:
@@ -284,7 +304,11 @@ def _run_child(home: Path, server: Any) -> Callable[[Any], int]:
     on this server."""
 
     def run(request: Any) -> int:
-        from radps_operator.local.runner import run_and_report, validated_runs
+        from radps_operator.local.runner import (
+            drain_prefect_services,
+            run_and_report,
+            validated_runs,
+        )
         from radps_operator.local.server import LocalServer
 
         out = Console(highlight=False)  # this terminal's, not the server's log
@@ -294,7 +318,10 @@ def _run_child(home: Path, server: Any) -> Callable[[Any], int]:
         if runs is None:
             return EXIT_INVALID
         attached = LocalServer(api_url=server.api_url, ui_url=server.ui_url, process=None)
-        return run_and_report(runs, files, home, out, attached)
+        try:
+            return run_and_report(runs, files, home, out, attached)
+        finally:
+            drain_prefect_services()  # the child ends with os._exit: no exit-time flush
 
     return run
 

@@ -70,6 +70,11 @@ def test_runs_start_one_background_server_and_reuse_it(tmp_path: Path):
             [RADPS, "server", "status"], env=env, capture_output=True, text=True, timeout=60
         )
         assert status.returncode == 0 and "background" in status.stdout, status.stdout
+        second = subprocess.run(
+            [RADPS, "server", "--port", "0"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert second.returncode == 0 and "already running" in second.stdout, second.stdout
+        assert record(home)["pid"] == server["pid"] and Path(server["runner_socket"]).exists()
 
         code, output = radps_run(env, tiny_synth(tmp_path, "third"))
         assert code == 0, output

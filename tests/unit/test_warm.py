@@ -148,3 +148,28 @@ def test_a_long_home_gets_a_short_socket_path(tmp_path: Path):
     path = warm.socket_path(long_home)
     assert len(str(path)) <= warm.UNIX_PATH_MAX and path.parent.is_dir()
     path.parent.rmdir()
+
+
+def test_a_run_in_its_own_process_keeps_the_server_from_idling(tmp_path: Path):
+    """`radps run` in its own process (-v, other settings) on a background server holds the
+    users' lock, which the server checks before it stops for idleness."""
+    from radps_operator.local import server
+
+    assert not server.in_use(tmp_path)
+    with server.using(tmp_path):
+        assert server.in_use(tmp_path)
+    assert not server.in_use(tmp_path)
+
+
+def test_one_radps_server_per_home(tmp_path: Path):
+    """A second `radps server` of a home, started before the first has written its record,
+    does not get the life lock (and says so); it is free again once the first has gone."""
+    from radps_operator.local import server
+
+    first = server.hold_life_lock(tmp_path)
+    assert first is not None
+    assert server.hold_life_lock(tmp_path) is None
+    os.close(first)
+    again = server.hold_life_lock(tmp_path)
+    assert again is not None
+    os.close(again)

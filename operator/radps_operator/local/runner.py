@@ -140,7 +140,7 @@ def prefect_server(
             with _cleanup_on_interrupt(server.stop):
                 yield server
         finally:
-            _drain_prefect_services()
+            drain_prefect_services()
             server.stop()
 
 
@@ -168,7 +168,7 @@ def _database_for_this_run(home: Path) -> Iterator[Path]:
         yield shared
 
 
-def _drain_prefect_services() -> None:
+def drain_prefect_services() -> None:
     """Send queued logs and events while the server is still up; otherwise Prefect retries
     them against the stopped server for over a minute at exit ('Error logging to API')."""
     with contextlib.suppress(Exception):
@@ -281,7 +281,7 @@ class _CancelOnCtrlC:
         self._display.stop()
         self._console.print("[yellow]cancelling the flow run...[/]")
         _mark_cancelled(self._flow_run_id)
-        _drain_prefect_services()
+        drain_prefect_services()
         for action in reversed(_cleanups):
             with contextlib.suppress(Exception):
                 action()

@@ -30,6 +30,11 @@ DEFAULT_PORT = 4200
 START_TIMEOUT_SECONDS = 120.0
 RECORD_FILE = "server.json"
 START_LOCK_FILE = "server-start.lock"
+LIFE_LOCK_FILE = "server.lock"
+"""Held (exclusively) by the `radps server` of a home for its whole life: one per home."""
+USERS_LOCK_FILE = "server-users.lock"
+"""Held (shared) by each `radps run` that uses the server from its own process: the server
+is not idle while one does."""
 IDLE_ENV = "RADPS_SERVER_IDLE_SECONDS"
 DEFAULT_IDLE_SECONDS = 900.0
 """How long the background server that `radps run` starts waits for the next run; 0: none
@@ -121,7 +126,7 @@ def start_server(
 
 
 def _start_detached(
-    command: list[str], env: dict[str, str], log_path: Path
+    command: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """`command` in its own session (a Ctrl-C in the terminal is not its), output to
     `log_path`."""
@@ -129,6 +134,7 @@ def _start_detached(
         return subprocess.Popen(
             command,
             env=env,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -249,8 +255,10 @@ def start_background(home: Path, env: dict[str, str]) -> tuple[LocalServer, bool
             return running, False
         log_path = home / "logs" / "server.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "radps_operator", "server", "--background"]
-        process = _start_detached(command, env, log_path)
+        # -P and the home as its folder: the server (and every run forked from it) must not
+        # import modules or read Prefect's .env/prefect.toml from this caller's folder
+        command = [sys.executable, "-P", "-m", "radps_operator", "server", "--background"]
+        process = _start_detached(command, env, log_path, cwd=home)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:
             found = find_running_server(home)
@@ -290,6 +298,37 @@ def _start_lock(home: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def hold_life_lock(home: Path) -> int | None:
+    """The open file holding `LIFE_LOCK_FILE` for this process's life (a run forked from it
+    must close it), or None when another `radps server` of `home` holds it."""
+    fd = os.open(home / LIFE_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def using(home: Path) -> Iterator[None]:
+    """Held while a `radps run` uses the server of `home` from its own process."""
+    with open(home / USERS_LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield
+
+
+def in_use(home: Path) -> bool:
+    """Whether a `radps run` uses the server of `home` from its own process now."""
+    with open(home / USERS_LOCK_FILE, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
 
 
 def stop_running_server(home: Path, timeout: float = START_TIMEOUT_SECONDS) -> int | None:

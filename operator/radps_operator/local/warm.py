@@ -160,8 +160,11 @@ class WarmRunner:
     settings: dict[str, str]
     run_child: Callable[[Request], int]
     """What a child does (in `radps_operator.cli`: validate, then run on this server)."""
+    close_in_child: list[int] = field(default_factory=list)
+    """Files of the server a run must not keep open (its life lock)."""
     listener: socket.socket | None = None
     path: Path | None = None
+    _inode: int | None = None
     children: dict[int, _Child] = field(default_factory=dict)
     last_active: float = field(default_factory=time.monotonic)
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
@@ -176,29 +179,57 @@ class WarmRunner:
         finally:
             os.umask(previous)
         self.listener.listen(16)
+        self._inode = self.path.stat().st_ino
         return self.path
 
-    def serve(self, alive: Callable[[], bool], idle_seconds: float | None) -> str:
-        """Serve until `alive()` is false or nothing ran for `idle_seconds` (None: forever);
-        the reason it stopped."""
+    def serve(
+        self,
+        alive: Callable[[], bool],
+        idle_seconds: float | None,
+        in_use: Callable[[], bool] = lambda: False,
+    ) -> str:
+        """Serve until `alive()` is false or nothing ran for `idle_seconds` (None: forever;
+        runs of its own and, by `in_use()`, runs in their own processes count); the reason it
+        stopped."""
         assert self.listener is not None
         self.selector.register(self.listener, selectors.EVENT_READ)
         while True:
             for key, _ in self.selector.select(timeout=0.5):
-                if key.fileobj is self.listener:
-                    self._accept()
-                else:
-                    self._client_readable(key.fileobj)  # type: ignore[arg-type]
+                try:
+                    if key.fileobj is self.listener:
+                        self._accept()
+                    else:
+                        self._client_readable(key.fileobj)  # type: ignore[arg-type]
+                except Exception as exc:  # one client's trouble never stops the others' runs
+                    print(f"radps server: a request failed: {exc!r}", file=sys.stderr)
             self._reap()
             if not alive():
                 return "the Prefect server exited"
             idle = time.monotonic() - self.last_active
             if idle_seconds is not None and not self.children and idle > idle_seconds:
-                return f"idle for {idle_seconds:g} s"
+                if not in_use():
+                    return f"idle for {idle_seconds:g} s"
+                self.last_active = time.monotonic()
 
     def close(self) -> None:
-        """Interrupt the runs still going (each cancels its flow run), wait a bounded time,
-        then stop listening."""
+        """Stop listening, interrupt the runs still going (each cancels its flow run) and
+        wait for them a bounded time."""
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                if self.path.stat().st_ino == self._inode:  # not another server's socket
+                    self.path.unlink()
+            if self.path.parent != self.home:
+                with contextlib.suppress(OSError):
+                    self.path.parent.rmdir()
+        if self.children:
+            print(
+                f"radps server: waiting up to {STOP_CHILDREN_SECONDS:g} s for "
+                f"{len(self.children)} run(s) to record their cancellation",
+                file=sys.stderr,
+            )
         for pid, child in self.children.items():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGINT)
@@ -214,14 +245,6 @@ class WarmRunner:
                 os.waitpid(pid, 0)
             self._report(pid, 128 + signal.SIGKILL)
         self.selector.close()
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-            if self.path.parent != self.home:
-                with contextlib.suppress(OSError):
-                    self.path.parent.rmdir()
 
     def _accept(self) -> None:
         assert self.listener is not None
@@ -232,34 +255,42 @@ class WarmRunner:
                 connection.close()
                 return
             request, fds = _receive_request(connection)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             connection.close()
             return
         try:
             differing = differences(self.settings, request.settings)
+            refusal: dict[str, Any] | None = None
             if differing:
-                _send(connection, {"accepted": False, "differing": differing})
-                connection.close()
-                return
-            if threading.active_count() > 1:  # a fork would copy their locks, held or not
+                refusal = {"accepted": False, "differing": differing}
+            elif threading.active_count() > 1:  # a fork would copy their locks, held or not
                 names = ", ".join(t.name for t in threading.enumerate())
-                _send(connection, {"accepted": False, "reason": f"threads running ({names})"})
+                refusal = {"accepted": False, "reason": f"threads running ({names})"}
+            if refusal is not None:
+                with contextlib.suppress(OSError):  # the client may have gone meanwhile
+                    _send(connection, refusal)
                 connection.close()
                 return
             sys.stdout.flush()
             sys.stderr.flush()
+            # no signal of the server's between the fork and the child's own handlers
+            stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+            signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
             try:
                 pid = os.fork()
             except OSError as exc:  # out of memory or processes: the client runs it itself
-                _send(connection, {"accepted": False, "reason": f"cannot fork ({exc})"})
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
+                with contextlib.suppress(OSError):
+                    _send(connection, {"accepted": False, "reason": f"cannot fork ({exc})"})
                 connection.close()
                 return
             if pid == 0:  # the child: never returns
                 self._become_child(request, fds, connection)
+            self.children[pid] = _Child(connection)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
         finally:
             for fd in fds:
                 os.close(fd)
-        self.children[pid] = _Child(connection)
         self.last_active = time.monotonic()
         connection.settimeout(None)
         with contextlib.suppress(OSError):
@@ -270,9 +301,15 @@ class WarmRunner:
         code = 1
         try:
             os.setpgid(0, 0)  # a signal to the server's process group is not one to the run
-            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE):
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python sets it: EPIPE, not death
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(
+                signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+            )
+            for fd in self.close_in_child:
+                os.close(fd)
             self.selector.close()
             if self.listener is not None:
                 self.listener.close()
@@ -281,6 +318,9 @@ class WarmRunner:
             connection.close()
             for target, fd in enumerate(fds):
                 os.dup2(fd, target)
+            for fd in fds:
+                if fd > 2:
+                    os.close(fd)
             os.chdir(request.cwd)
             os.environ.clear()
             os.environ.update(request.env)
@@ -372,6 +412,8 @@ class Refused:
     """The server's warm process cannot stand in for this `radps run`."""
 
     reason: str
+    unreachable: bool = False
+    """The server did not answer at all (it may be stopping): do not use it."""
 
 
 def run_warm(socket_file: str, files: list[Path]) -> int | Refused:
@@ -384,44 +426,73 @@ def run_warm(socket_file: str, files: list[Path]) -> int | Refused:
         settings=import_settings(os.environ),
     )
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        connection.settimeout(REQUEST_TIMEOUT_SECONDS)
+    with _Forwarding() as forwarding:  # from the start: a Ctrl-C never falls between
         try:
-            connection.connect(socket_file)
-            socket.send_fds(connection, [request.to_bytes()], [0, 1, 2])
-            reader = connection.makefile("rb")
-            answer = json.loads(reader.readline() or b"{}")
-        except (OSError, ValueError) as exc:
-            return Refused(f"the radps server did not take the run ({exc})")
-        if not answer.get("accepted"):
-            if "differing" in answer:
-                differing = ", ".join(answer["differing"])
-                return Refused(f"the radps server was started with other settings ({differing})")
-            return Refused(f"the radps server did not take the run: {answer.get('reason')}")
-        connection.settimeout(None)
-        return _wait_for_exit(int(answer["pid"]), reader)
-    finally:
-        connection.close()
-
-
-def _wait_for_exit(pid: int, reader: Any) -> int:
-    def forward(signum: int, frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while True:
+            connection.settimeout(REQUEST_TIMEOUT_SECONDS)
             try:
-                line = reader.readline()
-            except InterruptedError:
-                continue
-            if not line:
-                print("radps: the radps server ended before the run did", file=sys.stderr)
-                return 1
-            message = json.loads(line)
-            if "exit" in message:
-                return int(message["exit"])
-    finally:
-        for sig, handler in previous.items():
+                connection.connect(socket_file)
+                socket.send_fds(connection, [request.to_bytes()], [0, 1, 2])
+                reader = connection.makefile("rb")
+                answer = json.loads(reader.readline() or b"{}")
+            except (OSError, ValueError) as exc:
+                reason = f"the radps server did not take the run ({exc})"
+                return Refused(reason, unreachable=True)
+            if not answer.get("accepted"):
+                if "differing" in answer:
+                    differing = ", ".join(answer["differing"])
+                    return Refused(
+                        f"the radps server was started with other settings ({differing})"
+                    )
+                return Refused(f"the radps server did not take the run: {answer.get('reason')}")
+            connection.settimeout(None)
+            forwarding.to(int(answer["pid"]))
+            return _wait_for_exit(reader)
+        finally:
+            connection.close()
+
+
+class _Forwarding:
+    """SIGINT and SIGTERM to this process become SIGINT to the run's process; one that
+    arrives before its PID is known is passed on as soon as it is."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.pending = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Forwarding:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._forward)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self.pending and self.pid is None:  # never reached a run: this process stops
+            raise KeyboardInterrupt
+
+    def to(self, pid: int) -> None:
+        self.pid = pid
+        if self.pending:
+            self._forward(signal.SIGINT, None)
+
+    def _forward(self, signum: int, frame: object) -> None:
+        if self.pid is None:
+            self.pending = True
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGINT)
+
+
+def _wait_for_exit(reader: Any) -> int:
+    while True:
+        try:
+            line = reader.readline()
+        except InterruptedError:
+            continue
+        if not line:
+            print("radps: the radps server ended before the run did", file=sys.stderr)
+            return 1
+        message = json.loads(line)
+        if "exit" in message:
+            return int(message["exit"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import random
@@ -269,17 +268,19 @@ class PrefectGateway:
         """The flow run for `request.idempotency_key`: created, or the existing one (so asking
         again after a busy answer is safe)."""
         variables = await self._known_variables(work_pool, request.job_variables)
-        for retry in itertools.count():
+
+        async def create() -> FlowRunSnapshot:
+            flow_run = await self._call(
+                "create_flow_run", self._create_flow_run(deployment_id, request, variables)
+            )
+            return snapshot_of(flow_run)
+
+        for retry in range(CREATE_BUSY_RETRIES):
             try:
-                flow_run = await self._call(
-                    "create_flow_run", self._create_flow_run(deployment_id, request, variables)
-                )
-                return snapshot_of(flow_run)
+                return await create()
             except PrefectBusy:
-                if retry >= CREATE_BUSY_RETRIES:
-                    raise
-            await asyncio.sleep(busy_retry_delay(retry))  # with its call slot free
-        raise AssertionError("unreachable")
+                await asyncio.sleep(busy_retry_delay(retry))  # with its call slot free
+        return await create()  # the last try: a busy answer goes to the handler
 
     async def _create_flow_run(
         self, deployment_id: str, request: FlowRunRequest, job_variables: dict[str, Any]

@@ -486,10 +486,7 @@ class _Forwarding:
 
 def _wait_for_exit(reader: Any) -> int:
     while True:
-        try:
-            line = reader.readline()
-        except InterruptedError:
-            continue
+        line = reader.readline()  # a forwarded signal does not end it (PEP 475)
         if not line:
             print("radps: the radps server ended before the run did", file=sys.stderr)
             return 1

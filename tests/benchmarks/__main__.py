@@ -8,6 +8,8 @@ the local control plane; its Prefect server on SQLite and on a throwaway Postgre
 `<out>/operator-<db>.json`; `<out>/summary.json` collects them with
 the targets checked. The cli part (cli.py: `radps validate` against importing what it needs, and
 `radps run`'s start to its first task, cold, warm and in its own process) writes `<out>/cli.json`.
+The casa part (casa.py, not in `all`: it installs CASA into a cached venv of its own) times
+`radps run` against CASA's tclean on one measurement set and writes `<out>/casa.json`.
 Not tests: nothing here fails on a slow machine, the numbers are for reading.
 """
 
@@ -23,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import arraycore, cli, pipeline
+from . import arraycore, casa, cli, pipeline
 from . import operator as operator_bench
 
 
@@ -51,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pipeline", action="store_true", help="skip the end-to-end runs")
     parser.add_argument(
         "--only",
-        choices=("all", "arraycore", "operator", "cli"),
+        choices=("all", "arraycore", "operator", "cli", "casa"),
         default="all",
-        help="one part only",
+        help="one part only (casa runs only when asked)",
     )
+    parser.add_argument("--casa-repeat", type=int, default=3, help="CASA benchmark repeats")
     parser.add_argument(
         "--operator-runs",
         default="1,200,1000",
@@ -72,6 +75,18 @@ def main(argv: list[str] | None = None) -> int:
         results["cli"] = {"validate": cli.validate(), "start": cli.start()}
         (args.out / "cli.json").write_text(json.dumps(results["cli"], indent=1))
         print(json.dumps(results["cli"], indent=1), flush=True)
+    if args.only == "casa":
+        results["casa"] = casa.main(args.out, args.casa_repeat)
+        print(
+            json.dumps(
+                {
+                    k: results["casa"][k]
+                    for k in ("ratio_dirty_vs_casa", "ratio_clean_vs_casa", "accuracy", "targets")
+                },
+                indent=1,
+            ),
+            flush=True,
+        )
     if args.only in ("all", "arraycore"):
         results |= _arraycore(args)
     if args.only in ("all", "operator"):

@@ -159,7 +159,7 @@ def _flow_process(client: subprocess.Popen[str], server: Any, before: set[int]) 
     return client.pid
 
 
-def _radps_run(env: dict[str, str], manifest: Path) -> tuple[float, float | None, int]:
+def radps_run(env: dict[str, str], manifest: Path) -> tuple[float, float | None, int]:
     """One `radps run`: its wall time, its flow run's own wall time, the peak RSS of the
     process its flow runs in."""
     import psutil
@@ -211,7 +211,7 @@ def end_to_end(env: dict[str, str], path: Path, n_vis: int, work: Path, repeat: 
     manifest.write_text(yaml.safe_dump(document))
     runs, cold = [], []
     for _ in range(repeat):
-        runs.append(_radps_run(env, manifest))
+        runs.append(radps_run(env, manifest))
         cold.append(cold_kernels(path, work / f"kernels-{n_vis}"))
     warm = kernels(path, work / f"kernels-warm-{n_vis}")
     flow_s = statistics.median(flow if flow is not None else wall for wall, flow, _ in runs)

@@ -124,3 +124,49 @@ def dirty_cube(
         uvw_sign=uvw_sign,
     )
     return total.normalised(np.float64)
+
+
+def hogbom_reference(
+    residual: np.ndarray,
+    psf: np.ndarray,
+    *,
+    gain: float,
+    threshold: float,
+    niter: int,
+    mask: np.ndarray | None = None,
+    floor: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`radps_flows.core.clean.hogbom` written plainly in numpy, component by component
+    (its compiled loop must give the same model, residual and count)."""
+    res = np.array(residual, dtype=np.float64, copy=True)
+    model = np.zeros_like(res)
+    search = None if mask is None else np.asarray(mask, dtype=bool)
+    inside = np.abs(res) >= floor
+    if search is not None:
+        inside &= search
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if rows.size == 0:
+        return model, res, 0
+    top, left = int(rows[0]), int(cols[0])
+    window = res[top : rows[-1] + 1, left : cols[-1] + 1]
+    allowed = None if search is None else search[top : rows[-1] + 1, left : cols[-1] + 1]
+    n_y, n_x = window.shape
+    p_y, p_x = psf.shape
+    cy, cx = p_y // 2, p_x // 2
+    done = 0
+    while done < niter:
+        absres = np.abs(window)
+        if allowed is not None:
+            absres[~allowed] = -1.0
+        k = int(np.argmax(absres))
+        y0, x0 = divmod(k, n_x)
+        peak = window[y0, x0]
+        if absres[y0, x0] < 0 or abs(peak) < threshold:
+            break
+        step = gain * peak
+        model[top + y0, left + x0] += step
+        ya, yb = max(0, y0 - cy), min(n_y, y0 - cy + p_y)
+        xa, xb = max(0, x0 - cx), min(n_x, x0 - cx + p_x)
+        window[ya:yb, xa:xb] -= step * psf[ya - y0 + cy : yb - y0 + cy, xa - x0 + cx : xb - x0 + cx]
+        done += 1
+    return model, res, done

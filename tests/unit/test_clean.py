@@ -12,6 +12,7 @@ from radps_flows.core.clean import hogbom
 from radps_flows.core.imager import make_clean_image
 from radps_flows.core.io import open_processing_set
 from radps_flows.core.synth import PointSource, SynthesisSpec, synthesize_processing_set
+from tests.oracles import hogbom_reference
 
 CELL_ARCSEC = 4.0
 N = 128
@@ -134,3 +135,30 @@ def test_an_image_sized_psf_subtracts_where_it_reaches():
     model, res, done = hogbom(source, psf, gain=1.0, threshold=1e-9, niter=1)
     assert done == 1 and model[2, 3] == pytest.approx(0.5)
     assert np.abs(res).max() < 1e-12  # the Gaussian's overlap with the image is all of it
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_compiled_minor_cycle_is_the_numpy_loop(masked: bool):
+    """The compiled loop takes the same components in the same order as the loop written
+    plainly in numpy (tests.oracles): a PSF with sidelobes, noise, a window (floor), a mask,
+    the PSF both larger and smaller than the image, and equal peaks (the first is taken)."""
+    rng = np.random.default_rng(11)
+    n = 96
+    for psf_size in (2 * n, n // 2):
+        yy, xx = np.mgrid[:psf_size, :psf_size] - psf_size // 2
+        psf = np.exp(-(xx**2 + yy**2) / 18.0) - 0.15 * np.cos(xx / 3.0) * np.exp(-(yy**2) / 400.0)
+        psf /= psf[psf_size // 2, psf_size // 2]
+        dirty = rng.normal(size=(n, n)) * 0.01
+        dirty[40, 50] = dirty[60, 20] = 1.0  # a tie: the first in row-major order wins
+        dirty[70:74, 30:34] += 0.4
+        mask = None
+        if masked:
+            mask = np.zeros((n, n), dtype=bool)
+            mask[10:80, 15:90] = True
+        got = hogbom(dirty, psf, gain=0.1, threshold=0.02, niter=400, mask=mask, floor=0.01)
+        want = hogbom_reference(
+            dirty, psf, gain=0.1, threshold=0.02, niter=400, mask=mask, floor=0.01
+        )
+        assert got[2] == want[2] > 100
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])

@@ -37,7 +37,7 @@ import ducc0
 import numpy as np
 import xarray as xr
 
-from .conventions import MSV4_UVW_SIGN, ducc0_flips
+from .conventions import MSV4_UVW_SIGN, SINGLE_PRECISION_EPSILON, ducc0_flips
 from .io import data_variable_names
 from .synth import point_source_visibilities
 
@@ -377,13 +377,15 @@ def image_model_visibilities(
     CLEAN from our images predicts the visibilities that made them."""
     uvw = np.asarray(uvw, dtype=np.float64).reshape(-1, 3)
     good = np.isfinite(uvw).all(axis=1)
-    out = np.zeros((len(uvw), len(freq)), dtype=np.complex128)
+    # Single precision where it meets epsilon, as the gridder (about 1.6x faster).
+    real = np.float32 if epsilon >= SINGLE_PRECISION_EPSILON else np.float64
+    out = np.zeros((len(uvw), len(freq)), dtype=np.result_type(real, np.complex64))
     if not good.any():
         return out
     out[good] = ducc0.wgridder.dirty2vis(
         uvw=np.ascontiguousarray(uvw[good]),
         freq=np.asarray(freq, dtype=np.float64),
-        dirty=np.ascontiguousarray(np.asarray(image, dtype=np.float64).T),
+        dirty=np.ascontiguousarray(np.asarray(image, dtype=real).T),
         pixsize_x=cell_rad,
         pixsize_y=cell_rad,
         epsilon=epsilon,

@@ -30,7 +30,14 @@ from radps_flows.core import blocks as blk
 from radps_flows.core import cube as core_cube
 from radps_flows.core import imaging as core_imaging
 from radps_flows.core.beam import fit_beam, restore
-from radps_flows.core.clean import CleanSettings, box_mask, box_rms, hogbom, psf_sidelobe
+from radps_flows.core.clean import (
+    CleanSettings,
+    box_mask,
+    box_rms,
+    cycle_epsilon,
+    hogbom,
+    psf_sidelobe,
+)
 from radps_flows.core.executors import Executor, SerialExecutor
 
 Log = Callable[[str], object]
@@ -254,6 +261,11 @@ def clean_image(
     rms = box_rms(residual, settings.rms_box)
     threshold = max(settings.threshold_jy, settings.threshold_rms * rms)
     mask = box_mask(settings.mask, imsize)
+    epsilon = settings.epsilon
+    if epsilon is None:
+        epsilon = cycle_epsilon(float(np.abs(residual).max()), rms, grid.epsilon)
+        log(f"CLEAN's major cycles grid at epsilon {epsilon:.2g} (auto)")
+    cycle_grid = replace(grid, epsilon=epsilon)
     model = np.zeros((imsize, imsize))
     niter, done, cycles = settings.niter, 0, 0
     while done < niter and cycles < settings.max_major:
@@ -277,7 +289,7 @@ def clean_image(
         done += n
         model += delta
         shared = ex.share(model.copy())
-        residuals = ex.map(blk.residual_block, prepared, grid=grid, model=shared, **extra)
+        residuals = ex.map(blk.residual_block, prepared, grid=cycle_grid, model=shared, **extra)
         residual = blk.total(ex, residuals).image / weight_sum
         cycles += 1
         log(f"major cycle {cycles}: {n} components, cycle threshold {cycle_threshold:.4g}")

@@ -32,7 +32,7 @@ import xarray as xr
 
 from radps_flows.parameter_rules import GRIDDER_MIN_PIXELS
 
-from .conventions import MSV4_UVW_SIGN, ducc0_flips
+from .conventions import MSV4_UVW_SIGN, SINGLE_PRECISION_EPSILON, ducc0_flips
 from .io import data_variable_names
 
 #: Parallel-hand correlations that estimate Stokes I, in order of preference.
@@ -109,7 +109,7 @@ def dirty_sum_from_arrays(
     out = DirtySum.empty(imsize)
     if not rows.any():
         return out
-    single = np.asarray(vis).dtype == np.complex64 and epsilon >= 2e-5
+    single = np.asarray(vis).dtype == np.complex64 and epsilon >= SINGLE_PRECISION_EPSILON
     cdt, rdt = (np.complex64, np.float32) if single else (np.complex128, np.float64)
     every = bool(rows.all())  # the usual case: no row copies
     wgt = np.ascontiguousarray(weight if every else weight[rows], dtype=rdt)

@@ -117,9 +117,12 @@ class ImagingParameters(PipelineParameters):
     max_major: Annotated[int, Field(ge=1)] = Field(
         50, description="Maximum number of major cycles."
     )
-    clean_epsilon: Annotated[float, Field(ge=1e-8, le=1e-2)] = Field(
-        1e-6,
-        description="Gridder accuracy inside CLEAN (residuals need more than dirty images).",
+    clean_epsilon: Literal["auto"] | Annotated[float, Field(ge=1e-8, le=1e-2)] = Field(
+        "auto",
+        description="Gridder accuracy of CLEAN's passes through the visibilities. auto: the "
+        "PSF and dirty image at `epsilon`, the major cycles at a tenth of the dirty image's "
+        "rms over its peak, between 1e-7 and `epsilon` (a bright source's residual needs "
+        "more accuracy than a dirty image); a number: every pass at that accuracy.",
     )
     clean_visibilities: Literal["auto", "keep", "reread"] = Field(
         "auto",

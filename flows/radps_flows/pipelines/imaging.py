@@ -94,6 +94,7 @@ def clean_settings(params: dict) -> CleanSettings:
         weighting=params["weighting"],
         robust=params["robust"],
         visibilities=params["clean_visibilities"],
+        epsilon=None if params["clean_epsilon"] == "auto" else params["clean_epsilon"],
     )
 
 
@@ -104,7 +105,8 @@ def clean_image(
     """Hogbom CLEAN with major cycles through the visibilities, kept on the workers or read
     again at each cycle (see :func:`radps_flows.core.imager.clean_inputs`)."""
     steps = _steps(datasets, params)
-    grid = imager.grid_for(imsize, cell_arcsec, params["clean_epsilon"])
+    chosen = params["clean_epsilon"]
+    grid = imager.grid_for(imsize, cell_arcsec, params["epsilon"] if chosen == "auto" else chosen)
     blocks = _blocks(store, datasets, steps, params)
     with executor() as ex:
         return imager.clean_image(

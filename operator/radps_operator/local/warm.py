@@ -171,6 +171,7 @@ class WarmRunner:
     children: dict[int, _Child] = field(default_factory=dict)
     last_active: float = field(default_factory=time.monotonic)
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
+    _wakeup: tuple[int, ...] = ()
 
     def listen(self) -> Path:
         self.path = socket_path(self.home)
@@ -196,23 +197,38 @@ class WarmRunner:
         stopped."""
         assert self.listener is not None
         self.selector.register(self.listener, selectors.EVENT_READ)
-        while True:
-            for key, _ in self.selector.select(timeout=0.5):
-                try:
-                    if key.fileobj is self.listener:
-                        self._accept()
-                    else:
-                        self._client_readable(key.fileobj)  # type: ignore[arg-type]
-                except Exception as exc:  # one client's trouble never stops the others' runs
-                    print(f"radps server: a request failed: {exc!r}", file=sys.stderr)
-            self._reap()
-            if not alive():
-                return "the Prefect server exited"
-            idle = time.monotonic() - self.last_active
-            if idle_seconds is not None and not self.children and idle > idle_seconds:
-                if not in_use():
-                    return f"idle for {idle_seconds:g} s"
-                self.last_active = time.monotonic()
+        # A child's exit wakes the loop at once (its client is told its exit code then, not
+        # up to half a second later): Python writes every signal's number to this pipe.
+        self._wakeup = os.pipe()
+        for fd in self._wakeup:
+            os.set_blocking(fd, False)
+        self.selector.register(self._wakeup[0], selectors.EVENT_READ)
+        previous = signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.set_wakeup_fd(self._wakeup[1], warn_on_full_buffer=False)
+        try:
+            while True:
+                for key, _ in self.selector.select(timeout=0.5):
+                    try:
+                        if key.fileobj is self.listener:
+                            self._accept()
+                        elif key.fileobj == self._wakeup[0]:
+                            with contextlib.suppress(BlockingIOError):
+                                os.read(self._wakeup[0], 4096)
+                        else:
+                            self._client_readable(key.fileobj)  # type: ignore[arg-type]
+                    except Exception as exc:  # one client's trouble never stops the others' runs
+                        print(f"radps server: a request failed: {exc!r}", file=sys.stderr)
+                self._reap()
+                if not alive():
+                    return "the Prefect server exited"
+                idle = time.monotonic() - self.last_active
+                if idle_seconds is not None and not self.children and idle > idle_seconds:
+                    if not in_use():
+                        return f"idle for {idle_seconds:g} s"
+                    self.last_active = time.monotonic()
+        finally:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, previous)
 
     def close(self) -> None:
         """Stop listening, interrupt the runs still going (each cancels its flow run) and
@@ -248,6 +264,10 @@ class WarmRunner:
                 os.waitpid(pid, 0)
             self._report(pid, 128 + signal.SIGKILL)
         self.selector.close()
+        for fd in self._wakeup:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wakeup = ()
 
     def _accept(self) -> None:
         assert self.listener is not None
@@ -311,7 +331,8 @@ class WarmRunner:
             signal.pthread_sigmask(
                 signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
             )
-            for fd in self.close_in_child:
+            signal.set_wakeup_fd(-1)
+            for fd in (*self.close_in_child, *self._wakeup):
                 os.close(fd)
             self.selector.close()
             if self.listener is not None:

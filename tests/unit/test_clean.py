@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from radps_flows.core.beam import Beam, fit_beam, gaussian_image, restore
+from radps_flows.core.beam import Beam, convolve_same, fit_beam, gaussian_image, restore
 from radps_flows.core.clean import hogbom
 from radps_flows.core.imager import make_clean_image
 from radps_flows.core.io import open_processing_set
@@ -162,3 +162,19 @@ def test_the_compiled_minor_cycle_is_the_numpy_loop(masked: bool):
         assert got[2] == want[2] > 100
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("shape", [(31, 33), (64, 48)])
+def test_convolve_same_is_the_direct_sum(shape: tuple[int, int]):
+    """The restoring convolution against its definition, summed pixel by pixel: out[y, x] =
+    sum over the kernel of image[y - i, x - j] * kernel[half + i, half + j]."""
+    rng = np.random.default_rng(3)
+    image, kernel = rng.normal(size=shape), rng.normal(size=(7, 7))
+    half = 3
+    padded = np.pad(image, half)
+    want = np.zeros(shape)
+    for i in range(-half, half + 1):
+        for j in range(-half, half + 1):
+            shifted = padded[half - i : half - i + shape[0], half - j : half - j + shape[1]]
+            want += shifted * kernel[half + i, half + j]
+    np.testing.assert_allclose(convolve_same(image, kernel), want, rtol=0, atol=1e-12)

@@ -138,8 +138,7 @@ def write_clean_products(images: xr.Dataset, output: str, title: str) -> list[Ou
         png = products.write_png(images[name], folder / f"{name}.png", f"{title}: {name}")
         publish_preview(png, f"{title}: {name}")
         out.append(file_output(f"{name}-preview", png, "png"))
-    path = folder / "images.zarr"
-    images.to_zarr(path, mode="w", consolidated=False)
+    path = products.write_zarr_images(images, folder / "images.zarr")
     out.append(file_output("images-zarr", path, "zarr"))
     return out
 

@@ -144,3 +144,22 @@ def test_other_import_settings_run_in_their_own_process(radps_server: RadpsServe
     assert code == 0, output
     assert "running in this process" in output
     assert "other settings (DASK_DISTRIBUTED__ADMIN__TICK__LIMIT)" in " ".join(output.split())
+
+
+def test_a_running_server_rejects_an_invalid_run_as_radps_run_does(
+    radps_server: RadpsServer, tmp_path: Path
+):
+    """With a server running, `radps run` leaves validation to the server's fork: every error
+    of the manifest is still reported with its field, the exit code is 2, no flow run is
+    created, and the fork never ran in its own process's place."""
+    bad = manifest(
+        tmp_path,
+        "bad",
+        "imaging",
+        {"input": str(tmp_path / "absent.ms"), "output": str(tmp_path / "out"), "imsize": 7},
+    )
+    code, output = radps_run(radps_server.env(), bad, timeout=120)
+    assert code == 2, output
+    assert "spec.parameters.imsize" in output and "7" in output, output
+    assert "this process" not in output and not flow_run_ids(output), output
+    assert not (tmp_path / "out").exists()

@@ -34,3 +34,21 @@ def prefect_base_env(home: Path, database: Path | None = None) -> dict[str, str]
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "false",
     }
+
+
+def process_env(home: Path, verbose: bool, base: dict[str, str]) -> dict[str, str]:
+    """`base` with the settings for Prefect and Dask in a `radps run` process and every worker
+    it spawns."""
+    env = {**base, **prefect_base_env(home)}
+    # Our own progress bar and summary replace Prefect's console log; everything still goes
+    # to the Prefect API (`radps server` shows it) and `--verbose` brings it back.
+    env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
+    env.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "error")
+    env.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "true")
+    return env
+
+
+def configure_process_env(home: Path, verbose: bool) -> None:
+    """`process_env` for this process; must run before `import prefect` (Prefect reads its
+    settings when first imported)."""
+    os.environ.update(process_env(home, verbose, dict(os.environ)))

@@ -24,6 +24,7 @@ Otherwise `radps run` runs in its own process, as before, and says why.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import importlib.util
 import json
@@ -144,6 +145,12 @@ def warm_up() -> None:
     import radps_flows.preload  # noqa: F401 - xradio's reader (2-3 s), which an MSv2 input needs
 
     products.warm_up_plotting(wait=True)  # a process's first figure costs 0.3-1 s
+    # What is imported now lives as long as the server: out of the garbage collector's sight,
+    # a fork's full collections (xradio's conversion runs one; Python's own run as a run
+    # allocates) scan only the run's objects, not the ~0.5 GB of imports, and do not touch,
+    # so copy, the pages the forks share.
+    gc.collect()
+    gc.freeze()
 
 
 # --- the server side -------------------------------------------------------------------

@@ -48,3 +48,19 @@ def test_blocks_of_a_later_partition_follow_the_solves_intervals(tmp_path):
     np.testing.assert_array_equal(
         loaded["time"].values, later["time"].values[blocks[-1].start : blocks[-1].stop]
     )
+
+
+def test_blocks_are_equal_and_as_many_as_run_at_once():
+    """A pass lasts as long as its largest block: the CASA benchmark's partition (240 times,
+    zarr chunks of 186 and 54, ~1.3 blocks of 64 MB) is cut in two equal blocks for two
+    workers, not at its chunk edge; a chunk edge near an ideal cut is taken; a cut never
+    splits a solution interval (only allowed positions)."""
+    assert blk.balanced_cuts(240, 93.3, [186, 240], parallel=2) == [0, 120, 240]
+    assert blk.balanced_cuts(240, 93.3, [186, 240], parallel=1) == [0, 80, 160, 240]
+    assert blk.balanced_cuts(240, 93.3, [115, 240], parallel=2) == [0, 115, 240]  # an edge
+    assert blk.balanced_cuts(30, 40.0, [30], parallel=2) == [0, 30]  # smaller than a block
+    cuts = blk.balanced_cuts(100, 25.0, [100], parallel=2, allowed=[24, 52, 77, 90])
+    assert cuts == [0, 24, 52, 77, 100]
+    assert blk.balanced_cuts(100, 25.0, [100], parallel=2, allowed=[]) == [0, 100]
+    sizes = np.diff(blk.balanced_cuts(1000, 7.0, list(range(10, 1001, 10)), parallel=4))
+    assert sizes.max() - sizes.min() <= 10 and 100 < len(sizes) < 200

@@ -29,6 +29,8 @@ class Executor(Protocol):
 
     def memory_bytes(self) -> int: ...
 
+    def threads(self) -> int: ...
+
 
 class SerialExecutor:
     """Runs blocks one after the other in this process (no Dask cluster around)."""
@@ -58,6 +60,10 @@ class SerialExecutor:
         import psutil
 
         return int(psutil.virtual_memory().available)
+
+    def threads(self) -> int:
+        """How many blocks run at once."""
+        return 1
 
 
 class DaskExecutor:
@@ -122,3 +128,11 @@ class DaskExecutor:
         limits = [int(w.get("memory_limit") or host) for w in workers]
         expected = max(len(limits), self.expected_workers)
         return sum(limits) * expected // len(limits)
+
+    def threads(self) -> int:
+        """How many blocks run at once: the workers' threads, counting the workers still
+        starting as the average of those up."""
+        self.client.wait_for_workers(1, timeout=self.start_timeout_seconds)
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        counts = [int(w.get("nthreads") or 1) for w in workers]
+        return sum(counts) * max(len(counts), self.expected_workers) // len(counts)

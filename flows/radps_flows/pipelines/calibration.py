@@ -43,8 +43,8 @@ def solve(store: str, datasets: list[xr.Dataset], params: dict) -> dict[str, xr.
         solint=params["solint"],
         minsnr=params["minsnr"],
     )
-    blocks = blk.blocks_for(store, datasets, steps, params["block_mb"])
     with executor() as ex:
+        blocks = blk.blocks_for(store, datasets, steps, params["block_mb"], parallel=ex.threads())
         tables = ex.gather(ex.map(blk.block_gains, blocks, steps=steps))
     merged = merge_gains(tables)
     for name, ds in merged.items():

@@ -50,8 +50,8 @@ def _steps(datasets: list[xr.Dataset], params: dict) -> blk.Steps:
     )
 
 
-def _blocks(store: str, datasets: list[xr.Dataset], steps: blk.Steps, params: dict):
-    return blk.blocks_for(store, datasets, steps, params["block_mb"])
+def _blocks(store: str, datasets: list[xr.Dataset], steps: blk.Steps, params: dict, ex):
+    return blk.blocks_for(store, datasets, steps, params["block_mb"], parallel=ex.threads())
 
 
 @task(name="dirty-image")
@@ -63,7 +63,7 @@ def dirty_image(
     grid = imager.grid_for(imsize, cell_arcsec, params["epsilon"])
     with executor() as ex:
         return imager.dirty_image(
-            ex, _blocks(store, datasets, steps, params), datasets, steps, grid, log=print
+            ex, _blocks(store, datasets, steps, params, ex), datasets, steps, grid, log=print
         )
 
 
@@ -76,7 +76,7 @@ def dirty_cube(
     grid = imager.grid_for(imsize, cell_arcsec, params["epsilon"])
     with executor() as ex:
         return imager.dirty_cube(
-            ex, _blocks(store, datasets, steps, params), datasets, steps, grid, log=print
+            ex, _blocks(store, datasets, steps, params, ex), datasets, steps, grid, log=print
         )
 
 
@@ -107,8 +107,8 @@ def clean_image(
     steps = _steps(datasets, params)
     chosen = params["clean_epsilon"]
     grid = imager.grid_for(imsize, cell_arcsec, params["epsilon"] if chosen == "auto" else chosen)
-    blocks = _blocks(store, datasets, steps, params)
     with executor() as ex:
+        blocks = _blocks(store, datasets, steps, params, ex)
         return imager.clean_image(
             ex, blocks, datasets, steps, grid, clean_settings(params), log=print
         )

@@ -13,12 +13,16 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from radps_operator import __version__
+
+if TYPE_CHECKING:
+    from radps_operator.local.server import LocalServer
+    from radps_operator.local.warm import Refused
 
 EXIT_INVALID = 2
 
@@ -220,7 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_and_report(runs, args.files, home, stdout, server)
 
 
-def _run_warm(server: Any, args: argparse.Namespace) -> Any:
+def _run_warm(server: LocalServer, args: argparse.Namespace) -> int | Refused | None:
     """The run's exit code from a fork of the warm `server`; else why not (a `warm.Refused`,
     said on the terminal), or None where the server has no runner or `-v` asks for this
     process."""

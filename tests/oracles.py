@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from radps_flows.core.clean import search_window
 from radps_flows.core.conventions import MSV4_UVW_SIGN
 from radps_flows.core.cube import cube_sum_from_arrays
 from radps_flows.core.imaging import dirty_sum_from_arrays
@@ -141,15 +142,12 @@ def hogbom_reference(
     res = np.array(residual, dtype=np.float64, copy=True)
     model = np.zeros_like(res)
     search = None if mask is None else np.asarray(mask, dtype=bool)
-    inside = np.abs(res) >= floor
-    if search is not None:
-        inside &= search
-    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
-    if rows.size == 0:
+    box = search_window(res, search, floor)  # the same window: the loop is what is checked
+    if box is None:
         return model, res, 0
-    top, left = int(rows[0]), int(cols[0])
-    window = res[top : rows[-1] + 1, left : cols[-1] + 1]
-    allowed = None if search is None else search[top : rows[-1] + 1, left : cols[-1] + 1]
+    window = res[box]
+    allowed = None if search is None else search[box]
+    top, left = box[0].start, box[1].start
     n_y, n_x = window.shape
     p_y, p_x = psf.shape
     cy, cx = p_y // 2, p_x // 2

@@ -22,7 +22,6 @@ from radps_operator import __version__
 
 if TYPE_CHECKING:
     from radps_operator.local.server import LocalServer
-    from radps_operator.local.warm import Refused
 
 EXIT_INVALID = 2
 
@@ -184,11 +183,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if server is not None:
         # The server's fork validates the files as this process would, and reports the same
         # errors; this process then imports nothing heavy (0.2-0.3 s of every warm run).
-        outcome = _run_warm(server, args)
-        if isinstance(outcome, int):
-            return outcome
-        if outcome is not None and outcome.unreachable:  # stopping, perhaps: use one that answers
-            server = local_server.find_running_server(home)
+        code, server = _run_warm(server, home, args)
+        if code is not None:
+            return code
     from radps_flows.allocator import keep_freed_memory
 
     keep_freed_memory()  # before any thread exists: the flows run in this process
@@ -211,11 +208,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                     f"after {local_server.idle_seconds_setting():g} s without a run, or with "
                     "`radps server stop`[/]"
                 )
-            outcome = _run_warm(server, args)
-            if isinstance(outcome, int):
-                return outcome
-            if outcome is not None and outcome.unreachable:
-                server = local_server.find_running_server(home)
+            code, server = _run_warm(server, home, args)
+            if code is not None:
+                return code
     from radps_operator.local.runner import run_and_report
 
     if server is None:
@@ -224,18 +219,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run_and_report(runs, args.files, home, stdout, server)
 
 
-def _run_warm(server: LocalServer, args: argparse.Namespace) -> int | Refused | None:
-    """The run's exit code from a fork of the warm `server`; else why not (a `warm.Refused`,
-    said on the terminal), or None where the server has no runner or `-v` asks for this
-    process."""
+def _run_warm(
+    server: LocalServer, home: Path, args: argparse.Namespace
+) -> tuple[int | None, LocalServer | None]:
+    """The run's exit code from a fork of the warm `server`; or None (no runner, `-v`, or a
+    refusal, said on the terminal) and the server this process may use instead: none where
+    that one did not answer, unless another now does."""
     if not server.runner_socket or args.verbose:
-        return None
+        return None, server
+    from radps_operator.local import server as local_server
     from radps_operator.local import warm
 
     outcome = warm.run_warm(server.runner_socket, args.files)
-    if isinstance(outcome, warm.Refused):
-        stdout.print(f"[dim]running in this process: {outcome.reason}[/]")
-    return outcome
+    if not isinstance(outcome, warm.Refused):
+        return outcome, server
+    stdout.print(f"[dim]running in this process: {outcome.reason}[/]")
+    if outcome.unreachable:  # stopping, perhaps: only a server that answers is used
+        return None, local_server.find_running_server(home)
+    return None, server
 
 
 def cmd_server(args: argparse.Namespace) -> int:

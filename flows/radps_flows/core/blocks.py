@@ -143,15 +143,16 @@ def plan_blocks(
             continue
         per_time = var.isel(time=0).size * var.dtype.itemsize
         chunks = var.chunks[var.dims.index("time")] if var.chunks else (nt,)
-        allowed = None  # where a cut may fall: anywhere, or between solution intervals
-        if solint not in ("int", 0, None) and solint != "inf":
-            times = np.asarray(ds["time"].values, dtype=np.float64)
-            bins = cal.time_bins(times, solint, time_origin)
-            allowed = [c for c in range(1, nt) if bins[c] != bins[c - 1]]
-        edges = [int(e) for e in np.cumsum(chunks)]
-        cuts = balanced_cuts(nt, target / per_time, edges, parallel, allowed)
         if solint in (None, "inf"):
             cuts = [0, nt]
+        else:
+            allowed = None  # where a cut may fall: anywhere, or between solution intervals
+            if solint not in ("int", 0):
+                times = np.asarray(ds["time"].values, dtype=np.float64)
+                bins = cal.time_bins(times, solint, time_origin)
+                allowed = [c for c in range(1, nt) if bins[c] != bins[c - 1]]
+            edges = [int(e) for e in np.cumsum(chunks)]
+            cuts = balanced_cuts(nt, target / per_time, edges, parallel, allowed)
         source = str(store) if store is not None else None
         data = ds if store is None else None
         blocks.extend(Block(source, name, a, b, index, data) for a, b in itertools.pairwise(cuts))

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["CleanSettings", "box_mask", "box_rms", "cycle_epsilon", "hogbom", "psf_sidelobe"]
+__all__ = [
+    "CleanSettings",
+    "box_mask",
+    "box_rms",
+    "cycle_epsilon",
+    "hogbom",
+    "psf_sidelobe",
+    "search_window",
+]
 
 
 @dataclass(frozen=True)
@@ -111,19 +119,12 @@ def hogbom(
     res = np.array(residual, dtype=np.float64, copy=True)
     model = np.zeros_like(res)
     search = None if mask is None else np.asarray(mask, dtype=bool)
-    inside = np.abs(res) >= floor
-    if search is not None:
-        inside &= search
-    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
-    if rows.size == 0:
+    box = search_window(res, search, floor)
+    if box is None:
         return model, res, 0
-    top, left = int(rows[0]), int(cols[0])
-    window = res[top : rows[-1] + 1, left : cols[-1] + 1]  # a view: res is updated in place
-    allowed = (
-        np.ones((1, 1), dtype=bool)
-        if search is None
-        else np.ascontiguousarray(search[top : rows[-1] + 1, left : cols[-1] + 1])
-    )
+    rows, cols = box
+    window = res[rows, cols]  # a view: res is updated in place
+    allowed = np.ones((1, 1), dtype=bool) if search is None else np.ascontiguousarray(search[box])
     done = minor_cycle.components(
         window,
         model,
@@ -133,7 +134,21 @@ def hogbom(
         float(gain),
         float(threshold),
         int(niter),
-        top,
-        left,
+        rows.start,
+        cols.start,
     )
     return model, res, int(done)
+
+
+def search_window(
+    residual: np.ndarray, mask: np.ndarray | None, floor: float
+) -> tuple[slice, slice] | None:
+    """The rows and columns of the smallest box holding every pixel (inside ``mask``) whose
+    ``|residual|`` is at least ``floor``: where :func:`hogbom` works; None if none is."""
+    inside = np.abs(residual) >= floor
+    if mask is not None:
+        inside &= mask
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    if rows.size == 0:
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)

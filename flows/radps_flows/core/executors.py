@@ -122,17 +122,18 @@ class DaskExecutor:
         average of those up (a worker without a limit counts its host's memory)."""
         import psutil
 
-        self.client.wait_for_workers(1, timeout=self.start_timeout_seconds)
-        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
         host = int(psutil.virtual_memory().total)
-        limits = [int(w.get("memory_limit") or host) for w in workers]
-        expected = max(len(limits), self.expected_workers)
-        return sum(limits) * expected // len(limits)
+        return self._summed_over_workers(lambda w: int(w.get("memory_limit") or host))
 
     def threads(self) -> int:
         """How many blocks run at once: the workers' threads, counting the workers still
         starting as the average of those up."""
+        return self._summed_over_workers(lambda w: int(w.get("nthreads") or 1))
+
+    def _summed_over_workers(self, of_worker: Callable[[dict], int]) -> int:
+        """``of_worker`` summed over the workers, those still starting counted as the
+        average of those up (the first is waited for)."""
         self.client.wait_for_workers(1, timeout=self.start_timeout_seconds)
         workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
-        counts = [int(w.get("nthreads") or 1) for w in workers]
-        return sum(counts) * max(len(counts), self.expected_workers) // len(counts)
+        values = [of_worker(w) for w in workers]
+        return sum(values) * max(len(values), self.expected_workers) // len(values)

@@ -22,6 +22,7 @@ from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import blocks as blk
 from radps_flows.core import imager, products
 from radps_flows.core.clean import CleanSettings
+from radps_flows.core.executors import Executor
 from radps_flows.parameters.base import flow_parameters
 from radps_flows.parameters.imaging import ImagingParameters
 from radps_flows.pipelines import stages
@@ -50,7 +51,9 @@ def _steps(datasets: list[xr.Dataset], params: dict) -> blk.Steps:
     )
 
 
-def _blocks(store: str, datasets: list[xr.Dataset], steps: blk.Steps, params: dict, ex):
+def _blocks(
+    store: str, datasets: list[xr.Dataset], steps: blk.Steps, params: dict, ex: Executor
+) -> list[blk.Block]:
     return blk.blocks_for(store, datasets, steps, params["block_mb"], parallel=ex.threads())
 
 
@@ -105,13 +108,12 @@ def clean_image(
     """Hogbom CLEAN with major cycles through the visibilities, kept on the workers or read
     again at each cycle (see :func:`radps_flows.core.imager.clean_inputs`)."""
     steps = _steps(datasets, params)
-    chosen = params["clean_epsilon"]
-    grid = imager.grid_for(imsize, cell_arcsec, params["epsilon"] if chosen == "auto" else chosen)
+    settings = clean_settings(params)
+    first_pass = params["epsilon"] if settings.epsilon is None else settings.epsilon
+    grid = imager.grid_for(imsize, cell_arcsec, first_pass)
     with executor() as ex:
         blocks = _blocks(store, datasets, steps, params, ex)
-        return imager.clean_image(
-            ex, blocks, datasets, steps, grid, clean_settings(params), log=print
-        )
+        return imager.clean_image(ex, blocks, datasets, steps, grid, settings, log=print)
 
 
 @task(name="write-products")

@@ -139,8 +139,9 @@ def hogbom_reference(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """:func:`radps_flows.core.clean.hogbom` written plainly in numpy, component by component
     (its compiled loop must give the same model, residual and count)."""
-    res = np.array(residual, dtype=np.float64, copy=True)
-    model = np.zeros_like(res)
+    res = np.array(residual, dtype=np.float32, copy=True)  # the compiled loop's precision
+    psf = np.asarray(psf, dtype=np.float32)
+    model = np.zeros(res.shape)
     search = None if mask is None else np.asarray(mask, dtype=bool)
     box = search_window(res, search, floor)  # the same window: the loop is what is checked
     if box is None:
@@ -161,7 +162,7 @@ def hogbom_reference(
         peak = window[y0, x0]
         if absres[y0, x0] < 0 or abs(peak) < threshold:
             break
-        step = gain * peak
+        step = np.float32(gain * float(peak))
         model[top + y0, left + x0] += step
         ya, yb = max(0, y0 - cy), min(n_y, y0 - cy + p_y)
         xa, xb = max(0, x0 - cx), min(n_x, x0 - cx + p_x)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from radps_flows.core import blocks as blk
+from radps_flows.core.executors import SerialExecutor
 from radps_flows.core.synth import PointSource, SynthesisSpec, synthesize_processing_set
 from radps_flows.pipelines import imaging, stages
 
@@ -100,3 +101,25 @@ def test_clean_gives_one_image_whether_it_keeps_or_rereads(corrupted, weighting)
     assert reread.attrs["clean_iterations"] == keep.attrs["clean_iterations"]
     for name in ("model", "residual", "psf"):
         np.testing.assert_allclose(reread[name].values, keep[name].values, rtol=0, atol=1e-9)
+
+
+def test_merged_blocks_image_as_their_sum(corrupted):
+    """A local run merges each dataset's kept blocks into one (one gridder call over all the
+    threads): the merged block images as the blocks summed, and keeps their flag counts."""
+    datasets = blk.open_datasets(corrupted)
+    (whole_set,) = blk.plan_blocks(corrupted, datasets, block_mb=0.05)
+    blocks = [replace(whole_set, start=a, stop=a + 3) for a in range(0, whole_set.stop, 3)]
+    parts = [blk.prepare_block(b, blk.Steps(flag=True)) for b in blocks]
+    assert len(parts) == 4
+    merged = blk.merge_prepared(parts)
+    grid = blk.Grid(64, np.radians(4 / 3600), 1e-6, nthreads=2)
+    whole = blk.residual_block(merged, grid)
+    summed = blk.total(SerialExecutor(), [blk.residual_block(p, grid) for p in parts])
+    assert whole.weight_sum == pytest.approx(summed.weight_sum, rel=1e-12)
+    np.testing.assert_allclose(
+        whole.image, summed.image, rtol=0, atol=1e-9 * abs(whole.image).max()
+    )
+    assert merged.flagged_after == sum(p.flagged_after for p in parts) > 0
+    other = replace(parts[0], vis=replace(parts[0].vis, freq=parts[0].vis.freq * 2))
+    with pytest.raises(ValueError, match="one dataset"):
+        blk.merge_prepared([parts[1], other])

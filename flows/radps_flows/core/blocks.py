@@ -494,6 +494,32 @@ def psf_and_residual_block(
     return psf_block(p, grid), residual_block(p, grid)
 
 
+def merge_prepared(parts: Sequence[Prepared]) -> Prepared:
+    """The kept samples of ``parts`` (blocks of one dataset) as one block, for passes made
+    where all of them are in one process: ducc0's w-stacking costs each call the same FFTs
+    whatever its number of rows, so one call over all the threads pays them once per pass
+    instead of once per block. The flag counts are summed; the gains are left out (the
+    blocks' summaries keep them)."""
+    first = parts[0].vis
+    for p in parts[1:]:
+        if not np.array_equal(p.vis.freq, first.freq) or p.vis.uvw_sign != first.uvw_sign:
+            raise ValueError("only blocks of one dataset (same channels) can be merged")
+    vis = replace(
+        first,
+        uvw=np.concatenate([p.vis.uvw for p in parts]),
+        vis=np.concatenate([p.vis.vis for p in parts]),
+        weight=np.concatenate([p.vis.weight for p in parts]),
+    )
+    return Prepared(
+        vis,
+        None,
+        sum(p.flagged_before for p in parts),
+        sum(p.flagged_after for p in parts),
+        sum(p.samples for p in parts),
+        ",".join(dict.fromkeys(p.partition for p in parts)),
+    )
+
+
 def density_block(p: Prepared, grid: Grid) -> np.ndarray:
     v = p.vis
     return weighting.weight_density(

@@ -7,6 +7,9 @@ The major cycles, through the visibilities and the same gridder as the dirty ima
 
 from __future__ import annotations
 
+import importlib
+import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +20,7 @@ __all__ = [
     "CleanSettings",
     "box_mask",
     "box_rms",
+    "compile_minor_cycle_in_background",
     "cycle_epsilon",
     "hogbom",
     "psf_sidelobe",
@@ -98,6 +102,7 @@ def hogbom(
     niter: int,
     mask: np.ndarray | None = None,
     floor: float = 0.0,
+    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Hogbom minor cycle: subtract ``gain * peak * PSF`` at the peak of ``|residual|`` (inside
     ``mask``) until the peak is below ``threshold`` or ``niter`` components were taken.
@@ -110,34 +115,45 @@ def hogbom(
 
     ``psf`` has its peak (1) at ``(shape[0] // 2, shape[1] // 2)``; where it is smaller than
     twice the image (as CASA's, the image's own size), a component reaches as far as the PSF.
-    Returns the model increment (Jy/pixel), the residual (updated inside the window) and the
-    number of components. The loop itself is compiled (:mod:`radps_flows.core.minor_cycle`);
+    Returns the model increment (Jy/pixel, float64), the residual (float32, updated inside
+    the window) and the number of components. The loop itself is compiled, in single
+    precision, its rows split over ``threads`` (:mod:`radps_flows.core.minor_cycle`);
     ``tests.oracles.hogbom_reference`` is the same loop in numpy.
     """
     from radps_flows.core import minor_cycle  # numba: only a process that CLEANs needs it
 
-    res = np.array(residual, dtype=np.float64, copy=True)
-    model = np.zeros_like(res)
+    res = np.array(residual, dtype=np.float32, copy=True)
+    model = np.zeros(res.shape)
     search = None if mask is None else np.asarray(mask, dtype=bool)
     box = search_window(res, search, floor)
     if box is None:
         return model, res, 0
     rows, cols = box
     window = res[rows, cols]  # a view: res is updated in place
-    allowed = np.ones((1, 1), dtype=bool) if search is None else np.ascontiguousarray(search[box])
     done = minor_cycle.components(
         window,
         model,
-        np.ascontiguousarray(psf, dtype=np.float64),
-        allowed,
-        search is not None,
-        float(gain),
-        float(threshold),
-        int(niter),
-        rows.start,
-        cols.start,
+        np.ascontiguousarray(psf, dtype=np.float32),
+        None if search is None else np.ascontiguousarray(search[box]),
+        gain=gain,
+        threshold=threshold,
+        niter=niter,
+        top=rows.start,
+        left=cols.start,
+        threads=threads,
     )
-    return model, res, int(done)
+    return model, res, done
+
+
+def compile_minor_cycle_in_background() -> None:
+    """Start compiling the minor cycle's loop in a thread (numba, about 4 s the first time in
+    a process), so that it overlaps the first pass over the data, which runs in the gridder
+    without the GIL, instead of following it. A warm `radps server` compiled it already."""
+    name = "radps_flows.core.minor_cycle"
+    if name not in sys.modules:
+        threading.Thread(
+            target=importlib.import_module, args=(name,), name="radps-compile", daemon=True
+        ).start()
 
 
 def search_window(

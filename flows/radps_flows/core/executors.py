@@ -31,6 +31,8 @@ class Executor(Protocol):
 
     def threads(self) -> int: ...
 
+    def workers_in_this_process(self) -> bool: ...
+
 
 class SerialExecutor:
     """Runs blocks one after the other in this process (no Dask cluster around)."""
@@ -64,6 +66,9 @@ class SerialExecutor:
     def threads(self) -> int:
         """How many blocks run at once."""
         return 1
+
+    def workers_in_this_process(self) -> bool:
+        return True
 
 
 class DaskExecutor:

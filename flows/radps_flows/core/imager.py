@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from radps_flows.core.clean import (
     CleanSettings,
     box_mask,
     box_rms,
+    compile_minor_cycle_in_background,
     cycle_epsilon,
     hogbom,
     psf_sidelobe,
@@ -152,6 +153,23 @@ def dirty_cube(
     return image, _gains(summaries)
 
 
+@dataclass
+class CleanInputs:
+    """The blocks as every later pass of CLEAN uses them (see :func:`clean_inputs`)."""
+
+    handles: list
+    """Kept blocks (:class:`radps_flows.core.blocks.Prepared`) or reread ones
+    (:class:`radps_flows.core.blocks.Reread`), or the executor's handles of them."""
+    dataset: list[int]
+    """The index of the dataset each is of."""
+    summaries: list[dict]
+    """The summaries of the blocks as planned (partition, flag counts, gains)."""
+    extra: dict
+    """What each pass needs besides: the shared weight density of reread blocks."""
+    nthreads: int = 1
+    """The gridder's threads in each pass's call."""
+
+
 def clean_inputs(
     ex: Executor,
     blocks: Sequence[blk.Block],
@@ -161,15 +179,18 @@ def clean_inputs(
     settings: CleanSettings,
     *,
     log: Log = _quiet,
-) -> tuple[list, list[dict], dict]:
+) -> CleanInputs:
     """The blocks as every later pass of CLEAN uses them, their summaries, and what each of
     those passes needs besides (the shared weight density for uniform/Briggs weights of
     reread blocks).
 
     Kept (``visibilities: keep``): the prepared Stokes I samples stay on the workers,
-    reweighted once. Reread: each pass reads, flags and calibrates its block again with the
-    gains of the first pass, so memory stays bounded by the block size (a read per pass more).
-    ``auto`` keeps them when they fill at most half the cluster's memory."""
+    reweighted once. Where the workers are threads of this process (a local run), each
+    dataset's blocks are then merged into one, which every pass grids over all the threads
+    (:func:`radps_flows.core.blocks.merge_prepared`). Reread: each pass reads, flags and
+    calibrates its block again with the gains of the first pass, so memory stays bounded by
+    the block size (a read per pass more). ``auto`` keeps them when they fill at most half
+    the cluster's memory."""
     choice = settings.visibilities
     if choice == "auto":
         needed, memory = blk.stokes_i_bytes(datasets, steps.data_group), ex.memory_bytes()
@@ -180,6 +201,7 @@ def clean_inputs(
             f"{memory / 1e9:.3g} GB"
         )
     weighted = settings.weighting != "natural"
+    of_dataset = [b.dataset for b in blocks]
     if choice == "reread":
         handles = ex.map(
             blk.first_pass, blocks, steps=steps, density_grid=grid if weighted else None
@@ -197,7 +219,7 @@ def clean_inputs(
         rereads = [
             blk.Reread(b, again, s["gains"], scheme) for b, s in zip(blocks, summaries, strict=True)
         ]
-        return rereads, summaries, extra
+        return CleanInputs(rereads, of_dataset, summaries, extra)
     prepared = ex.map(blk.prepare_block, blocks, steps=steps)
     summaries = ex.gather(ex.map(blk.summary, prepared))
     if weighted:
@@ -212,7 +234,17 @@ def clean_inputs(
         )
         ex.release(prepared)
         prepared = reweighted
-    return prepared, summaries, {}
+    if not ex.workers_in_this_process():
+        return CleanInputs(prepared, of_dataset, summaries, {})
+    kept = sorted(set(of_dataset))
+    if len(kept) < len(prepared):
+        groups = [[h for h, d in zip(prepared, of_dataset, strict=True) if d == k] for k in kept]
+        merged = ex.map(blk.merge_prepared, groups)
+        ex.release(prepared)
+        prepared, of_dataset = merged, kept
+    return CleanInputs(
+        prepared, of_dataset, summaries, {}, nthreads=max(1, ex.threads() // len(prepared))
+    )
 
 
 def clean_image(
@@ -238,7 +270,10 @@ def clean_image(
     core_imaging.common_phase_center(datasets)
     imsize, cell_rad = grid.imsize, grid.cell_rad
     cell_arcsec = math.degrees(cell_rad) * 3600
-    prepared, summaries, extra = clean_inputs(ex, blocks, datasets, steps, grid, settings, log=log)
+    compile_minor_cycle_in_background()
+    inputs = clean_inputs(ex, blocks, datasets, steps, grid, settings, log=log)
+    prepared, extra = inputs.handles, inputs.extra
+    grid = replace(grid, nthreads=inputs.nthreads)
     # The PSF at the image's own size, as CASA's (a quarter of the grid and FFT of one twice
     # as large; the gridding itself costs about the same), in one pass over the data with the
     # first residual.
@@ -247,7 +282,7 @@ def clean_image(
     handles = ex.map(blk.psf_and_residual_block, prepared, grid=grid, **extra)
     for i, (psf_part, part) in ex.completed(handles):
         psf_sum = psf_sum + psf_part
-        parts[blocks[i].dataset] = parts[blocks[i].dataset] + part
+        parts[inputs.dataset[i]] = parts[inputs.dataset[i]] + part
     if psf_sum.weight_sum <= 0:
         raise ValueError("no visibilities with positive weight to image")
     psf = psf_sum.image / psf_sum.weight_sum
@@ -283,6 +318,7 @@ def clean_image(
             niter=niter - done,
             mask=mask,
             floor=CANDIDATE_FRACTION * cycle_threshold,
+            threads=inputs.nthreads,  # this process's share of the workers' threads
         )
         if n == 0:
             break
@@ -295,7 +331,7 @@ def clean_image(
         log(f"major cycle {cycles}: {n} components, cycle threshold {cycle_threshold:.4g}")
     ex.release(prepared)
     restored = restore(model, residual, beam, cell_arcsec)
-    report = flag_report(summaries)
+    report = flag_report(inputs.summaries)
     log(
         f"CLEAN: {done} components in {cycles} major cycles, dirty rms {rms:.4g}, threshold "
         f'{threshold:.4g} Jy/beam; beam {beam.major_arcsec:.3f}" x {beam.minor_arcsec:.3f}" '
@@ -328,7 +364,7 @@ def clean_image(
         },
         attrs=attrs,
     )
-    return images, _gains(summaries)
+    return images, _gains(inputs.summaries)
 
 
 def grid_for(imsize: int, cell_arcsec: float, epsilon: float) -> blk.Grid:

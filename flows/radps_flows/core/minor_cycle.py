@@ -1,27 +1,43 @@
 """Hogbom CLEAN's component loop, compiled with numba when this module is imported (by
 :func:`radps_flows.core.clean.hogbom` on first use: numba's import and the compilation take
-about 2 s, which only a process that CLEANs pays; the warm `radps server` pays it once).
+about 5 s, which only a process that CLEANs pays, while its first pass over the data runs;
+the warm `radps server` pays it once).
 
 Why compiled: each component subtracts the PSF from every pixel of the window it reaches (at
-2048 x 2048 pixels with an image-sized PSF, about 2 M pixels) and then needs the window's new
+2048 x 2048 pixels with an image-sized PSF, up to 4 M pixels) and then needs the window's new
 peak. Written with numpy that is seven passes over memory per component (a temporary for
 the scaled PSF, the subtraction, the absolute values, the argmax over the whole window); here
 it is one pass over the rows the PSF reaches, which also refreshes those rows' peaks, and an
-argmax over one value per row: 2.7x faster on the CASA benchmark's last cycle (757
-components), identical results (same float64 arithmetic, same order, same ties).
+argmax over one value per row.
+
+Why float32 and threads: a component's cost is memory traffic (read the PSF, read and write
+the window). The residual only serves to pick the components (the next major cycle images
+the true residual from the visibilities), so single precision is enough and halves that
+traffic; the rows are split over ``threads``. On the CASA benchmark's last cycle (757
+components over the whole 2048 x 2048 image) each halves the time.
+
+Threads come from numba's ``workqueue`` layer, chosen here because it is the one that is
+fork-safe on Linux (the warm `radps server` compiles this and forks a process per run; GNU
+OpenMP, numba's default where present, aborts a forked child). It is not thread-safe: two
+threads launching at once abort the process, so calls are serialised by a lock.
 """
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 
+numba.config.THREADING_LAYER = "workqueue"  # before the first parallel compilation below
+_LAUNCH = threading.Lock()
+
 
 @numba.njit(nogil=True, cache=False, fastmath={"nnan", "ninf", "nsz", "arcp", "reassoc"})
-def _row_peak(row: np.ndarray, allowed: np.ndarray, masked: bool) -> float:
+def _row_peak(row: np.ndarray, allowed: np.ndarray, masked: bool) -> np.float32:
     """Largest |value| of a row among its allowed pixels (-1 if none); a reduction the
     compiler vectorises (values are finite: the residual is)."""
-    best = -1.0
+    best = np.float32(-1.0)
     if masked:
         for x in range(row.shape[0]):
             if allowed[x]:
@@ -34,13 +50,14 @@ def _row_peak(row: np.ndarray, allowed: np.ndarray, masked: bool) -> float:
 
 @numba.njit(
     # One signature, compiled on import: any layout (a window is a view of the residual, or
-    # all of it, which would otherwise compile a second time), float64 throughout.
-    "int64(float64[:, :], float64[:, :], float64[:, :], boolean[:, :], boolean, float64, "
+    # all of it, which would otherwise compile a second time).
+    "int64(float32[:, :], float64[:, :], float32[:, :], boolean[:, :], boolean, float64, "
     "float64, int64, int64, int64)",
     nogil=True,
     cache=False,
+    parallel=True,
 )
-def components(
+def _components(
     window: np.ndarray,
     model: np.ndarray,
     psf: np.ndarray,
@@ -52,16 +69,11 @@ def components(
     top: int,
     left: int,
 ) -> int:
-    """Take up to ``niter`` components from ``window`` (updated in place; a view of the
-    residual at ``top``, ``left``), adding them to ``model`` (the whole image), until the
-    peak of ``|window|`` among ``allowed`` pixels (when ``masked``) is below ``threshold``.
-    The first of equal peaks in row-major order is taken, as ``np.argmax``. Returns the
-    number of components."""
     n_y, n_x = window.shape
     p_y, p_x = psf.shape
     cy, cx = p_y // 2, p_x // 2
-    peaks = np.empty(n_y)
-    for y in range(n_y):
+    peaks = np.empty(n_y, dtype=np.float32)
+    for y in numba.prange(n_y):
         peaks[y] = _row_peak(window[y], allowed[y % allowed.shape[0]], masked)
     done = 0
     while done < niter:
@@ -78,16 +90,56 @@ def components(
         peak = row[x0]
         if abs(peak) < threshold:
             break
-        step = gain * peak
+        step = np.float32(gain * peak)
         model[top + y0, left + x0] += step
         # the window's rows/columns the shifted PSF covers, and where they are in the PSF
         ya, yb = max(0, y0 - cy), min(n_y, y0 - cy + p_y)
         xa, xb = max(0, x0 - cx), min(n_x, x0 - cx + p_x)
         shift = cx - x0
-        for y in range(ya, yb):
+        for y in numba.prange(ya, yb):
             target, source = window[y], psf[y - y0 + cy]
             for x in range(xa, xb):
                 target[x] -= step * source[x + shift]
             peaks[y] = _row_peak(target, allowed[y % allowed.shape[0]], masked)
         done += 1
     return done
+
+
+def components(
+    window: np.ndarray,
+    model: np.ndarray,
+    psf: np.ndarray,
+    allowed: np.ndarray | None,
+    *,
+    gain: float,
+    threshold: float,
+    niter: int,
+    top: int = 0,
+    left: int = 0,
+    threads: int = 1,
+) -> int:
+    """Take up to ``niter`` components from ``window`` (float32, updated in place; a view of
+    the residual at ``top``, ``left``), adding them to ``model`` (float64, the whole image),
+    until the peak of ``|window|`` among ``allowed`` pixels (all without a mask) is below
+    ``threshold``. ``psf`` is float32. The first of equal peaks in row-major order is taken, as
+    ``np.argmax``; each component is ``float32(gain * peak)``, subtracted in float32 (the
+    arithmetic of ``tests.oracles.hogbom_reference``). Returns the number of components."""
+    masked = allowed is not None
+    if allowed is None:
+        allowed = np.ones((1, 1), dtype=bool)
+    with _LAUNCH:
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+        return int(
+            _components(
+                window,
+                model,
+                psf,
+                allowed,
+                masked,
+                float(gain),
+                float(threshold),
+                int(niter),
+                int(top),
+                int(left),
+            )
+        )

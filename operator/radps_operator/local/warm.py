@@ -141,7 +141,7 @@ def warm_up() -> None:
 
     for pipeline in pipelines().values():
         pipeline.load_flow()
-    import radps_flows.core.minor_cycle  # CLEAN's compiled loop (about 2 s)
+    import radps_flows.core.minor_cycle  # CLEAN's compiled loop (about 4 s)
     import radps_flows.preload  # noqa: F401 - xradio's reader (2-3 s), which an MSv2 input needs
 
     products.warm_up_plotting(wait=True)  # a process's first figure costs 0.3-1 s

@@ -14,7 +14,10 @@ from __future__ import annotations
 import base64
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from radps_operator.kube import Kube
 
 log = logging.getLogger(__name__)
 
@@ -80,48 +83,34 @@ class FlowIdentities:
 
     def __init__(
         self,
-        api_client: Any,
+        kube: Kube,
         service_account: str,
         cluster_role: str,
         auth_secret: AuthSecret | None = None,
     ) -> None:
-        self.api_client = api_client
+        self.kube = kube
         self.service_account = service_account
         self.cluster_role = cluster_role
         self.auth_secret = auth_secret
         self._ready: set[str] = set()
 
     async def ensure(self, namespace: str) -> None:
-        """Raises kubernetes_asyncio's ApiException when the operator may not create them."""
+        """Raises :class:`radps_operator.kube.KubeApiError` when the operator may not create
+        them."""
         if namespace in self._ready:
             return
-        from kubernetes_asyncio import client
-        from kubernetes_asyncio.client.exceptions import ApiException
-
         account, binding = identity_objects(namespace, self.service_account, self.cluster_role)
-        core = client.CoreV1Api(self.api_client)
-        rbac = client.RbacAuthorizationV1Api(self.api_client)
-        calls = (
-            (core.create_namespaced_service_account, account),
-            (rbac.create_namespaced_role_binding, binding),
-        )
-        for create, body in calls:
-            try:
-                await create(namespace, body)
+        core = f"/api/v1/namespaces/{namespace}"
+        rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+        for path, body in ((f"{core}/serviceaccounts", account), (f"{rbac}/rolebindings", binding)):
+            if await self.kube.create(path, body):  # False: already there
                 log.info("created %s %s/%s", body["kind"], namespace, self.service_account)
-            except ApiException as exc:
-                if exc.status != 409:  # 409: already there
-                    raise
         if self.auth_secret is not None:
             secret = auth_secret_object(namespace, self.auth_secret, self.cluster_role)
-            try:
-                await core.create_namespaced_secret(namespace, secret)
+            if await self.kube.create(f"{core}/secrets", secret):
                 log.info("created Secret %s/%s", namespace, self.auth_secret.name)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-                # the credential may have changed since (a new existingSecret)
-                await core.patch_namespaced_secret(self.auth_secret.name, namespace, secret)
+            else:  # the credential may have changed since (a new existingSecret)
+                await self.kube.merge_patch(f"{core}/secrets/{self.auth_secret.name}", secret)
         self._ready.add(namespace)
 
 

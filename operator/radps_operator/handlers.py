@@ -20,7 +20,7 @@ from radps_operator import api, metrics
 from radps_operator import reconcile as r
 from radps_operator.flow_identity import AuthSecret, FlowIdentities
 from radps_operator.follower import Follower, Tracked, utcnow
-from radps_operator.kube import Kube
+from radps_operator.kube import Kube, KubeApiError
 from radps_operator.prefect_gateway import (
     PrefectBusy,
     PrefectGateway,
@@ -108,7 +108,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                 config.auth_secret, config.auth_secret_key, config.prefect_auth_string
             )
         identities = FlowIdentities(
-            kube.api, config.flow_service_account, config.flow_cluster_role, auth
+            kube, config.flow_service_account, config.flow_cluster_role, auth
         )
     _runtime = Runtime(config, gateway, kube, follower, identities)
     log.info(
@@ -239,14 +239,12 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
 async def _ensure_flow_identity(run: Tracked, retry: int) -> None:
     """The flow-run service account in the run's namespace, when the operator makes it; a
     refusal shows in the run's message and is retried (an admin may fix the RBAC)."""
-    from kubernetes_asyncio.client.exceptions import ApiException
-
     rt = runtime()
     if rt.identities is None:
         return
     try:
         await rt.identities.ensure(run.namespace)
-    except ApiException as exc:
+    except KubeApiError as exc:
         message = (
             f"cannot create service account {rt.identities.service_account} (or the Prefect "
             f"credential's Secret) in {run.namespace} for the flow-run pod: "
@@ -258,14 +256,12 @@ async def _ensure_flow_identity(run: Tracked, retry: int) -> None:
 async def _ensure_run_network(run: Tracked, retry: int) -> None:
     """The run's own NetworkPolicy (radps_operator.run_network), before its first pod; a
     refusal shows in the run's message and is retried."""
-    from kubernetes_asyncio.client.exceptions import ApiException
-
     rt = runtime()
     if not rt.settings.run_network_policy:
         return
     try:
-        await ensure_run_network_policy(rt.kube.api, run.namespace, run.name, run.uid)
-    except ApiException as exc:
+        await ensure_run_network_policy(rt.kube, run.namespace, run.name, run.uid)
+    except KubeApiError as exc:
         message = (
             f"cannot create the run's NetworkPolicy in {run.namespace}: {exc.status} {exc.reason}"
         )

@@ -1,15 +1,24 @@
-"""The few Kubernetes calls the operator makes outside kopf, with kubernetes_asyncio: status
-patches, Events, and the run's own objects (DaskClusters, Jobs, pods) it reads or removes.
-Kopf's own client serves the watch; this one serves the follower, whose calls are not tied to
-one object's handler."""
+"""The few Kubernetes calls the operator makes outside kopf: status patches, Events, the
+objects a run needs before its first pod (service account, NetworkPolicy) and the run's own
+objects (DaskClusters, Jobs, pods) it reads or removes. Kopf's own client serves the watch;
+this one serves the follower, whose calls are not tied to one object's handler.
+
+Plain REST over aiohttp (kopf's own HTTP library), with the credentials of kopf's public
+login functions (:class:`kopf.ConnectionInfo`: the pod's service account, else $KUBECONFIG).
+Why not a generated client: kubernetes_asyncio's models are ~50 MiB of the operator's
+memory, for a dozen calls whose bodies are plain JSON (`radps operator` keeps the generated
+clients out of its process: :func:`radps_operator.cli.keep_generated_clients_out`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from datetime import UTC, datetime
 from typing import Any
+
+import aiohttp
+import kopf
 
 from radps_operator import api, metrics
 from radps_operator import reconcile as r
@@ -17,54 +26,107 @@ from radps_operator import reconcile as r
 log = logging.getLogger(__name__)
 
 DASK_GROUP, DASK_VERSION, DASK_PLURAL = "kubernetes.dask.org", "v1", "daskclusters"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class KubeApiError(Exception):
+    """The API server refused a call: ``status`` (HTTP) and ``reason`` (its Status reason)."""
+
+    def __init__(self, status: int, reason: str, message: str = "") -> None:
+        super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def connection_info() -> kopf.ConnectionInfo:
+    """The pod's service account, else $KUBECONFIG, as kopf logs in (the same handlers)."""
+    info = kopf.login_with_service_account() or kopf.login_with_kubeconfig()
+    if info is None:
+        raise kopf.LoginError("no service account token and no kubeconfig to log in with")
+    return info
 
 
 class Kube:
-    """The few Kubernetes calls the operator makes outside kopf (kubernetes_asyncio)."""
+    """The few Kubernetes calls the operator makes outside kopf."""
 
     def __init__(self) -> None:
-        self.api: Any = None
+        self._session: aiohttp.ClientSession | None = None
+        self._server = ""
 
     async def __aenter__(self) -> Kube:
-        from kubernetes_asyncio import client, config
-
-        try:
-            config.load_incluster_config()
-            self.api = client.ApiClient()
-        except config.ConfigException:
-            configuration = client.Configuration()
-            # KUBECONFIG read now (kubernetes_asyncio reads it once, when first imported)
-            await config.load_kube_config(
-                config_file=os.environ.get("KUBECONFIG") or None,
-                client_configuration=configuration,
-            )
-            self.api = client.ApiClient(configuration)
+        self._connect(connection_info())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.api is not None:
-            await self.api.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
-    def _custom(self) -> Any:
-        from kubernetes_asyncio import client
+    def _connect(self, info: kopf.ConnectionInfo) -> None:
+        self._server = info.server.rstrip("/")
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+            headers={**info.as_http_headers(), "User-Agent": "radps-operator"},
+            proxy=info.proxy_url,
+            trust_env=info.trust_env,
+        )
 
-        return client.CustomObjectsApi(self.api)
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """One call; its JSON answer. Raises :class:`KubeApiError` on a refusal. A 401 (a
+        service-account token rotated since the login) logs in again and retries once."""
+        for attempt in (1, 2):
+            if self._session is None:
+                raise RuntimeError("Kube is not open")
+            async with self._session.request(
+                method,
+                self._server + path,
+                json=body,
+                params=params,
+                headers={"Content-Type": content_type} if body is not None else None,
+            ) as response:
+                if response.status == 401 and attempt == 1:
+                    old, self._session = self._session, None
+                    await old.close()
+                    self._connect(connection_info())
+                    continue
+                answer = await _json(response)
+                if response.status >= 400:
+                    raise KubeApiError(
+                        response.status,
+                        str(answer.get("reason") or response.reason or ""),
+                        str(answer.get("message") or ""),
+                    )
+                return answer
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def create(self, path: str, body: dict[str, Any]) -> bool:
+        """POST ``body`` to the collection ``path``; False when it already exists (409)."""
+        try:
+            await self.request("POST", path, body=body)
+        except KubeApiError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    async def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge-patch (RFC 7386) the object at ``path``; the object as it now is."""
+        return await self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
 
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
         """Merge-patch `.status`; False when the object is gone."""
-        from kubernetes_asyncio.client.exceptions import ApiException
-
         try:
-            await self._custom().patch_namespaced_custom_object_status(
-                api.GROUP,
-                api.VERSION,
-                namespace,
-                api.PLURAL,
-                name,
-                {"status": patch},
-                _content_type="application/merge-patch+json",
-            )
-        except ApiException as exc:
+            await self.merge_patch(f"{_run_path(namespace)}/{name}/status", {"status": patch})
+        except KubeApiError as exc:
             if exc.status == 404:
                 return False
             raise
@@ -72,50 +134,36 @@ class Kube:
         return True
 
     async def delete_run(self, namespace: str, name: str) -> None:
-        from kubernetes_asyncio.client.exceptions import ApiException
-
         try:
-            await self._custom().delete_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name
-            )
-        except ApiException as exc:
+            await self.request("DELETE", f"{_run_path(namespace)}/{name}")
+        except KubeApiError as exc:
             if exc.status != 404:
                 raise
 
     async def delete_dask_clusters(self, namespace: str, uid: str) -> list[str]:
         """Delete every DaskCluster labelled with the run; nothing when the CRD is absent."""
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        custom = self._custom()
+        collection = _dask_path(namespace)
         try:
-            found = await custom.list_namespaced_custom_object(
-                DASK_GROUP,
-                DASK_VERSION,
-                namespace,
-                DASK_PLURAL,
-                label_selector=f"{r.RUN_UID_LABEL}={uid}",
+            found = await self.request(
+                "GET", collection, params={"labelSelector": f"{r.RUN_UID_LABEL}={uid}"}
             )
-        except ApiException as exc:
+        except KubeApiError as exc:
             if exc.status == 404:  # the dask-kubernetes CRDs are not installed
                 return []
             raise
         names = [item["metadata"]["name"] for item in found.get("items", [])]
         for name in names:
-            with contextlib.suppress(ApiException):
-                await custom.delete_namespaced_custom_object(
-                    DASK_GROUP, DASK_VERSION, namespace, DASK_PLURAL, name
-                )
+            with contextlib.suppress(KubeApiError):
+                await self.request("DELETE", f"{collection}/{name}")
         return names
 
     async def dask_clusters(self, namespace: str) -> list[dict[str, Any]]:
         """DaskClusters of radps runs in `namespace`; none when the CRD is not installed."""
-        from kubernetes_asyncio.client.exceptions import ApiException
-
         try:
-            found = await self._custom().list_namespaced_custom_object(
-                DASK_GROUP, DASK_VERSION, namespace, DASK_PLURAL, label_selector=r.RUN_UID_LABEL
+            found = await self.request(
+                "GET", _dask_path(namespace), params={"labelSelector": r.RUN_UID_LABEL}
             )
-        except ApiException as exc:
+        except KubeApiError as exc:
             if exc.status in (403, 404):
                 return []
             raise
@@ -125,72 +173,84 @@ class Kube:
         """Delete the flow-run Jobs of a run the operator failed (their pods with them): a
         pod waiting for an image that never comes would otherwise wait forever, since Prefect
         cancels a run that never started without touching its infrastructure."""
-        from kubernetes_asyncio import client
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        batch = client.BatchV1Api(self.api)
-        jobs = await batch.list_namespaced_job(namespace, label_selector=f"{r.RUN_UID_LABEL}={uid}")
-        names = [job.metadata.name for job in jobs.items]
+        collection = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+        jobs = await self.request(
+            "GET", collection, params={"labelSelector": f"{r.RUN_UID_LABEL}={uid}"}
+        )
+        names = [job["metadata"]["name"] for job in jobs.get("items", [])]
         for name in names:
-            with contextlib.suppress(ApiException):
-                await batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            with contextlib.suppress(KubeApiError):
+                await self.request(
+                    "DELETE", f"{collection}/{name}", params={"propagationPolicy": "Background"}
+                )
         return names
 
     async def run_job_uids(self, namespace: str) -> set[str]:
         """The run UIDs that flow-run Jobs in `namespace` carry."""
-        from kubernetes_asyncio import client
-        from kubernetes_asyncio.client.exceptions import ApiException
-
         try:
-            jobs = await client.BatchV1Api(self.api).list_namespaced_job(
-                namespace, label_selector=r.RUN_UID_LABEL
+            jobs = await self.request(
+                "GET",
+                f"/apis/batch/v1/namespaces/{namespace}/jobs",
+                params={"labelSelector": r.RUN_UID_LABEL},
             )
-        except ApiException as exc:
+        except KubeApiError as exc:
             if exc.status in (403, 404):  # an install without the Jobs rule: TTLs collect them
                 return set()
             raise
-        return {job.metadata.labels[r.RUN_UID_LABEL] for job in jobs.items}
+        return {job["metadata"]["labels"][r.RUN_UID_LABEL] for job in jobs.get("items", [])}
 
     async def run_pods(self, namespace: str) -> dict[str, list[dict[str, Any]]]:
         """Pods of radps runs in `namespace` (flow-run and Dask pods carry the run's UID
         label), by run UID, as the API returns them."""
-        from kubernetes_asyncio import client
-
-        response = await client.CoreV1Api(self.api).list_namespaced_pod(
-            namespace, label_selector=r.RUN_UID_LABEL, _preload_content=False
+        found = await self.request(
+            "GET", f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": r.RUN_UID_LABEL}
         )
-        pods = (await response.json()).get("items", [])
         by_uid: dict[str, list[dict[str, Any]]] = {}
-        for pod in pods:
+        for pod in found.get("items", []):
             uid = (pod.get("metadata", {}).get("labels") or {}).get(r.RUN_UID_LABEL)
             by_uid.setdefault(uid, []).append(pod)
         return by_uid
 
     async def post_event(self, ref: dict[str, str], type_: str, reason: str, message: str) -> None:
-        from kubernetes_asyncio import client
-
-        now = datetime.now(UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                generate_name=f"{ref['name']}.", namespace=ref["namespace"]
-            ),
-            involved_object=client.V1ObjectReference(
-                api_version=api.API_VERSION,
-                kind=api.KIND,
-                name=ref["name"],
-                namespace=ref["namespace"],
-                uid=ref["uid"],
-            ),
-            type=type_,
-            reason=reason,
-            message=message[:1024],
-            source=client.V1EventSource(component="radps-operator"),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-            reporting_component="radps-operator",
-        )
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{ref['name']}.", "namespace": ref["namespace"]},
+            "involvedObject": {
+                "apiVersion": api.API_VERSION,
+                "kind": api.KIND,
+                "name": ref["name"],
+                "namespace": ref["namespace"],
+                "uid": ref["uid"],
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "radps-operator"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": "radps-operator",
+        }
         try:
-            await client.CoreV1Api(self.api).create_namespaced_event(ref["namespace"], event)
+            await self.request("POST", f"/api/v1/namespaces/{ref['namespace']}/events", body=event)
         except Exception as exc:  # an Event is advisory
             log.debug("could not post event %s for %s: %r", reason, ref, exc)
+
+
+async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The answer's JSON object, or {} when it has none (an error from a proxy, say)."""
+    try:
+        answer = await response.json(content_type=None)
+    except (ValueError, aiohttp.ContentTypeError):
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def _run_path(namespace: str) -> str:
+    return f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.PLURAL}"
+
+
+def _dask_path(namespace: str) -> str:
+    return f"/apis/{DASK_GROUP}/{DASK_VERSION}/namespaces/{namespace}/{DASK_PLURAL}"

@@ -12,10 +12,13 @@ this run's scheduler (which executes whatever its clients submit).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from radps_flows.contract import RUN_UID_LABEL
 from radps_operator import api
+
+if TYPE_CHECKING:
+    from radps_operator.kube import Kube
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +51,10 @@ def run_network_policy(namespace: str, name: str, uid: str) -> dict[str, Any]:
     }
 
 
-async def ensure_run_network_policy(api_client: Any, namespace: str, name: str, uid: str) -> None:
+async def ensure_run_network_policy(kube: Kube, namespace: str, name: str, uid: str) -> None:
     """Create it unless it exists (a restarted operator, a rescheduled run). Raises
-    kubernetes_asyncio's ApiException when the operator may not."""
-    from kubernetes_asyncio import client
-    from kubernetes_asyncio.client.exceptions import ApiException
-
+    :class:`radps_operator.kube.KubeApiError` when the operator may not."""
     policy = run_network_policy(namespace, name, uid)
-    try:
-        await client.NetworkingV1Api(api_client).create_namespaced_network_policy(namespace, policy)
+    path = f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies"
+    if await kube.create(path, policy):
         log.info("created NetworkPolicy %s/%s", namespace, policy["metadata"]["name"])
-    except ApiException as exc:
-        if exc.status != 409:
-            raise

@@ -63,3 +63,20 @@ def test_core_has_no_orchestration_imports():
         )
     ]
     assert offenders == []
+
+
+def test_the_operator_process_never_imports_the_generated_kubernetes_clients():
+    """`radps operator` keeps kubernetes and kubernetes_asyncio out of its process: kopf
+    imports their models (~50 MiB) whenever they are installed, and nothing of ours uses
+    them (radps_operator.kube calls the API server over kopf's login)."""
+    probe = (
+        "import sys\n"
+        "from radps_operator.cli import keep_generated_clients_out\n"
+        "keep_generated_clients_out()\n"
+        "import radps_operator.handlers\n"
+        "print(sorted({m.split('.')[0] for m, v in sys.modules.items() if v is not None}"
+        " & {'kubernetes', 'kubernetes_asyncio', 'pykube'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

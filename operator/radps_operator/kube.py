@@ -93,19 +93,16 @@ class Kube:
                 params=params,
                 headers={"Content-Type": content_type} if body is not None else None,
             ) as response:
-                if response.status == 401 and attempt == 1:
-                    old, self._session = self._session, None
-                    await old.close()
-                    self._connect(connection_info())
-                    continue
+                status, phrase = response.status, response.reason or ""
                 answer = await _json(response)
-                if response.status >= 400:
-                    raise KubeApiError(
-                        response.status,
-                        str(answer.get("reason") or response.reason or ""),
-                        str(answer.get("message") or ""),
-                    )
-                return answer
+            if status == 401 and attempt == 1:
+                await self.__aexit__()
+                self._connect(connection_info())
+                continue
+            if status >= 400:
+                reason = str(answer.get("reason") or phrase)
+                raise KubeApiError(status, reason, str(answer.get("message") or ""))
+            return answer
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def create(self, path: str, body: dict[str, Any]) -> bool:

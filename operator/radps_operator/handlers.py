@@ -97,7 +97,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     gateway = await PrefectGateway(
         config.prefect_api_url, config.prefect_auth_string, config.prefect_max_concurrent_calls
     ).__aenter__()
-    kube = await Kube().__aenter__()
+    kube = await Kube(settings).__aenter__()
     follower = Follower(config, gateway, kube)
     follower.start()
     identities = None

@@ -39,9 +39,11 @@ class KubeApiError(Exception):
         self.message = message
 
 
-def connection_info() -> kopf.ConnectionInfo:
+def connection_info(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
     """The pod's service account, else $KUBECONFIG, as kopf logs in (the same handlers)."""
-    info = kopf.login_with_service_account() or kopf.login_with_kubeconfig()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
     if info is None:
         raise kopf.LoginError("no service account token and no kubeconfig to log in with")
     return info
@@ -50,12 +52,15 @@ def connection_info() -> kopf.ConnectionInfo:
 class Kube:
     """The few Kubernetes calls the operator makes outside kopf."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: kopf.OperatorSettings | None = None) -> None:
+        """``settings``: the operator's kopf settings (its networking), kopf's defaults
+        without."""
+        self._settings = settings or kopf.OperatorSettings()
         self._session: aiohttp.ClientSession | None = None
         self._server = ""
 
     async def __aenter__(self) -> Kube:
-        self._connect(connection_info())
+        self._connect(connection_info(self._settings))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -97,7 +102,7 @@ class Kube:
                 answer = await _json(response)
             if status == 401 and attempt == 1:
                 await self.__aexit__()
-                self._connect(connection_info())
+                self._connect(connection_info(self._settings))
                 continue
             if status >= 400:
                 reason = str(answer.get("reason") or phrase)

@@ -5,13 +5,13 @@ and `gone` answer. The calls' use by the operator is tested in test_operator*.py
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 
 from radps_operator.flow_identity import AuthSecret, FlowIdentities
 from radps_operator.kube import Kube, KubeApiError
 from radps_operator.run_network import ensure_run_network_policy
+from tests.integration.operator_helpers import Runs, install_crd
 
 pytest_plugins = ["tests.k8s"]
 pytestmark = pytest.mark.integration
@@ -24,10 +24,15 @@ def kube_env(kube_cluster, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
 
 
-def test_the_operators_calls_create_once_and_answer_refusals(kube_env, kube_api, kube_namespace):
+def test_the_operators_calls_create_once_and_answer_refusals(
+    kube_cluster, kube_env, kube_api, kube_namespace
+):
     from kubernetes import client
 
-    ns, uid = kube_namespace, str(uuid.uuid4())
+    install_crd(kube_cluster)
+    runs = Runs(kube_api, kube_namespace)
+    # a real owner: the garbage collector removes a NetworkPolicy whose owner does not exist
+    ns, uid = kube_namespace, runs.create("run-a", pipeline="synthesize")["metadata"]["uid"]
     secret = AuthSecret("radps-prefect-auth", "auth-string", "user:first")
 
     async def calls() -> dict:
@@ -43,7 +48,8 @@ def test_the_operators_calls_create_once_and_answer_refusals(kube_env, kube_api,
             with pytest.raises(KubeApiError) as missing:
                 await kube.request("GET", f"/api/v1/namespaces/{ns}/configmaps/nothing-here")
             return {
-                "gone": await kube.patch_status(ns, "no-such-run", {"phase": "Running"}),
+                "patched": await kube.patch_status(ns, "run-a", {"message": "from the test"}),
+                "gone": await kube.patch_status(ns, "no-such-run", {"message": "nobody"}),
                 "pods": await kube.run_pods(ns),
                 "jobs": await kube.run_job_uids(ns),
                 "missing": missing.value,
@@ -60,6 +66,7 @@ def test_the_operators_calls_create_once_and_answer_refusals(kube_env, kube_api,
     assert stored.data["auth-string"] == "dXNlcjpzZWNvbmQ="  # the patch replaced the first
     (event,) = [e for e in core.list_namespaced_event(ns).items if e.reason == "TestReason"]
     assert event.involved_object.uid == uid and len(event.message) == 1024
+    assert got["patched"] is True and runs.status("run-a")["message"] == "from the test"
     assert got["gone"] is False and got["pods"] == {} and got["jobs"] == set()
     assert got["missing"].status == 404 and got["missing"].reason == "NotFound"
     assert "nothing-here" in str(got["missing"])

@@ -70,3 +70,27 @@ def test_the_operators_calls_create_once_and_answer_refusals(
     assert got["gone"] is False and got["pods"] == {} and got["jobs"] == set()
     assert got["missing"].status == 404 and got["missing"].reason == "NotFound"
     assert "nothing-here" in str(got["missing"])
+
+
+def test_a_refused_login_is_a_clear_error(kube_cluster, tmp_path, monkeypatch):
+    """A token the API server refuses (401) is asked again once with a fresh login, then
+    raised as KubeApiError: a rotated token recovers, a wrong one says so."""
+    import yaml
+
+    config = yaml.safe_load(kube_cluster.kubeconfig.read_text())
+    config["users"] = [{"name": "stranger", "user": {"token": "not-a-token"}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = "stranger"
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    async def call() -> KubeApiError:
+        async with Kube() as kube:
+            with pytest.raises(KubeApiError) as refused:
+                await kube.request("GET", "/api/v1/namespaces")
+            return refused.value
+
+    refused = asyncio.run(call())
+    assert refused.status == 401 and refused.reason == "Unauthorized"

@@ -21,6 +21,7 @@ from radps_operator import reconcile as r
 from radps_operator.flow_identity import AuthSecret, FlowIdentities
 from radps_operator.follower import Follower, Tracked, utcnow
 from radps_operator.kube import Kube, KubeApiError
+from radps_operator.kube import login as kube_login
 from radps_operator.prefect_gateway import (
     PrefectBusy,
     PrefectGateway,
@@ -73,10 +74,10 @@ def configure(settings: kopf.OperatorSettings) -> None:
 
 
 @kopf.on.login(registry=registry)
-def login(**kwargs: Any) -> Any:
-    """In a pod: its service account; elsewhere: $KUBECONFIG (kopf's default login handlers
-    live in the default registry, which radps does not use)."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
+    """:func:`radps_operator.kube.login`, the operator's own client's too (kopf's default
+    login handlers live in the default registry, which radps does not use)."""
+    return kube_login(settings)
 
 
 DEEP_OBJECT_RECURSION_LIMIT = 25_000

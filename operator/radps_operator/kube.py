@@ -39,11 +39,17 @@ class KubeApiError(Exception):
         self.message = message
 
 
-def connection_info(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
-    """The pod's service account, else $KUBECONFIG, as kopf logs in (the same handlers)."""
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+def login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """In a pod: its service account; elsewhere: $KUBECONFIG. Kopf's login handler
+    (:func:`radps_operator.handlers.login`) and this client's, so both use one identity."""
+    return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
         settings=settings
     )
+
+
+def connection_info(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    """:func:`login`'s credentials, or a LoginError when there are none."""
+    info = login(settings)
     if info is None:
         raise kopf.LoginError("no service account token and no kubeconfig to log in with")
     return info
@@ -175,7 +181,7 @@ class Kube:
         """Delete the flow-run Jobs of a run the operator failed (their pods with them): a
         pod waiting for an image that never comes would otherwise wait forever, since Prefect
         cancels a run that never started without touching its infrastructure."""
-        collection = f"/apis/batch/v1/namespaces/{namespace}/jobs"
+        collection = _jobs_path(namespace)
         jobs = await self.request(
             "GET", collection, params={"labelSelector": f"{r.RUN_UID_LABEL}={uid}"}
         )
@@ -191,9 +197,7 @@ class Kube:
         """The run UIDs that flow-run Jobs in `namespace` carry."""
         try:
             jobs = await self.request(
-                "GET",
-                f"/apis/batch/v1/namespaces/{namespace}/jobs",
-                params={"labelSelector": r.RUN_UID_LABEL},
+                "GET", _jobs_path(namespace), params={"labelSelector": r.RUN_UID_LABEL}
             )
         except KubeApiError as exc:
             if exc.status in (403, 404):  # an install without the Jobs rule: TTLs collect them
@@ -245,7 +249,7 @@ async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
     """The answer's JSON object, or {} when it has none (an error from a proxy, say)."""
     try:
         answer = await response.json(content_type=None)
-    except (ValueError, aiohttp.ContentTypeError):
+    except ValueError:  # not JSON (content_type=None: any content type is parsed)
         return {}
     return answer if isinstance(answer, dict) else {}
 
@@ -256,3 +260,7 @@ def _run_path(namespace: str) -> str:
 
 def _dask_path(namespace: str) -> str:
     return f"/apis/{DASK_GROUP}/{DASK_VERSION}/namespaces/{namespace}/{DASK_PLURAL}"
+
+
+def _jobs_path(namespace: str) -> str:
+    return f"/apis/batch/v1/namespaces/{namespace}/jobs"

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from radps_flows.core import blocks as blk
 from radps_flows.core.beam import Beam, convolve_same, fit_beam, gaussian_image, restore
-from radps_flows.core.clean import hogbom
-from radps_flows.core.imager import make_clean_image
+from radps_flows.core.clean import INTERMEDIATE_EPSILON, CleanSettings, hogbom
+from radps_flows.core.executors import SerialExecutor
+from radps_flows.core.imager import clean_image, grid_for, make_clean_image
 from radps_flows.core.io import open_processing_set
 from radps_flows.core.synth import PointSource, SynthesisSpec, synthesize_processing_set
 from tests.oracles import hogbom_reference
@@ -66,6 +70,45 @@ def test_restored_image_and_attributes(clean_result):
     assert images.attrs["beam_major_arcsec"] >= images.attrs["beam_minor_arcsec"] > 0
     psf = images["psf"].values
     assert psf[N // 2, N // 2] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_clean_returns_the_exact_residual_of_its_model_however_it_ends(clean_result):
+    """The major cycles before the last image their residual roughly (it only chooses the
+    next components); the residual CLEAN returns is the one of its model at the last cycle's
+    accuracy, whether CLEAN ends with a cycle planned as the last (the threshold reached) or
+    on a rough residual that seemed to be below the threshold (imaged again then)."""
+    result, _ = clean_result
+    datasets = open_processing_set(result.path)
+    steps, grid = blk.Steps(), grid_for(N, CELL_ARCSEC, 1e-6)
+    blocks = blk.blocks_for(None, datasets, steps, blk.DEFAULT_BLOCK_MB)
+
+    def clean(threshold: float) -> tuple:
+        logs: list[str] = []
+        settings = CleanSettings(niter=3000, gain=0.2, threshold_jy=threshold)
+        images, _ = clean_image(
+            SerialExecutor(), blocks, datasets, steps, grid, settings, log=logs.append
+        )
+        return images, "\n".join(logs)
+
+    def residual_of(images: object, epsilon: float) -> np.ndarray:
+        at = replace(grid, epsilon=epsilon)
+        model = images["model"].values
+        parts = [blk.residual_block(blk.prepare_block(b, steps), at, model) for b in blocks]
+        total = sum(parts[1:], parts[0])
+        return total.image / images.attrs["sum_weights"]
+
+    planned, log = clean(0.01)
+    assert "cycle threshold 0.01, epsilon 1e-06" in log  # the last cycle, planned as such
+    # the first cycle, rough (1e-3): its threshold, to end the next CLEAN just below it
+    first = float(re.search(r"major cycle 1: .*cycle threshold ([^,]+), epsilon 0.001\n", log)[1])
+    seemed_done, log_seemed = clean(0.99 * first)
+    assert "imaged again at epsilon 1e-06" in log_seemed
+    for images in (planned, seemed_done):
+        exact = residual_of(images, 1e-6)
+        tolerance = 1e-9 * np.abs(exact).max()
+        np.testing.assert_allclose(images["residual"].values, exact, rtol=0, atol=tolerance)
+        rough = residual_of(images, INTERMEDIATE_EPSILON)
+        assert np.abs(rough - exact).max() > 100 * tolerance  # the test tells them apart
 
 
 @pytest.mark.parametrize("pa", [0.0, 30.0, 90.0, -45.0])

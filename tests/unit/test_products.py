@@ -131,3 +131,38 @@ def test_a_truncated_model_image_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[: 2880 + 1000])
     with pytest.raises(ModelImageError, match="not a readable FITS image"):
         read_model_image(path)
+
+
+def test_a_large_preview_draws_bin_means_over_the_pixels_it_covers():
+    from radps_flows.core.products import binned_for_preview
+
+    data = np.arange(10 * 10, dtype=float).reshape(10, 10)
+    data[0, 0] = np.nan
+    shown, factor = binned_for_preview(data, pixels=4)
+    assert factor == 3 and shown.shape == (3, 3)  # the last row and column fill no bin
+    assert shown[1, 2] == data[3:6, 6:9].mean()
+    assert shown[0, 0] == np.nanmean(data[0:3, 0:3])  # NaN ignored
+    small = np.ones((4, 4))
+    assert binned_for_preview(small, pixels=4)[0] is small
+
+
+def test_a_binned_preview_spans_the_sky_of_the_pixels_it_shows(tmp_path, monkeypatch):
+    from radps_flows.core import products
+
+    drawn: dict = {}
+    original = products.new_figure
+
+    def recording_figure(figsize):
+        fig = original(figsize)
+        drawn["figure"] = fig
+        return fig
+
+    monkeypatch.setattr(products, "new_figure", recording_figure)
+    image = xr.DataArray(np.ones((1030, 1030)), dims=("y", "x"), attrs=_image().attrs)
+    write_png(image, tmp_path / "big.png", "t")
+    shown = drawn["figure"].axes[0].images[0]
+    assert shown.get_array().shape == (343, 343)  # bins of 3; pixel 1029 fills none
+    # 1" pixels, the reference pixel 515: the left edge (RA grows to the left) is pixel -0.5
+    # at +515.5", the right edge the last pixel shown, 1028, whose far edge is at -513.5".
+    left, right, bottom, top = shown.get_extent()
+    assert (left, right, bottom, top) == pytest.approx((515.5, -513.5, -515.5, 513.5))

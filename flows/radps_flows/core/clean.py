@@ -23,6 +23,7 @@ __all__ = [
     "compile_minor_cycle_in_background",
     "cycle_epsilon",
     "hogbom",
+    "intermediate_epsilon",
     "psf_sidelobe",
     "search_window",
 ]
@@ -63,6 +64,23 @@ def cycle_epsilon(peak: float, rms: float, first_pass: float) -> float:
     if peak <= 0 or not np.isfinite(peak) or not np.isfinite(rms):
         return first_pass
     return float(min(first_pass, max(1e-7, 0.1 * rms / peak)))
+
+
+INTERMEDIATE_EPSILON = 1e-3
+"""The gridder accuracy of a major cycle whose residual only serves the next minor cycle.
+
+ducc0's epsilon bounds the error of a whole result relative to its norm, and the error it
+leaves in a residual image is far below that bound: on the CASA benchmark's VLA set (5.4 M
+Stokes I samples, a 1.3 Jy model), the residual at 1e-3 differs from the one at 1e-4 by
+1.3e-6 Jy/beam rms, a hundredth of the thermal noise, and at 1e-2 by 6e-6. A minor cycle
+takes components above its cycle threshold, many times the noise but the last's; that
+residual, the one CLEAN returns, is imaged at :func:`cycle_epsilon`."""
+
+
+def intermediate_epsilon(last: float) -> float:
+    """The accuracy of a major cycle before the last: :data:`INTERMEDIATE_EPSILON`, or the
+    last cycle's ``last`` where that is rougher."""
+    return max(last, INTERMEDIATE_EPSILON)
 
 
 def box_rms(image: np.ndarray, box: Sequence[int] | None) -> float:

@@ -37,6 +37,7 @@ from radps_flows.core.clean import (
     compile_minor_cycle_in_background,
     cycle_epsilon,
     hogbom,
+    intermediate_epsilon,
     psf_sidelobe,
 )
 from radps_flows.core.executors import Executor, SerialExecutor
@@ -296,39 +297,60 @@ def clean_image(
     rms = box_rms(residual, settings.rms_box)
     threshold = max(settings.threshold_jy, settings.threshold_rms * rms)
     mask = box_mask(settings.mask, imsize)
-    epsilon = settings.epsilon
+    epsilon, rough = settings.epsilon, settings.epsilon
     if epsilon is None:
         epsilon = cycle_epsilon(float(np.abs(residual).max()), rms, grid.epsilon)
-        log(f"CLEAN's major cycles grid at epsilon {epsilon:.2g} (auto)")
-    cycle_grid = replace(grid, epsilon=epsilon)
+        rough = intermediate_epsilon(epsilon)
+        log(
+            f"CLEAN's last major cycle grids at epsilon {epsilon:.2g}, those before it at "
+            f"{rough:.2g} (auto)"
+        )
+    residual_epsilon = epsilon  # the dirty image is at least as accurate
     model = np.zeros((imsize, imsize))
     niter, done, cycles = settings.niter, 0, 0
+
+    def major_cycle(at: float) -> np.ndarray:
+        shared = ex.share(model.copy())
+        cycle_grid = replace(grid, epsilon=at)
+        residuals = ex.map(blk.residual_block, prepared, grid=cycle_grid, model=shared, **extra)
+        return blk.total(ex, residuals).image / weight_sum
+
     while done < niter and cycles < settings.max_major:
         region = residual if mask is None else np.where(mask, residual, 0)
         peak = float(np.abs(region).max())
-        if peak < threshold:
-            break
-        frac = min(0.8, max(0.05, settings.cyclefactor * sidelobe))
-        cycle_threshold = max(threshold, frac * peak)
-        delta, _, n = hogbom(
-            residual,
-            psf,
-            gain=settings.gain,
-            threshold=cycle_threshold,
-            niter=niter - done,
-            mask=mask,
-            floor=CANDIDATE_FRACTION * cycle_threshold,
-            threads=inputs.nthreads,  # this process's share of the workers' threads
-        )
+        n = 0
+        if peak >= threshold:
+            frac = min(0.8, max(0.05, settings.cyclefactor * sidelobe))
+            cycle_threshold = max(threshold, frac * peak)
+            delta, _, n = hogbom(
+                residual,
+                psf,
+                gain=settings.gain,
+                threshold=cycle_threshold,
+                niter=niter - done,
+                mask=mask,
+                floor=CANDIDATE_FRACTION * cycle_threshold,
+                threads=inputs.nthreads,  # this process's share of the workers' threads
+            )
         if n == 0:
-            break
+            if residual_epsilon == epsilon:
+                break
+            # CLEAN would end on a rough residual, which may only seem below the threshold
+            residual, residual_epsilon = major_cycle(epsilon), epsilon
+            log(f"the residual imaged again at epsilon {epsilon:.2g} before CLEAN ends")
+            continue
         done += n
         model += delta
-        shared = ex.share(model.copy())
-        residuals = ex.map(blk.residual_block, prepared, grid=cycle_grid, model=shared, **extra)
-        residual = blk.total(ex, residuals).image / weight_sum
         cycles += 1
-        log(f"major cycle {cycles}: {n} components, cycle threshold {cycle_threshold:.4g}")
+        # A residual that only serves the next minor cycle can be rougher than the one CLEAN
+        # ends with (see clean.INTERMEDIATE_EPSILON); the last cycle's is exact.
+        last = done >= niter or cycle_threshold <= threshold or cycles >= settings.max_major
+        residual_epsilon = epsilon if last else rough
+        residual = major_cycle(residual_epsilon)
+        log(
+            f"major cycle {cycles}: {n} components, cycle threshold {cycle_threshold:.4g}, "
+            f"epsilon {residual_epsilon:.2g}"
+        )
     ex.release(prepared)
     restored = restore(model, residual, beam, cell_arcsec)
     report = flag_report(inputs.summaries)

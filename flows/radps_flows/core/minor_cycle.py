@@ -33,26 +33,33 @@ numba.config.THREADING_LAYER = "workqueue"  # before the first parallel compilat
 _LAUNCH = threading.Lock()
 
 
-@numba.njit(nogil=True, cache=False, fastmath={"nnan", "ninf", "nsz", "arcp", "reassoc"})
-def _row_peak(row: np.ndarray, allowed: np.ndarray, masked: bool) -> np.float32:
-    """Largest |value| of a row among its allowed pixels (-1 if none); a reduction the
-    compiler vectorises (values are finite: the residual is)."""
-    best = np.float32(-1.0)
+MAGNITUDE = np.uint32(0x7FFFFFFF)
+"""The bits of a float32 but its sign: for finite values (the residual's), their order as
+unsigned integers is the order of the magnitudes."""
+
+
+@numba.njit(nogil=True, cache=False)
+def _row_peak(bits: np.ndarray, allowed: np.ndarray, masked: bool) -> np.int64:
+    """The bits of the largest |value| of a row (its float32 ``bits``) among its allowed
+    pixels, -1 if none. In integers because the compiler vectorises an integer maximum, and
+    not a float one (2.3 ms a 2048 x 2048 pass against 0.3 ms)."""
+    best = np.uint32(0)
     if masked:
-        for x in range(row.shape[0]):
+        seen = False
+        for x in range(bits.shape[0]):
             if allowed[x]:
-                best = max(best, abs(row[x]))
-    else:
-        for x in range(row.shape[0]):
-            best = max(best, abs(row[x]))
-    return best
+                best = max(best, bits[x] & MAGNITUDE)
+                seen = True
+        return np.int64(best) if seen else np.int64(-1)
+    for x in range(bits.shape[0]):
+        best = max(best, bits[x] & MAGNITUDE)
+    return np.int64(best)
 
 
 @numba.njit(
-    # One signature, compiled on import: any layout (a window is a view of the residual, or
-    # all of it, which would otherwise compile a second time).
-    "int64(float32[:, :], float64[:, :], float32[:, :], boolean[:, :], boolean, float64, "
-    "float64, int64, int64, int64)",
+    # One signature, compiled on import: a window is C-contiguous (see components).
+    "int64(float32[:, ::1], float64[:, ::1], float32[:, ::1], boolean[:, ::1], boolean, "
+    "float64, float64, int64, int64, int64)",
     nogil=True,
     cache=False,
     parallel=True,
@@ -72,22 +79,23 @@ def _components(
     n_y, n_x = window.shape
     p_y, p_x = psf.shape
     cy, cx = p_y // 2, p_x // 2
-    peaks = np.empty(n_y, dtype=np.float32)
+    bits = window.view(np.uint32)
+    peaks = np.empty(n_y, dtype=np.int64)
     for y in numba.prange(n_y):
-        peaks[y] = _row_peak(window[y], allowed[y % allowed.shape[0]], masked)
+        peaks[y] = _row_peak(bits[y], allowed[y % allowed.shape[0]], masked)
     done = 0
     while done < niter:
         y0 = np.argmax(peaks)
         best = peaks[y0]
         if best < 0:
             break
-        row, ok = window[y0], allowed[y0 % allowed.shape[0]]
+        row, ok = bits[y0], allowed[y0 % allowed.shape[0]]
         x0 = 0
         for x in range(n_x):
-            if abs(row[x]) == best and (not masked or ok[x]):
+            if (row[x] & MAGNITUDE) == best and (not masked or ok[x]):
                 x0 = x
                 break
-        peak = row[x0]
+        peak = window[y0, x0]
         if abs(peak) < threshold:
             break
         step = np.float32(gain * peak)
@@ -97,10 +105,14 @@ def _components(
         xa, xb = max(0, x0 - cx), min(n_x, x0 - cx + p_x)
         shift = cx - x0
         for y in numba.prange(ya, yb):
-            target, source = window[y], psf[y - y0 + cy]
-            for x in range(xa, xb):
-                target[x] -= step * source[x + shift]
-            peaks[y] = _row_peak(target, allowed[y % allowed.shape[0]], masked)
+            # Slices, and an index from 0: numba checks every index for a negative value to
+            # wrap around, and one it cannot prove positive (x + shift) kept the loop from
+            # being vectorised (3x the time).
+            target = window[y, xa:xb]
+            source = psf[y - y0 + cy, xa + shift : xb + shift]
+            for i in range(target.shape[0]):
+                target[i] -= step * source[i]
+            peaks[y] = _row_peak(bits[y], allowed[y % allowed.shape[0]], masked)
         done += 1
     return done
 
@@ -127,11 +139,13 @@ def components(
     masked = allowed is not None
     if allowed is None:
         allowed = np.ones((1, 1), dtype=bool)
+    # a copy where the window is a view: its rows contiguous, the loops vectorise
+    work = window if window.flags.c_contiguous else np.ascontiguousarray(window)
     with _LAUNCH:
         numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-        return int(
+        done = int(
             _components(
-                window,
+                work,
                 model,
                 psf,
                 allowed,
@@ -143,3 +157,6 @@ def components(
                 int(left),
             )
         )
+    if work is not window:
+        window[...] = work
+    return done

@@ -120,9 +120,11 @@ class ImagingParameters(PipelineParameters):
     clean_epsilon: Literal["auto"] | Annotated[float, Field(ge=1e-8, le=1e-2)] = Field(
         "auto",
         description="Gridder accuracy of CLEAN's passes through the visibilities. auto: the "
-        "PSF and dirty image at `epsilon`, the major cycles at a tenth of the dirty image's "
-        "rms over its peak, between 1e-7 and `epsilon` (a bright source's residual needs "
-        "more accuracy than a dirty image); a number: every pass at that accuracy.",
+        "PSF and dirty image at `epsilon`, the last major cycle at a tenth of the dirty "
+        "image's rms over its peak, between 1e-7 and `epsilon` (a bright source's residual "
+        "needs more accuracy than a dirty image), the cycles before it at 1e-3 where that "
+        "is rougher (their residuals only choose the next components); a number: every "
+        "pass at that accuracy.",
     )
     clean_visibilities: Literal["auto", "keep", "reread"] = Field(
         "auto",

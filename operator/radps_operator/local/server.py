@@ -32,6 +32,9 @@ RECORD_FILE = "server.json"
 START_LOCK_FILE = "server-start.lock"
 LIFE_LOCK_FILE = "server.lock"
 """Held (exclusively) by the `radps server` of a home for its whole life: one per home."""
+STARTED_TOLERANCE_SECONDS = 0.05
+"""How far a process's start time may be from its record's (both are the system's clock
+ticks since boot, in seconds since the epoch: equal for the same process)."""
 USERS_LOCK_FILE = "server-users.lock"
 """Held (shared) by each `radps run` that uses the server from its own process: the server
 is not idle while one does."""
@@ -179,6 +182,7 @@ def write_record(home: Path, server: LocalServer) -> Path:
     path = home / RECORD_FILE
     record = {
         "pid": os.getpid(),
+        "started": process_started(os.getpid()),
         "api_url": server.api_url,
         "ui_url": server.ui_url,
         "runner_socket": server.runner_socket,
@@ -190,16 +194,40 @@ def write_record(home: Path, server: LocalServer) -> Path:
     return path
 
 
+def process_started(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), or None where none runs."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+def recorded_server_pid(record: dict) -> int | None:
+    """The PID of the record's server while that process still runs. A server killed outright
+    leaves its record behind, and the system may since have given its PID to another
+    process: one that did not start when the record says is not the server (nor is any
+    process, for a record without the time)."""
+    pid = int(record["pid"])
+    started = process_started(pid)
+    recorded = record.get("started")
+    if started is None or recorded is None:
+        return None
+    if abs(float(recorded) - started) > STARTED_TOLERANCE_SECONDS:
+        return None
+    return pid
+
+
 def find_running_server(home: Path) -> LocalServer | None:
     """The persistent `radps server`, when its record is fresh and it answers."""
     path = home / RECORD_FILE
     try:
         record = json.loads(path.read_text())
-        pid = int(record["pid"])
-        os.kill(pid, 0)
+        pid = recorded_server_pid(record)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not is_healthy(record["api_url"]):
+    if pid is None or not is_healthy(record["api_url"]):
         return None
     return LocalServer(
         api_url=record["api_url"],
@@ -336,7 +364,9 @@ def stop_running_server(home: Path, timeout: float = START_TIMEOUT_SECONDS) -> i
     none runs."""
     path = home / RECORD_FILE
     try:
-        pid = int(json.loads(path.read_text())["pid"])
+        pid = recorded_server_pid(json.loads(path.read_text()))
+        if pid is None:  # a stale record (the next server replaces it): signal nobody
+            return None
         os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -19,9 +19,12 @@ from radps_operator.local import warm
 ROOT = Path(__file__).resolve().parents[2]
 
 SERVER = """
-import os, sys
+import os, signal, sys
 from pathlib import Path
 from radps_operator.local import warm
+# Ctrl-C stops it, as in a terminal, also where this test runs in the background of a shell
+# without job control (which starts its commands with SIGINT ignored, inherited here).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from tests.unit.test_warm import child
 runner = warm.WarmRunner(Path(sys.argv[1]), warm.import_settings(os.environ), child)
 print(runner.listen(), flush=True)

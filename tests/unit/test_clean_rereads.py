@@ -123,3 +123,36 @@ def test_merged_blocks_image_as_their_sum(corrupted):
     other = replace(parts[0], vis=replace(parts[0].vis, freq=parts[0].vis.freq * 2))
     with pytest.raises(ValueError, match="one dataset"):
         blk.merge_prepared([parts[1], other])
+
+
+def test_a_local_run_gives_the_minor_cycle_every_thread(corrupted):
+    """Where the Dask workers are threads of this process, each pass grids a dataset's merged
+    blocks with that dataset's share of the threads, and the minor cycle, which runs alone
+    between passes, gets them all: kept or reread. A real in-process cluster of 2 threads,
+    two datasets."""
+    from distributed import Client, LocalCluster
+
+    from radps_flows.core import imager
+    from radps_flows.core.clean import CleanSettings
+    from radps_flows.core.executors import DaskExecutor
+
+    (dataset,) = blk.open_datasets(corrupted)
+    two = [dataset, dataset]
+    blocks = blk.plan_blocks(corrupted, two, block_mb=0.05)
+    assert {b.dataset for b in blocks} == {0, 1}
+    grid = imager.grid_for(128, 4.0, 1e-6)
+    with (
+        LocalCluster(processes=False, n_workers=2, threads_per_worker=1) as cluster,
+        Client(cluster) as client,
+    ):
+        ex = DaskExecutor(client)
+        kept = imager.clean_inputs(
+            ex, blocks, two, blk.Steps(), grid, CleanSettings(visibilities="keep")
+        )
+        assert (len(kept.handles), kept.nthreads, kept.minor_threads) == (2, 1, 2)
+        ex.release(kept.handles)
+        settings = CleanSettings(visibilities="reread")
+        reread = imager.clean_inputs(ex, blocks, two, blk.Steps(), grid, settings)
+        assert (reread.nthreads, reread.minor_threads) == (1, 2)
+    serial = imager.clean_inputs(SerialExecutor(), blocks, two, blk.Steps(), grid, settings)
+    assert serial.minor_threads == 1

@@ -169,6 +169,9 @@ class CleanInputs:
     """What each pass needs besides: the shared weight density of reread blocks."""
     nthreads: int = 1
     """The gridder's threads in each pass's call."""
+    minor_threads: int = 1
+    """The minor cycle's threads: all the workers' where they are threads of this process
+    (nothing else runs meanwhile), else one (on Kubernetes the flow pod is small)."""
 
 
 def clean_inputs(
@@ -203,6 +206,7 @@ def clean_inputs(
         )
     weighted = settings.weighting != "natural"
     of_dataset = [b.dataset for b in blocks]
+    local_threads = ex.threads() if ex.workers_in_this_process() else 1
     if choice == "reread":
         handles = ex.map(
             blk.first_pass, blocks, steps=steps, density_grid=grid if weighted else None
@@ -220,7 +224,7 @@ def clean_inputs(
         rereads = [
             blk.Reread(b, again, s["gains"], scheme) for b, s in zip(blocks, summaries, strict=True)
         ]
-        return CleanInputs(rereads, of_dataset, summaries, extra)
+        return CleanInputs(rereads, of_dataset, summaries, extra, minor_threads=local_threads)
     prepared = ex.map(blk.prepare_block, blocks, steps=steps)
     summaries = ex.gather(ex.map(blk.summary, prepared))
     if weighted:
@@ -244,7 +248,12 @@ def clean_inputs(
         ex.release(prepared)
         prepared, of_dataset = merged, kept
     return CleanInputs(
-        prepared, of_dataset, summaries, {}, nthreads=max(1, ex.threads() // len(prepared))
+        prepared,
+        of_dataset,
+        summaries,
+        {},
+        nthreads=max(1, local_threads // len(prepared)),
+        minor_threads=local_threads,
     )
 
 
@@ -330,7 +339,7 @@ def clean_image(
                 niter=niter - done,
                 mask=mask,
                 floor=CANDIDATE_FRACTION * cycle_threshold,
-                threads=inputs.nthreads,  # this process's share of the workers' threads
+                threads=inputs.minor_threads,
             )
         if n == 0:
             if residual_epsilon == epsilon:

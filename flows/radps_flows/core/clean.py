@@ -73,8 +73,8 @@ ducc0's epsilon bounds the error of a whole result relative to its norm, and the
 leaves in a residual image is far below that bound: on the CASA benchmark's VLA set (5.4 M
 Stokes I samples, a 1.3 Jy model), the residual at 1e-3 differs from the one at 1e-4 by
 1.3e-6 Jy/beam rms, a hundredth of the thermal noise, and at 1e-2 by 6e-6. A minor cycle
-takes components above its cycle threshold, many times the noise but the last's; that
-residual, the one CLEAN returns, is imaged at :func:`cycle_epsilon`."""
+takes components above its cycle threshold, many times the noise in every cycle but the
+last; the last cycle's residual, the one CLEAN returns, is imaged at :func:`cycle_epsilon`."""
 
 
 def intermediate_epsilon(last: float) -> float:

@@ -306,14 +306,15 @@ def clean_image(
     rms = box_rms(residual, settings.rms_box)
     threshold = max(settings.threshold_jy, settings.threshold_rms * rms)
     mask = box_mask(settings.mask, imsize)
-    epsilon, rough = settings.epsilon, settings.epsilon
-    if epsilon is None:
+    if settings.epsilon is None:
         epsilon = cycle_epsilon(float(np.abs(residual).max()), rms, grid.epsilon)
         rough = intermediate_epsilon(epsilon)
         log(
             f"CLEAN's last major cycle grids at epsilon {epsilon:.2g}, those before it at "
             f"{rough:.2g} (auto)"
         )
+    else:
+        epsilon = rough = settings.epsilon
     residual_epsilon = epsilon  # the dirty image is at least as accurate
     model = np.zeros((imsize, imsize))
     niter, done, cycles = settings.niter, 0, 0

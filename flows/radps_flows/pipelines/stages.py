@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from prefect import task
 
 from radps_flows import manifest
 from radps_flows.core import blocks as blk
@@ -26,10 +25,11 @@ from radps_flows.pipelines.common import (
 )
 from radps_flows.pipelines.executor import start_dask_cluster_early
 from radps_flows.pipelines.outputs import Output, file_output, publish_preview
+from radps_flows.pipelines.stage import stage
 from radps_flows.progress import report_progress
 
 
-@task(name="open-visibilities")
+@stage("open-visibilities")
 def open_visibilities(input: str, cache_dir: str) -> tuple[str, list[xr.Dataset]]:
     """The input as MSv4 datasets. A processing set a radps run wrote (calibrated, flagged)
     is read only with its manifest: without it, it is a remnant of a run that never
@@ -84,7 +84,7 @@ def calibration_steps(
     )
 
 
-@task(name="write-gains")
+@stage("write-gains")
 def write_gain_products(
     gains: list[xr.Dataset] | dict[str, xr.Dataset], folder: str
 ) -> list[Output]:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import numpy as np
-from prefect import flow, task
+from prefect import flow
 
 from radps_flows import provenance
 from radps_flows.cluster import task_runner_from_env
@@ -20,11 +20,12 @@ from radps_flows.manifest import store_manifest_name
 from radps_flows.parameters.base import flow_parameters
 from radps_flows.parameters.synthesize import SynthesizeParameters
 from radps_flows.pipelines.outputs import Output, file_output, publish_outputs
+from radps_flows.pipelines.stage import stage
 from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
 
 
-@task(name="synthesize-visibilities")
+@stage("synthesize-visibilities")
 def synthesize_visibilities(
     output: str,
     overwrite: bool,

@@ -363,5 +363,5 @@ def write_zarr_images(images: xr.Dataset, path: str | os.PathLike) -> Path:
     path = _prepare(path)
     codec = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
     encoding = {name: {"compressors": (codec,)} for name in images.data_vars}
-    images.to_zarr(path, mode="w", consolidated=False, encoding=encoding)
+    images.to_zarr(path, mode="w", consolidated=False, encoding=encoding, write_empty_chunks=True)
     return path

@@ -72,7 +72,10 @@ def replace_arrays(dest: Path, partition: str, arrays: dict[str, xr.DataArray], 
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"zarr\.")
-        delayed = data.to_zarr(str(dest), group=partition, mode="a", compute=False)
+        # every chunk written, none compared with the fill value first (see core.io._convert)
+        delayed = data.to_zarr(
+            str(dest), group=partition, mode="a", compute=False, write_empty_chunks=True
+        )
         ex.compute(delayed)
     group = zarr.open_group(str(dest), path=partition, mode="r+")
     group.attrs.clear()

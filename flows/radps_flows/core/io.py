@@ -271,8 +271,9 @@ def _convert(ms: Path, out: Path) -> None:
     _route_toolviper_logs()
     try:
         # zarr compares each chunk with the fill value before writing it, to leave out empty
-        # ones: several full passes over a chunk of visibilities (128 MiB by default), which
-        # took 1.2 s of a 2.6-3.0 s conversion of the CASA benchmark's set.
+        # ones: several full passes over a chunk of visibilities (128 MiB by default). On the
+        # CASA benchmark's set: 1.5-1.8 -> 1.3-1.7 s with the allocator of a flow run
+        # (radps_flows.allocator), 2.3-3.1 -> 1.5-1.9 s without it.
         with warnings.catch_warnings(), zarr.config.set({"array.write_empty_chunks": True}):
             # xradio writes fixed-length strings and consolidated metadata, which zarr 3 warns
             # about on every array; they say nothing about the user's data.

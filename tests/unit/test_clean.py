@@ -246,3 +246,23 @@ def test_the_threaded_minor_cycle_runs_in_a_fork():
             hogbom, (dirty, psf), {"gain": 0.5, "threshold": 0.1, "niter": 10, "threads": 2}
         )
     assert done == 4 and model[10, 20] == pytest.approx(0.9375)
+
+
+@pytest.mark.parametrize("components", [5, 40_000])  # as stamps; dense: through the FFTs
+def test_restore_is_the_model_convolved_with_the_beam_plus_the_residual(components: int):
+    from scipy.signal import fftconvolve
+
+    rng = np.random.default_rng(components)
+    n, beam, cell = 256, Beam(9.0, 5.0, 30.0), 1.0
+    model = np.zeros((n, n))
+    y, x = rng.integers(0, n, size=(2, components))
+    model[y, x] = rng.normal(size=components)
+    model[0, 0], model[n - 1, 3], model[2, n - 1] = 1.0, -0.5, 0.25  # stamps cut at the edges
+    residual = rng.normal(scale=1e-3, size=(n, n))
+    half = math.ceil(3 * beam.major_arcsec / cell) + 1
+    kernel = gaussian_image((2 * half + 1, 2 * half + 1), beam, cell, (half, half))
+    expected = fftconvolve(model, kernel, mode="same") + residual
+    kept = residual.copy()
+    restored = restore(model, residual, beam, cell)
+    np.testing.assert_allclose(restored, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+    np.testing.assert_array_equal(residual, kept)  # the residual itself is left as it was

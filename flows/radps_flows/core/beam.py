@@ -111,7 +111,29 @@ def restore(model: np.ndarray, residual: np.ndarray, beam: Beam, cell_arcsec: fl
     half = math.ceil(3 * beam.major_arcsec / cell_arcsec) + 1
     size = 2 * half + 1
     kernel = gaussian_image((size, size), beam, cell_arcsec, (half, half))
+    if np.count_nonzero(model) * kernel.size <= DIRECT_CONVOLUTION_PIXELS_PER_PIXEL * model.size:
+        return add_stamps(model, kernel, residual.copy())
     return convolve_same(model, kernel) + residual
+
+
+DIRECT_CONVOLUTION_PIXELS_PER_PIXEL = 1
+"""Convolve by adding a kernel stamp per model pixel where the stamps cover at most this many
+pixels per image pixel; else through FFTs. A Hogbom model is sparse: 1000 components on ~800
+pixels of a 2048 x 2048 image, as in the CASA benchmark, with its 33 x 33 beam, take 25 ms as
+stamps and 0.15-0.16 s through the FFTs (results 1e-13 apart)."""
+
+
+def add_stamps(model: np.ndarray, kernel: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out`` plus ``model`` convolved with the odd-sized, centred ``kernel`` (as
+    :func:`convolve_same`), one stamp per non-zero pixel of ``model``, cut at the edges."""
+    ky, kx = (k // 2 for k in kernel.shape)
+    ny, nx = model.shape
+    for y, x in zip(*np.nonzero(model), strict=True):
+        y0, y1 = max(0, y - ky), min(ny, y + ky + 1)
+        x0, x1 = max(0, x - kx), min(nx, x + kx + 1)
+        stamp = kernel[y0 - (y - ky) : y1 - (y - ky), x0 - (x - kx) : x1 - (x - kx)]
+        out[y0:y1, x0:x1] += model[y, x] * stamp
+    return out
 
 
 def convolve_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:

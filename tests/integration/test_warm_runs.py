@@ -16,6 +16,7 @@ import pytest
 from radps_operator.local.server import RECORD_FILE, is_healthy, stop_running_server
 from tests.conftest import RADPS, RadpsServer
 from tests.integration.test_local_run import (
+    ended,
     flow_run_ids,
     long_synth,
     manifest,
@@ -33,15 +34,6 @@ def tiny_synth(folder: Path, name: str) -> Path:
 
 def record(home: Path) -> dict:
     return json.loads((home / RECORD_FILE).read_text())
-
-
-def ended(process: psutil.Process) -> bool:
-    """Exited, reaped or not: an orphaned server is reaped by the subreaper above pytest
-    (hack/no-leftovers.py) a moment after it exits, so it may still be a zombie here."""
-    try:
-        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def wait_until(condition, seconds: float, what: str) -> None:

@@ -8,13 +8,17 @@ error is the request's own fault and is raised as is.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from urllib.parse import quote
+from uuid import UUID, uuid4
 
 import httpx
 
@@ -26,6 +30,7 @@ log = logging.getLogger(__name__)
 
 FLOW_RUN_EVENT_PREFIX = "prefect.flow-run."
 READ_BATCH = 200
+USER_AGENT = "radps-operator"
 
 
 DEFAULT_MAX_CONCURRENT_CALLS = 8
@@ -75,29 +80,34 @@ def _rejection(exc: BaseException) -> str | None:
     return f"{exc.response.status_code}: {detail or exc.response.text[:300]}"
 
 
-def snapshot_of(flow_run: Any) -> FlowRunSnapshot:
-    state = flow_run.state
+def snapshot_of(flow_run: dict[str, Any]) -> FlowRunSnapshot:
+    """A flow run as Prefect's API returns it (JSON), as the operator reads it."""
+    state = flow_run.get("state") or {}
     return FlowRunSnapshot(
-        id=str(flow_run.id),
-        name=flow_run.name,
-        state_type=state.type.value if state else None,
-        state_name=state.name if state else None,
-        state_message=(state.message or None) if state else None,
-        start_time=flow_run.start_time,
-        end_time=flow_run.end_time,
-        labels=dict(flow_run.labels or {}),
-        deployment_id=str(flow_run.deployment_id) if flow_run.deployment_id else None,
-        work_pool=flow_run.work_pool_name,
-        state_time=state.timestamp if state else None,
-        expected_start_time=flow_run.expected_start_time,
+        id=str(flow_run["id"]),
+        name=flow_run.get("name") or "",
+        state_type=state.get("type"),
+        state_name=state.get("name"),
+        state_message=state.get("message") or None,
+        start_time=_datetime(flow_run.get("start_time")),
+        end_time=_datetime(flow_run.get("end_time")),
+        labels=dict(flow_run.get("labels") or {}),
+        deployment_id=flow_run.get("deployment_id"),
+        work_pool=flow_run.get("work_pool_name"),
+        state_time=_datetime(state.get("timestamp")),
+        expected_start_time=_datetime(flow_run.get("expected_start_time")),
     )
 
 
-def _output_rows(artifact: Any) -> list[dict[str, str]] | None:
+def _datetime(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _output_rows(artifact: dict[str, Any]) -> list[dict[str, str]] | None:
     """The rows of a "radps outputs" table artifact; None for any other artifact."""
-    if artifact.description != OUTPUTS_ARTIFACT_DESCRIPTION:
+    if artifact.get("description") != OUTPUTS_ARTIFACT_DESCRIPTION:
         return None
-    data = artifact.data
+    data = artifact.get("data")
     if isinstance(data, str):
         with contextlib.suppress(ValueError):
             data = json.loads(data)
@@ -108,6 +118,12 @@ def _output_rows(artifact: Any) -> list[dict[str, str]] | None:
         for row in data
         if isinstance(row, dict)
     ]
+
+
+def _state(type_: str, name: str, message: str | None = None, **details: Any) -> dict[str, Any]:
+    """A state to propose, in the shape of Prefect's `StateCreate` (the server fills the
+    rest of `state_details`)."""
+    return {"type": type_, "name": name, "message": message, "state_details": details}
 
 
 def busy_retry_delay(retry: int) -> float:
@@ -122,87 +138,82 @@ def is_busy(exc: BaseException) -> bool:
 
 
 class PrefectGateway:
+    """Prefect's REST API and event stream, over plain httpx and websockets.
+
+    Not Prefect's own client: importing it and its schemas costs the operator ~33 MiB of its
+    ~90 MiB at rest (docs/architecture.md, "The operator's memory"), for the dozen endpoints
+    below. The request bodies are those Prefect's client sends; the integration tests run
+    every call against a real server of the pinned version."""
+
     def __init__(
         self,
         api_url: str,
         auth_string: str | None = None,
         max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS,
     ):
-        self.api_url = api_url
+        self.api_url = api_url.rstrip("/")
         self.auth_string = auth_string
         self._slots = asyncio.Semaphore(max_concurrent_calls)
         """A burst of creates must not become a burst of concurrent writes: SQLite serialises
         them anyway and answers the surplus with "database is locked" (503)."""
-        self._client: Any = None
+        self._http: httpx.AsyncClient | None = None
         self._deployments: dict[tuple[str, str, str], asyncio.Future[str]] = {}
         self._pool_variables: dict[str, set[str] | None] = {}
-        self._settings: Any = None
-
-    def _settings_context(self) -> Any:
-        """Prefect settings for the operator's calls: the configured server and auth, and no
-        client-side retry: Prefect's client waits 2 s before retrying a 503, where a busy
-        SQLite server answers again within a fraction of that (creates retry busy answers
-        themselves, `busy_retry_delay`), and an outage surfaces at once (the operator retries
-        with its own backoff and shows PrefectReachable=False meanwhile)."""
-        from prefect.context import SettingsContext
-        from prefect.settings import (
-            PREFECT_API_AUTH_STRING,
-            PREFECT_API_URL,
-            PREFECT_CLIENT_MAX_RETRIES,
-            get_current_settings,
-        )
-
-        if self._settings is None:
-            updates: dict[Any, Any] = {PREFECT_CLIENT_MAX_RETRIES: 0, PREFECT_API_URL: self.api_url}
-            if self.auth_string:
-                updates[PREFECT_API_AUTH_STRING] = self.auth_string
-            self._settings = get_current_settings().copy_with_update(updates=updates)
-        return SettingsContext(profile=SettingsContext.get().profile, settings=self._settings)
 
     async def __aenter__(self) -> PrefectGateway:
-        from prefect.client.orchestration import PrefectClient
-
-        self._client = PrefectClient(
-            self.api_url,
-            auth_string=self.auth_string,
-            httpx_settings={"timeout": httpx.Timeout(30.0, connect=5.0)},
+        headers = {"User-Agent": USER_AGENT}
+        if self.auth_string:  # as Prefect's client: the server's auth string, as basic auth
+            token = base64.b64encode(self.auth_string.encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        self._http = httpx.AsyncClient(
+            base_url=self.api_url + "/",
+            headers=headers,
+            timeout=httpx.Timeout(30.0, connect=5.0),
         )
-        await self._client.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._client is not None:
-            await self._client.__aexit__(None, None, None)
-            self._client = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
-    async def _call(self, operation: str, coro: Awaitable[Any]) -> Any:
+    async def _call(self, operation: str, method: str, path: str, body: Any = None) -> Any:
+        """One API call in a call slot: its JSON answer (None for an empty one).
+
+        No retry here: a busy SQLite server answers again within a fraction of the 2 s that
+        Prefect's client waits (creates retry busy answers themselves, `busy_retry_delay`), and
+        an outage surfaces at once (the operator retries with its own backoff and shows
+        PrefectReachable=False meanwhile)."""
+        if self._http is None:
+            raise RuntimeError("PrefectGateway used outside `async with`")
         with metrics.PREFECT_SLOT_WAIT_SECONDS.time():
             await self._slots.acquire()
         try:
-            return await self._call_now(operation, coro)
+            with metrics.PREFECT_CALL_SECONDS.labels(operation).time():
+                try:
+                    response = await self._http.request(method, path.lstrip("/"), json=body)
+                    response.raise_for_status()
+                    return response.json() if response.content else None
+                except Exception as exc:
+                    kind = _unavailable(exc)
+                    if kind is None:
+                        rejected = _rejection(exc)
+                        if rejected is not None:
+                            raise PrefectRejected(
+                                f"Prefect refused {operation}: {rejected}"
+                            ) from exc
+                        raise
+                    metrics.PREFECT_API_ERRORS.labels(operation).inc()
+                    raise kind(f"Prefect API {self.api_url}: {exc!r}") from exc
         finally:
             self._slots.release()
 
-    async def _call_now(self, operation: str, coro: Awaitable[Any]) -> Any:
-        with metrics.PREFECT_CALL_SECONDS.labels(operation).time(), self._settings_context():
-            try:
-                return await coro
-            except Exception as exc:
-                kind = _unavailable(exc)
-                if kind is None:
-                    rejected = _rejection(exc)
-                    if rejected is not None:
-                        raise PrefectRejected(f"Prefect refused {operation}: {rejected}") from exc
-                    raise
-                metrics.PREFECT_API_ERRORS.labels(operation).inc()
-                raise kind(f"Prefect API {self.api_url}: {exc!r}") from exc
-
     async def healthy(self) -> bool:
         try:
-            error = await self._call("health", self._client.api_healthcheck())
-        except PrefectUnavailable:
+            await self._call("health", "GET", "/health")
+        except (PrefectUnavailable, PrefectRejected):
             return False
-        return error is None
+        return True
 
     # --- deployments and flow runs ------------------------------------------------------------
 
@@ -223,39 +234,47 @@ class PrefectGateway:
         return await asyncio.shield(future)
 
     async def _upsert_deployment(self, request: DeploymentRequest) -> str:
-        flow_id = await self._call(
-            "create_flow", self._client.create_flow_from_name(request.flow_name)
-        )
+        """Prefect upserts a deployment by (flow, name): a new image or schema replaces the
+        old one's."""
+        flow = await self._call("create_flow", "POST", "/flows/", {"name": request.flow_name})
         variables = await self._known_variables(request.work_pool, {"image": request.image})
-        deployment_id = await self._call(
+        deployment = await self._call(
             "create_deployment",
-            self._client.create_deployment(
-                flow_id=flow_id,
-                name=request.name,
-                version=request.image,
-                entrypoint=request.entrypoint,
-                work_pool_name=request.work_pool,
-                parameter_openapi_schema=request.parameter_schema,
-                enforce_parameter_schema=True,
-                job_variables=variables,
-                tags=list(request.tags),
-                description=request.description,
-            ),
+            "POST",
+            "/deployments/",
+            {
+                "flow_id": flow["id"],
+                "name": request.name,
+                "version": request.image,
+                "entrypoint": request.entrypoint,
+                "work_pool_name": request.work_pool,
+                "parameters": {},
+                "parameter_openapi_schema": request.parameter_schema,
+                "enforce_parameter_schema": True,
+                "job_variables": variables,
+                "tags": list(request.tags),
+                "description": request.description,
+                "schedules": [],
+                "paused": False,
+            },
         )
-        log.info("deployment %s/%s is %s", request.flow_name, request.name, deployment_id)
-        return str(deployment_id)
+        log.info("deployment %s/%s is %s", request.flow_name, request.name, deployment["id"])
+        return str(deployment["id"])
 
     async def _known_variables(self, work_pool: str, variables: dict[str, Any]) -> dict[str, Any]:
         """Only the job variables the pool's template declares (a process pool has no image,
         namespace or resources; Prefect rejects variables a template does not know)."""
         if work_pool not in self._pool_variables:
-            from prefect.exceptions import ObjectNotFound
-
             try:
-                pool = await self._call("read_work_pool", self._client.read_work_pool(work_pool))
-            except ObjectNotFound:
-                return variables
-            properties = (pool.base_job_template or {}).get("variables", {}).get("properties")
+                pool = await self._call(
+                    "read_work_pool", "GET", f"/work_pools/{quote(work_pool, safe='')}"
+                )
+            except PrefectRejected as exc:
+                if not _is_not_found(exc):
+                    raise
+                return variables  # creating the deployment says what is wrong
+            template = pool.get("base_job_template") or {}
+            properties = template.get("variables", {}).get("properties")
             self._pool_variables[work_pool] = set(properties) if properties else None
         known = self._pool_variables[work_pool]
         if known is None:
@@ -266,113 +285,84 @@ class PrefectGateway:
         self, deployment_id: str, request: FlowRunRequest, work_pool: str
     ) -> FlowRunSnapshot:
         """The flow run for `request.idempotency_key`: created, or the existing one (so asking
-        again after a busy answer is safe)."""
+        again after a busy answer is safe).
+
+        The body sets what `create_flow_run_from_deployment` cannot: the run's retry policy,
+        which the server's RetryFailedFlows rule reads, and no server check of the parameters
+        against the deployment's schema. The operator has just validated them against the
+        pipeline's own model, which generated that schema (`validation.validate_spec`); the
+        server's check cost ~20 ms of its CPU per run, half of a create on SQLite. Runs started
+        from the UI are still checked."""
         variables = await self._known_variables(work_pool, request.job_variables)
-
-        async def create() -> FlowRunSnapshot:
-            flow_run = await self._call(
-                "create_flow_run", self._create_flow_run(deployment_id, request, variables)
-            )
-            return snapshot_of(flow_run)
-
+        body = {
+            "name": request.name,
+            "parameters": request.parameters,
+            "state": _state("SCHEDULED", "Scheduled", scheduled_time=_now()),
+            "tags": list(request.tags),
+            "idempotency_key": request.idempotency_key,
+            "job_variables": variables,
+            "empirical_policy": {"retries": request.retries, "retry_delay": 0},
+            "enforce_parameter_schema": False,
+        }
+        path = f"/deployments/{UUID(deployment_id)}/create_flow_run"
         for retry in range(CREATE_BUSY_RETRIES):
             try:
-                return await create()
+                return snapshot_of(await self._call("create_flow_run", "POST", path, body))
             except PrefectBusy:
                 await asyncio.sleep(busy_retry_delay(retry))  # with its call slot free
-        return await create()  # the last try: a busy answer goes to the handler
+        # the last try: a busy answer goes to the handler
+        return snapshot_of(await self._call("create_flow_run", "POST", path, body))
 
-    async def _create_flow_run(
-        self, deployment_id: str, request: FlowRunRequest, job_variables: dict[str, Any]
-    ) -> Any:
-        """`create_flow_run_from_deployment` without its gaps: it cannot set the run's retry
-        policy, which the server's RetryFailedFlows rule reads (the engine keeps a set one),
-        nor skip the server's check of the parameters against the deployment's schema. The
-        operator has just validated them against the pipeline's own model, which generated
-        that schema (`validation.validate_spec`); the server's check cost ~20 ms of its CPU
-        per run, half of a create on SQLite. Runs started from the UI are still checked."""
-        from prefect.client.schemas.actions import DeploymentFlowRunCreate
-        from prefect.client.schemas.objects import FlowRun, FlowRunPolicy
-        from prefect.states import Scheduled, to_state_create
-
-        body = DeploymentFlowRunCreate(
-            parameters=request.parameters,
-            state=to_state_create(Scheduled()),
-            name=request.name,
-            tags=list(request.tags),
-            idempotency_key=request.idempotency_key,
-            job_variables=job_variables,
-            empirical_policy=FlowRunPolicy(retries=request.retries, retry_delay=0),
-            enforce_parameter_schema=False,
+    async def _filter_flow_runs(self, where: dict[str, Any], limit: int) -> list[FlowRunSnapshot]:
+        runs = await self._call(
+            "read_flow_runs", "POST", "/flow_runs/filter", {"flow_runs": where, "limit": limit}
         )
-        response = await self._client.request(
-            "POST",
-            "/deployments/{id}/create_flow_run",
-            path_params={"id": UUID(deployment_id)},
-            json=body.model_dump(mode="json", exclude_unset=True),
-        )
-        return FlowRun.model_validate(response.json())
+        return [snapshot_of(run) for run in runs]
 
     async def read_flow_runs(self, flow_run_ids: list[str]) -> list[FlowRunSnapshot]:
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
         out: list[FlowRunSnapshot] = []
         for i in range(0, len(flow_run_ids), READ_BATCH):
-            batch = [UUID(x) for x in flow_run_ids[i : i + READ_BATCH]]
-            runs = await self._call(
-                "read_flow_runs",
-                self._client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=batch)),
-                    limit=len(batch),
-                ),
-            )
-            out.extend(snapshot_of(run) for run in runs)
+            batch = [str(UUID(x)) for x in flow_run_ids[i : i + READ_BATCH]]
+            out.extend(await self._filter_flow_runs({"id": {"any_": batch}}, len(batch)))
         return out
 
     async def read_flow_run_by_key(self, idempotency_key: str) -> FlowRunSnapshot | None:
         """The flow run created for a PipelineRun's UID: not for creation (the key makes that
         idempotent) but for a deleted run whose status never recorded its flow run."""
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempotencyKey
+        runs = await self._filter_flow_runs({"idempotency_key": {"any_": [idempotency_key]}}, 1)
+        return runs[0] if runs else None
 
-        runs = await self._call(
-            "read_flow_runs",
-            self._client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    idempotency_key=FlowRunFilterIdempotencyKey(any_=[idempotency_key])
-                )
-            ),
+    async def _set_state(self, flow_run_id: str, state: dict[str, Any], force: bool) -> str:
+        """Propose `state`; Prefect's answer (ACCEPT, REJECT, ABORT or WAIT)."""
+        run_id = str(UUID(flow_run_id))
+        state["state_details"].update(flow_run_id=run_id, transition_id=str(uuid4()))
+        result = await self._call(
+            "set_flow_run_state",
+            "POST",
+            f"/flow_runs/{run_id}/set_state",
+            {"state": state, "force": force},
         )
-        return snapshot_of(runs[0]) if runs else None
+        return str((result or {}).get("status", ""))
 
     async def cancel_flow_run(self, flow_run_id: str, message: str) -> None:
         """Ask for cancellation: Cancelling (the worker stops the infrastructure, then
         Cancelled); a run that never started goes straight to Cancelled."""
-        from prefect.states import Cancelled, Cancelling
-
         runs = await self.read_flow_runs([flow_run_id])
         if not runs or runs[0].terminal or runs[0].state_type == "CANCELLING":
             return
-        state_type = runs[0].state_type
-        new_state = Cancelled if state_type in ("SCHEDULED", None) else Cancelling
-        result = await self._call(
-            "set_flow_run_state",
-            self._client.set_flow_run_state(UUID(flow_run_id), new_state(message=message)),
+        if runs[0].state_type in ("SCHEDULED", None):
+            await self._set_state(flow_run_id, _state("CANCELLED", "Cancelled", message), False)
+            return
+        answer = await self._set_state(
+            flow_run_id, _state("CANCELLING", "Cancelling", message), False
         )
-        if getattr(result.status, "value", result.status) != "ACCEPT" and new_state is Cancelling:
-            # e.g. "no infrastructure to terminate" for a run not yet picked up
-            await self.force_cancelled(flow_run_id, message)
+        if answer != "ACCEPT":  # e.g. "no infrastructure to terminate" for a run not yet
+            await self.force_cancelled(flow_run_id, message)  # picked up
 
     async def force_cancelled(self, flow_run_id: str, message: str) -> None:
         """Set Cancelled whatever Prefect's rules say: a Cancelling that Prefect refused, or
         one no worker completes (it is gone, or lost the race with the Job's creation)."""
-        from prefect.states import Cancelled
-
-        await self._call(
-            "set_flow_run_state",
-            self._client.set_flow_run_state(
-                UUID(flow_run_id), Cancelled(message=message), force=True
-            ),
-        )
+        await self._set_state(flow_run_id, _state("CANCELLED", "Cancelled", message), True)
 
     async def read_outputs(self, flow_run_id: str) -> list[dict[str, Any]]:
         """Rows {name, uri, kind} of the flow run's "radps outputs" table artifact."""
@@ -381,24 +371,26 @@ class PrefectGateway:
     async def read_outputs_of(self, flow_run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """`read_outputs` of many flow runs, READ_BATCH per call (1000 runs finishing together
         would otherwise make 1000 calls, one after another)."""
-        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
         out: dict[str, list[dict[str, Any]]] = {i: [] for i in flow_run_ids}
         for i in range(0, len(flow_run_ids), READ_BATCH):
-            batch = [UUID(x) for x in flow_run_ids[i : i + READ_BATCH]]
-            where = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=batch))
+            batch = [str(UUID(x)) for x in flow_run_ids[i : i + READ_BATCH]]
             offset = 0
             while True:  # a run may have several artifacts: page through them
                 page = await self._call(
                     "read_artifacts",
-                    self._client.read_artifacts(
-                        artifact_filter=where, limit=READ_BATCH, offset=offset
-                    ),
+                    "POST",
+                    "/artifacts/filter",
+                    {
+                        "artifacts": {"flow_run_id": {"any_": batch}},
+                        "limit": READ_BATCH,
+                        "offset": offset,
+                    },
                 )
                 for artifact in page:
                     rows = _output_rows(artifact)
-                    if rows is not None and str(artifact.flow_run_id) in out:
-                        out[str(artifact.flow_run_id)] = rows
+                    run_id = str(artifact.get("flow_run_id"))
+                    if rows is not None and run_id in out:
+                        out[run_id] = rows
                 if len(page) < READ_BATCH:
                     break
                 offset += READ_BATCH
@@ -413,29 +405,24 @@ class PrefectGateway:
     ) -> None:
         """Call `on_flow_run(id, state name)` for every flow-run state event, forever;
         reconnects with backoff (the resync covers what a reconnect window misses)."""
-        from prefect.events.clients import PrefectEventSubscriber
-        from prefect.events.filters import EventFilter, EventNameFilter
-
+        stream = _EventStream(self.events_url, self.auth_string)
         delay = 0.5
+
+        def connected() -> None:
+            nonlocal delay
+            delay = 0.5
+            on_connected(True)
+
         while True:
             try:
-                with self._settings_context():
-                    subscriber = PrefectEventSubscriber(
-                        api_url=self.api_url,
-                        filter=EventFilter(event=EventNameFilter(prefix=[FLOW_RUN_EVENT_PREFIX])),
-                        reconnection_attempts=2,
-                    )
-                async with subscriber:
-                    on_connected(True)
-                    delay = 0.5
-                    async for event in subscriber:
-                        resource_id = event.resource.id
-                        if resource_id.startswith(FLOW_RUN_EVENT_PREFIX):
-                            metrics.PREFECT_EVENTS.inc()
-                            on_flow_run(
-                                resource_id.removeprefix(FLOW_RUN_EVENT_PREFIX),
-                                event.event.removeprefix(FLOW_RUN_EVENT_PREFIX),
-                            )
+                async for event in stream.events(connected):
+                    resource_id = event.get("resource", {}).get("prefect.resource.id", "")
+                    if resource_id.startswith(FLOW_RUN_EVENT_PREFIX):
+                        metrics.PREFECT_EVENTS.inc()
+                        on_flow_run(
+                            resource_id.removeprefix(FLOW_RUN_EVENT_PREFIX),
+                            str(event.get("event", "")).removeprefix(FLOW_RUN_EVENT_PREFIX),
+                        )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -443,3 +430,82 @@ class PrefectGateway:
             on_connected(False)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    @property
+    def events_url(self) -> str:
+        """The event stream's websocket: `/events/out` under the API, ws(s) for http(s)."""
+        scheme, rest = self.api_url.split("://", 1)
+        return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/events/out"
+
+
+class _EventStream:
+    """Prefect's `/events/out` websocket protocol, as its `PrefectEventSubscriber` speaks it.
+
+    The "prefect" subprotocol, then an auth message (the server's auth string, or none), then
+    a filter. The server replays the filter's past events from `occurred.since` before the
+    live ones: each connection asks from a minute before the last event seen, and events
+    already seen are skipped, so a reconnect loses nothing and repeats nothing."""
+
+    SEEN_MAX = 20_000
+    REPLAY = timedelta(minutes=1)
+
+    def __init__(self, url: str, auth_string: str | None):
+        self.url = url
+        self.auth_string = auth_string
+        self.since: datetime | None = None
+        self.seen: OrderedDict[str, None] = OrderedDict()
+
+    async def events(self, connected: Callable[[], None]) -> AsyncIterator[dict[str, Any]]:
+        """Events of one connection; ends (raising) when it drops."""
+        from websockets.asyncio.client import connect
+        from websockets.typing import Subprotocol
+
+        now = datetime.now(UTC)
+        since = self.since or now - self.REPLAY
+        async with connect(
+            self.url,
+            subprotocols=[Subprotocol("prefect")],
+            user_agent_header=USER_AGENT,
+            open_timeout=10,
+        ) as socket:
+            await socket.send(json.dumps({"type": "auth", "token": self.auth_string}))
+            answer = json.loads(await socket.recv())
+            if answer.get("type") != "auth_success":
+                raise PrefectUnavailable(f"Prefect event stream refused us: {answer!r}")
+            where = {
+                "event": {"prefix": [FLOW_RUN_EVENT_PREFIX]},
+                "occurred": {"since": since.isoformat(), "until": _far_future(now)},
+            }
+            await socket.send(json.dumps({"type": "filter", "filter": where}))
+            connected()
+            async for message in socket:
+                payload = json.loads(message)
+                event = payload.get("event") if payload.get("type") == "event" else None
+                if not isinstance(event, dict) or self._seen(str(event.get("id"))):
+                    continue
+                occurred = _datetime(event.get("occurred"))
+                replay_from = occurred - self.REPLAY if occurred else None
+                if replay_from and (self.since is None or replay_from > self.since):
+                    self.since = replay_from
+                yield event
+
+    def _seen(self, event_id: str) -> bool:
+        if event_id in self.seen:
+            return True
+        self.seen[event_id] = None
+        if len(self.seen) > self.SEEN_MAX:
+            self.seen.popitem(last=False)
+        return False
+
+
+def _is_not_found(exc: PrefectRejected) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 404
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _far_future(now: datetime) -> str:
+    return (now + timedelta(days=365)).isoformat()

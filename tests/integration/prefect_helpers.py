@@ -38,12 +38,12 @@ class ProcessWorker:
                 self.process.wait()
 
 
-def create_process_pool(api_url: str, name: str) -> None:
+def create_process_pool(api_url: str, name: str, auth_string: str | None = None) -> None:
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.workers.process import ProcessWorker as PrefectProcessWorker
 
-    with SyncPrefectClient(api_url) as client:
+    with SyncPrefectClient(api_url, auth_string=auth_string) as client:
         client.create_work_pool(
             WorkPoolCreate(
                 name=name,

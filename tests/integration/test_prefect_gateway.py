@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 
@@ -11,6 +12,7 @@ import pytest
 from radps_operator import api, reconcile
 from radps_operator.prefect_gateway import PrefectBusy, PrefectGateway, PrefectUnavailable
 from radps_operator.settings import OperatorSettings
+from tests.conftest import running_radps_server
 from tests.integration.prefect_helpers import (  # noqa: F401
     TINY_SYNTH,
     create_process_pool,
@@ -155,3 +157,51 @@ def test_unreachable_prefect_is_reported_as_such():
                 await gw.read_flow_runs([str(uuid.uuid4())])
 
     asyncio.run(scenario())
+
+
+def test_a_server_behind_auth_serves_the_right_credential_and_refuses_a_wrong_one(tmp_path):
+    """The gateway speaks Prefect's auth itself (basic auth on requests, a token on the event
+    stream's websocket): every call the operator makes, with the credential and without."""
+    auth = f"radps:{uuid.uuid4().hex}"
+    env = {**os.environ, "PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth}
+    with running_radps_server(tmp_path / "home", env) as server:
+        create_process_pool(server.api_url, "auth-pool", auth_string=auth)
+        settings = OperatorSettings(prefect_api_url=server.api_url, work_pool="auth-pool")
+        dep, req = _requests(settings, tmp_path, name="gw-auth")
+
+        async def with_credential():
+            cancelled: list[str] = []
+            async with PrefectGateway(server.api_url, auth) as gw:
+                follower = asyncio.create_task(
+                    gw.follow_flow_run_events(
+                        lambda run_id, state: state == "Cancelled" and cancelled.append(run_id)
+                    )
+                )
+                dep_id = await _patiently(lambda: gw.ensure_deployment(dep))
+                run = await _patiently(lambda: gw.create_flow_run(dep_id, req, dep.work_pool))
+                await _patiently(lambda: gw.cancel_flow_run(run.id, "cancelled by test"))
+                deadline = time.monotonic() + 30
+                while run.id not in cancelled and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                follower.cancel()
+                (run,) = await _patiently(lambda: gw.read_flow_runs([run.id]))
+                return run, cancelled
+
+        async def with_a_wrong_one(run_id):
+            connections: list[bool] = []
+            async with PrefectGateway(server.api_url, "radps:wrong") as gw:
+                assert await gw.healthy()  # /health answers anyone (Kubernetes probes)
+                with pytest.raises(PrefectUnavailable, match="401"):
+                    await gw.read_flow_runs([run_id])
+                follower = asyncio.create_task(
+                    gw.follow_flow_run_events(lambda *_: None, connections.append)
+                )
+                await asyncio.sleep(3)
+                follower.cancel()
+            return connections
+
+        run, cancelled = asyncio.run(with_credential())
+        assert run.state_type == "CANCELLED" and run.state_message == "cancelled by test"
+        assert run.id in cancelled, "the Cancelled event did not come through the event stream"
+        connections = asyncio.run(with_a_wrong_one(run.id))
+        assert connections and True not in connections, connections

@@ -8,10 +8,13 @@ residual rms within 10% of 0.01545 in the off-source box 20..140.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import xarray as xr
 import yaml
@@ -78,7 +81,23 @@ def test_vla_calibrated_clean_example_matches_casa(
     )
     rows = [row for a in artifacts if a.type == "table" for row in json.loads(a.data)]
     assert any(row.get("antenna") == "2_E02" for row in rows)
-    assert any(row.get("name") == "restored" for row in rows)
+    (outputs,) = [json.loads(a.data) for a in artifacts if a.description == "radps outputs"]
+    assert [row["name"] for row in outputs] == [
+        *("image", "preview", "image-zarr", "restored", "residual", "model", "psf"),
+        *("restored-preview", "residual-preview", "images-zarr", "gains", "gains-plot"),
+    ]
+    assert all(Path(row["uri"]).exists() for row in outputs), outputs
+    previews = sorted(a.description for a in artifacts if a.type == "image")
+    assert previews == sorted(
+        [
+            *(f"{vla_ms.name}: {kind}" for kind in ("dirty image", "restored", "residual")),
+            "gain solutions: amplitude and phase per antenna",
+        ]
+    ), previews
+    for artifact in (a for a in artifacts if a.type == "image"):
+        header, encoded = artifact.data.split(",", 1)
+        with PIL.Image.open(io.BytesIO(base64.b64decode(encoded))) as thumbnail:
+            assert thumbnail.format == "PNG" and max(thumbnail.size) == 320
 
 
 def test_synthetic_flagging_calibration_and_clean(radps_server: RadpsServer, tmp_path: Path):

@@ -134,5 +134,4 @@ def plot_gains(tables: dict[str, xr.Dataset], path: Path) -> Path:
     ph_ax.set_ylabel("phase (deg)")
     ph_ax.set_xlabel("time since start (s)")
     amp_ax.set_title("antenna gains (StEFCal)")
-    fig.savefig(path, format="png")
-    return path
+    return products.save_png(fig, path)

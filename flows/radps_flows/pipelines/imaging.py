@@ -12,7 +12,6 @@ where they would not fit in half the cluster's memory, read again at each pass.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -120,17 +119,15 @@ def clean_image(
 
 @stage("write-products")
 def write_products(image: xr.DataArray, output: str, title: str) -> list[Output]:
+    return _image_products(image, Path(output), title)
+
+
+def _image_products(image: xr.DataArray, folder: Path, title: str) -> list[Output]:
     """The dirty image (or cube) as FITS, PNG preview and zarr."""
-    folder = Path(output)
-    with _PreviewDrawer() as previews:
-        previews.draw(image, folder / "image.png", title)
-        fits_path = products.write_fits(image, folder / "image.fits")
-        zarr_path = products.write_zarr(image, folder / "image.zarr")
-        (png,) = previews.publish()
     return [
-        file_output("image", fits_path, "fits"),
-        file_output("preview", png, "png"),
-        file_output("image-zarr", zarr_path, "zarr"),
+        file_output("image", products.write_fits(image, folder / "image.fits"), "fits"),
+        file_output("preview", _preview(image, folder / "image.png", title), "png"),
+        file_output("image-zarr", products.write_zarr(image, folder / "image.zarr"), "zarr"),
     ]
 
 
@@ -140,61 +137,26 @@ CLEAN_PREVIEWS = ("restored", "residual")
 
 @stage("write-clean-products")
 def write_clean_products(images: xr.Dataset, output: str, title: str) -> list[Output]:
-    """CLEAN's images and the dirty image's, as :func:`write_products` writes that: FITS,
-    PNG previews, and one zarr store of them all."""
+    """CLEAN's images and the dirty image's (as :func:`write_products` writes those), in one
+    task: FITS, PNG previews, and one zarr store of them all. (Drawing the previews on a
+    thread beside the file writes gained nothing measurable: matplotlib holds the GIL.)"""
     folder = Path(output)
-    with _PreviewDrawer() as previews:
-        previews.draw(images["dirty"], folder / "image.png", f"{title}: dirty image")
-        for name in CLEAN_PREVIEWS:
-            previews.draw(images[name], folder / f"{name}.png", f"{title}: {name}")
-        dirty_fits = products.write_fits(images["dirty"], folder / "image.fits")
-        dirty_zarr = products.write_zarr(images["dirty"], folder / "image.zarr")
-        fits_paths = [products.write_fits(images[n], folder / f"{n}.fits") for n in CLEAN_FITS]
-        zarr_path = products.write_zarr_images(images, folder / "images.zarr")
-        dirty_png, *pngs = previews.publish()
-    return [
-        file_output("image", dirty_fits, "fits"),
-        file_output("preview", dirty_png, "png"),
-        file_output("image-zarr", dirty_zarr, "zarr"),
-        *(file_output(n, path, "fits") for n, path in zip(CLEAN_FITS, fits_paths, strict=True)),
-        *(file_output(f"{n}-preview", p, "png") for n, p in zip(CLEAN_PREVIEWS, pngs, strict=True)),
-        file_output("images-zarr", zarr_path, "zarr"),
-    ]
+    out = _image_products(images["dirty"], folder, f"{title}: dirty image")
+    for name in CLEAN_FITS:
+        fits_path = products.write_fits(images[name], folder / f"{name}.fits")
+        out.append(file_output(name, fits_path, "fits"))
+    for name in CLEAN_PREVIEWS:
+        png = _preview(images[name], folder / f"{name}.png", f"{title}: {name}")
+        out.append(file_output(f"{name}-preview", png, "png"))
+    path = products.write_zarr_images(images, folder / "images.zarr")
+    out.append(file_output("images-zarr", path, "zarr"))
+    return out
 
 
-class _PreviewDrawer:
-    """Draws previews (and their artifacts' thumbnails) on a thread of its own while the
-    caller writes the FITS and zarr files: matplotlib holds the GIL, where blosc and the file
-    writes release it. CLEAN's products on the CASA benchmark's set: about 1.1 s -> 0.7 s.
-    One thread: matplotlib's figures are not to be drawn by two threads at once. The
-    artifacts are published from the caller's thread, where Prefect's run context is."""
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="radps-previews")
-        self._drawn: list[tuple[str, Future[tuple[Path, bytes]]]] = []
-
-    def __enter__(self) -> _PreviewDrawer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def draw(self, image: xr.DataArray, path: Path, title: str) -> None:
-        def drawn() -> tuple[Path, bytes]:
-            png = products.write_png(image, path, title)
-            return png, products.png_thumbnail(png)
-
-        self._drawn.append((title, self._pool.submit(drawn)))
-
-    def publish(self) -> list[Path]:
-        """Each preview's path, in the order drawn, once all are; each published as an
-        artifact."""
-        pngs = []
-        for title, future in self._drawn:
-            png, thumbnail = future.result()
-            publish_preview(png, title, thumbnail)
-            pngs.append(png)
-        return pngs
+def _preview(image: xr.DataArray, path: Path, title: str) -> Path:
+    png = products.write_png(image, path, title)
+    publish_preview(png, title)
+    return png
 
 
 @flow(name="imaging", task_runner=task_runner_from_env(), log_prints=True)

@@ -32,11 +32,9 @@ def publish_outputs(outputs: list[Output]) -> list[dict[str, str]]:
     return rows
 
 
-def publish_preview(png: Path, description: str, thumbnail: bytes | None = None) -> None:
+def publish_preview(png: Path, description: str) -> None:
     """A PNG preview as a Prefect image artifact. The file lives on the run's data volume,
-    which the Prefect UI cannot reach, so a thumbnail (made here unless given) travels inside
-    the artifact as a data URL."""
-    if thumbnail is None:
-        thumbnail = png_thumbnail(png)
-    encoded = base64.b64encode(thumbnail).decode("ascii")
+    which the Prefect UI cannot reach, so a thumbnail travels inside the artifact as a data
+    URL."""
+    encoded = base64.b64encode(png_thumbnail(png)).decode("ascii")
     create_image_artifact(image_url=f"data:image/png;base64,{encoded}", description=description)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 FLOW_RUN_EVENT_PREFIX = "prefect.flow-run."
 READ_BATCH = 200
 USER_AGENT = "radps-operator"
+CHANGE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 DEFAULT_MAX_CONCURRENT_CALLS = 8
@@ -157,6 +158,7 @@ class PrefectGateway:
         """A burst of creates must not become a burst of concurrent writes: SQLite serialises
         them anyway and answers the surplus with "database is locked" (503)."""
         self._http: httpx.AsyncClient | None = None
+        self._csrf = _CsrfToken()
         self._deployments: dict[tuple[str, str, str], asyncio.Future[str]] = {}
         self._pool_variables: dict[str, set[str] | None] = {}
 
@@ -191,7 +193,7 @@ class PrefectGateway:
         try:
             with metrics.PREFECT_CALL_SECONDS.labels(operation).time():
                 try:
-                    response = await self._http.request(method, path.lstrip("/"), json=body)
+                    response = await self._send(method, path, body)
                     response.raise_for_status()
                     return response.json() if response.content else None
                 except Exception as exc:
@@ -207,6 +209,22 @@ class PrefectGateway:
                     raise kind(f"Prefect API {self.api_url}: {exc!r}") from exc
         finally:
             self._slots.release()
+
+    async def _send(self, method: str, path: str, body: Any) -> httpx.Response:
+        """The request, with Prefect's CSRF token where the server asks for one (a change
+        request to a server with CSRF protection on, as the chart runs it); a token the
+        server no longer knows is fetched again once."""
+        assert self._http is not None
+        url = path.lstrip("/")
+        if method not in CHANGE_METHODS:
+            return await self._http.request(method, url, json=body)
+        headers = await self._csrf.headers(self._http)
+        response = await self._http.request(method, url, json=body, headers=headers)
+        if response.status_code == 403 and "Invalid CSRF token" in response.text:
+            self._csrf.forget()
+            headers = await self._csrf.headers(self._http)
+            response = await self._http.request(method, url, json=body, headers=headers)
+        return response
 
     async def healthy(self) -> bool:
         try:
@@ -436,6 +454,45 @@ class PrefectGateway:
         """The event stream's websocket: `/events/out` under the API, ws(s) for http(s)."""
         scheme, rest = self.api_url.split("://", 1)
         return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/events/out"
+
+
+class _CsrfToken:
+    """Prefect's CSRF token for this client (`/csrf-token?client=`), fetched when first needed
+    and again before it expires; none at all against a server without CSRF protection."""
+
+    RENEW_BEFORE = timedelta(minutes=1)
+
+    def __init__(self) -> None:
+        self.client = str(uuid4())
+        self.enabled = True
+        self.token: str | None = None
+        self.expires: datetime | None = None
+        self._lock = asyncio.Lock()
+
+    def forget(self) -> None:
+        self.token = None
+
+    async def headers(self, http: httpx.AsyncClient) -> dict[str, str]:
+        async with self._lock:  # a burst of creates fetches one token
+            if self.enabled and (self.token is None or self._expiring()):
+                await self._fetch(http)
+        if not self.enabled or self.token is None:
+            return {}
+        return {"Prefect-Csrf-Token": self.token, "Prefect-Csrf-Client": self.client}
+
+    def _expiring(self) -> bool:
+        return self.expires is not None and datetime.now(UTC) > self.expires - self.RENEW_BEFORE
+
+    async def _fetch(self, http: httpx.AsyncClient) -> None:
+        response = await http.get("csrf-token", params={"client": self.client})
+        disabled = response.status_code == 422 and "CSRF protection is disabled" in response.text
+        if response.status_code == 404 or disabled:  # an older server, or protection off
+            self.enabled = False
+            return
+        response.raise_for_status()
+        answer = response.json()
+        self.token = answer["token"]
+        self.expires = _datetime(answer.get("expiration"))
 
 
 class _EventStream:

@@ -159,11 +159,19 @@ def test_unreachable_prefect_is_reported_as_such():
     asyncio.run(scenario())
 
 
-def test_a_server_behind_auth_serves_the_right_credential_and_refuses_a_wrong_one(tmp_path):
-    """The gateway speaks Prefect's auth itself (basic auth on requests, a token on the event
-    stream's websocket): every call the operator makes, with the credential and without."""
+def test_a_server_as_the_chart_runs_it_serves_the_right_credential_and_refuses_a_wrong_one(
+    tmp_path,
+):
+    """The gateway speaks Prefect's auth and CSRF protection itself (basic auth and a CSRF
+    token on requests, a token on the event stream's websocket), both of which the chart turns
+    on: every call the operator makes, with the credential and without."""
     auth = f"radps:{uuid.uuid4().hex}"
-    env = {**os.environ, "PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth}
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_API_AUTH_STRING": auth,
+        "PREFECT_API_AUTH_STRING": auth,
+        "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
+    }
     with running_radps_server(tmp_path / "home", env) as server:
         create_process_pool(server.api_url, "auth-pool", auth_string=auth)
         settings = OperatorSettings(prefect_api_url=server.api_url, work_pool="auth-pool")
@@ -178,7 +186,10 @@ def test_a_server_behind_auth_serves_the_right_credential_and_refuses_a_wrong_on
                     )
                 )
                 dep_id = await _patiently(lambda: gw.ensure_deployment(dep))
+                # the server deletes expired tokens: one it no longer knows is fetched again
+                gw._csrf.token = "a-token-the-server-dropped"
                 run = await _patiently(lambda: gw.create_flow_run(dep_id, req, dep.work_pool))
+                assert gw._csrf.token != "a-token-the-server-dropped"
                 await _patiently(lambda: gw.cancel_flow_run(run.id, "cancelled by test"))
                 deadline = time.monotonic() + 30
                 while run.id not in cancelled and time.monotonic() < deadline:

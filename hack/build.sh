@@ -169,7 +169,7 @@ build_seaweedfs() {
   local v="${SEAWEEDFS_VERSION}"
   [[ -x "${SEAWEEDFS_BIN}/weed" ]] && return 0
   require_build "SeaweedFS ${v}"
-  first_use "SeaweedFS ${v} (the tests' S3 server) from source" "~4-8 min"
+  first_use "SeaweedFS ${v} (the tests' S3 server) from source" "~5 min"
   local start=${SECONDS} src="${RADPS_CACHE}/src/seaweedfs-${v}" mod
   mkdir -p "${BUILD_LOG_DIR}" "${SEAWEEDFS_BIN}" "$(dirname "${src}")"
   mod="$(cd "$(dirname "${src}")" && go mod download -json "github.com/seaweedfs/seaweedfs@${v}" |

@@ -54,6 +54,10 @@ class PrefectRejected(RuntimeError):
     """Prefect refused the request itself (a 4xx other than 401/403/408/409/429, such as an
     unknown work pool): asking again gives the same answer, so the run fails with it."""
 
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
 
 def _unavailable(exc: BaseException) -> type[PrefectUnavailable] | None:
     """Which retryable failure `exc` is, or None for an answer to act on (e.g. a 4xx)."""
@@ -142,7 +146,7 @@ class PrefectGateway:
     """Prefect's REST API and event stream, over plain httpx and websockets.
 
     Not Prefect's own client: importing it and its schemas costs the operator ~33 MiB of its
-    ~90 MiB at rest (docs/architecture.md, "The operator's memory"), for the dozen endpoints
+    ~90 MiB at rest (docs/architecture.md, "A burst of PipelineRuns"), for the dozen endpoints
     below. The request bodies are those Prefect's client sends; the integration tests run
     every call against a real server of the pinned version."""
 
@@ -186,14 +190,15 @@ class PrefectGateway:
         Prefect's client waits (creates retry busy answers themselves, `busy_retry_delay`), and
         an outage surfaces at once (the operator retries with its own backoff and shows
         PrefectReachable=False meanwhile)."""
-        if self._http is None:
+        http = self._http
+        if http is None:
             raise RuntimeError("PrefectGateway used outside `async with`")
         with metrics.PREFECT_SLOT_WAIT_SECONDS.time():
             await self._slots.acquire()
         try:
             with metrics.PREFECT_CALL_SECONDS.labels(operation).time():
                 try:
-                    response = await self._send(method, path, body)
+                    response = await self._send(http, method, path, body)
                     response.raise_for_status()
                     return response.json() if response.content else None
                 except Exception as exc:
@@ -201,8 +206,10 @@ class PrefectGateway:
                     if kind is None:
                         rejected = _rejection(exc)
                         if rejected is not None:
+                            assert isinstance(exc, httpx.HTTPStatusError)
                             raise PrefectRejected(
-                                f"Prefect refused {operation}: {rejected}"
+                                f"Prefect refused {operation}: {rejected}",
+                                exc.response.status_code,
                             ) from exc
                         raise
                     metrics.PREFECT_API_ERRORS.labels(operation).inc()
@@ -210,20 +217,21 @@ class PrefectGateway:
         finally:
             self._slots.release()
 
-    async def _send(self, method: str, path: str, body: Any) -> httpx.Response:
+    async def _send(
+        self, http: httpx.AsyncClient, method: str, path: str, body: Any
+    ) -> httpx.Response:
         """The request, with Prefect's CSRF token where the server asks for one (a change
         request to a server with CSRF protection on, as the chart runs it); a token the
         server no longer knows is fetched again once."""
-        assert self._http is not None
         url = path.lstrip("/")
         if method not in CHANGE_METHODS:
-            return await self._http.request(method, url, json=body)
-        headers = await self._csrf.headers(self._http)
-        response = await self._http.request(method, url, json=body, headers=headers)
+            return await http.request(method, url, json=body)
+        headers = await self._csrf.headers(http)
+        response = await http.request(method, url, json=body, headers=headers)
         if response.status_code == 403 and "Invalid CSRF token" in response.text:
             self._csrf.forget()
-            headers = await self._csrf.headers(self._http)
-            response = await self._http.request(method, url, json=body, headers=headers)
+            headers = await self._csrf.headers(http)
+            response = await http.request(method, url, json=body, headers=headers)
         return response
 
     async def healthy(self) -> bool:
@@ -288,7 +296,7 @@ class PrefectGateway:
                     "read_work_pool", "GET", f"/work_pools/{quote(work_pool, safe='')}"
                 )
             except PrefectRejected as exc:
-                if not _is_not_found(exc):
+                if exc.status != 404:
                     raise
                 return variables  # creating the deployment says what is wrong
             template = pool.get("base_job_template") or {}
@@ -553,11 +561,6 @@ class _EventStream:
         if len(self.seen) > self.SEEN_MAX:
             self.seen.popitem(last=False)
         return False
-
-
-def _is_not_found(exc: PrefectRejected) -> bool:
-    cause = exc.__cause__
-    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 404
 
 
 def _now() -> str:

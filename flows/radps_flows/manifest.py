@@ -8,6 +8,11 @@ flow run, package versions and the image, the inputs' identity, start and end ti
 A folder product (a zarr store) is hashed file by file: its sha256 is that of the sorted lines
 "<relative path> <size> <sha256 of the file>". Readers check a folder by its size and file
 count (a stat per file); single files (FITS model images) by size and sha256.
+
+Products and inputs may be on an object store (``s3://`` URLs, :mod:`radps_flows.locations`):
+their entries are the same, computed from the objects (read back once, at commit; a folder's
+files are its keys below the prefix). An input on a store is identified by its listing (keys,
+sizes, ETags), which changes with every write.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from radps_flows import locations
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "radps.io/products/v1"
@@ -41,15 +48,23 @@ class ProductError(ValueError):
 HASHING_THREADS = 2
 
 
+OBJECT_BATCH_BYTES = 256 * 2**20
+"""How much of a product on an object store is held in memory at once while it is hashed."""
+
+
 @dataclass(frozen=True)
 class Product:
     name: str
-    path: Path
+    path: str | Path
+    """A path or an ``s3://`` URL."""
     kind: str
 
 
-def describe_file(path: Path) -> dict[str, Any]:
+def describe_file(path: str | Path) -> dict[str, Any]:
     """Size and sha256 of a file, or of a folder's files (see the module docstring)."""
+    if locations.is_url(path):
+        return _describe_object(str(path))
+    path = Path(path)
     if path.is_dir():
         lines, size, files = [], 0, 0
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -62,8 +77,51 @@ def describe_file(path: Path) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": _sha256(path)}
 
 
+def _describe_object(url: str) -> dict[str, Any]:
+    fs = locations.filesystem()
+    with locations.translated(url, "read the product back"):
+        key = locations.key_of(url)
+        listing = locations.objects(url)
+        sizes = {k: int(v["size"]) for k, v in sorted(listing.items())}
+        digests = _sha256_objects(fs, sizes)
+        if set(listing) == {key}:  # a single object
+            return {"size": sizes[key], "sha256": digests[key]}
+        keys = list(sizes)
+    lines = [f"{k[len(key) + 1 :]} {listing[k]['size']} {digests[k]}" for k in keys]
+    return {
+        "size": sum(listing[k]["size"] for k in keys),
+        "files": len(keys),
+        "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+    }
+
+
+def _sha256_objects(fs: Any, sizes: dict[str, int]) -> dict[str, str]:
+    """sha256 of each object (key: size), fetched concurrently in batches of about
+    OBJECT_BATCH_BYTES."""
+    out: dict[str, str] = {}
+    batch: list[str] = []
+    held = 0
+    for key, size in sizes.items():
+        batch.append(key)
+        held += size
+        if held >= OBJECT_BATCH_BYTES:
+            out.update(_hash_batch(fs, batch))
+            batch, held = [], 0
+    if batch:
+        out.update(_hash_batch(fs, batch))
+    return out
+
+
+def _hash_batch(fs: Any, keys: list[str]) -> dict[str, str]:
+    contents = fs.cat(keys) if len(keys) > 1 else {keys[0]: fs.cat_file(keys[0])}
+    return {k: hashlib.sha256(contents[k]).hexdigest() for k in keys}
+
+
 def input_identity(path: str) -> dict[str, Any]:
-    """Path, size, modification time and a hash of the metadata of an input."""
+    """Path, size, modification time and a hash of the metadata of an input (of its listing,
+    on an object store)."""
+    if locations.is_url(path):
+        return _object_identity(path)
     p = Path(path)
     if not p.exists():
         return {"path": path, "exists": False}
@@ -88,12 +146,32 @@ def input_identity(path: str) -> dict[str, Any]:
     }
 
 
+def _object_identity(url: str) -> dict[str, Any]:
+    key = locations.key_of(url)
+    with locations.translated(url, "list it"):
+        listing = locations.objects(url)
+    if not listing:
+        return {"path": url, "exists": False}
+    lines = sorted(
+        f"{k[len(key) + 1 :] or locations.name(k)} {v['size']} {v.get('ETag', '')}"
+        for k, v in listing.items()
+    )
+    newest = max(v["LastModified"] for v in listing.values() if v.get("LastModified"))
+    return {
+        "path": url,
+        "size": sum(v["size"] for v in listing.values()),
+        "files": len(listing),
+        "modified": newest.astimezone(UTC).isoformat(),
+        "listing_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+    }
+
+
 def build(
     *,
     pipeline: str,
     parameters: Mapping[str, Any],
     products: Iterable[Product],
-    root: Path,
+    root: str | Path,
     inputs: Mapping[str, str],
     started: datetime,
     flow_run_id: str | None,
@@ -108,7 +186,7 @@ def build(
     entries = [
         {
             "name": product.name,
-            "path": os.path.relpath(product.path, root),
+            "path": _relative(product.path, root),
             "kind": product.kind,
             **description,
         }
@@ -130,6 +208,15 @@ def build(
     }
 
 
+def _relative(path: str | Path, root: str | Path) -> str:
+    if locations.is_url(path):
+        prefix = str(root).rstrip("/") + "/"
+        if not str(path).startswith(prefix):
+            raise ValueError(f"product {path} is not below {root}")
+        return str(path)[len(prefix) :]
+    return os.path.relpath(path, root)
+
+
 def store_manifest_name(store_name: str) -> str:
     """The manifest beside an output that is itself a store (a synthesized set)."""
     return f"{store_name.removesuffix('.ps.zarr')}.manifest.json"
@@ -142,40 +229,41 @@ def write(manifest: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
-def verify(product: str | os.PathLike[str], manifest_path: Path | None = None) -> dict[str, Any]:
-    """The manifest entry of ``product``, checked against it; ProductError otherwise.
-    ``manifest_path`` defaults to the one beside a store (`sky.manifest.json` for
+def verify(
+    product: str | os.PathLike[str], manifest_path: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """The manifest entry of ``product`` (a path or URL), checked against it; ProductError
+    otherwise. ``manifest_path`` defaults to the one beside a store (`sky.manifest.json` for
     `sky.ps.zarr`), else the ``manifest.json`` of the product's folder."""
-    product = Path(os.path.abspath(product))
+    product = locations.absolute(product)
+    folder = locations.parent(product)
     if manifest_path is None:
-        beside = product.parent / store_manifest_name(product.name)
-        manifest_path = beside if beside.exists() else product.parent / MANIFEST_NAME
+        beside = locations.join(folder, store_manifest_name(locations.name(product)))
+        manifest_path = (
+            beside if locations.is_file(beside) else locations.join(folder, MANIFEST_NAME)
+        )
+    manifest_path = str(manifest_path)
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(locations.read_bytes(manifest_path))
     except FileNotFoundError:
         raise ProductError(
-            f"{product}: no {manifest_path.name} beside it, so it is not a complete radps "
-            "product (a run that failed or was cancelled, or a file from elsewhere)"
+            f"{product}: no {locations.name(manifest_path)} beside it, so it is not a complete "
+            "radps product (a run that failed or was cancelled, or a file from elsewhere)"
         ) from None
     except (OSError, ValueError) as exc:
         raise ProductError(f"{product}: unreadable {manifest_path}: {exc}") from None
+    root = locations.parent(manifest_path)
     entry = next(
         (
             e
             for e in manifest.get("products", [])
-            if isinstance(e, dict) and manifest_path.parent / str(e.get("path")) == product
+            if isinstance(e, dict) and locations.join(root, str(e.get("path"))) == product
         ),
         None,
     )
     if entry is None:
         raise ProductError(f"{product}: not listed in {manifest_path}")
-    actual = (
-        _folder_size(product)
-        if product.is_dir()
-        else {"size": product.stat().st_size, "sha256": _sha256(product)}
-        if product.exists()
-        else None
-    )
+    actual = _actual(product)
     if actual is None:
         raise ProductError(f"{product}: listed in {manifest_path} but missing")
     for key, value in actual.items():
@@ -185,6 +273,25 @@ def verify(product: str | os.PathLike[str], manifest_path: Path | None = None) -
                 "changed or truncated since it was written"
             )
     return entry
+
+
+def _actual(product: str) -> dict[str, Any] | None:
+    """What a reader checks of a product: a folder's size and file count, a file's size and
+    sha256; None when it is missing."""
+    if locations.is_url(product):
+        with locations.translated(product, "read it"):
+            listing = locations.objects(product)
+        if not listing:
+            return None
+        if set(listing) == {locations.key_of(product)}:
+            return describe_file(product)
+        return {"size": sum(v["size"] for v in listing.values()), "files": len(listing)}
+    path = Path(product)
+    if path.is_dir():
+        return _folder_size(path)
+    if path.exists():
+        return {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return None
 
 
 def _folder_size(path: Path) -> dict[str, int]:

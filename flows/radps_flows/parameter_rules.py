@@ -56,7 +56,7 @@ def path_errors(data: DataParameters, values: Mapping[str, Any]) -> list[Paramet
         if problem:
             errors.append(ParameterError(name, problem))
         else:
-            paths[name] = posixpath.normpath(value)
+            paths[name] = value.rstrip("/") if "://" in value else posixpath.normpath(value)
     return errors + check_resolved_overlap(data, paths)
 
 
@@ -80,11 +80,15 @@ def check_resolved_overlap(data: DataParameters, paths: Mapping[str, str]) -> li
 
 
 def path_problem(path: str, written: bool) -> str | None:
-    """Why `path` may not be read (or written), or None."""
+    """Why `path` (a path or an s3:// URL) may not be read (or written), or None."""
     if not path.strip():
         return "must not be empty"
     if "\x00" in path:
         return "must not contain a NUL character"
+    if "://" in path:
+        from radps_flows.locations import url_problem
+
+        return url_problem(path)
     if ".." in path.split("/"):
         return f"must not contain '..' ({path!r}): give the path it means"
     normal = posixpath.normpath(path)

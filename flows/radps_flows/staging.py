@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
 STAGING_MARK = ".staging-"
+ROLLBACK_ATTEMPTS = 5
 REPLACED_MARK = ".replaced-"
 
 
@@ -60,6 +62,30 @@ class StagedOutput:
         set's truth and manifest)."""
         return self.staging / name
 
+    def manifest_location(self, name: str) -> Path:
+        """Where the manifest ``name`` is written: inside the output, or beside it (a
+        synthesized set's)."""
+        return self.path / name if name == MANIFEST_FILE else self.sibling(name)
+
+    def place(self) -> None:
+        """Products stay in the staging folder until :meth:`commit_manifest` renames it."""
+
+    def current(self, written: str | os.PathLike[str]) -> Path:
+        """Where a product written at ``written`` is before the commit: still there."""
+        return Path(written)
+
+    def commit_manifest(self, location: Path, document: dict) -> Path:
+        """Write the manifest into the staging folder, then rename everything into place."""
+        from radps_flows import manifest
+
+        manifest.write(document, location)
+        return self.commit()
+
+    @property
+    def open(self) -> bool:
+        """Whether the staging folder still exists (neither committed nor rolled back)."""
+        return self.staging.exists()
+
     def commit(self) -> Path:
         """Rename the staged output (and its siblings, the output last) into place; returns
         ``final``."""
@@ -84,7 +110,14 @@ class StagedOutput:
         return sorted(p for p in self.staging.iterdir() if p.name != self.final.name)
 
     def rollback(self) -> None:
-        if self.staging.exists():
+        """Remove the staging folder, again after a moment if it is still there: a failed
+        write stops the computation at its first error, while other threads may still be
+        finishing theirs into it."""
+        for attempt in range(ROLLBACK_ATTEMPTS):
+            if not self.staging.exists():
+                return
+            if attempt:
+                time.sleep(0.2 * attempt)
             shutil.rmtree(self.staging, ignore_errors=True)
 
     def final_path(self, staged: str | os.PathLike[str]) -> Path:
@@ -116,7 +149,8 @@ def check_output_free(final: Path, overwrite: bool) -> None:
         )
 
 
-PRODUCT_MARKERS = ("manifest.json", "zarr.json")
+MANIFEST_FILE = "manifest.json"
+PRODUCT_MARKERS = (MANIFEST_FILE, "zarr.json")
 """A folder holding one of these is a run's output (or a zarr store) that overwrite may
 replace."""
 

@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check PipelineRun manifests")
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.add_argument(
+        "--check-data",
+        action="store_true",
+        help="also check that every input exists and can be read from here (local paths, "
+        "and s3:// URLs with the AWS credentials of this shell)",
+    )
     validate.set_defaults(command=cmd_validate)
 
     run = commands.add_parser(
@@ -157,12 +163,24 @@ def _type_name(prop: dict) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from radps_operator.validation import InvalidPipelineRun, load_manifest, validate_manifest
+    from radps_operator.validation import (
+        InvalidPipelineRun,
+        check_local_paths,
+        load_manifest,
+        local_outputs,
+        validate_manifest,
+    )
 
     status = 0
+    produced: list[str] = []
     for path in args.files:
         try:
             run = validate_manifest(load_manifest(path))
+            if args.check_data:
+                problems = check_local_paths(run.spec, produced)
+                produced += local_outputs(run.spec)
+                if problems:
+                    raise InvalidPipelineRun(problems)
         except InvalidPipelineRun as invalid:
             status = EXIT_INVALID
             for error in invalid.errors:

@@ -296,9 +296,14 @@ def _join(prefix: str, name: str) -> str:
 def check_local_paths(
     spec: api.PipelineRunSpec, produced: Collection[str] = ()
 ) -> list[FieldError]:
-    """For `radps run`, where the data are on this machine: inputs exist (or are the outputs
-    of runs earlier in the same command, `produced`, resolved), and the overlap rules hold for
-    the paths as resolved (symlinks followed), which a lexical check misses."""
+    """For `radps run` and `radps validate --check-data`, where the data are reachable from
+    this machine: inputs exist (or are the outputs of runs earlier in the same command,
+    `produced`, resolved), and the overlap rules hold for the paths as resolved (symlinks
+    followed), which a lexical check misses. An ``s3://`` input is looked up on its store
+    (AWS's environment says which, and with what credential), and an output's bucket too: a
+    missing bucket or object, a refused credential or an unreachable store is an error naming
+    the field and the URL."""
+    from radps_flows import locations
     from radps_flows.catalog import get_pipeline
     from radps_flows.parameter_rules import check_resolved_overlap
 
@@ -312,9 +317,22 @@ def check_local_paths(
         value = spec.parameters.get(name)
         if not isinstance(value, str):
             continue
-        path = resolved[name] = os.path.realpath(value)
-        made_before = any(path == p or path.startswith(p + os.sep) for p in produced)
-        if name in data.inputs and not made_before and not os.path.exists(path):
+        remote = locations.is_url(value)
+        path = resolved[name] = locations.absolute(value) if remote else os.path.realpath(value)
+        made_before = any(path == p or path.startswith(p.rstrip("/") + "/") for p in produced)
+        if name in data.outputs and remote:
+            try:
+                locations.check_bucket(path)
+            except OSError as exc:
+                errors.append(FieldError(f"spec.parameters.{name}", str(exc)))
+        if name not in data.inputs or made_before:
+            continue
+        if remote:
+            try:
+                locations.check_readable(path)
+            except OSError as exc:
+                errors.append(FieldError(f"spec.parameters.{name}", str(exc)))
+        elif not os.path.exists(path):
             errors.append(FieldError(f"spec.parameters.{name}", f"no such file or folder: {value}"))
     errors += [
         FieldError(f"spec.parameters.{e.path}", e.message)
@@ -331,5 +349,7 @@ def local_outputs(spec: api.PipelineRunSpec) -> list[str]:
     outputs = [
         spec.parameters.get(name) for name in (pipeline.parameters.data.outputs if pipeline else ())
     ]
-    paths = [os.path.realpath(p) for p in outputs if isinstance(p, str)]
+    paths = [
+        p.rstrip("/") if "://" in p else os.path.realpath(p) for p in outputs if isinstance(p, str)
+    ]
     return paths + [p + ".ps.zarr" for p in paths if spec.pipeline == "synthesize"]

@@ -313,6 +313,33 @@ def test_allowed_images_come_from_the_environment(tmp_path, capsys, monkeypatch)
             "spec.parameters.input: '/proc/self/environ' is in the system tree /proc",
             id="proc",
         ),
+        pytest.param(
+            _replace("input: /data/in.ms", "input: gs://bucket/in.ms"),
+            "spec.parameters.input: gs:// is not supported: give a path or an s3://bucket/key URL",
+            id="other-scheme",
+        ),
+        pytest.param(
+            _replace("input: /data/in.ms", "input: s3://My_Bucket/in.ms"),
+            "spec.parameters.input: 'My_Bucket' is not an S3 bucket name",
+            id="bucket-name",
+        ),
+        pytest.param(
+            _replace("output: /data/out", "output: s3://bucket/"),
+            "spec.parameters.output: 's3://bucket/' names a whole bucket",
+            id="whole-bucket",
+        ),
+        pytest.param(
+            _replace("input: /data/in.ms", "input: s3://bucket/a/../b"),
+            "its key must not contain '//', '.' or '..' parts",
+            id="url-dot-dot",
+        ),
+        pytest.param(
+            _replace("input: /data/in.ms", "input: s3://b-1/in.ms").replace(
+                "output: /data/out", "output: s3://b-1/in.ms/products/"
+            ),
+            "spec.parameters.output: lies inside input (s3://b-1/in.ms)",
+            id="url-output-inside-input",
+        ),
     ],
 )
 def test_fuzz_findings_are_clear_rejections(tmp_path, capsys, text, expected):

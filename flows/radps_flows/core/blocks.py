@@ -29,6 +29,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from radps_flows import locations
 from radps_flows.core import calibration as cal
 from radps_flows.core import imaging as core_imaging
 from radps_flows.core import io as core_io
@@ -82,17 +83,22 @@ class Steps:
 
 
 @functools.lru_cache(maxsize=8)
-def _partitions(store: str, version: int) -> dict[str, xr.Dataset]:
+def _partitions(store: str, version: str) -> dict[str, xr.Dataset]:
     return {ds.attrs["partition_name"]: ds for ds in core_io.open_processing_set(store)}
 
 
-def _version(store: str) -> int:
+def _version(store: str) -> str:
     """Changes when the store is written anew (`radps run` may image a set, overwrite it with
-    `synthesize` and image it again, all in one process)."""
+    `synthesize` and image it again, all in one process): its root metadata's modification
+    time, or on an object store its ETag."""
     for name in ("zarr.json", ".zgroup"):
         with contextlib.suppress(OSError):
-            return (Path(store) / name).stat().st_mtime_ns
-    return 0
+            if locations.is_url(store):
+                key = locations.key_of(f"{store}/{name}")
+                info = locations.filesystem().info(key, refresh=True)
+                return str(info.get("ETag") or info.get("LastModified"))
+            return str((Path(store) / name).stat().st_mtime_ns)
+    return ""
 
 
 def open_datasets(store: str) -> list[xr.Dataset]:

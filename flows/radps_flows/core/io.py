@@ -35,6 +35,8 @@ import dask
 import numpy as np
 import xarray as xr
 
+from radps_flows import locations
+
 log = logging.getLogger(__name__)
 
 #: Suffix xradio insists on for processing sets (it appends it to any other output name).
@@ -74,22 +76,26 @@ def open_processing_set(
 ) -> list[xr.Dataset]:
     """Open an MSv2 MeasurementSet or an MSv4 processing set as lazy MSv4 correlated datasets.
 
-    An MSv2 directory is converted once with
-    ``xradio.measurement_set.convert_msv2_to_processing_set`` (one partition per spectral
-    window, polarisation setup, observation and field) into ``cache_dir``; the conversion is
-    reused while the MS is unchanged (same newest modification time, file count and size).
-    Default ``cache_dir``: ``$RADPS_CACHE_DIR`` if set, else ``<path>.radps-cache`` beside the MS
-    when that folder is writable, else a folder under the system temporary directory.
+    ``path`` is a local path or an ``s3://`` URL (see :mod:`radps_flows.locations`); a
+    processing set on a store is read where it is, chunk by chunk. An MSv2 is converted once
+    with ``xradio.measurement_set.convert_msv2_to_processing_set`` (one partition per spectral
+    window, polarisation setup, observation and field) into ``cache_dir`` (a folder or a URL);
+    the conversion is reused while the MS is unchanged (same newest modification time, file
+    count and size; on a store, the same keys, sizes and ETags). Default ``cache_dir``:
+    ``$RADPS_CACHE_DIR`` if set, else ``<path>.radps-cache`` beside a local MS when that folder
+    is writable, else a folder under the system temporary directory.
 
     Returns one dataset per partition (dims time, baseline_id, frequency, polarization; with
     VISIBILITY, FLAG, WEIGHT, UVW as Dask arrays), sorted by partition name, with the
     attributes described in the module docstring. Raises :class:`InputDataError` for a missing
     path, something that is neither an MS nor a processing set, or data xradio cannot read.
     """
-    tree = open_datatree(path, cache_dir=cache_dir)
-    source = Path(path)
+    source = locations.absolute(path) if locations.is_url(path) else str(Path(path))
+    tree = open_datatree(source, cache_dir=cache_dir)
     # A processing set holds partitions; a single MSv4 (one partition's folder) is accepted too.
-    nodes = {source.name: tree} if tree.attrs.get("type") == "visibility" else tree.children
+    nodes = (
+        {locations.name(source): tree} if tree.attrs.get("type") == "visibility" else tree.children
+    )
     # the few metadata values are read here, in this thread, whatever Dask client is around
     with dask.config.set(scheduler="synchronous"):
         datasets = [
@@ -117,8 +123,12 @@ def open_datatree(
     store = ensure_processing_set(path, cache_dir=cache_dir)
     try:
         # What xradio.measurement_set.open_processing_set does for a local store, without
-        # importing xradio (~3 s): lazy Dask arrays, metadata only.
-        tree = xr.open_datatree(str(store), engine="zarr", chunks={}, chunked_array_type="dask")
+        # importing xradio (~3 s): lazy Dask arrays, metadata only. A URL's store is opened
+        # by zarr's fsspec store, configured from AWS's environment (radps_flows.locations).
+        with locations.translated(store, "open it"):
+            tree = xr.open_datatree(store, engine="zarr", chunks={}, chunked_array_type="dask")
+    except locations.StorageError as exc:
+        raise InputDataError(str(exc)) from None
     except Exception as exc:
         raise InputDataError(f"{path}: cannot open the MSv4 processing set {store}: {exc}") from exc
     if tree.attrs.get("type") != "processing_set" and not tree.children:
@@ -128,70 +138,119 @@ def open_datatree(
 
 def ensure_processing_set(
     path: str | os.PathLike, cache_dir: str | os.PathLike | None = None
-) -> Path:
-    """Return the path of an MSv4 processing set for ``path``, converting an MSv2 if needed."""
-    source = Path(path)
+) -> str:
+    """The location (path or URL) of an MSv4 processing set for ``path``, converting an MSv2
+    if needed."""
+    source = locations.absolute(path) if locations.is_url(path) else str(Path(path))
     kind = detect_input_kind(source)
     if kind == "msv4":
         return source
     return _converted(source, _cache_dir_for(source, cache_dir))
 
 
-def detect_input_kind(path: Path) -> str:
-    """Say whether ``path`` is an MSv2 MeasurementSet ("msv2") or a processing set ("msv4").
+def detect_input_kind(path: str | os.PathLike) -> str:
+    """Say whether ``path`` (a path or URL) is an MSv2 MeasurementSet ("msv2") or a
+    processing set ("msv4").
 
-    Checks only the directory layout (cheap); anything else is an :class:`InputDataError`
-    whose message says what was found instead.
+    Checks only the layout (cheap: one listing on a store); anything else is an
+    :class:`InputDataError` whose message says what was found instead.
     """
+    if locations.is_url(path):
+        return _detect_remote_kind(str(path))
+    path = Path(path)
     if not path.exists():
         raise InputDataError(f"{path}: no such file or directory")
     if not path.is_dir():
-        hint = ""
-        if path.name.endswith((".tar", ".tar.gz", ".tgz")):
-            hint = " (it looks like an archive: unpack it first)"
-        raise InputDataError(
-            f"{path}: not a MeasurementSet or processing set (a file, not a directory){hint}"
-        )
+        raise InputDataError(_a_file_message(path))
     if (path / "table.dat").is_file():
-        missing = [t for t in ("ANTENNA", "SPECTRAL_WINDOW", "FIELD") if not (path / t).is_dir()]
-        if missing:
-            raise InputDataError(
-                f"{path}: a casacore table but not a MeasurementSet "
-                f"(no {', '.join(missing)} subtable)"
-            )
+        _require_ms_subtables(path, {p.name for p in path.iterdir() if p.is_dir()})
         return "msv2"
     if (path / "zarr.json").is_file() or (path / ".zgroup").is_file():
         return "msv4"
-    raise InputDataError(
+    raise InputDataError(_neither_message(path))
+
+
+def _detect_remote_kind(url: str) -> str:
+    fs = locations.filesystem()
+    try:
+        with locations.translated(url, "read it"):
+            entries = fs.ls(locations.key_of(url), detail=True, refresh=True)
+    except locations.StorageError as exc:
+        raise InputDataError(str(exc)) from None
+    if not entries:
+        raise InputDataError(f"{url}: no such object or prefix")
+    only = entries[0] if len(entries) == 1 else {}
+    if only.get("type") == "file" and only["name"].rstrip("/") == locations.key_of(url):
+        raise InputDataError(_a_file_message(url))
+    files = {locations.name(e["name"]) for e in entries if e["type"] == "file"}
+    folders = {locations.name(e["name"]) for e in entries if e["type"] == "directory"}
+    if "table.dat" in files:
+        _require_ms_subtables(url, folders)
+        return "msv2"
+    if files & {"zarr.json", ".zgroup"}:
+        return "msv4"
+    raise InputDataError(_neither_message(url))
+
+
+def _a_file_message(path: str | os.PathLike) -> str:
+    hint = ""
+    if str(path).endswith((".tar", ".tar.gz", ".tgz")):
+        hint = " (it looks like an archive: unpack it first)"
+    return f"{path}: not a MeasurementSet or processing set (a file, not a directory){hint}"
+
+
+def _neither_message(path: str | os.PathLike) -> str:
+    return (
         f"{path}: neither an MSv2 MeasurementSet (no table.dat) nor an MSv4 processing set "
         "(no zarr.json)"
     )
+
+
+def _require_ms_subtables(path: str | os.PathLike, folders: set[str]) -> None:
+    missing = [t for t in ("ANTENNA", "SPECTRAL_WINDOW", "FIELD") if t not in folders]
+    if missing:
+        raise InputDataError(
+            f"{path}: a casacore table but not a MeasurementSet (no {', '.join(missing)} subtable)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # MSv2 conversion cache
 
 
-def _cache_dir_for(ms: Path, cache_dir: str | os.PathLike | None) -> Path:
+def _cache_dir_for(ms: str, cache_dir: str | os.PathLike | None) -> str:
     if cache_dir is None and os.environ.get(CACHE_ENV):
         cache_dir = os.environ[CACHE_ENV]
     if cache_dir is not None:
-        return Path(cache_dir)
-    parent = ms.resolve().parent
-    # Mode bits as well as access(): root passes access() on folders meant to be read-only.
-    if parent.stat().st_mode & 0o222 and os.access(parent, os.W_OK):
-        beside = parent / f"{ms.name}.radps-cache"
-        try:
-            beside.mkdir(exist_ok=True)
-            return beside
-        except OSError:  # read-only mount
-            pass
-    digest = hashlib.sha1(str(ms.resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / "radps-cache" / f"{ms.name}-{digest}"
+        return locations.absolute(cache_dir) if locations.is_url(cache_dir) else str(cache_dir)
+    name = locations.name(ms)
+    if not locations.is_url(ms):
+        parent = Path(ms).resolve().parent
+        # Mode bits as well as access(): root passes access() on folders meant to be read-only.
+        if parent.stat().st_mode & 0o222 and os.access(parent, os.W_OK):
+            beside = parent / f"{name}.radps-cache"
+            try:
+                beside.mkdir(exist_ok=True)
+                return str(beside)
+            except OSError:  # read-only mount
+                pass
+    source = ms if locations.is_url(ms) else str(Path(ms).resolve())
+    digest = hashlib.sha1(source.encode()).hexdigest()[:12]
+    return str(Path(tempfile.gettempdir()) / "radps-cache" / f"{name}-{digest}")
 
 
-def _fingerprint(ms: Path) -> dict[str, Any]:
-    """What decides whether a conversion is stale: newest mtime, file count, total size."""
+def _fingerprint(ms: str) -> dict[str, Any]:
+    """What decides whether a conversion is stale: newest mtime, file count, total size (on a
+    store: the keys, sizes and ETags, which change with every write)."""
+    if locations.is_url(ms):
+        with locations.translated(ms, "list it"):
+            listing = locations.objects(ms)
+        lines = sorted(f"{k} {v['size']} {v.get('ETag', '')}" for k, v in listing.items())
+        return {
+            "files": len(lines),
+            "bytes": sum(v["size"] for v in listing.values()),
+            "listing_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+        }
     newest, count, size = 0, 0, 0
     for root, _dirs, files in os.walk(ms):
         for name in files:
@@ -209,9 +268,13 @@ def _xradio_version() -> str:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Serialise conversions of the same MS (two flow runs on one input convert it once)."""
-    with open(lock_path, "w") as fh:
+def _locked(cache_dir: str, stem: str) -> Iterator[None]:
+    """Serialise conversions of the same MS (two flow runs on one input convert it once). A
+    cache on a store has no lock: runs each write the same conversion, the marker last."""
+    if locations.is_url(cache_dir):
+        yield
+        return
+    with open(Path(cache_dir) / f"{stem}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -219,51 +282,100 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _converted(ms: Path, cache_dir: Path) -> Path:
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputDataError(
-            f"{ms}: cannot create the conversion cache {cache_dir}: {exc}"
-        ) from exc
-    stem = ms.name[:-3] if ms.name.lower().endswith(".ms") else ms.name
-    store = cache_dir / f"{stem}{PS_SUFFIX}"
-    marker = cache_dir / f"{stem}{PS_SUFFIX}.radps.json"
+def _converted(ms: str, cache_dir: str) -> str:
+    """The conversion of ``ms`` in ``cache_dir``, made unless the marker beside it (written
+    last) says it is of this MS as it is now. An MS or a cache on a store passes through
+    local scratch space (:func:`radps_flows.locations.scratch_dir`): casacore reads only local
+    tables, and a store has no rename to publish a finished conversion with."""
+    if not locations.is_url(cache_dir):
+        try:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputDataError(
+                f"{ms}: cannot create the conversion cache {cache_dir}: {exc}"
+            ) from exc
+    name = locations.name(ms)
+    stem = name[:-3] if name.lower().endswith(".ms") else name
+    store = locations.join(cache_dir, f"{stem}{PS_SUFFIX}")
+    marker = locations.join(cache_dir, f"{stem}{PS_SUFFIX}.radps.json")
     wanted = {
-        "source": str(ms.resolve()),
+        "source": ms if locations.is_url(ms) else str(Path(ms).resolve()),
         "fingerprint": _fingerprint(ms),
         "xradio": _xradio_version(),
         "partition_scheme": list(PARTITION_SCHEME),
     }
-    with _locked(cache_dir / f"{stem}.lock"):
-        if store.is_dir() and marker.is_file():
-            try:
-                if json.loads(marker.read_text()) == wanted:
-                    log.info("reusing the MSv4 conversion %s of %s", store, ms)
-                    return store
-            except (OSError, ValueError):
-                pass
-        marker.unlink(missing_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=PS_SUFFIX, dir=cache_dir))
-        try:
-            _convert(ms, tmp)
-            if store.exists():
-                shutil.rmtree(store)
-            tmp.rename(store)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        marker.write_text(json.dumps(wanted, indent=1))
+    try:
+        with _locked(cache_dir, stem), locations.translated(cache_dir, "write the conversion"):
+            if _marker_says(marker, wanted):
+                log.info("reusing the MSv4 conversion %s of %s", store, ms)
+                return store
+            if locations.is_url(cache_dir):
+                _convert_to_store(ms, store, marker)
+            else:
+                _convert_in_place(ms, Path(store), Path(marker), stem)
+            _write_marker(marker, wanted)
+    except locations.StorageError as exc:
+        raise InputDataError(str(exc)) from None
     return store
 
 
-def _convert(ms: Path, out: Path) -> None:
-    """Run xradio's converter, turning its failures into an InputDataError about ``ms``."""
+def _marker_says(marker: str, wanted: dict[str, Any]) -> bool:
+    try:
+        return json.loads(locations.read_bytes(marker)) == wanted
+    except (OSError, ValueError):
+        return False
+
+
+def _write_marker(marker: str, wanted: dict[str, Any]) -> None:
+    text = json.dumps(wanted, indent=1).encode()
+    if locations.is_url(marker):
+        locations.filesystem().pipe_file(locations.key_of(marker), text)
+    else:
+        Path(marker).write_bytes(text)
+
+
+def _convert_in_place(ms: str, store: Path, marker: Path, stem: str) -> None:
+    marker.unlink(missing_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=PS_SUFFIX, dir=store.parent))
+    try:
+        with locations.local_copy(ms) as local_ms:
+            _convert(local_ms, tmp, ms)
+        if store.exists():
+            shutil.rmtree(store)
+        tmp.rename(store)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _convert_to_store(ms: str, store: str, marker: str) -> None:
+    """Convert in scratch space, then upload: the store's old conversion is removed first,
+    and the marker, written after the upload, is what makes the new one valid."""
+    fs = locations.filesystem()
+    if fs.exists(locations.key_of(marker)):
+        fs.rm_file(locations.key_of(marker))
+    if fs.exists(locations.key_of(store)):
+        fs.rm(locations.key_of(store), recursive=True)
+    with (
+        locations.local_copy(ms) as local_ms,
+        tempfile.TemporaryDirectory(
+            prefix="radps-convert-", dir=locations.scratch_dir()
+        ) as scratch,
+    ):
+        local_store = Path(scratch) / locations.name(store)
+        _convert(local_ms, local_store, ms)
+        log.info("uploading the MSv4 conversion of %s to %s", ms, store)
+        fs.put(str(local_store) + "/", locations.key_of(store), recursive=True)
+
+
+def _convert(ms: Path, out: Path, source: str) -> None:
+    """Run xradio's converter on the local MS ``ms`` (``source``, as the user named it),
+    turning its failures into an InputDataError about ``source``."""
     try:
         from xradio.measurement_set import convert_msv2_to_processing_set
     except ImportError as exc:  # the optional casacore/arcae backend is missing
         raise InputDataError(
-            f"{ms}: MSv2 input needs xradio's MSv2 backend (xradio[casacore]): {exc}"
+            f"{source}: MSv2 input needs xradio's MSv2 backend (xradio[casacore]): {exc}"
         ) from exc
     import zarr
 
@@ -287,7 +399,9 @@ def _convert(ms: Path, out: Path) -> None:
                 persistence_mode="w",
             )
     except Exception as exc:
-        raise InputDataError(f"{ms}: xradio could not convert this MeasurementSet: {exc}") from exc
+        raise InputDataError(
+            f"{source}: xradio could not convert this MeasurementSet: {exc}"
+        ) from exc
 
 
 def _route_toolviper_logs() -> None:
@@ -305,7 +419,7 @@ def _route_toolviper_logs() -> None:
 # Metadata copied from the tree into each dataset
 
 
-def _with_metadata(node: xr.DataTree, name: str, source: Path) -> xr.Dataset:
+def _with_metadata(node: xr.DataTree, name: str, source: str) -> xr.Dataset:
     ds = node.to_dataset()
     group = ds.attrs.get("data_groups", {}).get("base", {})
     required = [group.get("correlated_data", "VISIBILITY"), group.get("uvw") or "UVW"]
@@ -324,7 +438,7 @@ def _with_metadata(node: xr.DataTree, name: str, source: Path) -> xr.Dataset:
     return ds
 
 
-def _phase_centre(fs: xr.Dataset, name: str, source: Path) -> dict[str, Any]:
+def _phase_centre(fs: xr.Dataset, name: str, source: str) -> dict[str, Any]:
     """Phase centre(s) of a partition from its field_and_source_xds (radians)."""
     var = fs.get("FIELD_PHASE_CENTER_DIRECTION")
     if var is None:

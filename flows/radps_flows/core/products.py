@@ -357,21 +357,22 @@ def png_thumbnail(path: str | os.PathLike, max_pixels: int = 320) -> bytes:
     return out.getvalue()
 
 
-def write_zarr(image: xr.DataArray, path: str | os.PathLike) -> Path:
-    """Write ``image`` (data, coords, attrs) as a zarr store, replacing any existing one."""
+def write_zarr(image: xr.DataArray, path: str | os.PathLike) -> str:
+    """Write ``image`` (data, coords, attrs) as a zarr store, replacing any existing one;
+    ``path`` may be an ``s3://`` URL (zarr writes it through fsspec)."""
     name = image.name if isinstance(image.name, str) and image.name else "image"
     ds = image.to_dataset(name=name)
     ds.attrs = dict(image.attrs)
     return write_zarr_images(ds, path)
 
 
-def write_zarr_images(images: xr.Dataset, path: str | os.PathLike) -> Path:
+def write_zarr_images(images: xr.Dataset, path: str | os.PathLike) -> str:
     """Write the images of ``images`` as a zarr store, replacing any existing one, each
     compressed with blosc lz4 and byte shuffle: zarr's default (zstd) took 1.05 s for
     CLEAN's five 2048 x 2048 images, this 0.32 s, for a store 12 % larger."""
     from zarr.codecs import BloscCodec
 
-    path = _prepare(path)
+    path = str(path) if "://" in str(path) else str(_prepare(path))
     codec = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
     encoding = {name: {"compressors": (codec,)} for name in images.data_vars}
     images.to_zarr(path, mode="w", consolidated=False, encoding=encoding, write_empty_chunks=True)

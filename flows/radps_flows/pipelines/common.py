@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 from prefect.artifacts import create_table_artifact
 
-from radps_flows import manifest
+from radps_flows import locations, manifest
 from radps_flows.core import products
 from radps_flows.core.calibration import PointModel
 from radps_flows.parameters.common import ModelSource
@@ -28,7 +28,8 @@ def image_model(path: str, phase_center: dict[str, Any]) -> xr.DataArray:
             f"model_image {exc}; a model image is the model.fits of an imaging run with "
             "clean: true that completed"
         ) from None
-    model = products.read_model_image(path)
+    with locations.local_copy(path) as local:
+        model = products.read_model_image(local)
     ra, dec = model.attrs["phase_center_ra_rad"], model.attrs["phase_center_dec_rad"]
     ra0, dec0 = float(phase_center["ra"]), float(phase_center["dec"])
     cos_offset = math.sin(dec) * math.sin(dec0) + math.cos(dec) * math.cos(dec0) * math.cos(
@@ -74,14 +75,14 @@ def merge_gains(per_block: Sequence[xr.Dataset]) -> dict[str, xr.Dataset]:
     return out
 
 
-def write_gains(tables: dict[str, xr.Dataset], path: Path) -> Path:
+def write_gains(tables: dict[str, xr.Dataset], path: str) -> str:
     """Gain solutions as zarr: one group per partition (dims time, frequency, antenna_name,
-    receptor; GAIN complex, FLAG, SNR)."""
+    receptor; GAIN complex, FLAG, SNR); ``path`` may be a URL."""
     tree = xr.DataTree.from_dict({name or "gains": ds for name, ds in tables.items()})
     with warnings.catch_warnings():  # fixed-length strings (antenna names) in zarr v3
         warnings.filterwarnings("ignore", module=r"zarr\.")
-        tree.to_zarr(path, mode="w", consolidated=True)
-    return path
+        tree.to_zarr(str(path), mode="w", consolidated=True)
+    return str(path)
 
 
 def gain_rows(tables: dict[str, xr.Dataset]) -> list[dict]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from radps_flows.allocator import keep_freed_memory
@@ -74,7 +73,7 @@ def start_dask_cluster_early(input: str) -> None:
     older CPython 3.11 releases (see :mod:`radps_flows.preload`). So xradio is imported first,
     here: the conversion needs it anyway."""
     with contextlib.suppress(core_io.InputDataError, OSError):  # the open reports those
-        if core_io.detect_input_kind(Path(input)) == "msv2":
+        if core_io.detect_input_kind(input) == "msv2":
             import radps_flows.preload  # noqa: F401
     runner = _flow_task_runner()
     if isinstance(runner, RadpsDaskTaskRunner):

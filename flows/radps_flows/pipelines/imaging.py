@@ -12,12 +12,12 @@ where they would not fit in half the cluster's memory, read again at each pass.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import xarray as xr
 from prefect import flow
 
+from radps_flows import locations
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import blocks as blk
 from radps_flows.core import imager, products
@@ -119,16 +119,24 @@ def clean_image(
 
 @stage("write-products")
 def write_products(image: xr.DataArray, output: str, title: str) -> list[Output]:
-    return _image_products(image, Path(output), title)
+    return _image_products(image, output, title)
 
 
-def _image_products(image: xr.DataArray, folder: Path, title: str) -> list[Output]:
-    """The dirty image (or cube) as FITS, PNG preview and zarr."""
+def _image_products(image: xr.DataArray, folder: str, title: str) -> list[Output]:
+    """The dirty image (or cube) as FITS, PNG preview and zarr, in ``folder`` (a path or
+    URL)."""
+    zarr_store = products.write_zarr(image, locations.join(folder, "image.zarr"))
     return [
-        file_output("image", products.write_fits(image, folder / "image.fits"), "fits"),
-        file_output("preview", _preview(image, folder / "image.png", title), "png"),
-        file_output("image-zarr", products.write_zarr(image, folder / "image.zarr"), "zarr"),
+        file_output("image", _fits(image, locations.join(folder, "image.fits")), "fits"),
+        file_output("preview", _preview(image, locations.join(folder, "image.png"), title), "png"),
+        file_output("image-zarr", zarr_store, "zarr"),
     ]
+
+
+def _fits(image: xr.DataArray, location: str) -> str:
+    with locations.local_file(location) as path:
+        products.write_fits(image, path)
+    return location
 
 
 CLEAN_FITS = ("restored", "residual", "model", "psf")
@@ -140,23 +148,23 @@ def write_clean_products(images: xr.Dataset, output: str, title: str) -> list[Ou
     """CLEAN's images and the dirty image's (as :func:`write_products` writes those), in one
     task: FITS, PNG previews, and one zarr store of them all. (Drawing the previews on a
     thread beside the file writes gained nothing measurable: matplotlib holds the GIL.)"""
-    folder = Path(output)
-    out = _image_products(images["dirty"], folder, f"{title}: dirty image")
+    out = _image_products(images["dirty"], output, f"{title}: dirty image")
     for name in CLEAN_FITS:
-        fits_path = products.write_fits(images[name], folder / f"{name}.fits")
+        fits_path = _fits(images[name], locations.join(output, f"{name}.fits"))
         out.append(file_output(name, fits_path, "fits"))
     for name in CLEAN_PREVIEWS:
-        png = _preview(images[name], folder / f"{name}.png", f"{title}: {name}")
+        png = _preview(images[name], locations.join(output, f"{name}.png"), f"{title}: {name}")
         out.append(file_output(f"{name}-preview", png, "png"))
-    path = products.write_zarr_images(images, folder / "images.zarr")
+    path = products.write_zarr_images(images, locations.join(output, "images.zarr"))
     out.append(file_output("images-zarr", path, "zarr"))
     return out
 
 
-def _preview(image: xr.DataArray, path: Path, title: str) -> Path:
-    png = products.write_png(image, path, title)
-    publish_preview(png, title)
-    return png
+def _preview(image: xr.DataArray, location: str, title: str) -> str:
+    with locations.local_file(location) as path:
+        products.write_png(image, path, title)
+        publish_preview(path, title)
+    return location
 
 
 @flow(name="imaging", task_runner=task_runner_from_env(), log_prints=True)
@@ -167,10 +175,10 @@ def imaging(**arguments: Any) -> list[dict[str, str]]:
     ImagingParameters.raise_if_invalid(params)
     inputs = {"input": p.input, "model_image": p.model_image}
     with transactional_output("imaging", p.output, p.overwrite, params, inputs) as transaction:
-        folder = str(transaction.folder)
+        folder = transaction.folder
         n_stages = 4 if p.clean or p.calibrate else 3
         store, datasets = stages.open_input(p.input, folder, n_stages)
-        title = Path(p.input).name
+        title = locations.name(p.input)
         if p.clean:
             images, gains = clean_image(store, datasets, p.imsize, p.cell_arcsec, params)
             report_progress(2, n_stages)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prefect.artifacts import create_image_artifact, create_table_artifact
 
+from radps_flows import locations
 from radps_flows.contract import OUTPUTS_ARTIFACT_DESCRIPTION
 from radps_flows.core.products import png_thumbnail
 
@@ -21,8 +22,10 @@ class Output:
     kind: str
 
 
-def file_output(name: str, path: Path, kind: str) -> Output:
-    return Output(name=name, uri=str(Path(path).resolve()), kind=kind)
+def file_output(name: str, location: str | Path, kind: str) -> Output:
+    """A product at ``location``: an absolute path, or a URL as it is."""
+    uri = str(location) if locations.is_url(location) else str(Path(location).resolve())
+    return Output(name=name, uri=uri, kind=kind)
 
 
 def publish_outputs(outputs: list[Output]) -> list[dict[str, str]]:

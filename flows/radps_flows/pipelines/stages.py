@@ -4,12 +4,10 @@ parameter types and gain-table helpers), never from another pipeline's module.""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import xarray as xr
 
-from radps_flows import manifest
+from radps_flows import locations, manifest
 from radps_flows.core import blocks as blk
 from radps_flows.core import imaging as core_imaging
 from radps_flows.core import io as core_io
@@ -43,13 +41,13 @@ def open_visibilities(input: str, cache_dir: str) -> tuple[str, list[xr.Dataset]
     return store, blk.open_datasets(store)  # the blocks of a local run reuse them
 
 
-def open_input(input: str, folder: str | Path, stages: int) -> tuple[str, list[xr.Dataset]]:
+def open_input(input: str, folder: str, stages: int) -> tuple[str, list[xr.Dataset]]:
     """How every visibility pipeline begins: progress 0 of ``stages``, the Dask cluster
     started (it comes up while the input opens), the input opened (an MSv2 converted into
     ``<folder>/msv4``), progress 1."""
     report_progress(0, stages)
     start_dask_cluster_early(input)
-    store, datasets = open_visibilities(input, f"{folder}/msv4")
+    store, datasets = open_visibilities(input, locations.join(folder, "msv4"))
     report_progress(1, stages)
     return store, datasets
 
@@ -91,8 +89,10 @@ def write_gain_products(
     """The gain solutions (of each block, or already merged per partition): gains.zarr,
     gains.png and a table artifact."""
     tables = gains if isinstance(gains, dict) else merge_gains(gains)
-    zarr_path = write_gains(tables, Path(folder) / "gains.zarr")
-    png = plot_gains(tables, Path(folder) / "gains.png")
-    publish_gain_table(tables)
-    publish_preview(png, "gain solutions: amplitude and phase per antenna")
+    zarr_path = write_gains(tables, locations.join(folder, "gains.zarr"))
+    png = locations.join(folder, "gains.png")
+    with locations.local_file(png) as local:
+        plot_gains(tables, local)
+        publish_gain_table(tables)
+        publish_preview(local, "gain solutions: amplitude and phase per antenna")
     return [file_output("gains", zarr_path, "zarr"), file_output("gains-plot", png, "png")]

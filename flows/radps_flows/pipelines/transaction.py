@@ -1,6 +1,7 @@
 """A flow's products as one transaction: written into staging, committed with their manifest,
 rolled back on any failure (see :mod:`radps_flows.staging` for why renames, not Prefect's
-transaction API)."""
+transaction API, and :mod:`radps_flows.object_output` for an output on an object store, which
+commits by writing its manifest last)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from typing import Any
 
 from prefect import runtime
 
-from radps_flows import manifest, provenance
+from radps_flows import locations, manifest, provenance
+from radps_flows.object_output import ObjectOutput, OutputClaimedError
 from radps_flows.pipelines.outputs import Output
 from radps_flows.staging import StagedOutput, leftover_staging, staging_run_id
 
@@ -23,7 +25,7 @@ from radps_flows.staging import StagedOutput, leftover_staging, staging_run_id
 class Transaction:
     def __init__(
         self,
-        staged: StagedOutput,
+        staged: StagedOutput | ObjectOutput,
         pipeline: str,
         parameters: Mapping[str, Any],
         inputs: Mapping[str, str],
@@ -37,9 +39,10 @@ class Transaction:
         self.started = datetime.now(UTC)
 
     @property
-    def folder(self) -> Path:
-        """Where to write: named as the output, inside the staging folder."""
-        return self.staged.path
+    def folder(self) -> str:
+        """Where to write (a path or URL): named as the output, inside the staging folder
+        (or, for a new output on an object store, the output itself)."""
+        return str(self.staged.path)
 
     def sibling(self, name: str) -> Path:
         return self.staged.sibling(name)
@@ -50,24 +53,20 @@ class Transaction:
         """Write the manifest of ``outputs`` (``manifest_name`` inside the output, or beside
         it when the output is a store, as synthesize's), rename everything into place, and
         return ``outputs`` as they will be found."""
-        manifest_path = (
-            self.folder / manifest_name
-            if manifest_name == manifest.MANIFEST_NAME
-            else self.sibling(manifest_name)
-        )
-        products = [manifest.Product(o.name, Path(o.uri), o.kind) for o in outputs]
+        self.staged.place()
+        manifest_path = self.staged.manifest_location(manifest_name)
+        products = [manifest.Product(o.name, self.staged.current(o.uri), o.kind) for o in outputs]
         document = manifest.build(
             pipeline=self.pipeline,
             parameters=self.parameters,
             products=products,
-            root=manifest_path.parent,  # the staging folder stands for the output's parent
+            root=locations.parent(manifest_path),  # the output's parent, or where it stands
             inputs=self.inputs,
             started=self.started,
             flow_run_id=runtime.flow_run.id,
             run=self.run,
         )
-        manifest.write(document, manifest_path)
-        self.staged.commit()
+        self.staged.commit_manifest(manifest_path, document)
         return [dataclasses.replace(o, uri=str(self.staged.final_path(o.uri))) for o in outputs]
 
 
@@ -82,11 +81,7 @@ def transactional_output(
 ) -> Iterator[Transaction]:
     """Begin writing ``output``; the caller commits; anything raised rolls back. ``run``
     (:func:`radps_flows.provenance.of_this_run`) is read here unless the flow passes it."""
-    staged = StagedOutput(output, overwrite, runtime.flow_run.id)
-    for old in leftover_staging(output):
-        if old != staged.staging:
-            remove_if_abandoned(old)
-    staged.begin()
+    staged = _begin(output, overwrite, runtime.flow_run.id)
     transaction = Transaction(
         staged,
         pipeline,
@@ -99,28 +94,57 @@ def transactional_output(
     except BaseException:
         staged.rollback()
         raise
-    if staged.staging.exists():  # the caller did not commit: nothing it wrote may remain
+    if staged.open:  # the caller did not commit: nothing it wrote may remain
         staged.rollback()
+
+
+def _begin(output: str, overwrite: bool, run_id: str) -> StagedOutput | ObjectOutput:
+    """Start writing ``output``, after clearing what killed runs left there."""
+    if locations.is_url(output):
+        staged = ObjectOutput(output, overwrite, run_id)
+        try:
+            staged.begin()
+        except OutputClaimedError as claimed:
+            if _flow_run_ended(claimed.run_id, f"{output} (claimed)") is not True:
+                raise
+            staged.clear_abandoned(claimed.run_id)
+            print(f"cleared {output}, left by flow run {claimed.run_id} when it was killed")
+            staged.begin()
+        return staged
+    local = StagedOutput(output, overwrite, run_id)
+    for old in leftover_staging(output):
+        if old != local.staging:
+            remove_if_abandoned(old)
+    local.begin()
+    return local
 
 
 def remove_if_abandoned(staging: Path) -> bool:
     """Remove the staging folder of a run that was killed outright, once Prefect says its
     flow run has ended (a retry or a rescheduled pod of a live run reuses it); a run Prefect
     does not know (another server's) or one still going keeps it."""
+    run_id = staging_run_id(staging)
+    if not _flow_run_ended(run_id, str(staging)):
+        return False
+    shutil.rmtree(staging, ignore_errors=True)
+    print(f"removed {staging}, left by flow run {run_id} when it was killed")
+    return True
+
+
+def _flow_run_ended(run_id: str, what: str) -> bool:
+    """Whether Prefect says flow run ``run_id`` has ended; False (with a note naming
+    ``what`` it left) for a run still going or one this server does not know."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    run_id = staging_run_id(staging)
     try:
         flow_run_id = uuid.UUID(run_id)
         with get_client(sync_client=True) as client:
             state = client.read_flow_run(flow_run_id).state
     except (ValueError, ObjectNotFound):
-        print(f"note: {staging} is left by run {run_id}, which this Prefect server does not know")
+        print(f"note: {what} is left by run {run_id}, which this Prefect server does not know")
         return False
     if state is None or not state.is_final():
-        print(f"note: {staging} belongs to flow run {run_id}, still {state and state.name}")
+        print(f"note: {what} belongs to flow run {run_id}, still {state and state.name}")
         return False
-    shutil.rmtree(staging, ignore_errors=True)
-    print(f"removed {staging}, left by flow run {run_id} ({state.name}) when it was killed")
     return True

@@ -218,6 +218,15 @@ def read_bytes(location: str) -> bytes:
         return filesystem().cat_file(key_of(location))
 
 
+def write_bytes(location: str, content: bytes) -> None:
+    """Write a small file, or one object."""
+    if not is_url(location):
+        Path(location).write_bytes(content)
+        return
+    with translated(location, "write it"):
+        filesystem().pipe_file(key_of(location), content)
+
+
 def scratch_dir() -> Path:
     return Path(os.environ.get(SCRATCH_ENV) or tempfile.gettempdir())
 

@@ -6,7 +6,7 @@ output only through its ``manifest.json`` (:func:`radps_flows.manifest.verify`),
 manifest is the last object a run writes, with a conditional PUT (``If-None-Match: *``), so two
 runs can never both commit one output.
 
-- ``begin`` claims the output: a small ``.radps-claim.json`` object inside its prefix, written
+- ``begin`` claims the output: a small ``.<name>.radps-claim.json`` object beside it, written
   with the same conditional PUT and naming the flow run. A second run into the same output
   fails at once with the owner's name (:class:`OutputClaimedError`); once Prefect says that
   run has ended, the next run clears what it left (:meth:`ObjectOutput.clear_abandoned`).
@@ -30,9 +30,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from radps_flows import locations
-from radps_flows.staging import STAGING_MARK, OutputExistsError
+from radps_flows.staging import PRODUCT_MARKERS, STAGING_MARK, OutputExistsError
 
-CLAIM_NAME = ".radps-claim.json"
+CLAIM_MARK = ".radps-claim.json"
 MANIFEST_NAME = "manifest.json"
 
 
@@ -63,7 +63,10 @@ class ObjectOutput:
             locations.parent(self.final), f".{locations.name(self.final)}{STAGING_MARK}{self._tag}"
         )
         self.path = self.final
-        self._claim = locations.join(self.final, CLAIM_NAME)
+        # beside the output, not in it: zarr refuses to create a store in a non-empty prefix
+        self._claim = locations.join(
+            locations.parent(self.final), f".{locations.name(self.final)}{CLAIM_MARK}"
+        )
 
     # -- begin ----------------------------------------------------------------------------
 
@@ -71,29 +74,30 @@ class ObjectOutput:
         fs = locations.filesystem()
         with locations.translated(self.final, "prepare the output"):
             names = self._names_below(self.final)
-            owner = self._owner() if CLAIM_NAME in names else None
+            owner = self._owner() if fs.exists(locations.key_of(self._claim)) else None
             if owner == self.run_id:  # the same run retried (Prefect retries keep the run id)
                 self.clear_abandoned(self.run_id)
                 names, owner = self._names_below(self.final), None
             if owner is not None:
                 raise OutputClaimedError(self.final, owner)
-            if MANIFEST_NAME in names:
+            if names:
                 if not self.overwrite:
                     raise OutputExistsError(
                         f"output {self.final} already exists: choose another output, or set "
                         "overwrite: true to replace it when this run completes"
                     )
+                if not names & set(PRODUCT_MARKERS):
+                    raise OutputExistsError(
+                        f"output {self.final} exists and is not a radps output (no "
+                        f"{' or '.join(PRODUCT_MARKERS)} in it): not replacing it even with "
+                        "overwrite: true"
+                    )
                 self.replacing = True
-            elif names - {CLAIM_NAME}:
-                raise OutputExistsError(
-                    f"output {self.final} holds objects but no {MANIFEST_NAME}, so it is not a "
-                    "radps output: not writing into it (choose another output)"
-                )
             self._write_claim(fs)
             if self.replacing:
                 self.path = locations.join(self.staging, locations.name(self.final))
-                if fs.exists(locations.key_of(self.staging)):
-                    fs.rm(locations.key_of(self.staging), recursive=True)
+            if locations.objects(self.staging):  # this run's, from a try before this one
+                fs.rm(locations.key_of(self.staging), recursive=True)
         return self.path
 
     def _names_below(self, prefix: str) -> set[str]:
@@ -124,45 +128,62 @@ class ObjectOutput:
     # -- writing --------------------------------------------------------------------------
 
     def sibling(self, name: str) -> str:
-        raise NotImplementedError(
-            f"{self.final}: outputs with companions beside them (a synthesized set's truth and "
-            "manifest) cannot be written to an object store yet"
-        )
+        """Where to write a file that appears beside the output at commit (a synthesized
+        set's truth): staged, like a replacement, and copied into place by :meth:`place`."""
+        return locations.join(self.staging, name)
 
     def manifest_location(self, name: str) -> str:
-        if name != MANIFEST_NAME:
-            self.sibling(name)
-        return locations.join(self.final, name)
+        """Where the manifest ``name`` goes: inside the output, or beside it (a synthesized
+        set's)."""
+        folder = self.final if name == MANIFEST_NAME else locations.parent(self.final)
+        return locations.join(folder, name)
 
     def current(self, written: str) -> str:
         """Where a product written at ``written`` is once :meth:`place` has run."""
-        return self.final_path(written) if self.replacing else written
+        return self.final_path(written)
 
     def final_path(self, staged: str) -> str:
+        staged = str(staged)
         if self.replacing and (staged == self.path or staged.startswith(self.path + "/")):
             return self.final + staged[len(self.path) :]
+        if staged.startswith(self.staging + "/"):
+            return locations.parent(self.final) + staged[len(self.staging) :]
         return staged
 
     # -- commit ---------------------------------------------------------------------------
 
-    def place(self) -> None:
-        """Put the products where they belong before their manifest is written: nothing to
-        do for a new output; the old output's manifest, then its objects, removed and the new
-        ones copied into place when replacing one."""
-        if not self.replacing:
-            return
+    def place(self, manifest_name: str = MANIFEST_NAME) -> None:
+        """Put the products where they belong before their manifest is written. A new
+        output is already there; a replaced one loses its manifest, then its objects, and
+        the new ones are copied into place. Companions beside the output (see
+        :meth:`sibling`) are copied beside it, refused where something is there already
+        unless ``overwrite``."""
         fs = locations.filesystem()
-        with locations.translated(self.final, "replace the old output"):
-            manifest = locations.key_of(locations.join(self.final, MANIFEST_NAME))
-            if fs.exists(manifest):
-                fs.rm_file(manifest)
-            for name in self._names_below(self.final) - {CLAIM_NAME}:
-                fs.rm(locations.key_of(locations.join(self.final, name)), recursive=True)
-            staged = locations.key_of(self.path)
-            sources = sorted(locations.objects(self.path))
-            targets = [locations.key_of(self.final) + key[len(staged) :] for key in sources]
-            fs.copy(sources, targets)
-            fs.rm(locations.key_of(self.staging), recursive=True)
+        manifest = locations.key_of(self.manifest_location(manifest_name))
+        staging = locations.key_of(self.staging)
+        inside = locations.key_of(self.path) + "/" if self.replacing else None
+        parent = locations.key_of(locations.parent(self.final))
+        with locations.translated(self.final, "put the products in place"):
+            staged = sorted(locations.objects(self.staging))
+            companions = [k for k in staged if not (inside and k.startswith(inside))]
+            beside = [parent + k[len(staging) :] for k in companions]
+            for target in [*beside, manifest]:
+                if not self.overwrite and fs.exists(target):
+                    raise OutputExistsError(
+                        f"s3://{target} already exists: choose another output, or set "
+                        "overwrite: true to replace it when this run completes"
+                    )
+            if self.replacing:
+                if fs.exists(manifest):
+                    fs.rm_file(manifest)
+                for name in self._names_below(self.final):
+                    fs.rm(locations.key_of(locations.join(self.final, name)), recursive=True)
+            moved = [k for k in staged if k not in companions]
+            targets = [locations.key_of(self.final) + k[len(inside or "") - 1 :] for k in moved]
+            targets += beside
+            if staged:
+                fs.copy(moved + companions, targets)
+                fs.rm(staging, recursive=True)
 
     def commit_manifest(self, location: str, document: dict[str, Any]) -> str:
         """Write the manifest, the commit itself, then drop the claim; returns ``final``."""
@@ -183,11 +204,10 @@ class ObjectOutput:
         unless :meth:`place` had begun removing it: then nothing valid is left)."""
         fs = locations.filesystem()
         try:
-            if self.replacing:
-                if fs.exists(locations.key_of(self.staging)):
-                    fs.rm(locations.key_of(self.staging), recursive=True)
-            elif self._owner() == self.run_id:
-                for name in self._names_below(self.final) - {CLAIM_NAME, MANIFEST_NAME}:
+            if locations.objects(self.staging):
+                fs.rm(locations.key_of(self.staging), recursive=True)
+            if not self.replacing and self._owner() == self.run_id:
+                for name in self._names_below(self.final) - {MANIFEST_NAME}:
                     fs.rm(locations.key_of(locations.join(self.final, name)), recursive=True)
             if self._owner() == self.run_id:
                 fs.rm_file(locations.key_of(self._claim))
@@ -206,13 +226,13 @@ class ObjectOutput:
         with locations.translated(self.final, "clear what an ended run left"):
             names = self._names_below(self.final)
             if MANIFEST_NAME not in names:
-                for name in names - {CLAIM_NAME}:
+                for name in names:
                     fs.rm(locations.key_of(locations.join(self.final, name)), recursive=True)
             staging = locations.join(
                 locations.parent(self.final),
                 f".{locations.name(self.final)}{STAGING_MARK}{run_id[:36]}",
             )
-            if fs.exists(locations.key_of(staging)):
+            if locations.objects(staging):
                 fs.rm(locations.key_of(staging), recursive=True)
             if fs.exists(locations.key_of(self._claim)):
                 fs.rm_file(locations.key_of(self._claim))

@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 STAGING_MARK = ".staging-"
+MANIFEST_FILE = "manifest.json"
 ROLLBACK_ATTEMPTS = 5
 REPLACED_MARK = ".replaced-"
 
@@ -67,7 +68,7 @@ class StagedOutput:
         synthesized set's)."""
         return self.path / name if name == MANIFEST_FILE else self.sibling(name)
 
-    def place(self) -> None:
+    def place(self, manifest_name: str = MANIFEST_FILE) -> None:
         """Products stay in the staging folder until :meth:`commit_manifest` renames it."""
 
     def current(self, written: str | os.PathLike[str]) -> Path:
@@ -149,7 +150,6 @@ def check_output_free(final: Path, overwrite: bool) -> None:
         )
 
 
-MANIFEST_FILE = "manifest.json"
 PRODUCT_MARKERS = (MANIFEST_FILE, "zarr.json")
 """A folder holding one of these is a run's output (or a zarr store) that overwrite may
 replace."""

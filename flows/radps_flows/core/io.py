@@ -354,7 +354,7 @@ def _convert_to_store(ms: str, store: str, marker: str) -> None:
     fs = locations.filesystem()
     if fs.exists(locations.key_of(marker)):
         fs.rm_file(locations.key_of(marker))
-    if fs.exists(locations.key_of(store)):
+    if locations.objects(store):
         fs.rm(locations.key_of(store), recursive=True)
     with (
         locations.local_copy(ms) as local_ms,

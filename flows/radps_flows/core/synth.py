@@ -61,6 +61,8 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from radps_flows import locations
+
 from .conventions import MSV4_UVW_SIGN
 
 __all__ = [
@@ -247,7 +249,8 @@ class SynthesisResult:
     ``source_lmn`` (n_sources, 3) are the exact positions used.
     """
 
-    path: Path
+    path: Path | str
+    """A Path, or the URL of a store written on an object store."""
     partition: str
     n_visibilities: int
     n_rows: int
@@ -610,8 +613,17 @@ def store_path(output: str | os.PathLike) -> Path:
     return Path(text)
 
 
-def _partition_name(store: Path) -> str:
-    stem = store.name[: -len("ps.zarr")].rstrip("._") or "synthetic"
+def store_location(output: str | os.PathLike) -> str | Path:
+    """:func:`store_path`, or for an ``s3://`` URL the URL with xradio's suffix."""
+    if locations.is_url(output):
+        text = str(output).rstrip("/")
+        return text if text.endswith("ps.zarr") else text + ".ps.zarr"
+    return store_path(output)
+
+
+def _partition_name(store: str | Path) -> str:
+    name = str(store).rstrip("/").rsplit("/", 1)[-1]
+    stem = name[: -len("ps.zarr")].rstrip("._") or "synthetic"
     return f"{stem}_0"
 
 
@@ -822,6 +834,9 @@ def _quiet_zarr():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        # a folder of an object store that deletes emptied a moment ago (SeaweedFS lists it
+        # for minutes), seen while the new store's first group is created
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr")
         yield
 
 
@@ -844,18 +859,34 @@ _LARGE_VARIABLES = (
 )
 
 
+def _remove_created(store: str | Path) -> None:
+    if isinstance(store, Path):
+        shutil.rmtree(store, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        locations.filesystem().rm(locations.key_of(store), recursive=True)
+
+
 def _write_store(
-    store: Path, partition: str, spec: SynthesisSpec, plan: _Plan, created: list[Path]
+    store: str | Path,
+    partition: str,
+    spec: SynthesisSpec,
+    plan: _Plan,
+    created: list[str | Path],
 ) -> None:
     """Write the processing set as xradio's streamed conversion does: metadata first (no
     consolidated metadata, so an interrupted write opens as incomplete), then the large data
     variables block by block straight into their zarr arrays, then the consolidated metadata
     of the MSv4 and of the root."""
     tree = _build_tree(spec, plan)
-    xr.DataTree().to_zarr(store, mode="w-", zarr_format=3)
+    # "w-" refuses a store already there; on an object store its emptiness test also sees a
+    # folder that deletes emptied a moment ago (SeaweedFS lists those for minutes), so there
+    # the caller (a run's claimed output, radps_flows.object_output) vouches for the place
+    create = "w" if isinstance(store, str) else "w-"
+    xr.DataTree().to_zarr(str(store), mode=create, zarr_format=3)
     created.append(store)
-    part_path = store / partition
-    tree.to_zarr(part_path, mode="w-", zarr_format=3, compute=False, consolidated=False)
+    part_path = f"{store}/{partition}"
+    tree.to_zarr(part_path, mode=create, zarr_format=3, compute=False, consolidated=False)
     group = zarr.open_group(part_path, mode="r+", zarr_format=3, use_consolidated=False)
     arrays = {name: group[name] for name in _LARGE_VARIABLES}
     weight = np.float32(1.0 / spec.noise_jy**2 if spec.noise_jy > 0 else 1.0)
@@ -883,7 +914,7 @@ def _write_store(
         if pending is not None:
             pending.result()
     zarr.consolidate_metadata(str(part_path), zarr_format=3)
-    root = zarr.open_group(store, mode="r+", zarr_format=3)
+    root = zarr.open_group(str(store), mode="r+", zarr_format=3)
     root.attrs["type"] = "processing_set"
     zarr.consolidate_metadata(str(store), zarr_format=3)
 
@@ -902,21 +933,22 @@ def synthesize_processing_set(
     """
     spec = SynthesisSpec() if spec is None else spec
     started = time.perf_counter()
-    store = store_path(output)
-    if store.exists() or store.is_symlink():
-        if not overwrite:
-            raise FileExistsError(f"{store} exists (pass overwrite=True to replace it)")
-        _remove_existing(store)
-    store.parent.mkdir(parents=True, exist_ok=True)
+    store = store_location(output)
+    if isinstance(store, Path):
+        if store.exists() or store.is_symlink():
+            if not overwrite:
+                raise FileExistsError(f"{store} exists (pass overwrite=True to replace it)")
+            _remove_existing(store)
+        store.parent.mkdir(parents=True, exist_ok=True)
     partition = _partition_name(store)
     plan = _Plan.from_spec(spec)
-    created: list[Path] = []
+    created: list[str | Path] = []
     try:
         with _quiet_zarr():
             _write_store(store, partition, spec, plan, created)
     except BaseException:
         if created:  # never remove a store this call did not create
-            shutil.rmtree(store, ignore_errors=True)
+            _remove_created(store)
         raise
     return SynthesisResult(
         path=store,

@@ -10,7 +10,6 @@ baseline (each baseline needs its whole plane): memory per Dask task is the plan
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,8 +60,9 @@ def flag(
     return [file_output("flagged", dest, "msv4")]
 
 
-def _counts(ds: xr.Dataset, dest: Path, name: str, ex) -> dict:
-    after = xr.open_zarr(str(dest), group=name, consolidated=False)["FLAG"]
+def _counts(ds: xr.Dataset, dest: str, name: str, ex) -> dict:
+    with msv4.quiet_zarr():
+        after = xr.open_zarr(str(dest), group=name, consolidated=False)["FLAG"]
     present = np.isfinite(ds["VISIBILITY"].data)
     n, before, now = ex.compute(
         [present.sum(), (ds["FLAG"].data & present).sum(), (after.data & present).sum()]

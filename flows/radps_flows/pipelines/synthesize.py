@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 from prefect import flow
 
-from radps_flows import provenance
+from radps_flows import locations, provenance
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core.synth import (
     PointSource,
     SynthesisSpec,
-    store_path,
+    store_location,
     synthesize_processing_set,
 )
 from radps_flows.manifest import store_manifest_name
@@ -37,14 +37,13 @@ def synthesize_visibilities(
     runs in a Dask worker, which may not share a filesystem with the flow-run pod (helm
     test's run writes to each pod's own /tmp), nor its account (``run``: the provenance the
     flow read)."""
-    store = store_path(output)
-    stem = store.name.removesuffix(".ps.zarr")
-    with transactional_output(
-        "synthesize", str(store), overwrite, arguments, {}, run
-    ) as transaction:
+    store = str(store_location(output))
+    name = locations.name(store)
+    stem = name.removesuffix(".ps.zarr")
+    with transactional_output("synthesize", store, overwrite, arguments, {}, run) as transaction:
         result = synthesize_processing_set(transaction.folder, spec)
-        truth = transaction.sibling(f"{stem}.truth.json")
-        truth.write_text(json.dumps(_truth(result), indent=1))
+        truth = str(transaction.sibling(f"{stem}.truth.json"))
+        locations.write_bytes(truth, json.dumps(_truth(result), indent=1).encode())
         print(
             f"wrote {result.n_visibilities:,} visibilities in {result.elapsed_s:.1f} s "
             f"({result.visibilities_per_s / 1e6:.1f} Mvis/s)"
@@ -53,7 +52,7 @@ def synthesize_visibilities(
             file_output("visibilities", result.path, "msv4"),
             file_output("truth", truth, "json"),
         ]
-        return transaction.commit(outputs, store_manifest_name(store.name))
+        return transaction.commit(outputs, store_manifest_name(name))
 
 
 def _truth(result) -> dict:

@@ -53,7 +53,7 @@ class Transaction:
         """Write the manifest of ``outputs`` (``manifest_name`` inside the output, or beside
         it when the output is a store, as synthesize's), rename everything into place, and
         return ``outputs`` as they will be found."""
-        self.staged.place()
+        self.staged.place(manifest_name)
         manifest_path = self.staged.manifest_location(manifest_name)
         products = [manifest.Product(o.name, self.staged.current(o.uri), o.kind) for o in outputs]
         document = manifest.build(

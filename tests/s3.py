@@ -19,6 +19,7 @@ to pass it options.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -131,16 +132,23 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     weed = weed_binary()
     if not weed.exists():
         pytest.fail(f"SeaweedFS is not built ({weed}): run `make deps` first")
-    home = tmp_path_factory.mktemp("s3")
+    with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_s3_server(home: Path, bucket: str = "radps-tests") -> Iterator[S3Server]:
+    """SeaweedFS on free loopback ports, its data and log in ``home``, with a generated
+    credential and ``bucket``; stopped (its whole session, SIGTERM) on exit."""
     master, volume, filer, s3 = _free_ports(4)
     server = S3Server(
         endpoint=f"http://127.0.0.1:{s3}",
         access_key=f"radps-{secrets.token_hex(4)}",
         secret_key=secrets.token_urlsafe(24),
-        bucket="radps-tests",
+        bucket=bucket,
     )
     command = [
-        str(weed), "server",
+        str(weed_binary()), "server",
         f"-dir={home / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={master}", "-master.peers=none", "-master.telemetry=false",
         "-master.volumeSizeLimitMB=64",
@@ -148,7 +156,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         "-filer", f"-filer.port={filer}",
         "-s3", f"-s3.port={s3}", "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]  # fmt: skip
-    (home / "data").mkdir()
+    (home / "data").mkdir(parents=True, exist_ok=True)
     with open(home / "weed.log", "wb") as log:
         # The key pair in its environment is the store's admin identity.
         process = subprocess.Popen(

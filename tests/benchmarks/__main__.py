@@ -1,5 +1,5 @@
 """`python -m tests.benchmarks --out results`: array-core, pipeline and operator benchmarks,
-JSON out (`--only arraycore|operator|cli` for one part).
+JSON out (`--only arraycore|operator|cli|objectstore` for one part).
 
 Sizes are visibilities of synthesized sets (default a quick 1e6,1e7; `--sizes 1e8` or
 `--large` adds 1e8, which takes minutes and a few GB of disk). Each size writes
@@ -8,6 +8,8 @@ the local control plane; its Prefect server on SQLite and on a throwaway Postgre
 `<out>/operator-<db>.json`; `<out>/summary.json` collects them with
 the targets checked. The cli part (cli.py: `radps validate` against importing what it needs, and
 `radps run`'s start to its first task, cold, warm and in its own process) writes `<out>/cli.json`.
+The objectstore part (objectstore.py: imaging with its set and products on a local SeaweedFS
+against the same on the local disk) writes `<out>/objectstore.json`.
 The casa part (casa.py, not in `all`: it installs CASA into a cached venv of its own) times
 `radps run` against CASA's tclean on one measurement set and writes `<out>/casa.json`.
 Not tests: nothing here fails on a slow machine, the numbers are for reading.
@@ -25,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import arraycore, casa, cli, pipeline
+from . import arraycore, casa, cli, objectstore, pipeline
 from . import operator as operator_bench
 
 
@@ -53,9 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pipeline", action="store_true", help="skip the end-to-end runs")
     parser.add_argument(
         "--only",
-        choices=("all", "arraycore", "operator", "cli", "casa"),
+        choices=("all", "arraycore", "operator", "cli", "casa", "objectstore"),
         default="all",
         help="one part only (casa runs only when asked)",
+    )
+    parser.add_argument(
+        "--objectstore-size",
+        type=float,
+        help="visibilities of the object-store part (1e8 with --only objectstore or --large, "
+        "else the largest of --sizes)",
     )
     parser.add_argument("--casa-repeat", type=int, default=3, help="CASA benchmark repeats")
     parser.add_argument(
@@ -89,6 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.only in ("all", "arraycore"):
         results |= _arraycore(args)
+    if args.only in ("all", "objectstore"):
+        largest = max(float(n) for n in args.sizes.split(",") if n)
+        n_vis = args.objectstore_size or (
+            1e8 if args.large or args.only == "objectstore" else largest
+        )
+        print(f"== imaging from the object store against a local volume ({n_vis:.0e})", flush=True)
+        results["objectstore"] = objectstore.main(n_vis, data=args.data)
+        (args.out / "objectstore.json").write_text(json.dumps(results["objectstore"], indent=1))
+        print(json.dumps(results["objectstore"], indent=1), flush=True)
     if args.only in ("all", "operator"):
         runs = [int(float(n)) for n in args.operator_runs.split(",") if n]
         for db in args.prefect_db.split(","):

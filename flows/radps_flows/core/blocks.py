@@ -20,12 +20,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 import xarray as xr
 
@@ -61,6 +62,9 @@ class Block:
     stop: int
     dataset: int = 0
     data: xr.Dataset | None = field(default=None, compare=False, repr=False)
+    following: tuple[str, int, int] | None = field(default=None, compare=False, repr=False)
+    """The block planned after this one (partition, start, stop), where blocks run one at a
+    time: :func:`load_block` reads it ahead while this one is processed."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,11 @@ def plan_blocks(
         source = str(store) if store is not None else None
         data = ds if store is None else None
         blocks.extend(Block(source, name, a, b, index, data) for a, b in itertools.pairwise(cuts))
+    if parallel == 1 and store is not None:
+        blocks = [
+            replace(this, following=(after.partition, after.start, after.stop))
+            for this, after in itertools.pairwise(blocks)
+        ] + blocks[-1:]
     return blocks
 
 
@@ -218,8 +227,57 @@ def blocks_for(
     )
 
 
+READ_THREADS = 4
+"""Chunks one block read fetches at once. Reading the 1e8 benchmark set's blocks took 1.65 s
+one chunk at a time and 1.34 s four at a time from a local disk, 4.0 and 3.3 s from the local
+SeaweedFS (8 at a time: slower on 2 cores)."""
+
+
 def load_block(block: Block, data_group: str = "base") -> xr.Dataset:
-    """The block's visibilities, flags, weights and UVW in memory (the one block reader)."""
+    """The block's visibilities, flags, weights and UVW in memory (the one block reader).
+
+    Where blocks run one at a time (a block that knows the one planned after it), that one
+    is read on a thread while the caller works on this one: an object store's latency, and a
+    disk's decompression, then overlap the gridding instead of adding to it. At most one
+    block is read ahead, so a process holds at most two blocks."""
+    key = (block.store, block.partition, block.start, block.stop, data_group)
+    ahead = _read_ahead.take(key)
+    ds = ahead.result() if ahead is not None else _read_block(block, data_group)
+    if block.following is not None:
+        partition, start, stop = block.following
+        following = replace(block, partition=partition, start=start, stop=stop, following=None)
+        _read_ahead.start(
+            (block.store, partition, start, stop, data_group),
+            functools.partial(_read_block, following, data_group),
+        )
+    return ds
+
+
+class _ReadAhead:
+    """The one block being read ahead in this process (see :func:`load_block`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: tuple[tuple, Future[xr.Dataset]] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def take(self, key: tuple) -> Future[xr.Dataset] | None:
+        """The read of block ``key`` if it is the one read ahead; any other is dropped."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending[1] if pending is not None and pending[0] == key else None
+
+    def start(self, key: tuple, read: Callable[[], xr.Dataset]) -> None:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="radps-read-ahead")
+            self._pending = (key, self._pool.submit(read))
+
+
+_read_ahead = _ReadAhead()
+
+
+def _read_block(block: Block, data_group: str) -> xr.Dataset:
     if block.data is not None:
         ds = block.data
     else:
@@ -227,15 +285,20 @@ def load_block(block: Block, data_group: str = "base") -> xr.Dataset:
         ds = open_partition(block.store, block.partition)
     names = _names(ds, data_group)
     keep = [v for v in names.values() if v in ds.data_vars]
-    with dask.config.set(scheduler="synchronous"):
-        try:
-            return ds[keep].isel(time=slice(block.start, block.stop)).load()
-        except Exception as exc:
-            where = block.store or ds.attrs.get("source_path", "in-memory data")
-            raise core_io.InputDataError(
-                f"{where}: cannot read partition {block.partition} "
-                f"(times {block.start}..{block.stop}): {exc}"
-            ) from exc
+    try:
+        # the scheduler passed, not set: dask's config is global, and a read runs beside
+        # other work (a read ahead, a Dask worker's other threads)
+        return (
+            ds[keep]
+            .isel(time=slice(block.start, block.stop))
+            .load(scheduler="threads", num_workers=READ_THREADS)
+        )
+    except Exception as exc:
+        where = block.store or ds.attrs.get("source_path", "in-memory data")
+        raise core_io.InputDataError(
+            f"{where}: cannot read partition {block.partition} "
+            f"(times {block.start}..{block.stop}): {exc}"
+        ) from exc
 
 
 @dataclass

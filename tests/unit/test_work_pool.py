@@ -50,3 +50,23 @@ def test_options_from_env():
     options = options_from_env({"RADPS_DATA_CLAIM": "d", "RADPS_FINISHED_JOB_TTL_SECONDS": "60"})
     assert options.data_claim == "d" and options.finished_job_ttl_seconds == 60
     assert options_from_env({}).data_claim is None
+
+
+def test_the_object_store_reaches_flow_pods_as_aws_env_with_the_keys_from_a_secret():
+    options = options_from_env(
+        {
+            "RADPS_OBJECT_STORE_ENDPOINT": "http://store.radps:8333",
+            "RADPS_OBJECT_STORE_REGION": "eu-west-3",
+            "RADPS_OBJECT_STORE_SECRET": "radps-objectstore",
+        }
+    )
+    container = _pod(base_job_template(options))["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["AWS_ENDPOINT_URL_S3"]["value"] == "http://store.radps:8333"
+    assert env["AWS_REGION"]["value"] == "eu-west-3"
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert "value" not in env[name]  # never a literal in the template
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "radps-objectstore", "key": name}
+    assert env["RADPS_OBJECT_STORE_SECRET"]["value"] == "radps-objectstore"  # for its Dask pods
+    plain = _pod(base_job_template(FlowPodOptions()))["containers"][0]["env"]
+    assert not [e for e in plain if e["name"].startswith("AWS_")]

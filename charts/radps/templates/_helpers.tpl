@@ -135,6 +135,7 @@ where `helm test` applies its PipelineRun, and NOTES.txt's examples */}}
 - {name: RADPS_AUTH_SECRET, value: {{ include "radps.authSecretName" . | quote }}}
 - {name: RADPS_AUTH_SECRET_KEY, value: {{ .Values.prefect.basicAuth.secretKey | quote }}}
 - {name: RADPS_FINISHED_JOB_TTL_SECONDS, value: {{ .Values.flowRuns.finishedJobTtlSeconds | quote }}}
+{{- include "radps.objectStoreWorkerEnv" . }}
 {{- if not (include "radps.clusterWide" .) }}
 {{- /* prefect-kubernetes' observer (marks a run Crashed when its pod fails) watches the whole
 cluster unless told otherwise, which namespaced RBAC forbids: it then retried 403s forever */}}
@@ -195,4 +196,78 @@ NetworkPolicy. */}}
 {{/* The ClusterRole a cluster-wide operator binds to the flow-run account per namespace */}}
 {{- define "radps.flowClusterRole" -}}
 {{ include "radps.fullname" . }}-flow-run
+{{- end -}}
+
+{{/* The object store for s3:// data (docs/object-storage.md): configured when the chart runs
+its own (objectStore.enabled) or names one (objectStore.endpoint). */}}
+{{- define "radps.objectStoreConfigured" -}}
+{{- if or .Values.objectStore.enabled .Values.objectStore.endpoint -}}true{{- end -}}
+{{- end -}}
+
+{{- define "radps.objectStoreName" -}}{{ include "radps.fullname" . }}-objectstore{{- end -}}
+
+{{- define "radps.objectStoreEndpoint" -}}
+{{- if .Values.objectStore.endpoint -}}{{ .Values.objectStore.endpoint }}
+{{- else if .Values.objectStore.enabled -}}http://{{ include "radps.objectStoreName" . }}.{{ .Release.Namespace }}.svc:{{ .Values.objectStore.server.port }}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the object store's key pair: objectStore.existingSecret, or the one
+the chart generates for its own server. */}}
+{{- define "radps.objectStoreSecretName" -}}
+{{- if include "radps.objectStoreConfigured" . -}}
+{{ .Values.objectStore.existingSecret | default (include "radps.objectStoreName" .) }}
+{{- end -}}
+{{- end -}}
+
+{{/* The generated key pair (base64), kept across upgrades (lookup), computed once per
+render: (list accessKeyB64 secretKeyB64), or empty strings when it cannot be read. */}}
+{{- define "radps.objectStoreKeysB64" -}}
+{{- $store := .Values.objectStore }}
+{{- if not (hasKey $store "_keys") }}
+{{- $keys := list "" "" }}
+{{- $found := lookup "v1" "Secret" .Release.Namespace (include "radps.objectStoreSecretName" .) }}
+{{- if and $found (hasKey ($found.data | default dict) $store.accessKeyIdKey) }}
+{{- $keys = list (index $found.data $store.accessKeyIdKey) (index $found.data $store.secretAccessKeyKey) }}
+{{- else if not $store.existingSecret }}
+{{- $keys = list (printf "radps-%s" (randAlphaNum 12 | lower) | b64enc) (randAlphaNum 40 | b64enc) }}
+{{- end }}
+{{- $_ := set $store "_keys" $keys }}
+{{- end }}
+{{- join " " $store._keys -}}
+{{- end -}}
+
+{{/* settings of the object store in the flow-pod template (radps_operator.work_pool) */}}
+{{- define "radps.objectStoreWorkerEnv" -}}
+{{- if include "radps.objectStoreConfigured" . }}
+- {name: RADPS_OBJECT_STORE_ENDPOINT, value: {{ include "radps.objectStoreEndpoint" . | quote }}}
+- {name: RADPS_OBJECT_STORE_REGION, value: {{ .Values.objectStore.region | quote }}}
+- {name: RADPS_OBJECT_STORE_SECRET, value: {{ include "radps.objectStoreSecretName" . | quote }}}
+- {name: RADPS_OBJECT_STORE_ACCESS_KEY_KEY, value: {{ .Values.objectStore.accessKeyIdKey | quote }}}
+- {name: RADPS_OBJECT_STORE_SECRET_KEY_KEY, value: {{ .Values.objectStore.secretAccessKeyKey | quote }}}
+{{- end }}
+{{- end -}}
+
+{{/* The port pods reach the object store on: the chart's server's, or the endpoint's own
+(its explicit port, else 443 for https and 80 for http). */}}
+{{- define "radps.objectStorePort" -}}
+{{- if .Values.objectStore.endpoint -}}
+{{- $url := urlParse .Values.objectStore.endpoint }}
+{{- $host := splitList ":" $url.host }}
+{{- if gt (len $host) 1 }}{{ last $host }}{{ else if eq $url.scheme "https" }}443{{ else }}80{{ end }}
+{{- else -}}{{ .Values.objectStore.server.port }}
+{{- end -}}
+{{- end -}}
+
+{{/* env entries that point a pod's S3 clients at the object store (AWS's own variables; the
+key pair from its Secret, never a literal) */}}
+{{- define "radps.objectStoreEnv" -}}
+{{- with include "radps.objectStoreEndpoint" . }}
+- {name: AWS_ENDPOINT_URL_S3, value: {{ . | quote }}}
+{{- end }}
+- {name: AWS_REGION, value: {{ .Values.objectStore.region | quote }}}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom: {secretKeyRef: {name: {{ include "radps.objectStoreSecretName" . }}, key: {{ .Values.objectStore.accessKeyIdKey }}}}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom: {secretKeyRef: {name: {{ include "radps.objectStoreSecretName" . }}, key: {{ .Values.objectStore.secretAccessKeyKey }}}}
 {{- end -}}

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from tests.conftest import VLA_TARBALL, shared_dir, unpack
-from tests.k8s import REPO, KubeCluster
+from tests.k8s import REPO, KubeCluster, hack_setting
+from tests.s3 import S3Server
 
 CONTROL_NAMESPACE = "radps-e2e"
 """The release's namespace: the control plane and its service accounts."""
@@ -122,6 +123,30 @@ def prefect_settings(cluster: KubeCluster) -> Iterator[None]:
         forward.wait(10)
 
 
+@contextmanager
+def object_store(cluster: KubeCluster) -> Iterator[S3Server]:
+    """The release's own object store, reached through a port-forward with its key pair (from
+    its Secret), for a test to put inputs there and read products back."""
+    keys = get(cluster, "secret", f"{RELEASE}-objectstore", namespace=CONTROL_NAMESPACE)["data"]
+    forward = subprocess.Popen(
+        [cluster.kubectl_path, "--kubeconfig", str(cluster.kubeconfig), "port-forward",
+         "-n", CONTROL_NAMESPACE, f"svc/{RELEASE}-objectstore", ":8333"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = forward.stdout.readline() if forward.stdout else ""
+        port = int(line.rsplit(":", 1)[1].split()[0])
+        yield S3Server(
+            endpoint=f"http://127.0.0.1:{port}",
+            access_key=base64.b64decode(keys["AWS_ACCESS_KEY_ID"]).decode(),
+            secret_key=base64.b64decode(keys["AWS_SECRET_ACCESS_KEY"]).decode(),
+            bucket="radps",
+        )
+    finally:
+        forward.terminate()
+        forward.wait(10)
+
+
 def why_not_completed(cluster: KubeCluster, name: str) -> str:
     """A failed run's status, and the log of each of its flow-run pods (a rescheduled run
     has one Job per attempt), so a CI failure says why without a second run."""
@@ -154,6 +179,14 @@ def install(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> I
         timeout=300,
     )
     assert image.returncode == 0, image.stderr[-4000:]
+    store_image = Path(hack_setting("IMAGES_DIR")) / (
+        f"seaweedfs-{hack_setting('SEAWEEDFS_IMAGE_VERSION')}.tar"
+    )
+    loaded = subprocess.run(
+        ["bash", str(REPO / "hack" / "images.sh"), "load", str(store_image)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert loaded.returncode == 0 and store_image.is_file(), loaded.stderr[-4000:]
     tarball = shared_dir() / "data" / VLA_TARBALL
     if not tarball.is_file():
         pytest.skip(f"VLA data not found: {tarball}")
@@ -190,6 +223,8 @@ def install(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> I
         "data.existingClaim=radps-data",
         "--set",
         "prefect.server.persistence.existingClaim=radps-prefect",
+        "--set",
+        "objectStore.enabled=true",
         "--wait",
         "--timeout",
         "10m",

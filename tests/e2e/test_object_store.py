@@ -64,6 +64,9 @@ def test_vla_mission_on_the_object_store_without_a_data_volume(
             keys = fs.find(store.url("").removeprefix("s3://").rstrip("/"))
             credential = store.secret_key
         (job,) = of_run(kube_cluster, "jobs", uid)
+        flow_log = kube_cluster.kubectl(
+            "logs", "-n", RUNS_NAMESPACE, f"job/{job['metadata']['name']}", check=False
+        ).stdout
         pod = job["spec"]["template"]["spec"]
         assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v], pod["volumes"]
         env = {e["name"]: e for e in pod["containers"][0]["env"]}
@@ -82,7 +85,8 @@ def test_vla_mission_on_the_object_store_without_a_data_volume(
     assert not [k for k in keys if "staging-" in k or "radps-claim" in k], keys
     assert not list((installed / "products").glob("vla-j1008-dirty*"))  # not on the volume
     run = get(kube_cluster, "prun", name)
-    assert credential not in yaml.safe_dump(run)  # nor in the PipelineRun's status
+    assert flow_log.strip()  # the flow-run pod's log was read, and holds no credential
+    assert credential not in flow_log and credential not in yaml.safe_dump(run)
 
 
 def _run(cluster: KubeCluster, source: str, products: str) -> tuple[str, dict, str]:

@@ -44,7 +44,8 @@ class Transaction:
         (or, for a new output on an object store, the output itself)."""
         return str(self.staged.path)
 
-    def sibling(self, name: str) -> Path:
+    def sibling(self, name: str) -> Path | str:
+        """Where to write a file that appears beside the output at commit (a path or URL)."""
         return self.staged.sibling(name)
 
     def commit(

@@ -23,7 +23,7 @@ venv: $(STAMP)
 # Everything the tests build or download on first use, before pytest: host packages, Kubernetes,
 # etcd, CoreDNS, helm, the local images and the radps image (see hack/deps.sh). Cold, about
 # 25 min on 2 cores; warm, seconds.
-deps:
+deps: venv
 	hack/deps.sh
 
 demo: venv

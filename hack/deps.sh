@@ -8,6 +8,8 @@
 #                      busybox images (hack/build.sh)
 #   the radps image    Debian base, wheels, docker build (hack/image.sh build)
 #   the S3 store       SeaweedFS, the tests' object store (hack/build.sh seaweedfs)
+#   CASA               casatools in a venv of its own (python -m tests.casa: ~1.3 GB, about a
+#                      minute), which reads back the CASA images the tests write
 # Without root there is no local node: only the control plane and helm are built, and the tests
 # that need a node skip with that reason. RADPS_SKIP_K8S=1 builds nothing for Kubernetes (the
 # S3 store is still built: its tests need no cluster).
@@ -20,6 +22,7 @@ main() {
   command -v go >/dev/null ||
     die "Go 1.26 is needed to build the local cluster and the S3 store (https://go.dev/dl/)"
   "${HACK_DIR}/build.sh" seaweedfs
+  "${REPO_ROOT}/.venv/bin/python" -m tests.casa >/dev/null
   if [[ "${RADPS_SKIP_K8S:-0}" == 1 ]]; then
     log "deps: RADPS_SKIP_K8S=1, nothing to build for Kubernetes"
     return 0

@@ -233,8 +233,9 @@ def scratch_dir() -> Path:
 
 @contextlib.contextmanager
 def local_file(location: str, suffix: str = "") -> Iterator[Path]:
-    """A local path to write a file that belongs at ``location``: the path itself, or a
-    scratch file uploaded to the store (as one object) when the block exits without error."""
+    """A local path to write a file (or a folder: a CASA image, for one) that belongs at
+    ``location``: the path itself, or a scratch path uploaded to the store (a file as one
+    object, a folder as one object per file under it) when the block exits without error."""
     if not is_url(location):
         Path(location).parent.mkdir(parents=True, exist_ok=True)
         yield Path(location)
@@ -243,7 +244,10 @@ def local_file(location: str, suffix: str = "") -> Iterator[Path]:
         path = Path(folder) / (name(location) or f"object{suffix}")
         yield path
         with translated(location, "upload it"):
-            filesystem().put_file(str(path), key_of(location))
+            if path.is_dir():
+                filesystem().put(f"{path}/", key_of(location), recursive=True)
+            else:
+                filesystem().put_file(str(path), key_of(location))
 
 
 @contextlib.contextmanager

@@ -13,14 +13,38 @@ Dask worker, whose pod need not hold the account.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from importlib import metadata
 from typing import Any
 
 from radps_flows import contract
 from radps_flows.contract import PIPELINERUN_GROUP, PIPELINERUN_PLURAL, PIPELINERUN_VERSION
 
 _local_run: dict[str, Any] | None = None
+
+#: Parameters that say where a product goes, not how it was made: left out of its HISTORY.
+_NOT_HISTORY = frozenset({"output", "overwrite"})
+
+
+def software_version() -> str:
+    """The installed radps version (``0.0.0`` in a source tree that was never installed)."""
+    try:
+        return metadata.version("radps")
+    except metadata.PackageNotFoundError:  # pragma: no cover - source checkout
+        return "0.0.0"
+
+
+def history(pipeline: str, parameters: Mapping[str, Any]) -> list[str]:
+    """The HISTORY of a product: the radps version and pipeline, then every parameter that
+    shaped it (the input, calibration, imaging and CLEAN settings; defaults included, so the
+    record does not depend on a later release's defaults) as ``name = value``."""
+    lines = [f"radps {software_version()} pipeline {pipeline}"]
+    for name in sorted(parameters):
+        if name not in _NOT_HISTORY:
+            lines.append(f"{name} = {json.dumps(parameters[name], default=str)}")
+    return lines
 
 
 def set_local_run(name: str, spec: Mapping[str, Any]) -> None:

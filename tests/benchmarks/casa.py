@@ -1,13 +1,7 @@
 """`python -m tests.benchmarks --only casa`: `radps run` against CASA's own tclean, on the
 measurement set of issue 18, timed side by side in one run.
 
-CASA comes from the package registry into its own venv, cached outside the repository
-(``$RADPS_CACHE/casa-<version>``, ~1.3 GB, built once in about a minute): casatools,
-casatasks, casaconfig, casadata and six. It runs offline: a site config
-(``casasiteconfig.py`` in that folder, through ``CASASITECONFIG``) points the measures data
-at casadata's copy and turns the automatic updates off; CASA's ``~/.casa`` is that folder's
-``home`` (its ``HOME``), so nothing is written to the user's home. The Python CASA runs
-under is this one's interpreter (casatools has wheels for CPython 3.10-3.12 only).
+CASA runs in its own venv (:mod:`tests.casa`).
 
 The set (``casa_side.simulate``, CASA's simulator, built once and cached beside the venv):
 VLA B, 27 antennas, 64 x 1 MHz channels from 1.400 GHz, RR RL LR LL, 60 s integrations over
@@ -34,7 +28,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,66 +35,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from tests.casa import CASA_VERSION, cache_dir, casa_environment
+
 from . import pipeline
 
-CASA_VERSION = "6.7.0.31"
-CASA_PACKAGES = (
-    f"casatools=={CASA_VERSION}",
-    f"casatasks=={CASA_VERSION}",
-    "casaconfig==1.5.2",
-    "casadata==2025.9.22",
-    "six",
-)
-SITE_CONFIG = """\
-# Written by radps's CASA benchmark: offline CASA, its data from the casadata package.
-import casadata
-
-measurespath = casadata.datapath
-datapath = [casadata.datapath]
-measures_auto_update = False
-data_auto_update = False
-nologfile = True
-nogui = True
-agg = True
-"""
 CASA_SIDE = Path(__file__).with_name("casa_side.py")
 IMSIZE, CELL_ARCSEC, NITER = 2048, 1.0, 1000
 KINDS = ("dirty", "clean")
 INNER = slice(IMSIZE // 4, 3 * IMSIZE // 4)
-
-
-def cache_dir() -> Path:
-    root = Path(os.environ.get("RADPS_CACHE") or Path.home() / ".cache" / "radps")
-    return root / f"casa-{CASA_VERSION}"
-
-
-def casa_environment() -> tuple[Path, dict[str, str]]:
-    """CASA's Python and the environment it runs offline in; the venv is built on first use
-    (into a temporary folder, renamed when complete, so an interrupted build is not reused)."""
-    folder = cache_dir()
-    python = folder / "venv" / "bin" / "python"
-    if not python.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        building = Path(tempfile.mkdtemp(prefix=".venv-", dir=folder))
-        try:
-            print(f"== building CASA {CASA_VERSION}'s venv in {folder} (once)", flush=True)
-            subprocess.run([sys._base_executable, "-m", "venv", str(building)], check=True)
-            subprocess.run(
-                [str(building / "bin" / "python"), "-m", "pip", "install", "-q", *CASA_PACKAGES],
-                check=True,
-            )
-            building.rename(folder / "venv")
-        finally:
-            shutil.rmtree(building, ignore_errors=True)
-    (folder / "casasiteconfig.py").write_text(SITE_CONFIG)
-    (folder / "home").mkdir(exist_ok=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(folder / "home"),
-        "CASASITECONFIG": str(folder / "casasiteconfig.py"),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1)),
-    }
-    return python, env
 
 
 def _casa(python: Path, env: dict[str, str], *args: str, cwd: Path) -> tuple[float, dict]:

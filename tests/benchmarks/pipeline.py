@@ -38,7 +38,7 @@ import yaml
 
 from radps_flows.allocator import keep_freed_memory
 from radps_flows.core import blocks as blk
-from radps_flows.core import products
+from radps_flows.core import image_dataset, previews, products
 from radps_flows.core.imaging import dirty_image_from_sums
 from radps_flows.core.io import open_processing_set
 
@@ -97,8 +97,10 @@ def kernels(path: Path, out: Path) -> dict:
     t1 = time.perf_counter()
     image = dirty_image_from_sums([ds], [total], cell_arcsec=arraycore.CELL_ARCSEC)
     products.write_fits(image, out / "image.fits")
-    products.write_png(image, out / "image.png", "bench")
-    products.write_zarr(image, out / "image.zarr")
+    previews.write_png(image, out / "image.png", "bench")
+    image_dataset.write(
+        image_dataset.image_dataset({"base": image}), str(out / "image.img.zarr"), "zarr"
+    )
     t2 = time.perf_counter()
     return {"blocks": t1 - t0, "products": t2 - t1, "total": t2 - t0}
 

@@ -8,7 +8,7 @@ import pytest
 from astropy.io import fits
 
 from radps_flows.core import blocks as blk
-from radps_flows.core import products
+from radps_flows.core import previews, products
 from radps_flows.core.cube import CubeSum, common_frequencies
 from radps_flows.core.io import open_processing_set
 from radps_flows.core.synth import PointSource, SynthesisSpec, synthesize_processing_set
@@ -67,7 +67,7 @@ def test_cube_channels_follow_the_spectrum(spectral_sky, tmp_path, monkeypatch):
     assert header["CRVAL3"] == pytest.approx(freq[0])
     assert header["CDELT3"] == pytest.approx(spec.channel_width_hz)
     np.testing.assert_allclose(data[0, :, IMSIZE // 2, IMSIZE // 2], centre, rtol=1e-6)
-    assert products.write_png(cube, tmp_path / "cube.png").stat().st_size > 0
+    assert previews.write_png(cube, tmp_path / "cube.png").stat().st_size > 0
 
 
 def test_a_channel_without_weight_is_nan_not_zero():

@@ -43,18 +43,30 @@ def casa() -> dict:
     return json.loads(path.read_text())
 
 
-def test_vla_calibrated_clean_example_matches_casa(
-    radps_server: RadpsServer, vla_ms: Path, tmp_path: Path, casa: dict
-):
+@pytest.fixture(scope="module")
+def vla_run(
+    radps_server: RadpsServer, vla_ms: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    """The VLA example, as `radps run` runs it, with every image format: its output folder
+    and `radps run`'s output."""
+    tmp_path = tmp_path_factory.mktemp("vla-run")
     document = yaml.safe_load(
         (REPO / "manifests" / "examples" / "vla-calibrated-clean.yaml").read_text()
     )
-    document["spec"]["parameters"].update(input=str(vla_ms), output=str(tmp_path / "vla"))
+    document["spec"]["parameters"].update(
+        input=str(vla_ms), output=str(tmp_path / "vla"), image_formats=["fits", "zarr", "casa"]
+    )
     path = tmp_path / "vla.yaml"
     path.write_text(yaml.safe_dump(document))
     code, output = radps_run(radps_server.env(), path)
     assert code == 0, output
-    out = tmp_path / "vla"
+    return tmp_path / "vla", output
+
+
+def test_vla_calibrated_clean_example_matches_casa(
+    radps_server: RadpsServer, vla_run: tuple[Path, str], vla_ms: Path, casa: dict
+):
+    out, output = vla_run
     ref = casa["calibrated_clean"]
     with fits.open(out / "restored.fits") as hdul:
         restored = hdul[0].data[0, 0]
@@ -83,14 +95,16 @@ def test_vla_calibrated_clean_example_matches_casa(
     assert any(row.get("antenna") == "2_E02" for row in rows)
     (outputs,) = [json.loads(a.data) for a in artifacts if a.description == "radps outputs"]
     assert [row["name"] for row in outputs] == [
-        *("image", "preview", "image-zarr", "restored", "residual", "model", "psf"),
-        *("restored-preview", "residual-preview", "images-zarr", "gains", "gains-plot"),
+        *("image", "preview", "restored", "restored-preview", "residual", "residual-preview"),
+        *("model", "psf", "images-zarr"),
+        *("restored-casa", "residual-casa", "model-casa", "psf-casa", "image-casa"),
+        *("gains", "gains-plot"),
     ]
     assert all(Path(row["uri"]).exists() for row in outputs), outputs
     previews = sorted(a.description for a in artifacts if a.type == "image")
     assert previews == sorted(
         [
-            *(f"{vla_ms.name}: {kind}" for kind in ("dirty image", "restored", "residual")),
+            *(f"{kind} image of {vla_ms.name}" for kind in ("dirty", "restored", "residual")),
             "gain solutions: amplitude and phase per antenna",
         ]
     ), previews
@@ -98,6 +112,107 @@ def test_vla_calibrated_clean_example_matches_casa(
         header, encoded = artifact.data.split(",", 1)
         with PIL.Image.open(io.BytesIO(base64.b64decode(encoded))) as thumbnail:
             assert thumbnail.format == "PNG" and max(thumbnail.size) == 320
+
+
+#: Each product's FITS name, its variable in images.img.zarr, and its CASA image.
+PRODUCTS = {
+    "image": ("SKY_DIRTY", "image.dirty"),
+    "restored": ("SKY", "image.image"),
+    "residual": ("SKY_RESIDUAL", "image.residual"),
+    "model": ("SKY_MODEL", "image.model"),
+    "psf": ("POINT_SPREAD_FUNCTION", "image.psf"),
+}
+
+CASA_READ_BACK = """
+import json, sys
+import casatools
+out = {}
+ia, qa = casatools.image(), casatools.quanta()
+for name in sys.argv[1:]:
+    ia.open(name)
+    pixels = ia.getchunk()  # [x, y, chan, stokes]
+    cs = ia.coordsys()
+    beam = ia.restoringbeam()
+    world = cs.toworld([10.0, 400.0, 0.0, 0.0], "n")["numeric"]  # rad, rad, Hz, stokes
+    out[name] = {
+        "shape": list(pixels.shape),
+        "pixels": pixels[:, :, 0, 0].T.ravel().tolist(),  # [y, x]
+        "world": [float(v) for v in world],
+        "unit": ia.brightnessunit(),
+        "beam": [
+            qa.convert(beam["major"], "arcsec")["value"],
+            qa.convert(beam["minor"], "arcsec")["value"],
+            qa.convert(beam["positionangle"], "deg")["value"],
+        ] if beam else None,
+        "object": ia.miscinfo().get("object") or ia.summary(list=False).get("object"),
+    }
+    ia.close()
+print(json.dumps(out))
+"""
+
+
+def test_every_image_product_reads_back_alike_in_astropy_xradio_and_casa(
+    vla_run: tuple[Path, str],
+):
+    """Each image, as FITS (astropy), in the xradio store (xradio, schema-checked) and as a
+    CASA image (xradio, reading the CASA images as one tclean set, and CASA's own image
+    tool): the same float32 pixels, the same sky at a pixel, the same beam; and HISTORY
+    records the run."""
+    from astropy.wcs import WCS
+    from xradio.image import open_image
+    from xradio.image.schema import check_image
+
+    from tests.casa import run_casa_python
+
+    out, _ = vla_run
+    store = open_image(str(out / "images.img.zarr"))
+    assert not check_image(store), repr(check_image(store))
+    casa_images = [str(out / casa_name) for _, casa_name in PRODUCTS.values()]
+    casa_set = open_image(casa_images)
+    script = out.parent / "read_back.py"
+    script.write_text(CASA_READ_BACK)
+    found = json.loads(
+        run_casa_python(
+            f"import sys; sys.argv = ['x', *{casa_images!r}]; exec(open({str(script)!r}).read())",
+            cwd=out.parent,
+        )
+        .strip()
+        .splitlines()[-1]
+    )
+    for name, (variable, casa_name) in PRODUCTS.items():
+        with fits.open(out / f"{name}.fits") as hdul:
+            header, data = hdul[0].header, hdul[0].data
+        assert data.dtype == np.dtype(">f4") and data.shape == (1, 1, 512, 512)
+        pixels = data[0, 0]  # [y, x]
+        zarr_pixels = store[variable].isel(time=0, frequency=0, polarization=0).values.T
+        assert store[variable].dtype == np.float32
+        np.testing.assert_array_equal(zarr_pixels, pixels, err_msg=name)
+        np.testing.assert_array_equal(
+            casa_set[variable].isel(time=0, frequency=0, polarization=0).values.T, pixels
+        )
+        tool = found[str(out / casa_name)]
+        np.testing.assert_array_equal(
+            np.asarray(tool["pixels"], dtype=np.float32).reshape(512, 512), pixels, err_msg=name
+        )
+        # the same sky at pixel (x 10, y 400): astropy on the FITS header, CASA's coordsys
+        sky = WCS(header).celestial.pixel_to_world(10, 400)
+        ra, dec = tool["world"][:2]
+        assert abs(np.degrees(ra) % 360 - sky.ra.deg) * 3600 < 1e-4, name
+        assert abs(np.degrees(dec) - sky.dec.deg) * 3600 < 1e-4, name
+        if name in ("image", "restored", "residual"):
+            bmaj, bmin, bpa = tool["beam"]
+            assert bmaj == pytest.approx(header["BMAJ"] * 3600, rel=1e-6), name
+            assert bmin == pytest.approx(header["BMIN"] * 3600, rel=1e-6), name
+            assert bpa == pytest.approx(header["BPA"], abs=1e-4), name
+            beam = store["BEAM_FIT_PARAMS_SKY"].values.ravel()
+            assert np.degrees(beam[0]) == pytest.approx(header["BMAJ"], rel=1e-6)
+            assert tool["unit"] == header["BUNIT"] == "Jy/beam"
+        if name == "model":
+            assert header["BUNIT"] == "Jy/pixel" and "BMAJ" not in header
+        assert header["OBJECT"] == "J1008+0730"
+        history = "\n".join(header["HISTORY"])
+        for line in ("radps ", "pipeline imaging", "niter = 1000", 'refant = "2"', "input = "):
+            assert line in history, (name, line)
 
 
 def test_synthetic_flagging_calibration_and_clean(radps_server: RadpsServer, tmp_path: Path):

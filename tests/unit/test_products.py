@@ -1,23 +1,14 @@
-"""FITS products carry what viewers and CASA need: the restoring beam among it; previews
-shrink to thumbnails for the Prefect UI."""
+"""FITS products carry what viewers and CASA need: the restoring beam, the observatory, a
+clean OBJECT, the run's HISTORY; and read back as calibration models."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-import PIL.Image
 import pytest
 import xarray as xr
 from astropy.io import fits
 
-from radps_flows.core.products import (
-    ModelImageError,
-    png_thumbnail,
-    read_model_image,
-    write_fits,
-    write_png,
-)
+from radps_flows.core.products import ModelImageError, read_model_image, write_fits
 
 
 def _image(**attrs: object) -> xr.DataArray:
@@ -49,56 +40,6 @@ def test_no_beam_keywords_without_a_beam(tmp_path):
     header = fits.getheader(write_fits(_image(bunit="Jy/pixel"), tmp_path / "b"))
     assert "BMAJ" not in header
     assert header["BUNIT"] == "Jy/pixel"
-
-
-def test_preview_thumbnail_keeps_the_aspect_and_fits_the_bound(tmp_path):
-    png = write_png(_image(), tmp_path / "preview.png", "t")
-    with PIL.Image.open(png) as full:
-        width, height = full.size
-    small = PIL.Image.open(io.BytesIO(png_thumbnail(png, max_pixels=200)))
-    assert small.format == "PNG" and max(small.size) == 200
-    assert small.size[0] / small.size[1] == pytest.approx(width / height, rel=0.02)
-
-
-def test_a_figure_waits_for_the_background_warm_up_and_it_starts_once(tmp_path, monkeypatch):
-    import threading
-    import time
-
-    from radps_flows.core import products
-
-    events: list[str] = []
-
-    def slow_warm_up_fake() -> None:  # stands in for the real first figure, made slow
-        time.sleep(0.3)
-        events.append("warmed")
-
-    monkeypatch.setattr(products, "_warm_up", None)
-    monkeypatch.setattr(products, "_draw_throwaway_figure", slow_warm_up_fake)
-    products.warm_up_plotting()
-    thread = products._warm_up
-    products.warm_up_plotting()
-    assert products._warm_up is thread and isinstance(thread, threading.Thread)
-    write_png(_image(), tmp_path / "p.png", "t")
-    events.append("drawn")
-    assert events == ["warmed", "drawn"]
-
-
-def test_a_warm_up_asked_for_at_gridding_waits_for_it(monkeypatch):
-    from radps_flows.core import products
-
-    drawn: list[str] = []
-    monkeypatch.setattr(products, "_warm_up", None)
-    monkeypatch.setattr(products, "_warm_up_at_gridding", False)
-    monkeypatch.setattr(products, "_draw_throwaway_figure", lambda: drawn.append("warm-up"))
-    products.gridding_starts()  # nobody asked: nothing starts
-    assert products._warm_up is None
-    products.warm_up_plotting(at_gridding=True)
-    assert products._warm_up is None  # not while blocks may be read
-    products.gridding_starts()
-    products._warm_up.join()
-    assert drawn == ["warm-up"]
-    products.gridding_starts()  # once per process
-    assert drawn == ["warm-up"]
 
 
 def test_a_written_clean_model_reads_back_as_the_calibration_model(tmp_path):
@@ -133,36 +74,60 @@ def test_a_truncated_model_image_is_a_clear_error(tmp_path):
         read_model_image(path)
 
 
-def test_a_large_preview_draws_bin_means_over_the_pixels_it_covers():
-    from radps_flows.core.products import binned_for_preview
+def test_the_header_carries_the_observatory_object_and_history_and_astropy_reads_it_quietly(
+    tmp_path,
+):
+    import warnings
 
-    data = np.arange(10 * 10, dtype=float).reshape(10, 10)
-    data[0, 0] = np.nan
-    shown, factor = binned_for_preview(data, pixels=4)
-    assert factor == 3 and shown.shape == (3, 3)  # the last row and column fill no bin
-    assert shown[1, 2] == data[3:6, 6:9].mean()
-    assert shown[0, 0] == np.nanmean(data[0:3, 0:3])  # NaN ignored
-    small = np.ones((4, 4))
-    assert binned_for_preview(small, pixels=4)[0] is small
+    from astropy.coordinates import EarthLocation
+    from astropy.wcs import WCS
+
+    vla = [-1601159.2, -5042003.9, 3554851.7]  # the VLA set's antenna centroid (ITRS, m)
+    image = _image(
+        object="J1008+0730",
+        telescope_position_m=vla,
+        date_obs="2010-04-26T03:21:56",
+        rest_frequency_hz=3.5e10,
+    )
+    path = write_fits(image, tmp_path / "h.fits", history=["radps 1.2.3 pipeline imaging"])
+    header = fits.getheader(path)
+    assert [header[f"OBSGEO-{a}"] for a in "XYZ"] == vla
+    site = EarthLocation.from_geocentric(*vla, unit="m")
+    assert header["OBSGEO-L"] == pytest.approx(site.lon.deg, abs=1e-6)
+    assert header["OBSGEO-B"] == pytest.approx(site.lat.deg, abs=1e-4)
+    assert header["OBSRA"] == pytest.approx(np.degrees(2.6))
+    assert header["OBJECT"] == "J1008+0730"
+    assert header["RESTFRQ"] == 3.5e10  # the line's, not the reference frequency
+    assert "radps 1.2.3 pipeline imaging" in str(header["HISTORY"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # obsfix, datfix: no "fixed" keyword
+        WCS(header)
 
 
-def test_a_binned_preview_spans_the_sky_of_the_pixels_it_shows(tmp_path, monkeypatch):
-    from radps_flows.core import products
+def test_names_of_an_xradio_conversion_lose_their_unique_suffix():
+    from radps_flows.core.imaging import object_name
 
-    drawn: dict = {}
-    original = products.new_figure
+    assert object_name("J1008+0730_0") == "J1008+0730"
+    assert object_name("NGC_1234_12") == "NGC_1234"  # one suffix: the field's id
+    assert object_name("_0") == "_0"
 
-    def recording_figure(figsize):
-        fig = original(figsize)
-        drawn["figure"] = fig
-        return fig
 
-    monkeypatch.setattr(products, "new_figure", recording_figure)
-    image = xr.DataArray(np.ones((1030, 1030)), dims=("y", "x"), attrs=_image().attrs)
-    write_png(image, tmp_path / "big.png", "t")
-    shown = drawn["figure"].axes[0].images[0]
-    assert shown.get_array().shape == (343, 343)  # bins of 3; pixel 1029 fills none
-    # 1" pixels, the reference pixel 515: the left edge (RA grows to the left) is pixel -0.5
-    # at +515.5", the right edge the last pixel shown, 1028, whose far edge is at -513.5".
-    left, right, bottom, top = shown.get_extent()
-    assert (left, right, bottom, top) == pytest.approx((515.5, -513.5, -515.5, 513.5))
+def test_a_cube_writes_a_beam_per_channel_as_casa_does(tmp_path):
+    cube = xr.DataArray(
+        np.zeros((3, 32, 32), dtype=np.float32),
+        dims=("frequency", "y", "x"),
+        coords={
+            "frequency": [1.0e9, 1.1e9, 1.2e9],
+            "beam_major_arcsec": ("frequency", [3.0, 2.8, np.nan]),
+            "beam_minor_arcsec": ("frequency", [2.0, 1.9, np.nan]),
+            "beam_pa_deg": ("frequency", [10.0, 11.0, np.nan]),
+        },
+        attrs=_image(channel_increment_hz=1e8).attrs,
+    )
+    with fits.open(write_fits(cube, tmp_path / "cube.fits")) as hdus:
+        assert hdus[0].header["CASAMBM"] is True
+        assert "BMAJ" not in hdus[0].header
+        beams = hdus["BEAMS"].data
+        np.testing.assert_allclose(beams["BMAJ"][:2], [3.0, 2.8], rtol=1e-6)
+        np.testing.assert_allclose(beams["BPA"][:2], [10.0, 11.0], rtol=1e-6)
+        assert list(beams["CHAN"]) == [0, 1, 2] and np.isnan(beams["BMAJ"][2])

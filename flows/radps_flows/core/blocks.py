@@ -34,7 +34,7 @@ from radps_flows import locations
 from radps_flows.core import calibration as cal
 from radps_flows.core import imaging as core_imaging
 from radps_flows.core import io as core_io
-from radps_flows.core import products, weighting
+from radps_flows.core import previews, weighting
 from radps_flows.core.cube import CubeSum, cube_sum_from_arrays
 from radps_flows.core.executors import Executor
 from radps_flows.core.flagging import mad_flags
@@ -398,7 +398,7 @@ class Grid:
 def _sum(
     v: StokesIVisibilities, vis: np.ndarray, grid: Grid, *, w_terms: bool = True
 ) -> core_imaging.DirtySum:
-    products.gridding_starts()
+    previews.gridding_starts()
     return core_imaging.dirty_sum_from_arrays(
         v.uvw,
         v.freq,
@@ -418,7 +418,17 @@ def dirty_block(block: Block, steps: Steps, grid: Grid) -> tuple[core_imaging.Di
     (partition, flag counts, gains)."""
     p = prepare_block(block, steps)
     part = _sum(p.vis, p.vis.vis, grid)
+    if part.nvis:
+        part.psf = fit_psf_block(p, grid).image
     return part, summary(p)
+
+
+def fit_psf_block(p: Prepared, grid: Grid) -> core_imaging.DirtySum:
+    """The block's partial PSF on the small grid a dirty image's beam is fitted to (see
+    :data:`radps_flows.core.imaging.PSF_FIT_PIXELS`)."""
+    small = replace(grid, imsize=min(grid.imsize, core_imaging.PSF_FIT_PIXELS))
+    ones = np.ones(p.vis.vis.shape, dtype=np.complex64)
+    return _sum(p.vis, ones, small, w_terms=False)
 
 
 def channel_groups(nchan: int, imsize: int, max_mb: float | None = None) -> list[tuple[int, int]]:
@@ -439,7 +449,7 @@ def cube_block(
     p = prepare_block(block, steps)
     v = p.vis
     a, b = channels
-    products.gridding_starts()
+    previews.gridding_starts()
     part = cube_sum_from_arrays(
         v.uvw,
         v.freq[a:b],
@@ -452,6 +462,20 @@ def cube_block(
         uvw_sign=v.uvw_sign,
         start=a,
     )
+    small = min(grid.imsize, core_imaging.PSF_FIT_PIXELS)
+    part.psf = cube_sum_from_arrays(
+        v.uvw,
+        v.freq[a:b],
+        np.ones(v.vis[:, a:b].shape, dtype=np.complex64),
+        v.weight[:, a:b],
+        imsize=small,
+        cell_rad=grid.cell_rad,
+        epsilon=grid.epsilon,
+        nthreads=grid.nthreads,
+        uvw_sign=v.uvw_sign,
+        start=a,
+        w_terms=False,
+    ).image
     return part, summary(p)
 
 

@@ -676,3 +676,20 @@ def apply_gains(
     groups[output_group] = base
     out.attrs = {**ds.attrs, "data_groups": groups}
     return out
+
+
+def circular_phase_rms_deg(gains: np.ndarray) -> float | None:
+    """The rms scatter (degrees) of the phases of ``gains`` about their circular mean: each
+    phase's difference from the mean direction, wrapped into (-180, 180], then the rms.
+
+    ``np.std(np.angle(g))`` is wrong for phases near ±180°: 179° and -179° are 2° apart, not
+    358°, and on the VLA set it gave 107° where the scatter is 8°. None for no gains."""
+    g = np.asarray(gains).ravel()
+    g = g[np.isfinite(g) & (g != 0)]
+    if not g.size:
+        return None
+    unit = g / np.abs(g)
+    mean = unit.mean()
+    centre = mean / abs(mean) if abs(mean) > 0 else 1.0
+    deviation = np.angle(unit * np.conj(centre))
+    return float(np.degrees(np.sqrt(np.mean(deviation**2))))

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 import xarray as xr
 
+from .beam import Beam, fit_beam
 from .conventions import MSV4_UVW_SIGN
-from .imaging import channel_width, dirty_sum_from_arrays, image_attrs
+from .imaging import add_psfs, channel_width, dirty_sum_from_arrays, image_attrs
 
 
 @dataclass
@@ -30,6 +31,9 @@ class CubeSum:
     weight_sum: np.ndarray
     nvis: np.ndarray
     start: int = 0
+    psf: np.ndarray | None = None
+    """Per-channel un-normalised PSFs on the beam-fit grid (see
+    :class:`~radps_flows.core.imaging.DirtySum`)."""
 
     @classmethod
     def empty(cls, nchan: int, imsize: int, start: int = 0) -> CubeSum:
@@ -48,7 +52,17 @@ class CubeSum:
             self.weight_sum + other.weight_sum,
             self.nvis + other.nvis,
             self.start,
+            add_psfs(self.psf, other.psf, int(self.nvis.sum()), int(other.nvis.sum())),
         )
+
+    def beams(self, cell_arcsec: float) -> list[Beam | None]:
+        """The beam fitted to each channel's PSF; None for a channel with no weight."""
+        if self.psf is None:
+            return [None] * len(self.weight_sum)
+        return [
+            fit_beam(psf / w, cell_arcsec) if w > 0 else None
+            for psf, w in zip(self.psf, self.weight_sum, strict=True)
+        ]
 
     def normalised(self, dtype: type = np.float32) -> np.ndarray:
         """Each channel divided by its weight sum; NaN where a channel has no weight."""
@@ -70,6 +84,7 @@ def cube_sum_from_arrays(
     nthreads: int = 1,
     uvw_sign: int = MSV4_UVW_SIGN,
     start: int = 0,
+    w_terms: bool = True,
 ) -> CubeSum:
     """Grid each channel of one block of Stokes I visibilities (arguments as
     :func:`~radps_flows.core.imaging.dirty_sum_from_arrays`; ``start`` is the index of the
@@ -87,6 +102,7 @@ def cube_sum_from_arrays(
             epsilon=epsilon,
             nthreads=nthreads,
             uvw_sign=uvw_sign,
+            w_terms=w_terms,
         )
         out.image[c] = part.image
         out.weight_sum[c] = part.weight_sum
@@ -117,9 +133,13 @@ def cube_image(
     *,
     cell_arcsec: float,
     epsilon: float = 1e-4,
+    beams: Sequence[Beam | None] | None = None,
 ) -> xr.DataArray:
     """The normalised cube ``(frequency, y, x)`` with the attributes of an MFS image
-    (:func:`~radps_flows.core.imaging.dirty_image_from_sums`) plus the channel axis."""
+    (:func:`~radps_flows.core.imaging.dirty_image_from_sums`) plus the channel axis, and
+    with ``beams`` (one per channel, None where it has no data) the per-channel restoring
+    beams as coordinates along it (``beam_major_arcsec``, ``beam_minor_arcsec``,
+    ``beam_pa_deg``; NaN where None), as CASA gives a cube a beam per plane."""
     freq = common_frequencies(datasets)
     if not np.any(weight_sum > 0):
         names = [ds.attrs.get("partition_name", "?") for ds in datasets]
@@ -144,10 +164,16 @@ def cube_image(
     attrs["channel_width_hz"] = width
     n = imsize // 2
     offsets = (np.arange(imsize) - n) * cell_rad
+    beam_coords = {}
+    if beams is not None and any(b is not None for b in beams):
+        for key, index in (("beam_major_arcsec", 0), ("beam_minor_arcsec", 1), ("beam_pa_deg", 2)):
+            values = [np.nan if b is None else astuple(b)[index] for b in beams]
+            beam_coords[key] = ("frequency", np.asarray(values, dtype=np.float64))
     return xr.DataArray(
         image,
         dims=("frequency", "y", "x"),
         coords={
+            **beam_coords,
             "frequency": ("frequency", freq, {"units": "Hz"}),
             "weight_sum": ("frequency", np.asarray(weight_sum, dtype=np.float64)),
             "l": ("x", -offsets, {"units": "rad", "long_name": "direction cosine towards east"}),

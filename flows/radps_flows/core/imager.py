@@ -29,7 +29,7 @@ import xarray as xr
 from radps_flows.core import blocks as blk
 from radps_flows.core import cube as core_cube
 from radps_flows.core import imaging as core_imaging
-from radps_flows.core.beam import fit_beam, restore
+from radps_flows.core.beam import Beam, fit_beam, restore
 from radps_flows.core.clean import (
     CleanSettings,
     box_mask,
@@ -125,6 +125,8 @@ def dirty_cube(
     cube = np.full((len(freq), imsize, imsize), np.nan, dtype=np.float32)
     weight_sum = np.zeros(len(freq))
     nvis = np.zeros(len(freq), dtype=np.int64)
+    beams: list[Beam | None] = [None] * len(freq)
+    cell_arcsec = math.degrees(grid.cell_rad) * 3600
     open_groups: dict[tuple[int, int], core_cube.CubeSum] = {}
     missing = dict.fromkeys(groups, len(blocks))
     summaries = []
@@ -140,9 +142,15 @@ def dirty_cube(
             a, b = group
             cube[a:b] = done.normalised()
             weight_sum[a:b], nvis[a:b] = done.weight_sum, done.nvis
-    cell_arcsec = math.degrees(grid.cell_rad) * 3600
+            beams[a:b] = done.beams(cell_arcsec)
     image = core_cube.cube_image(
-        datasets, cube, weight_sum, nvis, cell_arcsec=cell_arcsec, epsilon=grid.epsilon
+        datasets,
+        cube,
+        weight_sum,
+        nvis,
+        cell_arcsec=cell_arcsec,
+        epsilon=grid.epsilon,
+        beams=beams,
     )
     report = flag_report(summaries)
     log(

@@ -21,6 +21,7 @@ Several partitions combine by summing their un-normalised images and weight sums
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ import xarray as xr
 
 from radps_flows.parameter_rules import GRIDDER_MIN_PIXELS
 
+from .beam import fit_beam
 from .conventions import MSV4_UVW_SIGN, SINGLE_PRECISION_EPSILON, ducc0_flips
 from .io import data_variable_names
 
@@ -46,6 +48,11 @@ class DirtySum:
 
     ``image`` is ``sum_k w_k Re(V_k exp(+2 pi i (u l + v m + w (n-1))))`` on the ``[y, x]``
     grid; dividing by ``weight_sum`` gives the natural-weighted dirty image. Sums add.
+
+    ``psf``, where gridded, is the same samples' un-normalised PSF on a small grid of the same
+    cells around the phase centre (:data:`PSF_FIT_PIXELS`): what the restoring beam of a dirty
+    image is fitted to (:func:`dirty_image_from_sums`), since a Jy/beam image must say which
+    beam. A sum holds it only when every part does.
     """
 
     image: np.ndarray
@@ -53,6 +60,7 @@ class DirtySum:
     nvis: int = 0
     freq_low: float = math.inf
     freq_high: float = -math.inf
+    psf: np.ndarray | None = None
 
     @classmethod
     def empty(cls, imsize: int) -> DirtySum:
@@ -65,7 +73,30 @@ class DirtySum:
             nvis=self.nvis + other.nvis,
             freq_low=min(self.freq_low, other.freq_low),
             freq_high=max(self.freq_high, other.freq_high),
+            psf=add_psfs(self.psf, other.psf, self.nvis, other.nvis),
         )
+
+
+PSF_FIT_PIXELS = 256
+"""Width of the PSF gridded beside a dirty image for its beam fit. The fit uses the main lobe
+above 0.35 of the peak, so it needs the PSF only near the centre: 256 pixels hold main lobes
+up to ~100 pixels wide. On a small grid, in 2-D (a PSF with and without w-terms differ by
+2e-5 of the peak in the main lobe, see :func:`radps_flows.core.blocks.psf_block`), it costs a
+fraction of the image's own gridding."""
+
+
+def add_psfs(
+    a: np.ndarray | None, b: np.ndarray | None, a_nvis: int, b_nvis: int
+) -> np.ndarray | None:
+    """The sum of two parts' PSFs; a part with no samples counts as zero, and a part with
+    samples but no PSF makes the sum have none (its beam would be wrong)."""
+    if a is None and not a_nvis:
+        return b
+    if b is None and not b_nvis:
+        return a
+    if a is None or b is None:
+        return None
+    return a + b
 
 
 def check_geometry(imsize: int, cell_rad: float) -> None:
@@ -339,6 +370,8 @@ def dirty_image_from_sums(
         weighting=weighting,
         spectral_frames=spectral_frames,
     )
+    if total.psf is not None:
+        attrs.update(fit_beam(total.psf / total.weight_sum, cell_arcsec).attrs())
     n = imsize // 2
     offsets = (np.arange(imsize) - n) * cell_rad
     return xr.DataArray(
@@ -366,8 +399,21 @@ def _descriptive_attrs(datasets: Sequence[xr.Dataset], ref: dict[str, Any]) -> d
         out["observer"] = str(observer[0] if isinstance(observer, list | tuple) else observer)
     obj = first.get("source_name") or ref.get("field_name")
     if obj:
-        out["object"] = str(obj)
+        creator = first.get("creator") or {}
+        converted = isinstance(creator, dict) and creator.get("software_name") == "xradio"
+        out["object"] = object_name(str(obj)) if converted else str(obj)
+    for key in ("telescope_position_m", "rest_frequency_hz"):
+        if key in first:
+            out[key] = first[key]
     return out
+
+
+def object_name(name: str) -> str:
+    """The source's own name in a set xradio converted from an MSv2: the conversion makes
+    field and source names unique by appending ``_<id>`` (``J1008+0730_0``), which no
+    catalogue or CASA image carries. (Only there: a set written otherwise, such as
+    `synthesize`'s, keeps its names as they are, ``NGC_1234`` among them.)"""
+    return re.sub(r"_\d+$", "", name) or name
 
 
 def image_attrs(

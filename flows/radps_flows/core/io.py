@@ -14,6 +14,11 @@ imaging needs into the attributes of each returned dataset:
     has a single phase centre, else absent and ``phase_centers`` lists them per field.
 ``telescope_name``, ``source_name``, ``partition_name``, ``source_path``
     plain strings (FITS headers, titles, error messages).
+``telescope_position_m``
+    the centroid of the antennas (ITRS x, y, z in metres): an image's OBSGEO. CASA writes its
+    observatory table's position instead; for the VLA set the two are 32 m apart.
+``rest_frequency_hz``
+    the line rest frequency, where the field and source data give one (> 0).
 """
 
 from __future__ import annotations
@@ -431,9 +436,15 @@ def _with_metadata(node: xr.DataTree, name: str, source: str) -> xr.Dataset:
     if fs_name in node.children:
         attrs.update(_phase_centre(node[fs_name].to_dataset(), name, source))
     if "antenna_xds" in node.children:
-        tel = node["antenna_xds"].attrs.get("overall_telescope_name")
+        antennas = node["antenna_xds"]
+        tel = antennas.attrs.get("overall_telescope_name")
         if tel:
             attrs["telescope_name"] = str(tel)
+        position = antennas.to_dataset().get("ANTENNA_POSITION")
+        if position is not None and str(position.attrs.get("frame", "")).upper() == "ITRS":
+            centre = np.asarray(position.values, dtype=float).reshape(-1, 3).mean(axis=0)
+            if np.isfinite(centre).all():
+                attrs["telescope_position_m"] = [float(v) for v in centre]
     ds.attrs.update(attrs)
     return ds
 
@@ -460,6 +471,11 @@ def _phase_centre(fs: xr.Dataset, name: str, source: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "source_name" in fs.coords:
         out["source_name"] = str(np.asarray(fs["source_name"].values).ravel()[0])
+    rest = fs.get("LINE_REST_FREQUENCY")
+    if rest is not None and str(rest.attrs.get("units", "Hz")) == "Hz":
+        known = [float(v) for v in np.asarray(rest.values, dtype=float).ravel() if v > 0]
+        if known and np.allclose(known, known[0]):
+            out["rest_frequency_hz"] = known[0]
     if np.allclose(values, values[0], rtol=0, atol=1e-9):
         out["phase_center"] = {
             "ra": float(values[0, 0]),

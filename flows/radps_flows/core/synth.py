@@ -52,7 +52,6 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
@@ -62,6 +61,7 @@ import xarray as xr
 import zarr
 
 from radps_flows import locations
+from radps_flows.provenance import software_version
 
 from .conventions import MSV4_UVW_SIGN
 
@@ -635,13 +635,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat()
 
 
-def _software_version() -> str:
-    try:
-        return metadata.version("radps")
-    except metadata.PackageNotFoundError:  # pragma: no cover - source checkout
-        return "0.0.0"
-
-
 def _quantity(value: float, units: str) -> dict:
     return {"data": float(value), "dims": [], "attrs": {"units": units, "type": "quantity"}}
 
@@ -721,7 +714,7 @@ def _build_tree(spec: SynthesisSpec, plan: _Plan) -> xr.DataTree:
     now = _now()
     attrs = {
         "schema_version": MSV4_SCHEMA_VERSION,
-        "creator": {"software_name": "radps", "version": _software_version()},
+        "creator": {"software_name": "radps", "version": software_version()},
         "creation_date": now,
         "type": "visibility",
         "data_groups": {

@@ -26,6 +26,8 @@ from radps_flows.parameters.common import (
     Solint,
 )
 
+ImageFormat = Literal["fits", "zarr", "casa"]
+
 
 class ImagingParameters(PipelineParameters):
     """Image a MeasurementSet (Stokes I, MFS or a per-channel cube), optionally flagged,
@@ -39,8 +41,14 @@ class ImagingParameters(PipelineParameters):
 
     input: str = Field(description=f"{INPUT_SET} to image.")
     output: str = Field(
-        description="Folder for the products (image.fits/png/zarr; with clean restored, "
-        "residual, model, psf FITS and PNG, images.zarr; with calibrate gains.zarr, gains.png)."
+        description="Folder for the products: image.fits, image.png, image.img.zarr (an xradio "
+        "image); with clean restored, residual, model and psf FITS, PNG previews, and "
+        "images.img.zarr holding them all; with calibrate gains.zarr and gains.png."
+    )
+    image_formats: Annotated[list[ImageFormat], Field(min_length=1)] = Field(
+        ["fits", "zarr"],
+        description="Image products to write: fits, zarr (an xradio image store, "
+        "<name>.img.zarr) and casa (a CASA image per image, <name>.image).",
     )
     imsize: Annotated[int, Field(ge=GRIDDER_MIN_PIXELS, le=65536, multiple_of=2)] = Field(
         512, description="Image width and height in pixels."
@@ -155,6 +163,9 @@ class ImagingParameters(PipelineParameters):
             errors.append(
                 ParameterError("clean", "specmode cube makes dirty cubes only: set clean: false")
             )
+        formats = values.get("image_formats")
+        if isinstance(formats, list) and len(set(map(str, formats))) < len(formats):
+            errors.append(ParameterError("image_formats", "lists a format twice"))
         imsize = values.get("imsize")
         if type(imsize) is not int or imsize < GRIDDER_MIN_PIXELS or imsize % 2:
             return errors  # the schema says why

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +13,7 @@ from prefect.artifacts import create_table_artifact
 
 from radps_flows import locations, manifest
 from radps_flows.core import products
-from radps_flows.core.calibration import PointModel
+from radps_flows.core.calibration import PointModel, circular_phase_rms_deg
 from radps_flows.parameters.common import ModelSource
 
 
@@ -94,6 +93,7 @@ def gain_rows(tables: dict[str, xr.Dataset]) -> list[dict]:
         for a, ant in enumerate(ds["antenna_name"].values):
             for r, rec in enumerate(ds["receptor"].values):
                 g = gain[:, :, a, r][~flag[:, :, a, r]]
+                rms = circular_phase_rms_deg(g)
                 rows.append(
                     {
                         "partition": name,
@@ -104,9 +104,7 @@ def gain_rows(tables: dict[str, xr.Dataset]) -> list[dict]:
                         "median_amplitude": round(float(np.median(np.abs(g))), 5)
                         if g.size
                         else None,
-                        "phase_rms_deg": round(float(np.degrees(np.std(np.angle(g)))), 3)
-                        if g.size
-                        else None,
+                        "phase_rms_deg": None if rms is None else round(rms, 3),
                     }
                 )
     return rows
@@ -115,24 +113,3 @@ def gain_rows(tables: dict[str, xr.Dataset]) -> list[dict]:
 def publish_gain_table(tables: dict[str, xr.Dataset]) -> None:
     rows = gain_rows(tables)
     create_table_artifact(table=rows, key=None, description="radps gain solutions")
-
-
-def plot_gains(tables: dict[str, xr.Dataset], path: Path) -> Path:
-    """Amplitude and phase of every antenna's gain against time."""
-    fig = products.new_figure((8, 6))
-    amp_ax, ph_ax = fig.subplots(2, 1, sharex=True)
-    for name, ds in tables.items():
-        t = np.asarray(ds["time"].values, dtype=float)
-        t = t - t.min()
-        gain = np.where(ds["FLAG"].values, np.nan, ds["GAIN"].values)
-        for a, ant in enumerate(ds["antenna_name"].values):
-            for r, rec in enumerate(ds["receptor"].values):
-                g = gain[:, 0, a, r]
-                label = f"{ant} {rec}" if len(tables) == 1 else f"{name} {ant} {rec}"
-                amp_ax.plot(t, np.abs(g), ".-", lw=0.6, ms=2, label=label)
-                ph_ax.plot(t, np.degrees(np.angle(g)), ".-", lw=0.6, ms=2)
-    amp_ax.set_ylabel("|g|")
-    ph_ax.set_ylabel("phase (deg)")
-    ph_ax.set_xlabel("time since start (s)")
-    amp_ax.set_title("antenna gains (StEFCal)")
-    return products.save_png(fig, path)

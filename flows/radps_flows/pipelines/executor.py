@@ -15,7 +15,7 @@ from typing import Any
 from radps_flows.allocator import keep_freed_memory
 from radps_flows.cluster import KUBE_CLUSTER_START_TIMEOUT_SECONDS, RadpsDaskTaskRunner
 from radps_flows.core import io as core_io
-from radps_flows.core import products
+from radps_flows.core import previews
 from radps_flows.core.executors import DaskExecutor, SerialExecutor
 
 
@@ -46,7 +46,7 @@ def executor() -> Iterator[SerialExecutor | DaskExecutor]:
             expected_workers=getattr(runner, "expected_workers", 1),
             start_timeout_seconds=KUBE_CLUSTER_START_TIMEOUT_SECONDS,
         )
-        products.warm_up_plotting(at_gridding=ex.workers_in_this_process())
+        previews.warm_up_plotting(at_gridding=ex.workers_in_this_process())
         with client.as_current():  # for what looks up the default client (as_completed)
             yield ex
         return

@@ -17,10 +17,10 @@ from typing import Any
 import xarray as xr
 from prefect import flow
 
-from radps_flows import locations
+from radps_flows import locations, provenance
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import blocks as blk
-from radps_flows.core import imager, products
+from radps_flows.core import image_dataset, imager, previews, products
 from radps_flows.core.clean import CleanSettings
 from radps_flows.core.executors import Executor
 from radps_flows.parameters.base import flow_parameters
@@ -118,53 +118,101 @@ def clean_image(
 
 
 @stage("write-products")
-def write_products(image: xr.DataArray, output: str, title: str) -> list[Output]:
-    return _image_products(image, output, title)
+def write_products(
+    image: xr.DataArray, output: str, source: str, formats: list[str], history: list[str]
+) -> list[Output]:
+    """The dirty image (or cube) of ``source`` (the input's name): FITS, a PNG preview, and as
+    ``formats`` asks an xradio image store (``image.img.zarr``) and a CASA image
+    (``image.image``)."""
+    kind = "dirty cube" if "frequency" in image.dims else "dirty image"
+    out = _fits_and_preview("image", "preview", image, output, (kind, source), formats, history)
+    xds = image_dataset.image_dataset({image_dataset.BASE: image}, history=history)
+    return out + _xradio_products(xds, output, "image", {"image": ("SKY", "image")}, formats)
 
 
-def _image_products(image: xr.DataArray, folder: str, title: str) -> list[Output]:
-    """The dirty image (or cube) as FITS, PNG preview and zarr, in ``folder`` (a path or
-    URL)."""
-    zarr_store = products.write_zarr(image, locations.join(folder, "image.zarr"))
-    return [
-        file_output("image", _fits(image, locations.join(folder, "image.fits")), "fits"),
-        file_output("preview", _preview(image, locations.join(folder, "image.png"), title), "png"),
-        file_output("image-zarr", zarr_store, "zarr"),
-    ]
+def _fits_and_preview(
+    name: str,
+    preview: str | None,
+    image: xr.DataArray,
+    folder: str,
+    described: tuple[str, str],
+    formats: list[str],
+    history: list[str],
+) -> list[Output]:
+    """``name``.fits (as ``formats`` asks) and, named ``preview``, ``name``.png; ``described``
+    is (what the image is, the input's name)."""
+    out = []
+    if "fits" in formats:
+        location = locations.join(folder, f"{name}.fits")
+        with locations.local_file(location) as path:
+            products.write_fits(image, path, history)
+        out.append(file_output(name, location, "fits"))
+    if preview:
+        kind, source = described
+        location = locations.join(folder, f"{name}.png")
+        with locations.local_file(location) as path:
+            previews.write_png(image, path, kind)
+            publish_preview(path, f"{kind} of {source}")
+        out.append(file_output(preview, location, "png"))
+    return out
 
 
-def _fits(image: xr.DataArray, location: str) -> str:
-    with locations.local_file(location) as path:
-        products.write_fits(image, path)
-    return location
+def _xradio_products(
+    xds: xr.Dataset,
+    folder: str,
+    store: str,
+    casa: dict[str, tuple[str, str]],
+    formats: list[str],
+) -> list[Output]:
+    """The xradio image store ``<store>.img.zarr`` of ``xds``, and ``casa`` (product name ->
+    variable, suffix) as CASA images named as tclean names its own, ``image.<suffix>``
+    (xradio tells their roles by those names, so ``open_image`` of the list reads them back
+    as one dataset), as ``formats`` asks."""
+    out = []
+    if "zarr" in formats:
+        location = locations.join(folder, f"{store}.img.zarr")
+        image_dataset.write(xds, location, "zarr")
+        out.append(file_output(f"{store}-zarr", location, "zarr"))
+    if "casa" in formats:
+        for name, (variable, suffix) in casa.items():
+            location = locations.join(folder, f"image.{suffix}")
+            image_dataset.write(image_dataset.single_image(xds, variable), location, "casa")
+            out.append(file_output(f"{name}-casa", location, "casa"))
+    return out
 
 
-CLEAN_FITS = ("restored", "residual", "model", "psf")
+CLEAN_PRODUCTS = {"restored": "base", "residual": "residual", "model": "model"}
+"""CLEAN's images by product name, and their data groups in the image dataset (see
+:mod:`radps_flows.core.image_dataset`); the dirty image's products are named ``image``, as
+without CLEAN."""
 CLEAN_PREVIEWS = ("restored", "residual")
 
 
 @stage("write-clean-products")
-def write_clean_products(images: xr.Dataset, output: str, title: str) -> list[Output]:
-    """CLEAN's images and the dirty image's (as :func:`write_products` writes those), in one
-    task: FITS, PNG previews, and one zarr store of them all. (Drawing the previews on a
+def write_clean_products(
+    images: xr.Dataset, output: str, source: str, formats: list[str], history: list[str]
+) -> list[Output]:
+    """CLEAN's images and the dirty image, in one task: FITS and PNG previews, one xradio
+    image store of them all (``images.img.zarr``), CASA images. (Drawing the previews on a
     thread beside the file writes gained nothing measurable: matplotlib holds the GIL.)"""
-    out = _image_products(images["dirty"], output, f"{title}: dirty image")
-    for name in CLEAN_FITS:
-        fits_path = _fits(images[name], locations.join(output, f"{name}.fits"))
-        out.append(file_output(name, fits_path, "fits"))
-    for name in CLEAN_PREVIEWS:
-        png = _preview(images[name], locations.join(output, f"{name}.png"), f"{title}: {name}")
-        out.append(file_output(f"{name}-preview", png, "png"))
-    path = products.write_zarr_images(images, locations.join(output, "images.zarr"))
-    out.append(file_output("images-zarr", path, "zarr"))
-    return out
-
-
-def _preview(image: xr.DataArray, location: str, title: str) -> str:
-    with locations.local_file(location) as path:
-        products.write_png(image, path, title)
-        publish_preview(path, title)
-    return location
+    out = _fits_and_preview(
+        "image", "preview", images["dirty"], output, ("dirty image", source), formats, history
+    )
+    for name in (*CLEAN_PRODUCTS, "psf"):
+        preview = f"{name}-preview" if name in CLEAN_PREVIEWS else None
+        described = (f"{name} image", source)
+        out += _fits_and_preview(name, preview, images[name], output, described, formats, history)
+    sky = {group: images[name] for name, group in CLEAN_PRODUCTS.items()}
+    sky["dirty"] = images["dirty"]
+    xds = image_dataset.image_dataset(sky, images["psf"], history=history)
+    casa = {
+        "restored": ("SKY", "image"),
+        "residual": ("SKY_RESIDUAL", "residual"),
+        "model": ("SKY_MODEL", "model"),
+        "psf": (image_dataset.PSF, "psf"),
+        "image": ("SKY_DIRTY", "dirty"),
+    }
+    return out + _xradio_products(xds, output, "images", casa, formats)
 
 
 @flow(name="imaging", task_runner=task_runner_from_env(), log_prints=True)
@@ -178,17 +226,17 @@ def imaging(**arguments: Any) -> list[dict[str, str]]:
         folder = transaction.folder
         n_stages = 4 if p.clean or p.calibrate else 3
         store, datasets = stages.open_input(p.input, folder, n_stages)
-        title = locations.name(p.input)
+        source = locations.name(p.input)
+        history = provenance.history("imaging", params)
         if p.clean:
             images, gains = clean_image(store, datasets, p.imsize, p.cell_arcsec, params)
             report_progress(2, n_stages)
-            outputs = write_clean_products(images, folder, title)
+            outputs = write_clean_products(images, folder, source, p.image_formats, history)
         else:
             make = dirty_cube if p.specmode == "cube" else dirty_image
             image, gains = make(store, datasets, p.imsize, p.cell_arcsec, params)
             report_progress(2, n_stages)
-            kind = "cube" if p.specmode == "cube" else "image"
-            outputs = write_products(image, folder, f"{title}: dirty {kind}")
+            outputs = write_products(image, folder, source, p.image_formats, history)
         if p.calibrate or p.clean:
             report_progress(3, n_stages)
         if gains:

@@ -12,7 +12,7 @@ from prefect.artifacts import create_image_artifact, create_table_artifact
 
 from radps_flows import locations
 from radps_flows.contract import OUTPUTS_ARTIFACT_DESCRIPTION
-from radps_flows.core.products import png_thumbnail
+from radps_flows.core.previews import png_thumbnail
 
 
 @dataclass(frozen=True)

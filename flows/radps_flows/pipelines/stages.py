@@ -11,12 +11,12 @@ from radps_flows import locations, manifest
 from radps_flows.core import blocks as blk
 from radps_flows.core import imaging as core_imaging
 from radps_flows.core import io as core_io
+from radps_flows.core.previews import plot_gains
 from radps_flows.pipelines import msv4
 from radps_flows.pipelines.common import (
     ModelSource,
     image_model,
     merge_gains,
-    plot_gains,
     point_models,
     publish_gain_table,
     write_gains,

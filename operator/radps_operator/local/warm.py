@@ -137,14 +137,14 @@ def warm_up() -> None:
     import prefect.flow_engine  # noqa: F401
 
     from radps_flows.catalog import pipelines
-    from radps_flows.core import products
+    from radps_flows.core import previews
 
     for pipeline in pipelines().values():
         pipeline.load_flow()
     import radps_flows.core.minor_cycle  # CLEAN's compiled loop (about 4 s)
     import radps_flows.preload  # noqa: F401 - xradio's reader (2-3 s), which an MSv2 input needs
 
-    products.warm_up_plotting(wait=True)  # a process's first figure costs 0.3-1 s
+    previews.warm_up_plotting(wait=True)  # a process's first figure costs 0.3-1 s
     # What is imported now lives as long as the server: out of the garbage collector's sight,
     # a fork's full collections (xradio's conversion runs one; Python's own run as a run
     # allocates) scan only the run's objects, not the ~0.5 GB of imports, and do not touch,

@@ -30,6 +30,9 @@ IMAGE_ENV = "RADPS_IMAGE"
 OUTPUTS_ARTIFACT_DESCRIPTION = "radps outputs"
 """The table artifact listing a flow run's products; the operator copies its rows into
 `.status.outputs`."""
+SUMMARY_ARTIFACT_DESCRIPTION = "radps science summary"
+"""The table artifact of an imaging run's science summary (peak, rms, beam, flags, CLEAN);
+`radps run` prints it at the end."""
 
 DASK_ENV_PREFIX = "RADPS_DASK_"
 DASK_WORKER_RESOURCES_ENV = f"{DASK_ENV_PREFIX}WORKER_RESOURCES"

@@ -112,6 +112,49 @@ def test_vla_calibrated_clean_example_matches_casa(
         header, encoded = artifact.data.split(",", 1)
         with PIL.Image.open(io.BytesIO(base64.b64decode(encoded))) as thumbnail:
             assert thumbnail.format == "PNG" and max(thumbnail.size) == 320
+    # Every artifact is keyed, <run>-<what>, so the UI's Artifacts page lists it.
+    run = "vla-j1008-calibrated-clean"
+    assert sorted(a.key for a in artifacts) == sorted(
+        f"{run}-{what}"
+        for what in (
+            *("preview", "restored-preview", "residual-preview", "gains-plot"),
+            *("gains", "summary", "outputs"),
+        )
+    )
+    (summary,) = [json.loads(a.data) for a in artifacts if a.key == f"{run}-summary"]
+    values = {row["quantity"]: row["value"] for row in summary}
+    assert float(values["peak_jy_per_beam"]) == pytest.approx(ref["peak"], rel=0.005)
+    assert values["peak_pixel_xy"] == "[256, 256]" and values["object"] == "J1008+0730"
+    assert values["peak_ra"].startswith("10:08:00.0") and values["peak_dec"].startswith("+07:30:1")
+    assert float(values["rms_jy_per_beam"]) == pytest.approx(
+        float(np.sqrt(np.mean(residual**2))), rel=1e-3
+    )
+    assert values["beam"].startswith(f'{header_beam(out)[0]:.3f}" x')
+    assert 0 < int(values["clean_components"]) <= 1000 and float(values["model_flux_jy"]) > 0.5
+    # `radps run` prints the same summary; the run's log has the dashboard, the calibration
+    assert "science summary" in output and values["peak_ra"] in output
+    messages = [log.message for log in run_logs(radps_server, flow_run_id) if log.level == 20]
+    assert any(m.startswith("Dask dashboard: http://127.0.0.1:") for m in messages), messages
+    assert any(m.startswith("calibration: 540 solutions for 18 antennas") for m in messages)
+
+
+def header_beam(out: Path) -> tuple[float, float]:
+    header = fits.getheader(out / "restored.fits")
+    return header["BMAJ"] * 3600, header["BMIN"] * 3600
+
+
+def run_logs(server: RadpsServer, flow_run_id: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings({PREFECT_API_URL: server.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        return client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
 
 
 #: Each product's FITS name, its variable in images.img.zarr, and its CASA image.

@@ -131,3 +131,30 @@ def test_a_cube_writes_a_beam_per_channel_as_casa_does(tmp_path):
         np.testing.assert_allclose(beams["BMAJ"][:2], [3.0, 2.8], rtol=1e-6)
         np.testing.assert_allclose(beams["BPA"][:2], [10.0, 11.0], rtol=1e-6)
         assert list(beams["CHAN"]) == [0, 1, 2] and np.isnan(beams["BMAJ"][2])
+
+
+def test_the_science_summary_finds_the_peak_on_the_sky_and_the_noise_around_it():
+    from astropy.wcs import WCS
+
+    from radps_flows.core.products import fits_header
+    from radps_flows.core.summary import image_summary
+
+    rng = np.random.default_rng(7)
+    noise = rng.normal(0, 0.01, (256, 256))
+    attrs = _image(
+        object="J1008+0730", beam_major_arcsec=2.7, beam_minor_arcsec=1.9, beam_pa_deg=16.4
+    ).attrs
+    image = xr.DataArray(noise, dims=("y", "x"), attrs=attrs)
+    image[40, 200] = 2.5  # y 40, x 200
+    summary = image_summary(image)
+    assert summary["peak_jy_per_beam"] == 2.5 and summary["peak_pixel_xy"] == [200, 40]
+    sky = WCS(fits_header(image)).celestial.pixel_to_world(200, 40)
+    assert summary["peak_ra"] == sky.ra.to_string(unit="hourangle", sep=":", precision=3, pad=True)
+    assert summary["rms_jy_per_beam"] == pytest.approx(0.01, rel=0.03)  # the source ignored
+    assert summary["beam"] == '2.700" x 1.900" at 16.4 deg'
+    model = xr.zeros_like(image)
+    model[40, 200], model[10, 10] = 2.0, 0.25
+    residual = xr.full_like(image, 0.02)
+    clean = image_summary(image, residual=residual, model=model)
+    assert clean["rms_jy_per_beam"] == pytest.approx(0.02) and clean["model_flux_jy"] == 2.25
+    assert clean["dynamic_range"] == pytest.approx(125.0)

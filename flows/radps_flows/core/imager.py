@@ -83,7 +83,8 @@ def dirty_image(
 ) -> tuple[xr.DataArray, list[xr.Dataset]]:
     """One pass over the blocks (read, flag, calibrate, grid), partial images summed: the
     Stokes I MFS dirty image (attributes of
-    :func:`radps_flows.core.imaging.dirty_image_from_sums`, plus ``flagged_fraction``) and the
+    :func:`radps_flows.core.imaging.dirty_image_from_sums`, plus ``flagged_fraction`` and
+    ``flag_report``, :func:`flag_report`'s counts) and the
     gain solutions of each block."""
     core_imaging.common_phase_center(datasets)
     cell_arcsec = math.degrees(grid.cell_rad) * 3600
@@ -102,6 +103,7 @@ def dirty_image(
         f"flagged {report['flagged_fraction']:.2%} of {report['samples']:,} visibilities"
     )
     image.attrs["flagged_fraction"] = report["flagged_fraction"]
+    image.attrs["flag_report"] = report
     return image, _gains(summaries)
 
 
@@ -159,6 +161,7 @@ def dirty_cube(
         f"{report['samples']:,} visibilities"
     )
     image.attrs["flagged_fraction"] = report["flagged_fraction"]
+    image.attrs["flag_report"] = report
     return image, _gains(summaries)
 
 
@@ -387,6 +390,7 @@ def clean_image(
         "dirty_rms": rms,
         "deconvolver": "hogbom",
         "flagged_fraction": report["flagged_fraction"],
+        "flag_report": report,
     }
 
     def da(values: np.ndarray, name: str, bunit: str) -> xr.DataArray:

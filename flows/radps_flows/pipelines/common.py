@@ -111,5 +111,32 @@ def gain_rows(tables: dict[str, xr.Dataset]) -> list[dict]:
 
 
 def publish_gain_table(tables: dict[str, xr.Dataset]) -> None:
+    from radps_flows.pipelines.outputs import artifact_key
+
     rows = gain_rows(tables)
-    create_table_artifact(table=rows, key=None, description="radps gain solutions")
+    create_table_artifact(table=rows, key=artifact_key("gains"), description="radps gain solutions")
+
+
+def gain_summary(tables: dict[str, xr.Dataset]) -> str:
+    """One line on the solutions: how many, how many flagged, the reference antenna, the
+    median amplitude and the spread of the antennas' phase scatter."""
+    rows = gain_rows(tables)
+    solutions = sum(r["solutions"] for r in rows)
+    flagged = sum(r["solutions"] * r["flagged_pct"] / 100 for r in rows)
+    amplitudes = [r["median_amplitude"] for r in rows if r["median_amplitude"] is not None]
+    scatter = [r["phase_rms_deg"] for r in rows if r["phase_rms_deg"] is not None]
+    antennas = {(r["partition"], r["antenna"]) for r in rows}
+    refants = sorted({str(ds.attrs.get("refant")) for ds in tables.values()})
+    line = (
+        f"{solutions:,} solutions for {len(antennas)} antennas in {len(tables)} partition(s), "
+        f"{100 * flagged / max(solutions, 1):.1f}% flagged, reference antenna "
+        f"{', '.join(refants)}"
+    )
+    if amplitudes:
+        line += f"; median |g| {float(np.median(amplitudes)):.4g}"
+    if scatter:
+        line += (
+            f"; phase rms per antenna and receptor {min(scatter):.1f}-{max(scatter):.1f} deg "
+            f"(median {float(np.median(scatter)):.1f})"
+        )
+    return line

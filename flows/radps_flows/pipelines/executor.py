@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from radps_flows.allocator import keep_freed_memory
 from radps_flows.cluster import KUBE_CLUSTER_START_TIMEOUT_SECONDS, RadpsDaskTaskRunner
@@ -47,11 +48,31 @@ def executor() -> Iterator[SerialExecutor | DaskExecutor]:
             start_timeout_seconds=KUBE_CLUSTER_START_TIMEOUT_SECONDS,
         )
         previews.warm_up_plotting(at_gridding=ex.workers_in_this_process())
+        _log_dashboard(client)
         with client.as_current():  # for what looks up the default client (as_completed)
             yield ex
         return
     with worker_client() as client:
         yield DaskExecutor(client, start_timeout_seconds=KUBE_CLUSTER_START_TIMEOUT_SECONDS)
+
+
+_dashboards_logged: set[str] = set()
+
+
+def _log_dashboard(client: Any) -> None:
+    """The Dask dashboard's link, at INFO in the run's log, once per cluster: where to watch
+    the blocks' tasks, memory and workers (on Kubernetes, the scheduler Service's address in
+    the cluster: `kubectl port-forward` reaches it)."""
+    from prefect import get_run_logger
+
+    link = getattr(client, "dashboard_link", None)
+    if link and str(getattr(client.scheduler, "address", "")).startswith("inproc://"):
+        # a local run's in-process cluster: its dashboard listens on loopback
+        # (cluster.local_task_runner), while the link names the machine's address
+        link = urlsplit(link)._replace(netloc=f"127.0.0.1:{urlsplit(link).port}").geturl()
+    if link and link not in _dashboards_logged:
+        _dashboards_logged.add(link)
+        get_run_logger().info("Dask dashboard: %s", link)
 
 
 def _flow_task_runner() -> Any:

@@ -23,7 +23,7 @@ from radps_flows.parameters.base import flow_parameters
 from radps_flows.parameters.flagging import FlaggingParameters
 from radps_flows.pipelines import msv4, stages
 from radps_flows.pipelines.executor import executor
-from radps_flows.pipelines.outputs import Output, file_output, publish_outputs
+from radps_flows.pipelines.outputs import Output, artifact_key, file_output, publish_outputs
 from radps_flows.pipelines.stage import stage
 from radps_flows.pipelines.transaction import transactional_output
 from radps_flows.progress import report_progress
@@ -56,7 +56,9 @@ def flag(
             f"{row['partition']}: flagged {row['flagged_before_pct']}% -> "
             f"{row['flagged_after_pct']}% of {row['visibilities']:,} visibilities"
         )
-    create_table_artifact(table=rows, description="radps flagging summary")
+    create_table_artifact(
+        table=rows, key=artifact_key("flagging"), description="radps flagging summary"
+    )
     return [file_output("flagged", dest, "msv4")]
 
 

@@ -23,6 +23,7 @@ from radps_flows.core import blocks as blk
 from radps_flows.core import image_dataset, imager, previews, products
 from radps_flows.core.clean import CleanSettings
 from radps_flows.core.executors import Executor
+from radps_flows.core.summary import image_summary
 from radps_flows.parameters.base import flow_parameters
 from radps_flows.parameters.imaging import ImagingParameters
 from radps_flows.pipelines import stages
@@ -32,6 +33,7 @@ from radps_flows.pipelines.outputs import (
     file_output,
     publish_outputs,
     publish_preview,
+    publish_summary,
 )
 from radps_flows.pipelines.stage import stage
 from radps_flows.pipelines.transaction import transactional_output
@@ -152,7 +154,7 @@ def _fits_and_preview(
         location = locations.join(folder, f"{name}.png")
         with locations.local_file(location) as path:
             previews.write_png(image, path, kind)
-            publish_preview(path, f"{kind} of {source}")
+            publish_preview(path, f"{kind} of {source}", preview)
         out.append(file_output(preview, location, "png"))
     return out
 
@@ -239,8 +241,16 @@ def imaging(**arguments: Any) -> list[dict[str, str]]:
             outputs = write_products(image, folder, source, p.image_formats, history)
         if p.calibrate or p.clean:
             report_progress(3, n_stages)
+        main = images["restored"] if p.clean else image
+        if p.flag:
+            stages.report_flags(main.attrs["flag_report"])
         if gains:
             outputs += stages.write_gain_products(gains, folder)
         outputs = transaction.commit(outputs)
     report_progress(n_stages, n_stages)
+    if p.clean:
+        summary = image_summary(main, residual=images["residual"], model=images["model"])
+    else:
+        summary = image_summary(main)
+    publish_summary(summary)
     return publish_outputs(outputs)

@@ -15,6 +15,7 @@ from radps_flows.core.previews import plot_gains
 from radps_flows.pipelines import msv4
 from radps_flows.pipelines.common import (
     ModelSource,
+    gain_summary,
     image_model,
     merge_gains,
     point_models,
@@ -82,17 +83,39 @@ def calibration_steps(
     )
 
 
-@stage("write-gains")
+@stage("calibration")
 def write_gain_products(
     gains: list[xr.Dataset] | dict[str, xr.Dataset], folder: str
 ) -> list[Output]:
     """The gain solutions (of each block, or already merged per partition): gains.zarr,
-    gains.png and a table artifact."""
+    gains.png, a table artifact, and a summary in the run's log. (In `imaging` the gains are
+    solved and applied block by block within the imaging pass, which reads the data once;
+    this task is where the run records them.)"""
+    from prefect import get_run_logger
+
     tables = gains if isinstance(gains, dict) else merge_gains(gains)
+    get_run_logger().info("calibration: %s", gain_summary(tables))
     zarr_path = write_gains(tables, locations.join(folder, "gains.zarr"))
     png = locations.join(folder, "gains.png")
     with locations.local_file(png) as local:
         plot_gains(tables, local)
         publish_gain_table(tables)
-        publish_preview(local, "gain solutions: amplitude and phase per antenna")
+        publish_preview(local, "gain solutions: amplitude and phase per antenna", "gains-plot")
     return [file_output("gains", zarr_path, "zarr"), file_output("gains-plot", png, "png")]
+
+
+@stage("flagging")
+def report_flags(report: dict) -> dict:
+    """The flags of an imaging run's pass (flagged before and after, per
+    :func:`radps_flows.core.imager.flag_report`), in the run's log. (The flagging itself runs
+    block by block within the imaging pass; this task is where the run records it.)"""
+    from prefect import get_run_logger
+
+    samples = max(int(report["samples"]), 1)
+    get_run_logger().info(
+        "flagging: %.2f%% of %s visibilities flagged (%.2f%% before flagging)",
+        100 * report["flagged_after"] / samples,
+        f"{int(report['samples']):,}",
+        100 * report["flagged_before"] / samples,
+    )
+    return report

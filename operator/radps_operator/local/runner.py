@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import fcntl
+import json
 import os
 import signal
 import threading
@@ -51,6 +52,8 @@ class RunResult:
     outputs: list[dict[str, str]] = field(default_factory=list)
     flow_run_id: str | None = None
     link: str | None = None
+    summary: list[dict[str, str]] = field(default_factory=list)
+    """The science summary's rows (quantity, value), where the pipeline made one."""
 
     @property
     def exit_code(self) -> int:
@@ -232,9 +235,11 @@ def _run_with_server(
                 flow, flow_run=flow_run, parameters=run.spec.parameters, return_type="state"
             )
         outputs: list[dict[str, str]] = []
+        summary: list[dict[str, str]] = []
         message = state.message or ""
         if state.is_completed():
             outputs = state.result(raise_on_failure=False) or []
+            summary = _science_summary(flow_run.id)
         else:
             error = state.result(raise_on_failure=False)
             if isinstance(error, BaseException):
@@ -245,7 +250,30 @@ def _run_with_server(
             outputs=outputs,
             flow_run_id=str(flow_run.id),
             link=link,
+            summary=summary,
         )
+
+
+def _science_summary(flow_run_id: Any) -> list[dict[str, str]]:
+    """The rows of the run's science summary artifact; none where it has none (a pipeline
+    without images) or it cannot be read (the summary is a courtesy, not the result)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from radps_flows.contract import SUMMARY_ARTIFACT_DESCRIPTION
+
+    try:
+        with get_client(sync_client=True) as client:
+            artifacts = client.read_artifacts(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+    except Exception:
+        return []
+    for artifact in artifacts:
+        if artifact.description == SUMMARY_ARTIFACT_DESCRIPTION:
+            rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+            return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    return []
 
 
 class _CancelOnCtrlC:
@@ -381,4 +409,9 @@ def print_result(console: Console, result: RunResult) -> None:
         table = Table("output", "kind", "where", box=None, header_style="bold")
         for output in result.outputs:
             table.add_row(output["name"], output["kind"], output["uri"])
+        console.print(table)
+    if result.summary:
+        table = Table("science summary", "", box=None, header_style="bold")
+        for row in result.summary:
+            table.add_row(str(row.get("quantity", "")), str(row.get("value", "")))
         console.print(table)

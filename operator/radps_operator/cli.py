@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from radps_operator import __version__
 
 if TYPE_CHECKING:
+    from radps_operator.local.manifests import Manifest
     from radps_operator.local.server import LocalServer
 
 EXIT_INVALID = 2
@@ -64,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     pipelines.set_defaults(command=cmd_pipelines)
 
     validate = commands.add_parser("validate", help="check PipelineRun manifests")
-    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    _manifest_arguments(validate)
     validate.add_argument(
         "--check-data",
         action="store_true",
@@ -76,8 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="run PipelineRuns here, without a cluster (several: one after the other)"
     )
-    run.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    run.add_argument("-v", "--verbose", action="store_true", help="show Prefect and Dask logs")
+    _manifest_arguments(run)
+    run.add_argument(
+        "-v", "--verbose", action="store_true", help="show Prefect, Dask and xradio logs"
+    )
     run.set_defaults(command=cmd_run)
 
     server = commands.add_parser(
@@ -87,9 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument(
         "action",
         nargs="?",
-        choices=["start", "stop", "status"],
+        choices=["start", "stop", "status", "env"],
         default="start",
-        help="start (the default: in the foreground until Ctrl-C), stop or status",
+        help="start (the default: in the foreground until Ctrl-C), stop, status, or env (the "
+        'environment for Prefect\'s own CLI: eval "$(radps server env)")',
     )
     server.add_argument("--port", type=int, default=4200)
     server.add_argument(
@@ -108,6 +113,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     operator.set_defaults(command=cmd_operator)
     return parser
+
+
+def _manifest_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="PipelineRun manifests (several documents each, if separated by ---); - reads "
+        "standard input",
+    )
+    command.add_argument(
+        "-p",
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="parameters",
+        help="set a parameter of every run (the value read as YAML: -p niter=2000, "
+        "-p image_formats=[fits,casa]); repeatable",
+    )
+
+
+def _read_manifests(args: argparse.Namespace) -> list[Manifest] | None:
+    """The documents of ``args.files`` with ``args.parameters`` applied, or None after
+    printing every problem."""
+    from radps_operator.local.manifests import read_manifests
+    from radps_operator.validation import InvalidPipelineRun
+
+    try:
+        return read_manifests(args.files, args.parameters)
+    except InvalidPipelineRun as invalid:
+        for error in invalid.errors:
+            stderr.print(f"[red]{escape(str(error))}[/]")
+        return None
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -130,7 +169,7 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
         if pipeline is None:
             stderr.print(f"unknown pipeline {args.name!r} (known: {', '.join(pipelines())})")
             return EXIT_INVALID
-        stdout.print(f"[bold]{pipeline.name}[/]: {pipeline.description}")
+        stdout.print(f"[bold]{pipeline.name}[/]: {escape(pipeline.description)}")
         stdout.out(json.dumps(pipeline.parameter_schema, indent=2))
         return 0
     if args.schema:
@@ -138,13 +177,17 @@ def cmd_pipelines(args: argparse.Namespace) -> int:
         stdout.out(json.dumps(schemas, indent=2))
         return 0
     for pipeline in pipelines().values():
-        stdout.print(f"[bold]{pipeline.name}[/]: {pipeline.description}")
+        stdout.print(f"[bold]{pipeline.name}[/]: {escape(pipeline.description)}")
         table = Table("parameter", "type", "default", "description", box=None, padding=(0, 1))
+        table.columns[3].overflow = "fold"  # never cut a description short
         schema = pipeline.parameter_schema
         for name, prop in schema["properties"].items():
             required = name in schema.get("required", [])
             default = "(required)" if required else json.dumps(prop.get("default"))
-            table.add_row(name, _type_name(prop), default, prop.get("description", ""))
+            table.add_row(
+                *(escape(cell) for cell in (name, _type_name(prop), default)),
+                escape(prop.get("description", "")),
+            )
         stdout.print(table)
         stdout.print()
     return 0
@@ -166,16 +209,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from radps_operator.validation import (
         InvalidPipelineRun,
         check_local_paths,
-        load_manifest,
         local_outputs,
         validate_manifest,
     )
 
+    manifests = _read_manifests(args)
+    if manifests is None:
+        return EXIT_INVALID
     status = 0
     produced: list[str] = []
-    for path in args.files:
+    for manifest in manifests:
+        path = manifest.source
         try:
-            run = validate_manifest(load_manifest(path))
+            run = validate_manifest(manifest.document)
             if args.check_data:
                 problems = check_local_paths(run.spec, produced)
                 produced += local_outputs(run.spec)
@@ -184,9 +230,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except InvalidPipelineRun as invalid:
             status = EXIT_INVALID
             for error in invalid.errors:
-                stderr.print(f"[red]{path}[/]: {error}")
+                stderr.print(f"[red]{escape(path)}[/]: {escape(str(error))}")
             continue
-        stdout.print(f"{path}: valid PipelineRun {run.metadata.name!r} ({run.spec.pipeline})")
+        stdout.print(
+            f"{escape(path)}: valid PipelineRun {run.metadata.name!r} ({run.spec.pipeline})"
+        )
     return status
 
 
@@ -197,11 +245,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     home = radps_home()
     environment = dict(os.environ)
     configure_process_env(home, args.verbose)
+    manifests = _read_manifests(args)  # here: standard input is this process's
+    if manifests is None:
+        return EXIT_INVALID
     server = local_server.find_running_server(home)
     if server is not None:
-        # The server's fork validates the files as this process would, and reports the same
+        # The server's fork validates the runs as this process would, and reports the same
         # errors; this process then imports nothing heavy (0.2-0.3 s of every warm run).
-        code, server = _run_warm(server, home, args)
+        code, server = _run_warm(server, home, args, manifests)
         if code is not None:
             return code
     from radps_flows.allocator import keep_freed_memory
@@ -209,7 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     keep_freed_memory()  # before any thread exists: the flows run in this process
     from radps_operator.local.runner import validated_runs
 
-    runs = validated_runs(args.files, stderr)
+    runs = validated_runs(manifests, stderr)
     if runs is None:
         return EXIT_INVALID
     if server is None and local_server.idle_seconds_setting() > 0:
@@ -226,19 +277,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                     f"after {local_server.idle_seconds_setting():g} s without a run, or with "
                     "`radps server stop`[/]"
                 )
-            code, server = _run_warm(server, home, args)
+            code, server = _run_warm(server, home, args, manifests)
             if code is not None:
                 return code
     from radps_operator.local.runner import run_and_report
 
+    sources = [m.source for m in manifests]
     if server is None:
-        return run_and_report(runs, args.files, home, stdout)  # a private server
+        return run_and_report(runs, sources, home, stdout)  # a private server
     with local_server.using(home):  # the background server is not idle meanwhile
-        return run_and_report(runs, args.files, home, stdout, server)
+        return run_and_report(runs, sources, home, stdout, server)
 
 
 def _run_warm(
-    server: LocalServer, home: Path, args: argparse.Namespace
+    server: LocalServer, home: Path, args: argparse.Namespace, manifests: list[Manifest]
 ) -> tuple[int | None, LocalServer | None]:
     """The run's exit code from a fork of the warm `server`; or None (no runner, `-v`, or a
     refusal, said on the terminal) and the server this process may use instead: none where
@@ -248,7 +300,7 @@ def _run_warm(
     from radps_operator.local import server as local_server
     from radps_operator.local import warm
 
-    outcome = warm.run_warm(server.runner_socket, args.files)
+    outcome = warm.run_warm(server.runner_socket, [m.to_json() for m in manifests])
     if not isinstance(outcome, warm.Refused):
         return outcome, server
     stdout.print(f"[dim]running in this process: {outcome.reason}[/]")
@@ -267,12 +319,21 @@ def cmd_server(args: argparse.Namespace) -> int:
         stdout.print(f"stopped the radps server (PID {pid})" if pid else "no radps server runs")
         return 0
     running = local_server.find_running_server(home)
+    if args.action == "env":
+        if running is None:
+            stderr.print(f"no radps server runs for {home}: `radps server` starts one")
+            return 1
+        # Prefect's CLI talks to the API at PREFECT_API_URL, and otherwise (an ephemeral
+        # server of its own, refused here) waits ~50 s before it gives up.
+        stdout.out(f"export PREFECT_API_URL={running.api_url}")
+        return 0
     if args.action == "status":
         if running is None:
             stdout.print(f"no radps server runs for {home}")
             return 1
         kind = "background" if running.background else "started by hand"
         stdout.print(f"radps server (PID {running.supervisor_pid}, {kind}): {running.ui_url}")
+        stdout.print(f'Prefect\'s CLI: eval "$(radps server env)" (API {running.api_url})')
         return 0
     if running is not None:
         stdout.print(f"a radps server is already running: {running.ui_url}")
@@ -346,6 +407,7 @@ def _run_child(home: Path, server: Any) -> Callable[[Any], int]:
     on this server."""
 
     def run(request: Any) -> int:
+        from radps_operator.local.manifests import Manifest
         from radps_operator.local.runner import (
             drain_prefect_services,
             run_and_report,
@@ -355,13 +417,13 @@ def _run_child(home: Path, server: Any) -> Callable[[Any], int]:
 
         out = Console(highlight=False)  # this terminal's, not the server's log
         err = Console(stderr=True, highlight=False)
-        files = [Path(f) for f in request.files]
-        runs = validated_runs(files, err)
+        manifests = [Manifest.from_json(m) for m in request.manifests]
+        runs = validated_runs(manifests, err)
         if runs is None:
             return EXIT_INVALID
         attached = LocalServer(api_url=server.api_url, ui_url=server.ui_url, process=None)
         try:
-            return run_and_report(runs, files, home, out, attached)
+            return run_and_report(runs, [m.source for m in manifests], home, out, attached)
         finally:
             drain_prefect_services()  # the child ends with os._exit: no exit-time flush
 

@@ -141,6 +141,54 @@ def test_synthesize_then_image_a_point_source(radps_server: RadpsServer, tmp_pat
         assert max(thumbnail.size) == 320
 
 
+def test_runs_from_standard_input_with_overrides_and_generated_names(
+    radps_server: RadpsServer, tmp_path: Path
+):
+    """kubectl's ways with manifests: two documents on standard input, the second named by
+    `generateName`, a parameter set with -p (read as YAML: a boolean) for both; and
+    Prefect's own CLI finds the runs with the environment `radps server env` prints."""
+    sky = str(tmp_path / "sky.ps.zarr")
+    documents = [
+        yaml.safe_load(manifest(tmp_path, "stdin-sky", "synthesize", {"output": sky}).read_text()),
+        yaml.safe_load(
+            manifest(
+                tmp_path,
+                "x",
+                "imaging",
+                {"input": sky, "output": str(tmp_path / "img"), "imsize": 128},
+            ).read_text()
+        ),
+    ]
+    del documents[1]["metadata"]["name"]
+    documents[1]["metadata"]["generateName"] = "stdin-image-"
+    documents[0]["spec"]["parameters"].update(n_antennas=8, n_times=10)
+    result = subprocess.run(
+        [RADPS, "run", "-", "-p", "overwrite=true"],  # a parameter of both pipelines
+        input=yaml.safe_dump_all(documents),
+        env={**radps_server.env(), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert fits.getdata(tmp_path / "img" / "image.fits").shape == (1, 1, 128, 128)
+    (generated,) = re.findall(r"flow run (stdin-image-[a-z0-9]{5})", output)
+    env = subprocess.run(
+        [RADPS, "server", "env"], env=radps_server.env(), capture_output=True, text=True
+    )
+    assert env.returncode == 0 and env.stdout.startswith("export PREFECT_API_URL=http")
+    url = env.stdout.strip().removeprefix("export PREFECT_API_URL=")
+    listed = subprocess.run(
+        [str(Path(RADPS).with_name("prefect")), "flow-run", "ls", "--limit", "5"],
+        env={**radps_server.env(), "PREFECT_API_URL": url, "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0 and generated in listed.stdout, listed.stdout + listed.stderr
+
+
 def test_real_vla_set_reproduces_casa_dirty_image(
     radps_server: RadpsServer, vla_ms: Path, tmp_path: Path
 ):

@@ -38,7 +38,7 @@ CLIENT = """
 import sys
 from pathlib import Path
 from radps_operator.local import warm
-outcome = warm.run_warm(sys.argv[1], [Path(f) for f in sys.argv[2:]])
+outcome = warm.run_warm(sys.argv[1], [{"source": f, "document": {}} for f in sys.argv[2:]])
 if isinstance(outcome, warm.Refused):
     print("refused:", outcome.reason, flush=True)
     sys.exit(99)
@@ -48,10 +48,11 @@ sys.exit(outcome)
 
 def child(request: warm.Request) -> int:
     """What the forked child runs here: report where it is, then do what the 'file' says."""
-    action = request.files[0]
+    action = request.manifests[0]["source"]
     try:
         greeting = os.environ.get("GREETING")
-        print(f"child {os.getpid()} in {os.getcwd()} with {request.files} GREETING={greeting}")
+        sources = [m["source"] for m in request.manifests]
+        print(f"child {os.getpid()} in {os.getcwd()} with {sources} GREETING={greeting}")
         sys.stdout.flush()
         if action == "wait":
             time.sleep(60)

@@ -3,6 +3,7 @@ never in the user's ~/.prefect, so radps cannot disturb another Prefect installa
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -48,7 +49,23 @@ def process_env(home: Path, verbose: bool, base: dict[str, str]) -> dict[str, st
     return env
 
 
+LIBRARY_LOGGERS = ("viperlog",)
+"""Loggers of the libraries a run uses that print to the terminal themselves: toolviper's,
+through which xradio reports its conversions at INFO (it adds a stdout handler to a logger
+that has none)."""
+
+
 def configure_process_env(home: Path, verbose: bool) -> None:
     """`process_env` for this process; must run before `import prefect` (Prefect reads its
-    settings when first imported)."""
+    settings when first imported). Without ``verbose``, the libraries' own terminal logs go
+    to ``<home>/logs/libraries.log`` instead, out of the progress display."""
     os.environ.update(process_env(home, verbose, dict(os.environ)))
+    if not verbose:
+        (home / "logs").mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(home / "logs" / "libraries.log", delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        for name in LIBRARY_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from radps_operator import api
 from radps_operator.local import server as local_server
 from radps_operator.local.home import prefect_base_env
+from radps_operator.local.manifests import Manifest
 
 EXIT_COMPLETED = 0
 EXIT_FAILED = 1
@@ -64,29 +66,28 @@ class RunResult:
         return EXIT_FAILED
 
 
-def validated_runs(files: list[Path], errors: Console) -> list[api.PipelineRun] | None:
-    """The PipelineRuns of `files`, checked as the operator checks them and against this
-    machine's paths (the inputs of a later file may be the outputs of an earlier one); None
-    after printing every problem of the first file that has any."""
+def validated_runs(manifests: list[Manifest], errors: Console) -> list[api.PipelineRun] | None:
+    """The PipelineRuns of `manifests`, checked as the operator checks them and against this
+    machine's paths (the inputs of a later run may be the outputs of an earlier one); None
+    after printing every problem of the first one that has any."""
     from radps_operator.validation import (
         InvalidPipelineRun,
         check_local_paths,
-        load_manifest,
         local_outputs,
         validate_manifest,
     )
 
     runs = []
     produced: list[str] = []
-    for path in files:
+    for manifest in manifests:
         try:
-            run = validate_manifest(load_manifest(path))
+            run = validate_manifest(manifest.document)
             problems = check_local_paths(run.spec, produced)
             if problems:
                 raise InvalidPipelineRun(problems)
         except InvalidPipelineRun as invalid:
             for error in invalid.errors:
-                errors.print(f"[red]{path}[/]: {error}")
+                errors.print(f"[red]{escape(manifest.source)}[/]: {escape(str(error))}")
             return None
         runs.append(run)
         produced += local_outputs(run.spec)
@@ -95,15 +96,15 @@ def validated_runs(files: list[Path], errors: Console) -> list[api.PipelineRun] 
 
 def run_and_report(
     runs: list[api.PipelineRun],
-    files: list[Path],
+    sources: list[str],
     home: Path,
     console: Console,
     server: local_server.LocalServer | None = None,
 ) -> int:
-    """Run `runs` (read from `files`) here; the exit code of the last one that ran."""
+    """Run `runs` (read from `sources`) here; the exit code of the last one that ran."""
     results = run_locally(runs, home, console, server)
     if len(results) < len(runs):
-        skipped = ", ".join(str(p) for p in files[len(results) :])
+        skipped = ", ".join(sources[len(results) :])
         console.print(f"[yellow]not run after that: {skipped}[/]")
     return results[-1].exit_code
 

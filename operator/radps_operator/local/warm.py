@@ -9,11 +9,12 @@ them takes ~15 ms, so a warm run starts its first task about a second after `rad
 (Prefect's context, Dask's cluster, memory) never leaks into the next, as a long-lived worker
 process would.
 
-The client (`radps run`) validates its manifests first, then sends the server its files, working
-folder, environment and its own stdin/stdout/stderr (SCM_RIGHTS), so the child draws the progress
-bar on the user's terminal and its exit code becomes `radps run`'s. Ctrl-C reaches the client
-(the terminal's foreground process), which passes it on as SIGINT; if the client dies, the
-server interrupts the child, which cancels its flow run as Ctrl-C does.
+The client (`radps run`) reads and validates its manifests first, then sends the server their
+documents, its working folder, environment and its own stdin/stdout/stderr (SCM_RIGHTS), so
+the child draws the progress bar on the user's terminal and its exit code becomes `radps
+run`'s. Ctrl-C reaches the client (the terminal's foreground process), which passes it on as
+SIGINT; if the client dies, the server interrupts the child, which cancels its flow run as
+Ctrl-C does.
 
 A child is a copy of the server's imports, so it is used only when they are the ones this
 `radps run` would make: the same Python, the same radps code (a stamp of its files) and the
@@ -70,7 +71,9 @@ STOP_CHILDREN_SECONDS = 30.0
 class Request:
     """What a `radps run` sends: enough to be that process, but warm."""
 
-    files: list[str]
+    manifests: list[dict]
+    """The runs' documents as read by the client (:class:`radps_operator.local.manifests.
+    Manifest` in JSON): standard input and overrides are the client's, not the server's."""
     cwd: str
     env: dict[str, str]
     settings: dict[str, str]
@@ -82,7 +85,7 @@ class Request:
     def from_bytes(cls, data: bytes) -> Request:
         document = json.loads(data)
         return cls(
-            files=[str(f) for f in document["files"]],
+            manifests=[dict(m) for m in document["manifests"]],
             cwd=str(document["cwd"]),
             env={str(k): str(v) for k, v in document["env"].items()},
             settings={str(k): str(v) for k, v in document["settings"].items()},
@@ -447,11 +450,11 @@ class Refused:
     """The server did not answer at all (it may be stopping): do not use it."""
 
 
-def run_warm(socket_file: str, files: list[Path]) -> int | Refused:
-    """Have the server at `socket_file` run `files` in a fork of its warm process, on this
-    terminal; its exit code, or why not."""
+def run_warm(socket_file: str, manifests: list[dict]) -> int | Refused:
+    """Have the server at `socket_file` run `manifests` (Manifest.to_json) in a fork of its
+    warm process, on this terminal; its exit code, or why not."""
     request = Request(
-        files=[str(f) for f in files],
+        manifests=list(manifests),
         cwd=os.getcwd(),
         env=dict(os.environ),
         settings=import_settings(os.environ),

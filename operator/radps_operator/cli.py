@@ -7,11 +7,13 @@ process environment is set up, so `radps crd` stays fast and Prefect reads radps
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +86,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(command=cmd_run)
 
+    listing = commands.add_parser("list", help="the local runs, the newest first")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    _output_argument(listing)
+    listing.set_defaults(command=cmd_list)
+
+    get = commands.add_parser("get", help="a local run: its PipelineRun and status")
+    get.add_argument("name", help="the run's name (its latest run, if several)")
+    _output_argument(get)
+    get.set_defaults(command=cmd_get)
+
+    logs = commands.add_parser("logs", help="a local run's log")
+    logs.add_argument("name")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing until the run ends"
+    )
+    logs.set_defaults(command=cmd_logs)
+
+    cancel = commands.add_parser("cancel", help="cancel a local run that is running")
+    cancel.add_argument("name")
+    cancel.set_defaults(command=cmd_cancel)
+
+    rerun = commands.add_parser(
+        "rerun", help="run a local run's PipelineRun again, as <name>-xxxxx, with -p changes"
+    )
+    rerun.add_argument("name")
+    _parameter_argument(rerun, "change a parameter (the value read as YAML); repeatable")
+    rerun.add_argument(
+        "-v", "--verbose", action="store_true", help="show Prefect, Dask and xradio logs"
+    )
+    rerun.set_defaults(command=cmd_rerun)
+
     server = commands.add_parser(
         "server",
         help="keep a local Prefect server with its UI, and a warm process for radps run",
@@ -123,6 +156,14 @@ def _manifest_arguments(command: argparse.ArgumentParser) -> None:
         help="PipelineRun manifests (several documents each, if separated by ---); - reads "
         "standard input",
     )
+    _parameter_argument(
+        command,
+        "set a parameter of every run (the value read as YAML: -p niter=2000, "
+        "-p image_formats=[fits,casa]); repeatable",
+    )
+
+
+def _parameter_argument(command: argparse.ArgumentParser, help: str) -> None:
     command.add_argument(
         "-p",
         "--parameter",
@@ -130,9 +171,136 @@ def _manifest_arguments(command: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         dest="parameters",
-        help="set a parameter of every run (the value read as YAML: -p niter=2000, "
-        "-p image_formats=[fits,casa]); repeatable",
+        help=help,
     )
+
+
+def _output_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "-o", "--output", choices=["table", "json", "yaml"], default="table", help="format"
+    )
+
+
+def _print_as(value: Any, output: str) -> None:
+    if output == "json":
+        stdout.out(json.dumps(value, indent=2, default=str))
+    else:
+        import yaml
+
+        stdout.out(yaml.safe_dump(value, sort_keys=False, default_flow_style=False), end="")
+
+
+@contextlib.contextmanager
+def _local_prefect() -> Iterator[tuple[Any, LocalServer]]:
+    """A Prefect client of the local radps server, started in the background as `radps run`
+    starts it where none runs (the runs are in its database)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from radps_operator.local import server as local_server
+    from radps_operator.local.home import configure_process_env, process_env, radps_home
+
+    home = radps_home()
+    environment = dict(os.environ)
+    configure_process_env(home, False)
+    server = local_server.find_running_server(home)
+    if server is None:
+        server, _ = local_server.start_background(home, process_env(home, False, environment))
+    with (
+        temporary_settings({PREFECT_API_URL: server.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        yield client, server
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from radps_operator.local import history
+
+    with _local_prefect() as (client, _):
+        rows = [history.summary_row(r) for r in history.runs(client, limit=args.limit)]
+    if args.output != "table":
+        _print_as(rows, args.output)
+        return 0
+    table = Table("NAME", "PIPELINE", "STATE", "STARTED", "DURATION", box=None)
+    for row in rows:
+        duration = "-" if row["duration_s"] is None else f"{row['duration_s']:g} s"
+        started = (row["started"] or "-")[:19].replace("T", " ")
+        table.add_row(row["name"], row["pipeline"], row["state"], started, duration)
+    stdout.print(table)
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from radps_operator.local import history
+
+    with _local_prefect() as (client, server):
+        try:
+            document = history.record(client, history.latest(client, args.name), server.ui_url)
+        except history.RunNotFound as exc:
+            stderr.print(f"[red]{escape(str(exc))}[/]")
+            return 1
+    if args.output != "table":
+        _print_as(document, args.output)
+        return 0
+    status = document["status"]
+    stdout.print(f"[bold]{escape(args.name)}[/] ({document['spec'].get('pipeline')})")
+    table = Table(box=None, show_header=False)
+    for key in ("phase", "message", "startTime", "completionTime", "flowRunUrl"):
+        if key in status:
+            table.add_row(key, escape(str(status[key])))
+    for key, value in (document["spec"].get("parameters") or {}).items():
+        table.add_row(f"parameters.{key}", escape(json.dumps(value)))
+    for output in status.get("outputs", []):
+        table.add_row(f"output {output.get('name')}", escape(str(output.get("uri"))))
+    for key, value in (status.get("summary") or {}).items():
+        table.add_row(str(key), escape(str(value)))
+    stdout.print(table)
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from radps_operator.local import history
+
+    with _local_prefect() as (client, _):
+        try:
+            flow_run = history.latest(client, args.name)
+        except history.RunNotFound as exc:
+            stderr.print(f"[red]{escape(str(exc))}[/]")
+            return 1
+        for entry in history.logs(client, flow_run.id, follow=args.follow):
+            level = logging.getLevelName(entry.level)
+            stdout.out(f"{entry.timestamp:%H:%M:%S} {level:<7} {entry.message}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from radps_operator.local import history
+
+    with _local_prefect() as (client, _):
+        try:
+            stdout.print(escape(history.request_cancel(client, history.latest(client, args.name))))
+        except history.RunNotFound as exc:
+            stderr.print(f"[red]{escape(str(exc))}[/]")
+            return 1
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from radps_operator.local import history
+    from radps_operator.local.manifests import Manifest, named, parse_overrides
+
+    overrides, errors = parse_overrides(args.parameters)
+    for error in errors:
+        stderr.print(f"[red]{escape(str(error))}[/]")
+    if errors:
+        return EXIT_INVALID
+    with _local_prefect() as (client, _):
+        try:
+            document = history.rerun_manifest(client, history.latest(client, args.name), overrides)
+        except history.RunNotFound as exc:
+            stderr.print(f"[red]{escape(str(exc))}[/]")
+            return 1
+    return _run_manifests([Manifest(f"rerun of {args.name}", named(document))], args)
 
 
 def _read_manifests(args: argparse.Namespace) -> list[Manifest] | None:
@@ -239,15 +407,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    manifests = _read_manifests(args)  # here: standard input is this process's
+    if manifests is None:
+        return EXIT_INVALID
+    return _run_manifests(manifests, args)
+
+
+def _run_manifests(manifests: list[Manifest], args: argparse.Namespace) -> int:
+    """`radps run` of ``manifests``: in a fork of the warm server where it can, else here."""
     from radps_operator.local import server as local_server
     from radps_operator.local.home import configure_process_env, process_env, radps_home
 
     home = radps_home()
     environment = dict(os.environ)
     configure_process_env(home, args.verbose)
-    manifests = _read_manifests(args)  # here: standard input is this process's
-    if manifests is None:
-        return EXIT_INVALID
     server = local_server.find_running_server(home)
     if server is not None:
         # The server's fork validates the runs as this process would, and reports the same

@@ -47,17 +47,22 @@ def manifest(folder: Path, name: str, pipeline: str, parameters: dict[str, Any])
     return path
 
 
-def radps_run(env: dict[str, str], *files: Path, timeout: float = 300) -> tuple[int, str]:
+def radps_command(env: dict[str, str], *args: str, timeout: float) -> tuple[int, str, str]:
+    """`radps args` in a wide terminal: exit code, stdout, stderr (never a traceback)."""
     result = subprocess.run(
-        [RADPS, "run", *map(str, files)],
+        [RADPS, *args],
         env={**env, "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=timeout,
     )
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output, output
-    return result.returncode, output
+    assert "Traceback" not in result.stdout + result.stderr, result.stdout + result.stderr
+    return result.returncode, result.stdout, result.stderr
+
+
+def radps_run(env: dict[str, str], *files: Path, timeout: float = 300) -> tuple[int, str]:
+    code, out, err = radps_command(env, "run", *map(str, files), timeout=timeout)
+    return code, out + err
 
 
 def prefect_flow_run(server: RadpsServer, flow_run_id: str):
@@ -187,6 +192,92 @@ def test_runs_from_standard_input_with_overrides_and_generated_names(
         timeout=60,
     )
     assert listed.returncode == 0 and generated in listed.stdout, listed.stdout + listed.stderr
+
+
+def radps(env: dict[str, str], *args: str, timeout: float = 120) -> tuple[int, str]:
+    code, out, _ = radps_command(env, *args, timeout=timeout)
+    return code, out
+
+
+def test_after_a_run_list_get_logs_and_rerun_it(radps_server: RadpsServer, tmp_path: Path):
+    """The CLI for after a run, in kubectl's manner: `list`, `get -o yaml` (the PipelineRun
+    as run, with its status), `logs`, and `rerun -p` (the same spec, one parameter changed,
+    under a generated name)."""
+    env = radps_server.env()
+    synth = manifest(
+        tmp_path, "hist-synth", "synthesize", {"output": str(tmp_path / "h.ps.zarr"), "n_times": 8}
+    )
+    assert radps_run(env, synth)[0] == 0
+    code, listed = radps(env, "list", "-o", "json")
+    assert code == 0
+    (row,) = [r for r in json.loads(listed) if r["name"] == "hist-synth"]
+    assert row["pipeline"] == "synthesize" and row["state"] == "Completed"
+    code, got = radps(env, "get", "hist-synth", "-o", "yaml")
+    document = yaml.safe_load(got)
+    assert document["spec"]["parameters"]["n_times"] == 8
+    assert document["spec"]["dask"]["threadsPerWorker"] == 2  # the whole spec, not only parameters
+    assert document["status"]["phase"] == "Completed"
+    assert {o["name"] for o in document["status"]["outputs"]} == {"visibilities", "truth"}
+    code, log = radps(env, "logs", "hist-synth")
+    assert code == 0 and "Finished in state Completed" in log
+    first = json.loads((tmp_path / "h.truth.json").read_text())["n_visibilities"]
+    code, output = radps(env, "rerun", "hist-synth", "-p", "n_times=5", "-p", "overwrite=true")
+    assert code == 0, output
+    (rerun,) = re.findall(r"flow run (hist-synth-[a-z0-9]{5})", output)
+    again = yaml.safe_load(radps(env, "get", rerun, "-o", "yaml")[1])
+    assert again["spec"]["parameters"]["n_times"] == 5
+    assert again["spec"]["parameters"]["output"] == str(tmp_path / "h.ps.zarr")
+    assert json.loads((tmp_path / "h.truth.json").read_text())["n_visibilities"] == first * 5 // 8
+    assert radps(env, "get", "no-such-run")[0] == 1
+
+
+def test_radps_cancel_stops_a_run_from_another_shell(radps_server: RadpsServer, tmp_path: Path):
+    env = radps_server.env()
+    sky = str(tmp_path / "c.ps.zarr")
+    synth = manifest(
+        tmp_path, "c-synth", "synthesize", {"output": sky, "n_antennas": 24, "n_times": 200}
+    )
+    assert radps_run(env, synth)[0] == 0
+    clean = manifest(
+        tmp_path,
+        "c-clean",
+        "imaging",
+        {
+            "input": sky,
+            "output": str(tmp_path / "c"),
+            "imsize": 1024,
+            "clean": True,
+            "niter": 1000000,
+            "max_major": 1000,
+        },
+    )
+    process = subprocess.Popen(
+        [RADPS, "run", str(clean)],
+        env={**env, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            rows = json.loads(radps(env, "list", "-o", "json")[1])
+            if any(r["name"] == "c-clean" and r["state"] == "Running" for r in rows):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the run never showed Running")
+        code, said = radps(env, "cancel", "c-clean")
+        assert code == 0 and said.startswith("cancelling c-clean")
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output
+    assert "Cancelled: radps cancel" in output
+    status = yaml.safe_load(radps(env, "get", "c-clean", "-o", "yaml")[1])["status"]
+    assert status["phase"] == "Cancelled" and "radps cancel" in status["message"]
+    assert not (tmp_path / "c").exists()  # a cancelled run leaves no half-written output
+    assert "already ended" in radps(env, "cancel", "c-clean")[1]
 
 
 def test_real_vla_set_reproduces_casa_dirty_image(

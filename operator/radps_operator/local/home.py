@@ -46,13 +46,16 @@ def process_env(home: Path, verbose: bool, base: dict[str, str]) -> dict[str, st
     env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
     env.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "error")
     env.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "true")
+    if not verbose:
+        env.setdefault("VIPER_LOGGER_NAME", LIBRARY_LOGGERS[0])
     return env
 
 
 LIBRARY_LOGGERS = ("viperlog",)
 """Loggers of the libraries a run uses that print to the terminal themselves: toolviper's,
-through which xradio reports its conversions at INFO (it adds a stdout handler to a logger
-that has none)."""
+through which xradio reports its conversions at INFO. toolviper adds a stdout handler to a
+logger that has none, and at import sets one up named "toolviper" unless $VIPER_LOGGER_NAME
+names another: `process_env` names this one."""
 
 
 def configure_process_env(home: Path, verbose: bool) -> None:

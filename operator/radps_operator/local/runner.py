@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from radps_operator import api
+from radps_operator.local import history
 from radps_operator.local import server as local_server
 from radps_operator.local.home import prefect_base_env
 from radps_operator.local.manifests import Manifest
@@ -223,7 +224,17 @@ def _run_with_server(
                 flow,
                 parameters=run.spec.parameters,
                 name=run.metadata.name,
-                tags=["radps", f"pipeline:{pipeline.name}"],
+                tags=[history.RADPS_TAG, f"pipeline:{pipeline.name}"],
+            )
+            history.record_manifest(
+                client,
+                flow_run.id,
+                {
+                    "apiVersion": "radps.io/v1alpha1",
+                    "kind": "PipelineRun",
+                    "metadata": {"name": run.metadata.name},
+                    "spec": run.spec.to_wire(),
+                },
             )
         link = server.flow_run_link(flow_run.id) if server.process is None else None
         if link:
@@ -287,9 +298,11 @@ class _CancelOnCtrlC:
         self._flow_run_id = flow_run_id
         self._display = display
         self._previous: Any = None
+        self._once = threading.Lock()
 
     def __enter__(self) -> _CancelOnCtrlC:
         self._previous = signal.signal(signal.SIGINT, self._cancel)
+        self._display.on_cancel_requested = self.cancel
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -297,31 +310,40 @@ class _CancelOnCtrlC:
 
     def _cancel(self, signum: int, frame: object) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        self.cancel("Ctrl-C")
+
+    def cancel(self, how: str) -> None:
+        """Record Cancelled, undo, exit: from the main thread on Ctrl-C, from the progress
+        poller on `radps cancel` (the main thread may be inside a long call, a minor cycle
+        in numba, where no signal handler runs until it returns)."""
+        if not self._once.acquire(blocking=False):
+            return  # the other way is already at it
         self._display.stop()
         self._console.print("[yellow]cancelling the flow run...[/]")
-        _mark_cancelled(self._flow_run_id)
+        _mark_cancelled(self._flow_run_id, how)
         drain_prefect_services()
         for action in reversed(_cleanups):
             with contextlib.suppress(Exception):
                 action()
-        self._console.print("[bold yellow]Cancelled[/]: interrupted (Ctrl-C)")
+        self._console.print(f"[bold yellow]Cancelled[/]: {how}")
         self._console.file.flush()
         os._exit(EXIT_INTERRUPTED)
 
 
-def _mark_cancelled(flow_run_id: Any) -> None:
+def _mark_cancelled(flow_run_id: Any, how: str = "Ctrl-C") -> None:
     """Ctrl-C leaves the flow run Crashed in Prefect's eyes; the user meant Cancelled."""
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelled
 
+    message = f"Cancelled from radps run ({how})"
     with contextlib.suppress(Exception), get_client(sync_client=True) as client:
-        client.set_flow_run_state(
-            flow_run_id, Cancelled(message="Cancelled from radps run (Ctrl-C)"), force=True
-        )
+        client.set_flow_run_state(flow_run_id, Cancelled(message=message), force=True)
 
 
 class _ProgressDisplay:
-    """Progress bar fed by reading the flow run back from Prefect once a second.
+    """Progress bar fed by reading the flow run back from Prefect once a second: the stages
+    done, the state and the stage running. A flow run found Cancelling (`radps cancel`, from
+    another shell) is cancelled here as Ctrl-C cancels it.
 
     The flow runs in this process: the poller shares its CPU and GIL with the array work, so
     it keeps one client open (making one costs tens of ms of Python) and the bar redraws
@@ -348,6 +370,8 @@ class _ProgressDisplay:
             f"{run.spec.pipeline} {run.metadata.name}", total=None, state="Pending"
         )
         self._thread: threading.Thread | None = None
+        self.on_cancel_requested: Callable[[str], None] | None = None
+        """Called from the poller when the flow run is found Cancelling."""
 
     def __enter__(self) -> _ProgressDisplay:
         self._progress.start()
@@ -367,7 +391,7 @@ class _ProgressDisplay:
         if self._stop.is_set():
             return
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         self._refresh()
         self._progress.stop()
@@ -393,6 +417,13 @@ class _ProgressDisplay:
         except Exception:  # a missed refresh only delays the bar
             return
         state = flow_run.state.name if flow_run.state else "Pending"
+        if flow_run.state is not None and flow_run.state.is_cancelling() and client is not None:
+            if self.on_cancel_requested is not None:
+                self.on_cancel_requested("radps cancel")  # does not return
+            return
+        if flow_run.state is not None and flow_run.state.is_running() and client is not None:
+            stage = _running_stage(client, self._flow_run_id)
+            state = f"{state}: {stage}" if stage else state
         completed_run = flow_run.state is not None and flow_run.state.is_completed()
         progress = read_progress(flow_run.labels, run_completed=completed_run)
         if progress:
@@ -400,6 +431,32 @@ class _ProgressDisplay:
             self._progress.update(self._task, completed=completed, total=total, state=state)
         else:
             self._progress.update(self._task, state=state)
+
+
+def _running_stage(client: Any, flow_run_id: Any) -> str | None:
+    """The name of the stage (task) the flow run is running, the latest started if several."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    try:
+        running = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            task_run_filter=TaskRunFilter(
+                state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[StateType.RUNNING]))
+            ),
+        )
+    except Exception:  # the stage is a courtesy: the bar goes on without it
+        return None
+    if not running:
+        return None
+    latest = max(running, key=lambda t: str(t.start_time or t.expected_start_time or ""))
+    return latest.name.rsplit("-", 1)[0] if "-" in latest.name else latest.name
 
 
 def print_result(console: Console, result: RunResult) -> None:

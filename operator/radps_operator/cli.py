@@ -7,13 +7,12 @@ process environment is set up, so `radps crd` stays fast and Prefect reads radps
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,33 +189,10 @@ def _print_as(value: Any, output: str) -> None:
         stdout.out(yaml.safe_dump(value, sort_keys=False, default_flow_style=False), end="")
 
 
-@contextlib.contextmanager
-def _local_prefect() -> Iterator[tuple[Any, LocalServer]]:
-    """A Prefect client of the local radps server, started in the background as `radps run`
-    starts it where none runs (the runs are in its database)."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from radps_operator.local import server as local_server
-    from radps_operator.local.home import configure_process_env, process_env, radps_home
-
-    home = radps_home()
-    environment = dict(os.environ)
-    configure_process_env(home, False)
-    server = local_server.find_running_server(home)
-    if server is None:
-        server, _ = local_server.start_background(home, process_env(home, False, environment))
-    with (
-        temporary_settings({PREFECT_API_URL: server.api_url}),
-        get_client(sync_client=True) as client,
-    ):
-        yield client, server
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     from radps_operator.local import history
 
-    with _local_prefect() as (client, _):
+    with history.local_prefect() as (client, _):
         rows = [history.summary_row(r) for r in history.runs(client, limit=args.limit)]
     if args.output != "table":
         _print_as(rows, args.output)
@@ -233,7 +209,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     from radps_operator.local import history
 
-    with _local_prefect() as (client, server):
+    with history.local_prefect() as (client, server):
         try:
             document = history.record(client, history.latest(client, args.name), server.ui_url)
         except history.RunNotFound as exc:
@@ -261,7 +237,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from radps_operator.local import history
 
-    with _local_prefect() as (client, _):
+    with history.local_prefect() as (client, _):
         try:
             flow_run = history.latest(client, args.name)
         except history.RunNotFound as exc:
@@ -276,7 +252,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from radps_operator.local import history
 
-    with _local_prefect() as (client, _):
+    with history.local_prefect() as (client, _):
         try:
             stdout.print(escape(history.request_cancel(client, history.latest(client, args.name))))
         except history.RunNotFound as exc:
@@ -294,7 +270,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         stderr.print(f"[red]{escape(str(error))}[/]")
     if errors:
         return EXIT_INVALID
-    with _local_prefect() as (client, _):
+    with history.local_prefect() as (client, _):
         try:
             document = history.rerun_manifest(client, history.latest(client, args.name), overrides)
         except history.RunNotFound as exc:

@@ -9,15 +9,43 @@ object of that name.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from radps_operator.local.server import LocalServer
 
 RADPS_TAG = "radps"
 MANIFEST_INPUT_KEY = "radps-pipelinerun"
 FINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+@contextlib.contextmanager
+def local_prefect() -> Iterator[tuple[Any, LocalServer]]:
+    """A Prefect client of the local radps server, started in the background as `radps run`
+    starts it where none runs (the runs are in its database)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from radps_operator.local import server as local_server
+    from radps_operator.local.home import configure_process_env, process_env, radps_home
+
+    home = radps_home()
+    environment = dict(os.environ)
+    configure_process_env(home, False)
+    server = local_server.find_running_server(home)
+    if server is None:
+        server, _ = local_server.start_background(home, process_env(home, False, environment))
+    with (
+        temporary_settings({PREFECT_API_URL: server.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        yield client, server
 
 
 class RunNotFound(LookupError):

@@ -49,6 +49,7 @@ def test_vla_mission_on_the_object_store_without_a_data_volume(
 ):
     import s3fs
 
+    on_the_volume = _files(installed)  # test_mission may have written its products there
     _upgrade(kube_cluster, "")
     try:
         with object_store(kube_cluster) as store:
@@ -83,10 +84,14 @@ def test_vla_mission_on_the_object_store_without_a_data_volume(
     # nothing half-written or left behind: no claim, no staging, the run's conversion and
     # products only below the output
     assert not [k for k in keys if "staging-" in k or "radps-claim" in k], keys
-    assert not list((installed / "products").glob("vla-j1008-dirty*"))  # not on the volume
+    assert _files(installed) == on_the_volume  # nothing written to the volume
     run = get(kube_cluster, "prun", name)
     assert flow_log.strip()  # the flow-run pod's log was read, and holds no credential
     assert credential not in flow_log and credential not in yaml.safe_dump(run)
+
+
+def _files(folder: Path) -> set[Path]:
+    return set(folder.rglob("*"))
 
 
 def _run(cluster: KubeCluster, source: str, products: str) -> tuple[str, dict, str]:

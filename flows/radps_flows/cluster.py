@@ -11,7 +11,7 @@ import json
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
@@ -151,6 +151,9 @@ class KubeContext:
     object_store_env: tuple[dict[str, Any], ...] = ()
     """Env entries of the object store (endpoint, region, key pair from its Secret) that the
     flow-run pod has and its Dask workers get (contract.object_store_env)."""
+    pod_settings: Mapping[str, Any] = field(default_factory=dict)
+    """The chart's placement, pull secrets, extra env and volumes of a run's pods
+    (contract.RUN_POD_SETTINGS_ENV): its Dask pods get them as the flow-run pod did."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> KubeContext | None:
@@ -170,6 +173,7 @@ class KubeContext:
             worker_resources=json.loads(resources) if resources else None,
             service_account=environ.get("RADPS_POD_SERVICE_ACCOUNT") or None,
             object_store_env=tuple(contract.object_store_env_from(environ)),
+            pod_settings=json.loads(environ.get(contract.RUN_POD_SETTINGS_ENV) or "{}"),
         )
 
     @property
@@ -219,6 +223,8 @@ def dask_cluster_spec(config: DaskClusterConfig, kube: KubeContext) -> dict[str,
     # the key pair from the same Secret (never a literal in the DaskCluster)
     for container in spec["spec"]["worker"]["spec"]["containers"]:
         container.setdefault("env", []).extend(kube.object_store_env)
+    for pod in (spec["spec"]["scheduler"]["spec"], spec["spec"]["worker"]["spec"]):
+        contract.apply_pod_settings(pod, kube.pod_settings)
     return spec
 
 

@@ -143,3 +143,31 @@ def object_store_env_from(environ: Mapping[str, str]) -> list[dict[str, object]]
         environ.get("AWS_ENDPOINT_URL_S3") or None,
         environ.get("AWS_REGION") or None,
     )
+
+
+RUN_POD_SETTINGS_ENV = "RADPS_RUN_POD_SETTINGS"
+"""JSON of what the chart gives a run's pods besides their own settings (its
+flowRuns.scheduling, extraEnv, extraVolumes, extraVolumeMounts and imagePullSecrets): the work
+pool's template applies it to the flow-run pod and passes it on in this env, and the flow
+applies it to the pods of its DaskCluster (:func:`apply_pod_settings`)."""
+POD_PLACEMENT_KEYS = ("nodeSelector", "tolerations", "affinity", "priorityClassName")
+
+
+def apply_pod_settings(pod: dict, settings: Mapping[str, object]) -> None:
+    """Add ``settings`` to a pod spec in place: pull secrets, placement, and the extra volumes,
+    and env and mounts of each container (after the pod's own, so a name it sets stays)."""
+    if settings.get("imagePullSecrets"):
+        pod["imagePullSecrets"] = list(settings["imagePullSecrets"])  # type: ignore[call-overload]
+    for key in POD_PLACEMENT_KEYS:
+        if settings.get(key):
+            pod[key] = settings[key]
+    if settings.get("extraVolumes"):
+        pod["volumes"] = [*pod.get("volumes", []), *settings["extraVolumes"]]  # type: ignore[misc]
+    for container in pod.get("containers", []):
+        own = {e.get("name") for e in container.get("env", [])}
+        extra = [e for e in settings.get("extraEnv") or [] if e.get("name") not in own]  # type: ignore[union-attr]
+        if extra:
+            container["env"] = [*container.get("env", []), *extra]
+        if settings.get("extraVolumeMounts"):
+            mounts = settings["extraVolumeMounts"]
+            container["volumeMounts"] = [*container.get("volumeMounts", []), *mounts]  # type: ignore[misc]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,11 +36,16 @@ def owned_by(cluster_role: str) -> dict[str, str]:
 
 
 def identity_objects(
-    namespace: str, service_account: str, cluster_role: str
+    namespace: str,
+    service_account: str,
+    cluster_role: str,
+    annotations: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The ServiceAccount and the RoleBinding that give it ``cluster_role`` in ``namespace``."""
+    """The ServiceAccount (with ``annotations``) and the RoleBinding that give it
+    ``cluster_role`` in ``namespace``."""
     meta = {"name": service_account, "namespace": namespace, "labels": owned_by(cluster_role)}
-    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}
+    account_meta = {**meta, "annotations": dict(annotations)} if annotations else meta
+    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": account_meta}
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
@@ -87,11 +93,13 @@ class FlowIdentities:
         service_account: str,
         cluster_role: str,
         auth_secret: AuthSecret | None = None,
+        annotations: Mapping[str, str] | None = None,
     ) -> None:
         self.kube = kube
         self.service_account = service_account
         self.cluster_role = cluster_role
         self.auth_secret = auth_secret
+        self.annotations = dict(annotations or {})
         self._ready: set[str] = set()
 
     async def ensure(self, namespace: str) -> None:
@@ -99,7 +107,9 @@ class FlowIdentities:
         them."""
         if namespace in self._ready:
             return
-        account, binding = identity_objects(namespace, self.service_account, self.cluster_role)
+        account, binding = identity_objects(
+            namespace, self.service_account, self.cluster_role, self.annotations
+        )
         core = f"/api/v1/namespaces/{namespace}"
         rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
         for path, body in ((f"{core}/serviceaccounts", account), (f"{rbac}/rolebindings", binding)):

@@ -109,7 +109,11 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
                 config.auth_secret, config.auth_secret_key, config.prefect_auth_string
             )
         identities = FlowIdentities(
-            kube, config.flow_service_account, config.flow_cluster_role, auth
+            kube,
+            config.flow_service_account,
+            config.flow_cluster_role,
+            auth,
+            dict(config.flow_service_account_annotations),
         )
     _runtime = Runtime(config, gateway, kube, follower, identities)
     log.info(

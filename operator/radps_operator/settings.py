@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ class OperatorSettings:
     flow_service_account: str | None = "radps-flow"
     flow_cluster_role: str | None = None
     """Set: the operator creates the flow service account, bound to this, per namespace."""
+    flow_service_account_annotations: tuple[tuple[str, str], ...] = ()
+    """Annotations of the flow service account it creates (a cloud identity, for one)."""
     auth_secret: str | None = None
     """Set (with flow_cluster_role and an auth string): the Secret of the Prefect credential
     the operator copies into each namespace, where flow-run pods read it."""
@@ -119,6 +122,9 @@ class OperatorSettings:
             work_pool=get("RADPS_WORK_POOL", "") or cls.work_pool,
             flow_service_account=get("RADPS_FLOW_SERVICE_ACCOUNT", "radps-flow") or None,
             flow_cluster_role=get("RADPS_FLOW_CLUSTER_ROLE", "") or None,
+            flow_service_account_annotations=_annotations(
+                get("RADPS_FLOW_SERVICE_ACCOUNT_ANNOTATIONS", "")
+            ),
             auth_secret=get("RADPS_AUTH_SECRET", "") or None,
             auth_secret_key=get("RADPS_AUTH_SECRET_KEY", "") or cls.auth_secret_key,
             run_network_policy=get("RADPS_RUN_NETWORK_POLICY", "false").lower() == "true",
@@ -135,3 +141,16 @@ class OperatorSettings:
             health_port=int(number("RADPS_HEALTH_PORT", 8080, int)),
             log_format=log_format,
         )
+
+
+def _annotations(text: str) -> tuple[tuple[str, str], ...]:
+    """A JSON object of string values (the chart's flowRuns.serviceAccount.annotations)."""
+    if not text.strip():
+        return ()
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise SettingsError(f"RADPS_FLOW_SERVICE_ACCOUNT_ANNOTATIONS is not JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise SettingsError("RADPS_FLOW_SERVICE_ACCOUNT_ANNOTATIONS: a JSON object of strings")
+    return tuple(sorted((str(k), v) for k, v in value.items()))

@@ -19,15 +19,20 @@ import copy
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from radps_flows.contract import (
     OBJECT_STORE_ACCESS_KEY_KEY_ENV,
     OBJECT_STORE_SECRET_ENV,
     OBJECT_STORE_SECRET_KEY_KEY_ENV,
+    RUN_POD_SETTINGS_ENV,
+    apply_pod_settings,
     object_store_env,
 )
+
+FLOW_POD_SETTINGS_ENV = "RADPS_FLOW_POD_SETTINGS"
+"""The chart's JSON of the flow-run pods' extra settings (its radps.flowPodSettings)."""
 
 POD_IDENTITY_ENV = (
     "RADPS_POD_NAME",
@@ -67,6 +72,9 @@ class FlowPodOptions:
     """Secret of the run's namespace holding the object store's key pair (s3:// data)."""
     object_store_access_key_key: str = "AWS_ACCESS_KEY_ID"
     object_store_secret_key_key: str = "AWS_SECRET_ACCESS_KEY"
+    pod_settings: dict[str, Any] = field(default_factory=dict)
+    """The chart's flowRuns placement, pull secrets, extra env, volumes and mounts
+    (contract.apply_pod_settings), for the flow-run pod and, through its env, its Dask pods."""
 
 
 def base_job_template(options: FlowPodOptions) -> dict[str, Any]:
@@ -146,7 +154,12 @@ def base_job_template(options: FlowPodOptions) -> dict[str, Any]:
         options.object_store_endpoint,
         options.object_store_region,
     )
+    # Passed on to the run's Dask pods (radps_flows.cluster); always set, even to {}: the
+    # worker puts a flow run's job-variable env before this list, and the last entry of a
+    # name wins, so no one creating a flow run can give its Dask pods volumes of their own.
+    env.append({"name": RUN_POD_SETTINGS_ENV, "value": json.dumps(options.pod_settings)})
     container["env"] = env
+    apply_pod_settings(pod, options.pod_settings)
     return template
 
 
@@ -196,6 +209,7 @@ def options_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) ->
         or defaults.object_store_access_key_key,
         object_store_secret_key_key=environ.get(OBJECT_STORE_SECRET_KEY_KEY_ENV)
         or defaults.object_store_secret_key_key,
+        pod_settings=json.loads(environ.get(FLOW_POD_SETTINGS_ENV) or "{}"),
     )
 
 

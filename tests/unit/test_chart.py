@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ def helm() -> str:
     return pinned_helm()
 
 
-def render(helm: str, *settings: str) -> list[dict[str, Any]]:
+def render(helm: str, *settings: str, values: Path | None = None) -> list[dict[str, Any]]:
     args = [helm, "template", "t", str(CHART), "--namespace", "radps", "--include-crds"]
+    if values is not None:
+        args += ["--values", str(values)]
     for setting in settings:
         args += ["--set", setting]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
@@ -520,3 +523,147 @@ def test_an_outside_object_store_from_an_existing_secret(helm):
     with_port = render(helm, "objectStore.endpoint=http://minio.storage:9000")
     (egress,) = _policies(with_port)[("radps", "run-objectstore")]["egress"]
     assert egress == {"ports": [{"port": 9000, "protocol": "TCP"}]}
+
+
+OPERATORS_VALUES = """
+imagePullSecrets: [{name: regcred}]
+scheduling:
+  nodeSelector: {pool: radps}
+  tolerations: [{key: dedicated, operator: Equal, value: radps, effect: NoSchedule}]
+  priorityClassName: radps-default
+operator:
+  serviceAccount: {annotations: {example.org/role: operator}}
+  scheduling:
+    nodeSelector: {pool: control}
+  extraEnv: [{name: HTTPS_PROXY, value: "http://proxy:3128"}]
+  extraVolumes: [{name: ca, configMap: {name: corporate-ca}}]
+  extraVolumeMounts: [{name: ca, mountPath: /etc/ssl/corporate}]
+prefect:
+  worker:
+    serviceAccount: {annotations: {example.org/role: worker}}
+flowRuns:
+  serviceAccount: {annotations: {eks.amazonaws.com/role-arn: "arn:aws:iam::1:role/radps"}}
+  scheduling:
+    priorityClassName: science
+    affinity:
+      nodeAffinity:
+        requiredDuringSchedulingIgnoredDuringExecution:
+          nodeSelectorTerms: [{matchExpressions: [{key: gpu, operator: DoesNotExist}]}]
+  extraEnv: [{name: OMP_PROC_BIND, value: "true"}]
+  extraVolumes: [{name: scratch, emptyDir: {sizeLimit: 50Gi}}]
+  extraVolumeMounts: [{name: scratch, mountPath: /scratch}]
+daskOperator:
+  serviceAccount: {annotations: {example.org/role: dask}}
+"""
+
+
+def render_values(helm: str, tmp_path: Path, values: str, *settings: str) -> list[dict[str, Any]]:
+    path = tmp_path / "values.yaml"
+    path.write_text(values)
+    return render(helm, *settings, values=path)
+
+
+def test_every_role_takes_pull_secrets_placement_and_account_annotations(helm, tmp_path):
+    """A cluster operator's usual knobs, on every pod of the chart: pull secrets, and each
+    role's placement over the chart-wide one; and the flow-run pods' own settings travel to
+    the work pool's template (and from there to the Dask pods, tests/unit/test_work_pool.py)."""
+    documents = render_values(helm, tmp_path, OPERATORS_VALUES, "objectStore.enabled=true")
+    for name, spec in pod_specs(documents):
+        assert spec["imagePullSecrets"] == [{"name": "regcred"}], name
+        assert spec["priorityClassName"] == "radps-default", name
+        assert spec["tolerations"][0]["key"] == "dedicated", name
+        expected = {"pool": "control"} if name == "t-radps-operator" else {"pool": "radps"}
+        assert spec["nodeSelector"] == expected, name
+    (operator,) = [s for n, s in pod_specs(documents) if n == "t-radps-operator"]
+    container = operator["containers"][0]
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in container["env"]
+    assert {"name": "ca", "mountPath": "/etc/ssl/corporate"} in container["volumeMounts"]
+    assert {"name": "ca", "configMap": {"name": "corporate-ca"}} in operator["volumes"]
+    accounts = {
+        d["metadata"]["name"]: d["metadata"].get("annotations", {})
+        for d in documents
+        if d["kind"] == "ServiceAccount"
+    }
+    assert accounts["t-radps-operator"] == {"example.org/role": "operator"}
+    assert accounts["t-radps-prefect-worker"] == {"example.org/role": "worker"}
+    assert accounts["t-radps-dask-operator"] == {"example.org/role": "dask"}
+    assert accounts["radps-flow"]["eks.amazonaws.com/role-arn"] == "arn:aws:iam::1:role/radps"
+    settings = json.loads(_env(documents, "t-radps-prefect-worker")["RADPS_FLOW_POD_SETTINGS"])
+    assert settings["priorityClassName"] == "science"  # flowRuns' own over the chart-wide
+    assert settings["nodeSelector"] == {"pool": "radps"}  # the chart-wide, where it says none
+    assert settings["imagePullSecrets"] == [{"name": "regcred"}]
+    assert settings["affinity"]["nodeAffinity"]
+    assert settings["extraVolumeMounts"] == [{"name": "scratch", "mountPath": "/scratch"}]
+    assert settings["extraEnv"] == [{"name": "OMP_PROC_BIND", "value": "true"}]
+
+
+def test_by_default_no_placement_and_no_extra_settings(helm):
+    documents = render(helm)
+    for name, spec in pod_specs(documents):
+        for key in ("imagePullSecrets", "nodeSelector", "tolerations", "affinity"):
+            assert key not in spec, (name, key)
+        assert "priorityClassName" not in spec, name
+    settings = json.loads(_env(documents, "t-radps-prefect-worker")["RADPS_FLOW_POD_SETTINGS"])
+    assert not any(settings.values()), settings
+
+
+def test_service_monitor_and_grafana_dashboard_on_request(helm):
+    assert not [d for d in render(helm) if d["kind"] in ("ServiceMonitor", "ConfigMap")]
+    documents = render(
+        helm,
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.labels.release=kube-prometheus",
+        "metrics.grafanaDashboard.enabled=true",
+    )
+    (monitor,) = [d for d in documents if d["kind"] == "ServiceMonitor"]
+    (service,) = [
+        d for d in documents
+        if d["kind"] == "Service" and d["metadata"]["name"] == "t-radps-operator-metrics"
+    ]  # fmt: skip
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    (allow,) = [
+        d
+        for d in documents
+        if d["metadata"]["name"] == "t-radps-operator-metrics" and d["kind"] == "NetworkPolicy"
+    ]
+    assert allow["spec"]["ingress"][0]["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    (dashboard,) = [d for d in documents if d["kind"] == "ConfigMap"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    panels = json.loads(dashboard["data"]["radps.json"])["panels"]
+    queries = " ".join(t["expr"] for p in panels for t in p["targets"])
+    for metric in ("radps_pipelineruns", "radps_reconcile_seconds_bucket",
+                   "radps_status_lag_seconds_bucket", "kube_pod_status_phase"):  # fmt: skip
+        assert metric in queries, metric
+    exposed = set(_operator_metric_names())
+    used = {m.removesuffix("_bucket") for m in re.findall(r"radps_[a-z_]+", queries)}
+    assert used <= exposed, used - exposed  # the dashboard queries metrics that exist
+
+
+def _operator_metric_names() -> list[str]:
+    source = (ROOT / "operator" / "radps_operator" / "metrics.py").read_text()
+    return re.findall(r'"(radps_[a-z_]+)"', source)
+
+
+def test_the_ui_ingress_only_behind_auth(helm):
+    documents = render(
+        helm,
+        "prefect.server.ingress.enabled=true",
+        "prefect.server.ingress.host=radps.example.org",
+        "prefect.server.ingress.className=nginx",
+        "prefect.server.ingress.tlsSecretName=radps-tls",
+    )
+    (ingress,) = [d for d in documents if d["kind"] == "Ingress"]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"hosts": ["radps.example.org"], "secretName": "radps-tls"}]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "t-radps-prefect-server", "port": {"name": "http"}}
+    result = subprocess.run(
+        [helm, "template", "t", str(CHART), "--set", "prefect.server.ingress.enabled=true",
+         "--set", "prefect.server.ingress.host=radps.example.org",
+         "--set", "prefect.basicAuth.enabled=false"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode != 0 and "needs prefect.basicAuth.enabled=true" in result.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from radps_flows.cluster import (
     RUN_UID_LABEL,
     DaskClusterConfig,
@@ -113,3 +115,33 @@ def test_dask_workers_get_the_flow_pods_object_store_from_the_same_secret():
     assert "the-secret-itself" not in str(spec) and "the-key-itself" not in str(spec)
     scheduler_env = spec["spec"]["scheduler"]["spec"]["containers"][0]["env"]
     assert not [e for e in scheduler_env if e["name"].startswith("AWS_")]  # it reads no data
+
+
+def test_dask_pods_take_the_placement_and_extras_the_flow_pod_was_given():
+    settings = {
+        "imagePullSecrets": [{"name": "regcred"}],
+        "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+        "priorityClassName": "science",
+        "extraEnv": [{"name": "OMP_PROC_BIND", "value": "true"}],
+        "extraVolumes": [{"name": "scratch", "emptyDir": {}}],
+        "extraVolumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+    }
+    kube = KubeContext.from_env({**POD_ENV, "RADPS_RUN_POD_SETTINGS": json.dumps(settings)})
+    assert kube is not None
+    spec = dask_cluster_spec(DaskClusterConfig(), kube)
+    for role in ("scheduler", "worker"):
+        pod = spec["spec"][role]["spec"]
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}], role
+        assert pod["priorityClassName"] == "science", role
+        assert pod["tolerations"][0]["key"] == "dedicated", role
+        assert {"name": "scratch", "emptyDir": {}} in pod["volumes"], role
+        assert {"name": "tmp", "emptyDir": {}} in pod["volumes"], role  # its own stay
+        container = pod["containers"][0]
+        assert {"name": "scratch", "mountPath": "/scratch"} in container["volumeMounts"], role
+        assert {"name": "OMP_PROC_BIND", "value": "true"} in container["env"], role
+    assert (
+        "imagePullSecrets"
+        not in dask_cluster_spec(DaskClusterConfig(), KubeContext.from_env(POD_ENV))["spec"][
+            "worker"
+        ]["spec"]
+    )

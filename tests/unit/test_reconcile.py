@@ -369,3 +369,18 @@ def test_the_job_deadline_backs_up_the_timeout():
     assert r.active_deadline_seconds(spec(timeoutSeconds=60, startDeadlineSeconds=30), 900) == 90
     variables = r.job_variables("ns", "run-a", "uid-1", spec(timeoutSeconds=60), SETTINGS)
     assert variables["active_deadline_seconds"] == 60 + SETTINGS.start_deadline_seconds
+
+
+def test_the_flow_account_the_operator_makes_carries_the_charts_annotations():
+    from radps_operator.flow_identity import identity_objects
+
+    settings = OperatorSettings.from_env(
+        {"RADPS_FLOW_SERVICE_ACCOUNT_ANNOTATIONS": '{"eks.amazonaws.com/role-arn": "arn:x"}'}
+    )
+    annotations = dict(settings.flow_service_account_annotations)
+    account, binding = identity_objects("astro", "radps-flow", "radps-flow-run", annotations)
+    assert account["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:x"}
+    assert "annotations" not in binding["metadata"]
+    assert "annotations" not in identity_objects("astro", "radps-flow", "r")[0]["metadata"]
+    with pytest.raises(SettingsError, match="RADPS_FLOW_SERVICE_ACCOUNT_ANNOTATIONS"):
+        OperatorSettings.from_env({"RADPS_FLOW_SERVICE_ACCOUNT_ANNOTATIONS": "[1]"})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from radps_operator.work_pool import FlowPodOptions, base_job_template, options_from_env
 
 
@@ -70,3 +72,41 @@ def test_the_object_store_reaches_flow_pods_as_aws_env_with_the_keys_from_a_secr
     assert env["RADPS_OBJECT_STORE_SECRET"]["value"] == "radps-objectstore"  # for its Dask pods
     plain = _pod(base_job_template(FlowPodOptions()))["containers"][0]["env"]
     assert not [e for e in plain if e["name"].startswith("AWS_")]
+
+
+SETTINGS = {
+    "imagePullSecrets": [{"name": "regcred"}],
+    "nodeSelector": {"pool": "science"},
+    "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+    "affinity": {},
+    "priorityClassName": "science",
+    "extraEnv": [{"name": "OMP_PROC_BIND", "value": "true"}, {"name": "HOME", "value": "/x"}],
+    "extraVolumes": [{"name": "scratch", "emptyDir": {}}],
+    "extraVolumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+}
+
+
+def test_the_charts_flow_pod_settings_reach_the_pod_and_travel_on_to_its_dask_pods():
+    options = options_from_env({"RADPS_FLOW_POD_SETTINGS": json.dumps(SETTINGS)})
+    pod = _pod(base_job_template(options))
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["nodeSelector"] == {"pool": "science"} and pod["priorityClassName"] == "science"
+    assert "affinity" not in pod  # empty: not set
+    assert {"name": "scratch", "emptyDir": {}} in pod["volumes"]
+    container = pod["containers"][0]
+    assert {"name": "scratch", "mountPath": "/scratch"} in container["volumeMounts"]
+    env = [(e["name"], e.get("value")) for e in container["env"]]
+    assert ("OMP_PROC_BIND", "true") in env
+    assert [v for n, v in env if n == "HOME"] == ["/tmp"]  # the pod's own setting stays
+    (passed,) = [v for n, v in env if n == "RADPS_RUN_POD_SETTINGS"]
+    assert json.loads(passed) == SETTINGS
+
+
+def test_the_dask_pod_settings_are_always_the_templates_own():
+    """Set even when empty, last in the list: a flow run's job-variable env comes first, and
+    the last entry of a name wins, so nobody who can create a flow run gives its Dask pods
+    volumes (or placement) of their own."""
+    container = _pod(base_job_template(FlowPodOptions()))["containers"][0]
+    assert [e for e in container["env"] if e["name"] == "RADPS_RUN_POD_SETTINGS"] == [
+        {"name": "RADPS_RUN_POD_SETTINGS", "value": "{}"}
+    ]

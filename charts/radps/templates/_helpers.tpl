@@ -135,6 +135,7 @@ where `helm test` applies its PipelineRun, and NOTES.txt's examples */}}
 - {name: RADPS_AUTH_SECRET, value: {{ include "radps.authSecretName" . | quote }}}
 - {name: RADPS_AUTH_SECRET_KEY, value: {{ .Values.prefect.basicAuth.secretKey | quote }}}
 - {name: RADPS_FINISHED_JOB_TTL_SECONDS, value: {{ .Values.flowRuns.finishedJobTtlSeconds | quote }}}
+- {name: RADPS_FLOW_POD_SETTINGS, value: {{ include "radps.flowPodSettings" . | quote }}}
 {{- include "radps.objectStoreWorkerEnv" . }}
 {{- if not (include "radps.clusterWide" .) }}
 {{- /* prefect-kubernetes' observer (marks a run Crashed when its pod fails) watches the whole
@@ -270,4 +271,50 @@ key pair from its Secret, never a literal) */}}
   valueFrom: {secretKeyRef: {name: {{ include "radps.objectStoreSecretName" . }}, key: {{ .Values.objectStore.accessKeyIdKey }}}}
 - name: AWS_SECRET_ACCESS_KEY
   valueFrom: {secretKeyRef: {name: {{ include "radps.objectStoreSecretName" . }}, key: {{ .Values.objectStore.secretAccessKeyKey }}}}
+{{- end -}}
+
+
+{{/* Where a pod of one role runs, and from which registries: imagePullSecrets, then the role's
+own nodeSelector, tolerations, affinity and priorityClassName, each falling back to the
+chart-wide `scheduling` value: (dict "root" $ "role" .Values.operator.scheduling) */}}
+{{- define "radps.placement" -}}
+{{- $all := .root.Values.scheduling -}}
+{{- $own := .role | default dict -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with ($own.nodeSelector | default $all.nodeSelector) }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with ($own.tolerations | default $all.tolerations) }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with ($own.affinity | default $all.affinity) }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with ($own.priorityClassName | default $all.priorityClassName) }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* What the flow-run pods and their Dask pods get besides the chart's own settings, as the
+JSON radps_operator.work_pool reads (RADPS_FLOW_POD_SETTINGS): placement, pull secrets,
+extra env, volumes and mounts */}}
+{{- define "radps.flowPodSettings" -}}
+{{- $all := .Values.scheduling -}}
+{{- $own := .Values.flowRuns.scheduling | default dict -}}
+{{- $settings := dict
+  "imagePullSecrets" .Values.imagePullSecrets
+  "nodeSelector" ($own.nodeSelector | default $all.nodeSelector)
+  "tolerations" ($own.tolerations | default $all.tolerations)
+  "affinity" ($own.affinity | default $all.affinity)
+  "priorityClassName" ($own.priorityClassName | default $all.priorityClassName)
+  "extraEnv" .Values.flowRuns.extraEnv
+  "extraVolumes" .Values.flowRuns.extraVolumes
+  "extraVolumeMounts" .Values.flowRuns.extraVolumeMounts -}}
+{{- toJson $settings -}}
 {{- end -}}

@@ -37,7 +37,7 @@ from radps_flows.core import io as core_io
 from radps_flows.core import previews, weighting
 from radps_flows.core.cube import CubeSum, cube_sum_from_arrays
 from radps_flows.core.executors import Executor
-from radps_flows.core.flagging import mad_flags
+from radps_flows.core.flagging import plane_flags
 from radps_flows.core.imaging import StokesIVisibilities, gather_stokes_i
 from radps_flows.parameters.common import DEFAULT_BLOCK_MB
 
@@ -74,6 +74,8 @@ class Steps:
     data_group: str = "base"
     flag: bool = False
     flag_threshold: float = 5.0
+    flagger: str = "mad"
+    """mad or aoflagger (:func:`radps_flows.core.flagging.plane_flags`)."""
     calibrate: bool = False
     model: tuple[cal.PointModel, ...] | xr.DataArray = (cal.PointModel(1.0),)
     """Point sources, or a model image (Jy/pixel, see :func:`cal.solve_gains`)."""
@@ -314,9 +316,11 @@ class Prepared:
     partition: str
 
 
-def flag_block(ds: xr.Dataset, data_group: str, threshold: float) -> tuple[xr.Dataset, int, int]:
-    """Median/MAD flags of the block's own time x frequency plane per baseline (existing flags
-    kept). Returns the dataset with the new FLAG and the flag counts before and after."""
+def flag_block(
+    ds: xr.Dataset, data_group: str, threshold: float, method: str = "mad"
+) -> tuple[xr.Dataset, int, int]:
+    """Flags of the block's own time x frequency plane per baseline by ``method`` (existing
+    flags kept). Returns the dataset with the new FLAG and the flag counts before and after."""
     names = _names(ds, data_group)
     vis = ds[names["vis"]].transpose(*ORDER)
     old = (
@@ -324,7 +328,7 @@ def flag_block(ds: xr.Dataset, data_group: str, threshold: float) -> tuple[xr.Da
         if names["flag"] in ds
         else np.zeros(vis.shape, dtype=bool)
     )
-    new = mad_flags(vis.values, old, threshold=threshold)
+    new = plane_flags(vis.values, old, method=method, threshold=threshold)
     out = ds.copy()
     out[names["flag"]] = (ORDER, new)
     out[names["flag"]] = out[names["flag"]].transpose(*ds[names["vis"]].dims)
@@ -353,7 +357,7 @@ def block_gains(block: Block, steps: Steps) -> xr.Dataset:
     solve, the same as the first half of :func:`prepare_block`."""
     ds = load_block(block, steps.data_group)
     if steps.flag:
-        ds, _, _ = flag_block(ds, steps.data_group, steps.flag_threshold)
+        ds, _, _ = flag_block(ds, steps.data_group, steps.flag_threshold, steps.flagger)
     return solve_block(ds, steps)
 
 
@@ -370,7 +374,7 @@ def prepare_block(block: Block, steps: Steps, gains: xr.Dataset | None = None) -
 
     before = after = flagged(names["flag"])
     if steps.flag:
-        ds, _, _ = flag_block(ds, steps.data_group, steps.flag_threshold)
+        ds, _, _ = flag_block(ds, steps.data_group, steps.flag_threshold, steps.flagger)
         after = flagged(names["flag"])
     group = steps.data_group
     if steps.calibrate and gains is None:

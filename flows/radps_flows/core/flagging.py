@@ -9,9 +9,10 @@ baseline's samples. NaN samples (xradio's padding for missing time x baseline sl
 non-finite weights are always flagged; existing flags are kept.
 
 Why amplitudes on the raw plane: calibrator-like fields have nearly constant amplitude per
-baseline, and RFI adds power; a smooth-surface fit (AOFlagger's SumThreshold) is better for
-structured fields and is used when the ``aoflagger`` module is importable
-(:func:`aoflagger_flags`).
+baseline, and RFI adds power. AOFlagger's SumThreshold over a smooth-surface fit is better for
+structured fields and line-like RFI: ``method="aoflagger"`` (:func:`aoflagger_flags`, with
+AOFlagger's generic default strategy; it sets its own thresholds). :func:`plane_flags` is
+the one entry both the pipelines' block flagging and :func:`flag_dataset` call.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import xarray as xr
 
 from .io import data_variable_names
 
-__all__ = ["aoflagger_available", "aoflagger_flags", "flag_dataset", "mad_flags"]
+__all__ = ["FLAGGERS", "aoflagger_available", "aoflagger_flags", "flag_dataset", "mad_flags"]
+
+FLAGGERS = ("mad", "aoflagger")
 
 _MAD_TO_SIGMA = 1.4826
 
@@ -71,13 +74,24 @@ def mad_flags(
     return out
 
 
+def plane_flags(
+    vis: np.ndarray, flag: np.ndarray | None, *, method: str = "mad", threshold: float = 5.0
+) -> np.ndarray:
+    """Flags for ``vis`` (ntime, nbl, nchan, npol), existing ``flag`` kept, by ``method``:
+    ``mad`` (:func:`mad_flags`, at ``threshold``) or ``aoflagger`` (:func:`aoflagger_flags`)."""
+    if method == "mad":
+        return mad_flags(vis, flag, threshold=threshold)
+    if method == "aoflagger":
+        return aoflagger_flags(vis, flag)
+    raise ValueError(f"unknown flagger {method!r} (known: {', '.join(FLAGGERS)})")
+
+
 def flag_dataset(
     ds: xr.Dataset,
     *,
     data_group: str = "base",
     threshold: float = 5.0,
-    max_iter: int = 10,
-    extend_polarizations: bool = True,
+    method: str = "mad",
 ) -> xr.DataArray:
     """A new FLAG for one MSv4 dataset (same dims as its FLAG), lazily when it is Dask-backed:
     the work is split by baseline (each baseline needs its whole time x frequency plane)."""
@@ -98,13 +112,7 @@ def flag_dataset(
         # apply_ufunc moves core dims last: (baseline, time, frequency, polarization)
         v4 = np.moveaxis(v, 0, 1)
         f4 = np.moveaxis(f, 0, 1)
-        out = mad_flags(
-            v4,
-            f4,
-            threshold=threshold,
-            max_iter=max_iter,
-            extend_polarizations=extend_polarizations,
-        )
+        out = plane_flags(v4, f4, method=method, threshold=threshold)
         return np.moveaxis(out, 1, 0)
 
     core = ["time", "frequency", "polarization"]
@@ -131,13 +139,17 @@ def aoflagger_available() -> bool:
 
 
 def aoflagger_flags(vis: np.ndarray, flag: np.ndarray | None = None) -> np.ndarray:
-    """SumThreshold flags from AOFlagger's default strategy, per baseline, for ``vis``
-    (ntime, nbl, nchan, npol). Raises ImportError when ``aoflagger`` is not installed."""
-    import aoflagger  # optional
+    """SumThreshold flags from AOFlagger's generic default strategy, per baseline, for ``vis``
+    (ntime, nbl, nchan, npol), existing flags and non-finite samples kept; a sample it flags
+    is flagged in every correlation (as :func:`mad_flags` does).
+
+    AOFlagger 3.5 (the registry's) finds a strategy by telescope:
+    ``find_strategy_file(TelescopeId.Generic)``; its older no-argument form is gone."""
+    import aoflagger
 
     nt, nbl, nf, npol = vis.shape
     flagger = aoflagger.AOFlagger()
-    strategy = flagger.load_strategy_file(flagger.find_strategy_file())
+    strategy = flagger.load_strategy_file(flagger.find_strategy_file(aoflagger.TelescopeId.Generic))
     out = ~np.isfinite(vis)
     if flag is not None:
         out |= flag

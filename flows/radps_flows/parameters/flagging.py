@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -12,7 +12,8 @@ from radps_flows.parameters.common import DEFAULT_BLOCK_MB, INPUT_SET, OVERWRITE
 
 
 class FlaggingParameters(PipelineParameters):
-    """RFI flagging (median/MAD per baseline), written into an MSv4 copy of the input."""
+    """RFI flagging (median/MAD or AOFlagger per baseline), written into an MSv4 copy of the
+    input."""
 
     pipeline: ClassVar[str] = "flagging"
     flow: ClassVar[str] = "radps_flows.pipelines.flagging:flagging"
@@ -22,9 +23,14 @@ class FlaggingParameters(PipelineParameters):
     output: str = Field(
         description="Folder for flagged.ps.zarr (the input with FLAG = old flags OR new ones)."
     )
+    method: Literal["mad", "aoflagger"] = Field(
+        "mad",
+        description="mad (median/MAD clipping) or aoflagger (AOFlagger's SumThreshold, its "
+        "generic strategy, which sets its own thresholds).",
+    )
     threshold: Annotated[float, Field(gt=0)] = Field(
         5.0,
-        description="Clip at this many robust standard deviations (iterated to convergence).",
+        description="mad: clip at this many robust standard deviations (iterated to convergence).",
     )
     block_mb: Annotated[float, Field(gt=0)] = Field(
         DEFAULT_BLOCK_MB,

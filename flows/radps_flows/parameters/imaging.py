@@ -69,13 +69,14 @@ class ImagingParameters(PipelineParameters):
     robust: Annotated[float, Field(ge=-2, le=2)] = Field(
         0.5, description="Briggs robustness (-2 ~ uniform, +2 ~ natural)."
     )
-    flag: bool = Field(
+    flag: bool | Literal["mad", "aoflagger"] = Field(
         False,
-        description="Flag RFI first: median/MAD clipping per baseline over each block's time x "
-        "frequency plane (NaN samples are always ignored).",
+        description="Flag RFI first, per baseline over each block's time x frequency plane: "
+        "mad (or true: median/MAD clipping) or aoflagger (AOFlagger's SumThreshold, its "
+        "generic strategy); NaN samples are always ignored.",
     )
     flag_threshold: Annotated[float, Field(gt=0)] = Field(
-        5.0, description="Clip at this many robust standard deviations."
+        5.0, description="mad: clip at this many robust standard deviations."
     )
     calibrate: bool = Field(
         False, description="Solve antenna gains with StEFCal against `model` and apply them."

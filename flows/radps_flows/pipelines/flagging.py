@@ -39,7 +39,12 @@ def _baselines_per_task(ds: xr.Dataset, block_mb: float) -> int:
 
 @stage("flag")
 def flag(
-    store: str, datasets: list[xr.Dataset], output: str, threshold: float, block_mb: float
+    store: str,
+    datasets: list[xr.Dataset],
+    output: str,
+    threshold: float,
+    block_mb: float,
+    method: str = "mad",
 ) -> list[Output]:
     dest = msv4.copy_processing_set(store, msv4.output_store(output, "flagged"), "flagging")
     rows = []
@@ -48,7 +53,7 @@ def flag(
             name = ds.attrs["partition_name"]
             sub = ds[["VISIBILITY", "FLAG", "WEIGHT"]].reset_coords(drop=True)
             sub = sub.chunk({"time": -1, "baseline_id": _baselines_per_task(ds, block_mb)})
-            new = flag_dataset(sub, threshold=threshold)
+            new = flag_dataset(sub, threshold=threshold, method=method)
             msv4.replace_arrays(dest, name, {"FLAG": new}, ex)
             rows.append(_counts(ds, dest, name, ex))
     for row in rows:
@@ -88,7 +93,7 @@ def flagging(**arguments: Any) -> list[dict[str, str]]:
     with transactional_output("flagging", p.output, p.overwrite, params, inputs) as transaction:
         folder = str(transaction.folder)
         store, datasets = stages.open_input(p.input, folder, STAGES)
-        products = flag(store, datasets, folder, p.threshold, p.block_mb)
+        products = flag(store, datasets, folder, p.threshold, p.block_mb, p.method)
         outputs = transaction.commit(products)
     report_progress(2, STAGES)
     return publish_outputs(outputs)

@@ -62,7 +62,7 @@ def calibration_steps(
     solint: str | float,
     minsnr: float,
     calibrate: bool = True,
-    flag: bool = False,
+    flag: bool | str = False,
     flag_threshold: float = 5.0,
 ) -> blk.Steps:
     """What each block does before it is gridded or solved: flag, then solve (and apply)
@@ -72,8 +72,9 @@ def calibration_steps(
     t0 = min(float(np.nanmin(ds["time"].values)) for ds in datasets if ds.sizes["time"])
     sky = image_model(model_image, pc) if model_image else point_models(model, float(pc["dec"]))
     return blk.Steps(
-        flag=flag,
+        flag=bool(flag),
         flag_threshold=flag_threshold,
+        flagger="aoflagger" if flag == "aoflagger" else "mad",
         calibrate=calibrate,
         model=sky,
         refant=refant,

@@ -397,7 +397,9 @@ def _descriptive_attrs(datasets: Sequence[xr.Dataset], ref: dict[str, Any]) -> d
     observer = (first.get("observation_info") or {}).get("observer")
     if observer:
         out["observer"] = str(observer[0] if isinstance(observer, list | tuple) else observer)
-    obj = first.get("source_name") or ref.get("field_name")
+    source = first.get("source_name")
+    # xradio names the source "Unknown" where the SOURCE table has none (pyuvdata's MSs)
+    obj = source if source and source != "Unknown" else ref.get("field_name")
     if obj:
         creator = first.get("creator") or {}
         converted = isinstance(creator, dict) and creator.get("software_name") == "xradio"

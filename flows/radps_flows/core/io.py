@@ -1,7 +1,9 @@
 """Open visibility data as xradio MSv4 datasets.
 
 Every pipeline starts here, whatever the user points it at: an MSv2 MeasurementSet (converted
-once with xradio and cached) or an MSv4 processing-set zarr store. Failures about the *input*
+once with xradio and cached), a uvfits, uvh5, MIR or Miriad data set (first written as an MSv2
+with pyuvdata, :mod:`radps_flows.core.uvdata_convert`, then the same), or an MSv4
+processing-set zarr store. Failures about the *input*
 become :class:`InputDataError` with the path and the problem in the message, so a flow can
 report them to the user instead of a traceback from deep inside xradio or casacore.
 
@@ -150,12 +152,38 @@ def ensure_processing_set(
     kind = detect_input_kind(source)
     if kind == "msv4":
         return source
-    return _converted(source, _cache_dir_for(source, cache_dir))
+    return _converted(source, _cache_dir_for(source, cache_dir), kind)
+
+
+#: File name endings of the pyuvdata formats that are single files.
+_FILE_SUFFIXES = {".uvfits": "uvfits", ".uvfit": "uvfits", ".uvh5": "uvh5"}
+#: Files that make a folder a Miriad data set, or an SMA MIR one.
+_FOLDER_FILES = {"miriad": {"visdata", "vartable"}, "mir": {"in_read", "bl_read", "sp_read"}}
+
+
+def _file_kind(name: str, head: bytes = b"") -> str | None:
+    """The pyuvdata format of a single file, by its name or its first bytes."""
+    for suffix, kind in _FILE_SUFFIXES.items():
+        if name.lower().endswith(suffix):
+            return kind
+    if head.startswith(b"\x89HDF") and name.lower().endswith((".h5", ".hdf5")):
+        return "uvh5"
+    if head.startswith(b"SIMPLE") and b"GROUPS  =                    T" in head:
+        return "uvfits"  # random-groups FITS: uvfits by any name
+    return None
+
+
+def _folder_kind(files: set[str]) -> str | None:
+    for kind, needed in _FOLDER_FILES.items():
+        if needed <= files:
+            return kind
+    return None
 
 
 def detect_input_kind(path: str | os.PathLike) -> str:
-    """Say whether ``path`` (a path or URL) is an MSv2 MeasurementSet ("msv2") or a
-    processing set ("msv4").
+    """Say whether ``path`` (a path or URL) is an MSv2 MeasurementSet ("msv2"), a processing
+    set ("msv4"), or a uvfits, uvh5, Miriad or MIR data set ("uvfits", "uvh5", "miriad",
+    "mir": by the file's name ending or first bytes, the folder's files).
 
     Checks only the layout (cheap: one listing on a store); anything else is an
     :class:`InputDataError` whose message says what was found instead.
@@ -166,13 +194,24 @@ def detect_input_kind(path: str | os.PathLike) -> str:
     if not path.exists():
         raise InputDataError(f"{path}: no such file or directory")
     if not path.is_dir():
-        raise InputDataError(_a_file_message(path))
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(2880)
+        except OSError as exc:
+            raise InputDataError(f"{path}: cannot read it: {exc}") from None
+        kind = _file_kind(path.name, head)
+        if kind is None:
+            raise InputDataError(_a_file_message(path))
+        return kind
     if (path / "table.dat").is_file():
         _require_ms_subtables(path, {p.name for p in path.iterdir() if p.is_dir()})
         return "msv2"
     if (path / "zarr.json").is_file() or (path / ".zgroup").is_file():
         return "msv4"
-    raise InputDataError(_neither_message(path))
+    kind = _folder_kind({p.name for p in path.iterdir() if p.is_file()})
+    if kind is None:
+        raise InputDataError(_neither_message(path))
+    return kind
 
 
 def _detect_remote_kind(url: str) -> str:
@@ -186,7 +225,10 @@ def _detect_remote_kind(url: str) -> str:
         raise InputDataError(f"{url}: no such object or prefix")
     only = entries[0] if len(entries) == 1 else {}
     if only.get("type") == "file" and only["name"].rstrip("/") == locations.key_of(url):
-        raise InputDataError(_a_file_message(url))
+        kind = _file_kind(locations.name(url))
+        if kind is None:
+            raise InputDataError(_a_file_message(url))
+        return kind
     files = {locations.name(e["name"]) for e in entries if e["type"] == "file"}
     folders = {locations.name(e["name"]) for e in entries if e["type"] == "directory"}
     if "table.dat" in files:
@@ -194,20 +236,27 @@ def _detect_remote_kind(url: str) -> str:
         return "msv2"
     if files & {"zarr.json", ".zgroup"}:
         return "msv4"
-    raise InputDataError(_neither_message(url))
+    kind = _folder_kind(files)
+    if kind is None:
+        raise InputDataError(_neither_message(url))
+    return kind
 
 
 def _a_file_message(path: str | os.PathLike) -> str:
     hint = ""
     if str(path).endswith((".tar", ".tar.gz", ".tgz")):
         hint = " (it looks like an archive: unpack it first)"
-    return f"{path}: not a MeasurementSet or processing set (a file, not a directory){hint}"
+    return (
+        f"{path}: a file, but not one radps reads (a uvfits file ends in .uvfits, a uvh5 file "
+        f"in .uvh5; a MeasurementSet or processing set is a directory){hint}"
+    )
 
 
 def _neither_message(path: str | os.PathLike) -> str:
     return (
-        f"{path}: neither an MSv2 MeasurementSet (no table.dat) nor an MSv4 processing set "
-        "(no zarr.json)"
+        f"{path}: neither an MSv2 MeasurementSet (no table.dat), an MSv4 processing set (no "
+        "zarr.json), a Miriad data set (no visdata, vartable) nor a MIR one (no in_read, "
+        "bl_read, sp_read)"
     )
 
 
@@ -256,6 +305,9 @@ def _fingerprint(ms: str) -> dict[str, Any]:
             "bytes": sum(v["size"] for v in listing.values()),
             "listing_sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
         }
+    if Path(ms).is_file():
+        st = Path(ms).stat()
+        return {"newest_mtime_ns": st.st_mtime_ns, "files": 1, "bytes": st.st_size}
     newest, count, size = 0, 0, 0
     for root, _dirs, files in os.walk(ms):
         for name in files:
@@ -267,9 +319,13 @@ def _fingerprint(ms: str) -> dict[str, Any]:
 
 
 def _xradio_version() -> str:
+    return _version_of("xradio")
+
+
+def _version_of(package: str) -> str:
     from importlib.metadata import version
 
-    return version("xradio")
+    return version(package)
 
 
 @contextlib.contextmanager
@@ -287,7 +343,7 @@ def _locked(cache_dir: str, stem: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _converted(ms: str, cache_dir: str) -> str:
+def _converted(ms: str, cache_dir: str, kind: str = "msv2") -> str:
     """The conversion of ``ms`` in ``cache_dir``, made unless the marker beside it (written
     last) says it is of this MS as it is now. An MS or a cache on a store passes through
     local scratch space (:func:`radps_flows.locations.scratch_dir`): casacore reads only local
@@ -309,15 +365,17 @@ def _converted(ms: str, cache_dir: str) -> str:
         "xradio": _xradio_version(),
         "partition_scheme": list(PARTITION_SCHEME),
     }
+    if kind != "msv2":
+        wanted.update(kind=kind, pyuvdata=_version_of("pyuvdata"))
     try:
         with _locked(cache_dir, stem), locations.translated(cache_dir, "write the conversion"):
             if _marker_says(marker, wanted):
                 log.info("reusing the MSv4 conversion %s of %s", store, ms)
                 return store
             if locations.is_url(cache_dir):
-                _convert_to_store(ms, store, marker)
+                _convert_to_store(ms, store, marker, kind)
             else:
-                _convert_in_place(ms, Path(store), Path(marker), stem)
+                _convert_in_place(ms, Path(store), Path(marker), stem, kind)
             _write_marker(marker, wanted)
     except locations.StorageError as exc:
         raise InputDataError(str(exc)) from None
@@ -339,12 +397,12 @@ def _write_marker(marker: str, wanted: dict[str, Any]) -> None:
         Path(marker).write_bytes(text)
 
 
-def _convert_in_place(ms: str, store: Path, marker: Path, stem: str) -> None:
+def _convert_in_place(ms: str, store: Path, marker: Path, stem: str, kind: str) -> None:
     marker.unlink(missing_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", suffix=PS_SUFFIX, dir=store.parent))
     try:
         with locations.local_copy(ms) as local_ms:
-            _convert(local_ms, tmp, ms)
+            _convert(local_ms, tmp, ms, kind)
         if store.exists():
             shutil.rmtree(store)
         tmp.rename(store)
@@ -353,7 +411,7 @@ def _convert_in_place(ms: str, store: Path, marker: Path, stem: str) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _convert_to_store(ms: str, store: str, marker: str) -> None:
+def _convert_to_store(ms: str, store: str, marker: str, kind: str) -> None:
     """Convert in scratch space, then upload: the store's old conversion is removed first,
     and the marker, written after the upload, is what makes the new one valid."""
     fs = locations.filesystem()
@@ -368,14 +426,29 @@ def _convert_to_store(ms: str, store: str, marker: str) -> None:
         ) as scratch,
     ):
         local_store = Path(scratch) / locations.name(store)
-        _convert(local_ms, local_store, ms)
+        _convert(local_ms, local_store, ms, kind)
         log.info("uploading the MSv4 conversion of %s to %s", ms, store)
         fs.put(str(local_store) + "/", locations.key_of(store), recursive=True)
 
 
-def _convert(ms: Path, out: Path, source: str) -> None:
+def _convert(ms: Path, out: Path, source: str, kind: str = "msv2") -> None:
     """Run xradio's converter on the local MS ``ms`` (``source``, as the user named it),
-    turning its failures into an InputDataError about ``source``."""
+    turning its failures into an InputDataError about ``source``; ``ms`` of another ``kind``
+    is first written as an MSv2 in scratch space with pyuvdata."""
+    if kind != "msv2":
+        from radps_flows.core import uvdata_convert
+
+        with tempfile.TemporaryDirectory(
+            prefix="radps-uvdata-", dir=locations.scratch_dir()
+        ) as scratch:
+            written = Path(scratch) / "input.ms"
+            log.info("writing the %s input %s as a MeasurementSet with pyuvdata", kind, source)
+            try:
+                uvdata_convert.to_measurement_set(kind, ms, written)
+            except uvdata_convert.ConversionError as exc:
+                raise InputDataError(f"{source}: {exc}") from None
+            _convert(written, out, source)
+        return
     try:
         from xradio.measurement_set import convert_msv2_to_processing_set
     except ImportError as exc:  # the optional casacore/arcae backend is missing

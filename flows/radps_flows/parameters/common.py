@@ -15,7 +15,10 @@ Solint = Literal["int", "inf"] | Annotated[float, Field(gt=0)]
 Box = Annotated[list[int], Field(min_length=4, max_length=4)]
 """Pixel box [x0, y0, x1, y1], 0-based and inclusive, as CASA's box regions."""
 
-INPUT_SET = "MeasurementSet v2 directory or MSv4 processing set (zarr)"
+INPUT_SET = (
+    "MeasurementSet v2 directory, MSv4 processing set (zarr), or a uvfits, uvh5, Miriad or MIR "
+    "data set (written as an MS with pyuvdata first)"
+)
 OVERWRITE = (
     "Replace an existing output when this run completes (otherwise an existing non-empty "
     "output is an error)."

@@ -430,9 +430,12 @@ def dirty_block(block: Block, steps: Steps, grid: Grid) -> tuple[core_imaging.Di
 def fit_psf_block(p: Prepared, grid: Grid) -> core_imaging.DirtySum:
     """The block's partial PSF on the small grid a dirty image's beam is fitted to (see
     :data:`radps_flows.core.imaging.PSF_FIT_PIXELS`)."""
-    small = replace(grid, imsize=min(grid.imsize, core_imaging.PSF_FIT_PIXELS))
     ones = np.ones(p.vis.vis.shape, dtype=np.complex64)
-    return _sum(p.vis, ones, small, w_terms=False)
+    return _sum(p.vis, ones, _psf_fit_grid(grid), w_terms=False)
+
+
+def _psf_fit_grid(grid: Grid) -> Grid:
+    return replace(grid, imsize=min(grid.imsize, core_imaging.PSF_FIT_PIXELS))
 
 
 def channel_groups(nchan: int, imsize: int, max_mb: float | None = None) -> list[tuple[int, int]]:
@@ -453,11 +456,27 @@ def cube_block(
     p = prepare_block(block, steps)
     v = p.vis
     a, b = channels
+    part = _cube_sum(v, channels, v.vis[:, a:b], grid)
+    ones = np.ones(v.vis[:, a:b].shape, dtype=np.complex64)
+    part.psf = _cube_sum(v, channels, ones, _psf_fit_grid(grid), w_terms=False).image
+    return part, summary(p)
+
+
+def _cube_sum(
+    v: StokesIVisibilities,
+    channels: tuple[int, int],
+    vis: np.ndarray,
+    grid: Grid,
+    *,
+    w_terms: bool = True,
+) -> CubeSum:
+    """Channels ``start:stop`` of ``v`` with ``vis`` gridded one by one on ``grid``."""
+    a, b = channels
     previews.gridding_starts()
-    part = cube_sum_from_arrays(
+    return cube_sum_from_arrays(
         v.uvw,
         v.freq[a:b],
-        v.vis[:, a:b],
+        vis,
         v.weight[:, a:b],
         imsize=grid.imsize,
         cell_rad=grid.cell_rad,
@@ -465,22 +484,8 @@ def cube_block(
         nthreads=grid.nthreads,
         uvw_sign=v.uvw_sign,
         start=a,
+        w_terms=w_terms,
     )
-    small = min(grid.imsize, core_imaging.PSF_FIT_PIXELS)
-    part.psf = cube_sum_from_arrays(
-        v.uvw,
-        v.freq[a:b],
-        np.ones(v.vis[:, a:b].shape, dtype=np.complex64),
-        v.weight[:, a:b],
-        imsize=small,
-        cell_rad=grid.cell_rad,
-        epsilon=grid.epsilon,
-        nthreads=grid.nthreads,
-        uvw_sign=v.uvw_sign,
-        start=a,
-        w_terms=False,
-    ).image
-    return part, summary(p)
 
 
 def summary(p: Prepared) -> dict:

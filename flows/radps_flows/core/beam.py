@@ -14,9 +14,22 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import xarray as xr
 from scipy import ndimage
 
-__all__ = ["Beam", "convolve_same", "fit_beam", "gaussian_image", "restore"]
+__all__ = [
+    "BEAM_KEYS",
+    "Beam",
+    "convolve_same",
+    "fit_beam",
+    "gaussian_image",
+    "image_beams",
+    "restore",
+]
+
+BEAM_KEYS = ("beam_major_arcsec", "beam_minor_arcsec", "beam_pa_deg")
+"""Where an image carries its beam: attributes of an MFS image, coordinates along the
+frequency axis of a cube (one beam per channel, NaN where a channel has no data)."""
 
 _FWHM_TO_SIGMA = 1.0 / math.sqrt(8 * math.log(2))
 ARCSEC = math.pi / (180 * 3600)
@@ -33,16 +46,25 @@ class Beam:
 
     def attrs(self) -> dict[str, float]:
         """Image attributes (also what a FITS writer turns into BMAJ/BMIN/BPA in degrees)."""
-        return {
-            "beam_major_arcsec": self.major_arcsec,
-            "beam_minor_arcsec": self.minor_arcsec,
-            "beam_pa_deg": self.pa_deg,
-        }
+        return dict(
+            zip(BEAM_KEYS, (self.major_arcsec, self.minor_arcsec, self.pa_deg), strict=True)
+        )
 
     @property
     def area_pixels(self) -> float:
         """Integral of the unit-peak beam, in pixels of size 1 arcsec (scale by cell^2)."""
         return math.pi * self.major_arcsec * self.minor_arcsec / (4 * math.log(2))
+
+
+def image_beams(image: xr.DataArray) -> np.ndarray | None:
+    """The beam of each plane of ``image`` as rows (major, minor arcsec, PA deg): one per
+    channel of a cube (NaN where a channel has none), one for an MFS image; None for an image
+    without a beam (a CLEAN model in Jy/pixel)."""
+    if BEAM_KEYS[0] in image.coords:
+        return np.stack([np.asarray(image[k].values, dtype=np.float64) for k in BEAM_KEYS], -1)
+    if BEAM_KEYS[0] in image.attrs:
+        return np.asarray([[float(image.attrs[k]) for k in BEAM_KEYS]])
+    return None
 
 
 def gaussian_image(

@@ -17,7 +17,7 @@ from dataclasses import astuple, dataclass
 import numpy as np
 import xarray as xr
 
-from .beam import Beam, fit_beam
+from .beam import BEAM_KEYS, Beam, fit_beam
 from .conventions import MSV4_UVW_SIGN
 from .imaging import add_psfs, channel_width, dirty_sum_from_arrays, image_attrs
 
@@ -166,7 +166,7 @@ def cube_image(
     offsets = (np.arange(imsize) - n) * cell_rad
     beam_coords = {}
     if beams is not None and any(b is not None for b in beams):
-        for key, index in (("beam_major_arcsec", 0), ("beam_minor_arcsec", 1), ("beam_pa_deg", 2)):
+        for index, key in enumerate(BEAM_KEYS):
             values = [np.nan if b is None else astuple(b)[index] for b in beams]
             beam_coords[key] = ("frequency", np.asarray(values, dtype=np.float64))
     return xr.DataArray(

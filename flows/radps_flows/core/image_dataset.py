@@ -29,6 +29,8 @@ import numpy as np
 import xarray as xr
 from astropy.time import Time
 
+from .beam import image_beams
+
 BASE = "base"
 PSF = "POINT_SPREAD_FUNCTION"
 BEAM_SKY = "BEAM_FIT_PARAMS_SKY"
@@ -151,18 +153,11 @@ def _planes(image: xr.DataArray, xds: xr.Dataset) -> xr.DataArray:
 def _beam_params(image: xr.DataArray, xds: xr.Dataset) -> xr.DataArray | None:
     """The image's beam (per channel for a cube) as ``(time, frequency, polarization,
     beam_params_label)`` in radians, or None."""
-    if "beam_major_arcsec" in image.coords:
-        major = image["beam_major_arcsec"].values
-        minor = image["beam_minor_arcsec"].values
-        pa = image["beam_pa_deg"].values
-    elif "beam_major_arcsec" in image.attrs:
-        major = np.asarray([image.attrs["beam_major_arcsec"]])
-        minor = np.asarray([image.attrs["beam_minor_arcsec"]])
-        pa = np.asarray([image.attrs["beam_pa_deg"]])
-    else:
+    beams = image_beams(image)
+    if beams is None:
         return None
     values = np.stack(
-        [np.asarray(major) * _ARCSEC, np.asarray(minor) * _ARCSEC, np.radians(pa)], axis=-1
+        [beams[:, 0] * _ARCSEC, beams[:, 1] * _ARCSEC, np.radians(beams[:, 2])], axis=-1
     )
     dims = ("time", "frequency", "polarization", "beam_params_label")
     return xr.DataArray(

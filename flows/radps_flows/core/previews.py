@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .beam import image_beams
 from .products import fits_header
 
 _warm_up: threading.Thread | None = None
@@ -207,22 +208,17 @@ def preview_title(image: xr.DataArray, kind: str) -> str:
 
 
 def beam_of(image: xr.DataArray) -> tuple[float, float, float] | None:
-    """The image's restoring beam (major, minor arcsec, PA deg); for a cube, the median of
-    its channels' beams. None for an image without one (a CLEAN model in Jy/pixel)."""
-    if "beam_major_arcsec" in image.coords:
-        values = [np.asarray(image[k].values, dtype=float) for k in _BEAM_KEYS]
-        good = np.isfinite(values[0])
-        if not good.any():
-            return None
-        middle = np.flatnonzero(good)[good.sum() // 2]
-        return (float(values[0][middle]), float(values[1][middle]), float(values[2][middle]))
-    if "beam_major_arcsec" in image.attrs:
-        major, minor, pa = (float(image.attrs[k]) for k in _BEAM_KEYS)
-        return (major, minor, pa)
-    return None
-
-
-_BEAM_KEYS = ("beam_major_arcsec", "beam_minor_arcsec", "beam_pa_deg")
+    """The image's restoring beam (major, minor arcsec, PA deg); for a cube, the beam of the
+    middle one of its channels that have one. None for an image without one (a CLEAN model
+    in Jy/pixel)."""
+    beams = image_beams(image)
+    if beams is None:
+        return None
+    good = np.flatnonzero(np.isfinite(beams[:, 0]))
+    if not good.size:
+        return None
+    major, minor, pa = (float(v) for v in beams[good[good.size // 2]])
+    return (major, minor, pa)
 
 
 def _draw_beam(ax: Any, image: xr.DataArray, factor: int) -> None:

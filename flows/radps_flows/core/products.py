@@ -20,6 +20,8 @@ import xarray as xr
 from astropy.io import fits
 from astropy.time import Time
 
+from .beam import image_beams
+
 #: MSv4 frame names -> FITS RADESYS and EQUINOX (None: keyword not written).
 _RADESYS = {"fk5": ("FK5", 2000.0), "icrs": ("ICRS", None), "fk4": ("FK4", 1950.0)}
 #: MSv4 spectral frames (astropy names, CASA's TOPO) -> FITS SPECSYS.
@@ -120,14 +122,15 @@ def channel_beams(image: xr.DataArray) -> fits.BinTableHDU | None:
     """A cube's per-channel beams as CASA's ``BEAMS`` table (arcsec, arcsec, deg; CASA sets
     ``CASAMBM`` in the primary header and reads it back as a beam per plane), or None for an
     image with one beam."""
-    if "frequency" not in image.dims or "beam_major_arcsec" not in image.coords:
+    beams = image_beams(image) if "frequency" in image.dims else None
+    if beams is None:
         return None
     nchan = image.sizes["frequency"]
     table = fits.BinTableHDU.from_columns(
         [
-            fits.Column("BMAJ", "1E", "arcsec", array=image["beam_major_arcsec"].values),
-            fits.Column("BMIN", "1E", "arcsec", array=image["beam_minor_arcsec"].values),
-            fits.Column("BPA", "1E", "deg", array=image["beam_pa_deg"].values),
+            fits.Column("BMAJ", "1E", "arcsec", array=beams[:, 0]),
+            fits.Column("BMIN", "1E", "arcsec", array=beams[:, 1]),
+            fits.Column("BPA", "1E", "deg", array=beams[:, 2]),
             fits.Column("CHAN", "1J", array=np.arange(nchan, dtype=np.int32)),
             fits.Column("POL", "1J", array=np.zeros(nchan, dtype=np.int32)),
         ],

@@ -110,17 +110,17 @@ def gain_rows(tables: dict[str, xr.Dataset]) -> list[dict]:
     return rows
 
 
-def publish_gain_table(tables: dict[str, xr.Dataset]) -> None:
+def publish_gain_table(rows: list[dict]) -> None:
+    """The rows of :func:`gain_rows` as the run's gain table artifact."""
     from radps_flows.pipelines.outputs import artifact_key
 
-    rows = gain_rows(tables)
     create_table_artifact(table=rows, key=artifact_key("gains"), description="radps gain solutions")
 
 
-def gain_summary(tables: dict[str, xr.Dataset]) -> str:
-    """One line on the solutions: how many, how many flagged, the reference antenna, the
-    median amplitude and the spread of the antennas' phase scatter."""
-    rows = gain_rows(tables)
+def gain_summary(tables: dict[str, xr.Dataset], rows: list[dict]) -> str:
+    """One line on the solutions (``rows``: their :func:`gain_rows`): how many, how many
+    flagged, the reference antenna, the median amplitude and the spread of the antennas'
+    phase scatter."""
     solutions = sum(r["solutions"] for r in rows)
     flagged = sum(r["solutions"] * r["flagged_pct"] / 100 for r in rows)
     amplitudes = [r["median_amplitude"] for r in rows if r["median_amplitude"] is not None]

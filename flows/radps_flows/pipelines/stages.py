@@ -15,6 +15,7 @@ from radps_flows.core.previews import plot_gains
 from radps_flows.pipelines import msv4
 from radps_flows.pipelines.common import (
     ModelSource,
+    gain_rows,
     gain_summary,
     image_model,
     merge_gains,
@@ -95,12 +96,13 @@ def write_gain_products(
     from prefect import get_run_logger
 
     tables = gains if isinstance(gains, dict) else merge_gains(gains)
-    get_run_logger().info("calibration: %s", gain_summary(tables))
+    rows = gain_rows(tables)  # per antenna and receptor: the log line's and the table's
+    get_run_logger().info("calibration: %s", gain_summary(tables, rows))
     zarr_path = write_gains(tables, locations.join(folder, "gains.zarr"))
     png = locations.join(folder, "gains.png")
     with locations.local_file(png) as local:
         plot_gains(tables, local)
-        publish_gain_table(tables)
+        publish_gain_table(rows)
         publish_preview(local, "gain solutions: amplitude and phase per antenna", "gains-plot")
     return [file_output("gains", zarr_path, "zarr"), file_output("gains-plot", png, "png")]
 

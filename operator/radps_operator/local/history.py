@@ -136,22 +136,25 @@ def record(client: Any, flow_run: Any, ui_url: str | None = None) -> dict[str, A
     }
     if ui_url:
         status["flowRunUrl"] = f"{ui_url}/runs/flow-run/{flow_run.id}"
-    for artifact in _artifacts(client, flow_run.id):
-        rows = _rows(artifact.data)
-        if artifact.description == OUTPUTS_ARTIFACT_DESCRIPTION:
-            status["outputs"] = rows
-        elif artifact.description == SUMMARY_ARTIFACT_DESCRIPTION:
-            status["summary"] = {r.get("quantity"): r.get("value") for r in rows}
+    tables = table_artifacts(client, flow_run.id)
+    if OUTPUTS_ARTIFACT_DESCRIPTION in tables:
+        status["outputs"] = tables[OUTPUTS_ARTIFACT_DESCRIPTION]
+    if SUMMARY_ARTIFACT_DESCRIPTION in tables:
+        rows = tables[SUMMARY_ARTIFACT_DESCRIPTION]
+        status["summary"] = {r.get("quantity"): r.get("value") for r in rows}
     document["status"] = {k: v for k, v in status.items() if v is not None}
     return document
 
 
-def _artifacts(client: Any, flow_run_id: Any) -> list[Any]:
+def table_artifacts(client: Any, flow_run_id: Any) -> dict[str, list[dict[str, Any]]]:
+    """The rows of a flow run's artifacts, by description (radps's tables: its outputs, its
+    science summary, ...)."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    return client.read_artifacts(
+    artifacts = client.read_artifacts(
         flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
     )
+    return {a.description: _rows(a.data) for a in artifacts if a.description}
 
 
 def _rows(data: Any) -> list[dict[str, Any]]:

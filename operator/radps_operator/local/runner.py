@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import fcntl
-import json
 import os
 import signal
 import threading
@@ -270,22 +269,15 @@ def _science_summary(flow_run_id: Any) -> list[dict[str, str]]:
     """The rows of the run's science summary artifact; none where it has none (a pipeline
     without images) or it cannot be read (the summary is a courtesy, not the result)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from radps_flows.contract import SUMMARY_ARTIFACT_DESCRIPTION
 
     try:
         with get_client(sync_client=True) as client:
-            artifacts = client.read_artifacts(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
+            tables = history.table_artifacts(client, flow_run_id)
     except Exception:
         return []
-    for artifact in artifacts:
-        if artifact.description == SUMMARY_ARTIFACT_DESCRIPTION:
-            rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
-            return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
-    return []
+    return tables.get(SUMMARY_ARTIFACT_DESCRIPTION, [])
 
 
 class _CancelOnCtrlC:

@@ -15,18 +15,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-MAD_TO_SIGMA = 1.4826
-"""The standard deviation of Gaussian noise per median absolute deviation."""
-
-
-def robust_rms(values: np.ndarray) -> float:
-    """The noise of an image that holds sources: 1.4826 x the median absolute deviation from
-    the median, which the sources (a small fraction of the pixels) barely move."""
-    finite = np.asarray(values, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if not finite.size:
-        return math.nan
-    return float(MAD_TO_SIGMA * np.median(np.abs(finite - np.median(finite))))
+from .clean import box_rms
 
 
 def image_summary(
@@ -65,7 +54,10 @@ def image_summary(
             sky = WCS(fits_header(image)).celestial.pixel_to_world(x, y)
         out["peak_ra"] = sky.ra.to_string(unit="hourangle", sep=":", precision=3, pad=True)
         out["peak_dec"] = sky.dec.to_string(sep=":", precision=2, alwayssign=True, pad=True)
-        noise = robust_rms(data) if residual is None else _rms(residual.values)
+        # without a residual, the image's robust (MAD) rms, which its sources barely move
+        noise = (
+            box_rms(data[np.isfinite(data)], None) if residual is None else _rms(residual.values)
+        )
         out["rms_jy_per_beam"] = _significant(noise)
         if noise > 0:
             out["dynamic_range"] = round(peak / noise, 1)

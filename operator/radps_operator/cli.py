@@ -210,11 +210,10 @@ def cmd_get(args: argparse.Namespace) -> int:
     from radps_operator.local import history
 
     with history.local_prefect() as (client, server):
-        try:
-            document = history.record(client, history.latest(client, args.name), server.ui_url)
-        except history.RunNotFound as exc:
-            stderr.print(f"[red]{escape(str(exc))}[/]")
+        flow_run = _local_run(client, args.name)
+        if flow_run is None:
             return 1
+        document = history.record(client, flow_run, server.ui_url)
     if args.output != "table":
         _print_as(document, args.output)
         return 0
@@ -238,10 +237,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from radps_operator.local import history
 
     with history.local_prefect() as (client, _):
-        try:
-            flow_run = history.latest(client, args.name)
-        except history.RunNotFound as exc:
-            stderr.print(f"[red]{escape(str(exc))}[/]")
+        flow_run = _local_run(client, args.name)
+        if flow_run is None:
             return 1
         for entry in history.logs(client, flow_run.id, follow=args.follow):
             level = logging.getLevelName(entry.level)
@@ -253,11 +250,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from radps_operator.local import history
 
     with history.local_prefect() as (client, _):
-        try:
-            stdout.print(escape(history.request_cancel(client, history.latest(client, args.name))))
-        except history.RunNotFound as exc:
-            stderr.print(f"[red]{escape(str(exc))}[/]")
+        flow_run = _local_run(client, args.name)
+        if flow_run is None:
             return 1
+        stdout.print(escape(history.request_cancel(client, flow_run)))
     return 0
 
 
@@ -271,12 +267,22 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     if errors:
         return EXIT_INVALID
     with history.local_prefect() as (client, _):
-        try:
-            document = history.rerun_manifest(client, history.latest(client, args.name), overrides)
-        except history.RunNotFound as exc:
-            stderr.print(f"[red]{escape(str(exc))}[/]")
+        flow_run = _local_run(client, args.name)
+        if flow_run is None:
             return 1
+        document = history.rerun_manifest(client, flow_run, overrides)
     return _run_manifests([Manifest(f"rerun of {args.name}", named(document))], args)
+
+
+def _local_run(client: Any, name: str) -> Any | None:
+    """The latest local run named ``name``, or None after saying there is none."""
+    from radps_operator.local import history
+
+    try:
+        return history.latest(client, name)
+    except history.RunNotFound as exc:
+        stderr.print(f"[red]{escape(str(exc))}[/]")
+        return None
 
 
 def _read_manifests(args: argparse.Namespace) -> list[Manifest] | None:

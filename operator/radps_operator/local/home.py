@@ -65,10 +65,15 @@ def configure_process_env(home: Path, verbose: bool) -> None:
     os.environ.update(process_env(home, verbose, dict(os.environ)))
     if not verbose:
         (home / "logs").mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(home / "logs" / "libraries.log", delay=True)
+        path = home / "logs" / "libraries.log"
+        handler = logging.FileHandler(path, delay=True)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         for name in LIBRARY_LOGGERS:
             logger = logging.getLogger(name)
-            logger.addHandler(handler)
+            # once per process (`radps rerun` configures it twice): one line per record
+            if not any(
+                getattr(h, "baseFilename", None) == handler.baseFilename for h in logger.handlers
+            ):
+                logger.addHandler(handler)
             logger.setLevel(logging.INFO)
             logger.propagate = False

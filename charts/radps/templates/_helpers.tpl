@@ -274,30 +274,26 @@ key pair from its Secret, never a literal) */}}
 {{- end -}}
 
 
-{{/* Where a pod of one role runs, and from which registries: imagePullSecrets, then the role's
-own nodeSelector, tolerations, affinity and priorityClassName, each falling back to the
-chart-wide `scheduling` value: (dict "root" $ "role" .Values.operator.scheduling) */}}
-{{- define "radps.placement" -}}
+{{/* Where a pod of one role runs, and from which registries, as JSON: imagePullSecrets, then
+the role's own nodeSelector, tolerations, affinity and priorityClassName, each falling back to
+the chart-wide `scheduling` value: (dict "root" $ "role" .Values.operator.scheduling) */}}
+{{- define "radps.podSettings" -}}
 {{- $all := .root.Values.scheduling -}}
 {{- $own := .role | default dict -}}
-{{- with .root.Values.imagePullSecrets }}
-imagePullSecrets:
-  {{- toYaml . | nindent 2 }}
+{{- $out := dict "imagePullSecrets" .root.Values.imagePullSecrets -}}
+{{- range $key := list "nodeSelector" "tolerations" "affinity" "priorityClassName" -}}
+{{- $_ := set $out $key (get $own $key | default (get $all $key)) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* radps.podSettings as pod spec fields, the empty ones left out: (dict "root" $ "role" R) */}}
+{{- define "radps.placement" -}}
+{{- range $key, $value := include "radps.podSettings" . | fromJson }}
+{{- if $value }}
+{{ $key }}:
+  {{- toYaml $value | nindent 2 }}
 {{- end }}
-{{- with ($own.nodeSelector | default $all.nodeSelector) }}
-nodeSelector:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with ($own.tolerations | default $all.tolerations) }}
-tolerations:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with ($own.affinity | default $all.affinity) }}
-affinity:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- with ($own.priorityClassName | default $all.priorityClassName) }}
-priorityClassName: {{ . | quote }}
 {{- end }}
 {{- end -}}
 
@@ -305,16 +301,9 @@ priorityClassName: {{ . | quote }}
 JSON radps_operator.work_pool reads (RADPS_FLOW_POD_SETTINGS): placement, pull secrets,
 extra env, volumes and mounts */}}
 {{- define "radps.flowPodSettings" -}}
-{{- $all := .Values.scheduling -}}
-{{- $own := .Values.flowRuns.scheduling | default dict -}}
-{{- $settings := dict
-  "imagePullSecrets" .Values.imagePullSecrets
-  "nodeSelector" ($own.nodeSelector | default $all.nodeSelector)
-  "tolerations" ($own.tolerations | default $all.tolerations)
-  "affinity" ($own.affinity | default $all.affinity)
-  "priorityClassName" ($own.priorityClassName | default $all.priorityClassName)
-  "extraEnv" .Values.flowRuns.extraEnv
-  "extraVolumes" .Values.flowRuns.extraVolumes
-  "extraVolumeMounts" .Values.flowRuns.extraVolumeMounts -}}
+{{- $settings := include "radps.podSettings" (dict "root" . "role" .Values.flowRuns.scheduling) | fromJson -}}
+{{- $_ := set $settings "extraEnv" .Values.flowRuns.extraEnv -}}
+{{- $_ = set $settings "extraVolumes" .Values.flowRuns.extraVolumes -}}
+{{- $_ = set $settings "extraVolumeMounts" .Values.flowRuns.extraVolumeMounts -}}
 {{- toJson $settings -}}
 {{- end -}}

@@ -289,12 +289,15 @@ the chart-wide `scheduling` value: (dict "root" $ "role" .Values.operator.schedu
 
 {{/* radps.podSettings as pod spec fields, the empty ones left out: (dict "root" $ "role" R) */}}
 {{- define "radps.placement" -}}
-{{- range $key, $value := include "radps.podSettings" . | fromJson }}
-{{- if $value }}
-{{ $key }}:
-  {{- toYaml $value | nindent 2 }}
-{{- end }}
-{{- end }}
+{{- $fields := list -}}
+{{- range $key, $value := include "radps.podSettings" . | fromJson -}}
+{{- if and $value (kindIs "string" $value) -}}
+{{- $fields = append $fields (printf "%s: %s" $key (quote $value)) -}}
+{{- else if $value -}}
+{{- $fields = append $fields (printf "%s:\n%s" $key (toYaml $value | indent 2)) -}}
+{{- end -}}
+{{- end -}}
+{{- join "\n" $fields -}}
 {{- end -}}
 
 {{/* What the flow-run pods and their Dask pods get besides the chart's own settings, as the

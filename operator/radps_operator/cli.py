@@ -20,16 +20,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from radps_operator import __version__
+from radps_operator import __version__, cli_cluster
+from radps_operator.cli_output import print_as, stderr, stdout
 
 if TYPE_CHECKING:
     from radps_operator.local.manifests import Manifest
     from radps_operator.local.server import LocalServer
 
 EXIT_INVALID = 2
-
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,35 +83,46 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(command=cmd_run)
 
-    listing = commands.add_parser("list", help="the local runs, the newest first")
+    listing = commands.add_parser(
+        "list", help="the runs, the newest first (local; a cluster's with -n or --kubeconfig)"
+    )
     listing.add_argument("--limit", type=int, default=50, help="at most this many (50)")
     _output_argument(listing)
+    cli_cluster.add_arguments(listing, all_namespaces=True)
     listing.set_defaults(command=cmd_list)
 
-    get = commands.add_parser("get", help="a local run: its PipelineRun and status")
-    get.add_argument("name", help="the run's name (its latest run, if several)")
+    get = commands.add_parser("get", help="a run: its PipelineRun and status")
+    get.add_argument("name", help="the run's name (locally: its latest run, if several)")
     _output_argument(get)
+    cli_cluster.add_arguments(get)
     get.set_defaults(command=cmd_get)
 
-    logs = commands.add_parser("logs", help="a local run's log")
+    logs = commands.add_parser("logs", help="a run's log (on a cluster: its flow pod's)")
     logs.add_argument("name")
     logs.add_argument(
         "-f", "--follow", action="store_true", help="keep printing until the run ends"
     )
+    cli_cluster.add_arguments(logs)
     logs.set_defaults(command=cmd_logs)
 
-    cancel = commands.add_parser("cancel", help="cancel a local run that is running")
+    cancel = commands.add_parser(
+        "cancel", help="cancel a run that has not ended (on a cluster: sets spec.cancel)"
+    )
     cancel.add_argument("name")
+    cli_cluster.add_arguments(cancel)
     cancel.set_defaults(command=cmd_cancel)
 
     rerun = commands.add_parser(
-        "rerun", help="run a local run's PipelineRun again, as <name>-xxxxx, with -p changes"
+        "rerun",
+        help="run a run's PipelineRun again, as <name>-xxxxx, with -p changes (on a "
+        "cluster: creates it there)",
     )
     rerun.add_argument("name")
     _parameter_argument(rerun, "change a parameter (the value read as YAML); repeatable")
     rerun.add_argument(
         "-v", "--verbose", action="store_true", help="show Prefect, Dask and xradio logs"
     )
+    cli_cluster.add_arguments(rerun)
     rerun.set_defaults(command=cmd_rerun)
 
     server = commands.add_parser(
@@ -180,22 +189,15 @@ def _output_argument(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _print_as(value: Any, output: str) -> None:
-    if output == "json":
-        stdout.out(json.dumps(value, indent=2, default=str))
-    else:
-        import yaml
-
-        stdout.out(yaml.safe_dump(value, sort_keys=False, default_flow_style=False), end="")
-
-
 def cmd_list(args: argparse.Namespace) -> int:
+    if cli_cluster.wanted(args):
+        return cli_cluster.run_command("list", args)
     from radps_operator.local import history
 
     with history.local_prefect() as (client, _):
         rows = [history.summary_row(r) for r in history.runs(client, limit=args.limit)]
     if args.output != "table":
-        _print_as(rows, args.output)
+        print_as(rows, args.output)
         return 0
     table = Table("NAME", "PIPELINE", "STATE", "STARTED", "DURATION", box=None)
     for row in rows:
@@ -207,6 +209,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
+    if cli_cluster.wanted(args):
+        return cli_cluster.run_command("get", args)
     from radps_operator.local import history
 
     with history.local_prefect() as (client, server):
@@ -215,7 +219,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             return 1
         document = history.record(client, flow_run, server.ui_url)
     if args.output != "table":
-        _print_as(document, args.output)
+        print_as(document, args.output)
         return 0
     status = document["status"]
     stdout.print(f"[bold]{escape(args.name)}[/] ({document['spec'].get('pipeline')})")
@@ -234,6 +238,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
+    if cli_cluster.wanted(args):
+        return cli_cluster.run_command("logs", args)
     from radps_operator.local import history
 
     with history.local_prefect() as (client, _):
@@ -247,6 +253,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    if cli_cluster.wanted(args):
+        return cli_cluster.run_command("cancel", args)
     from radps_operator.local import history
 
     with history.local_prefect() as (client, _):
@@ -258,6 +266,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
+    if cli_cluster.wanted(args):
+        return cli_cluster.run_command("rerun", args)
     from radps_operator.local import history
     from radps_operator.local.manifests import Manifest, named, parse_overrides
 

@@ -7,6 +7,9 @@ loaded (`make image`). The release is installed once per session (tests/e2e/rele
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -73,6 +76,60 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
     assert np.unravel_index(np.argmax(ours), ours.shape) == (39, 480)
     inner = np.s_[128:384, 128:384]
     assert np.corrcoef(ours[inner].ravel(), casa[inner].ravel())[0, 1] >= 0.999
+    _check_the_cli_on_the_run(kube_cluster, name)
+
+
+def _radps(cluster: KubeCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `radps` CLI as a user runs it against the cluster, with the kubeconfig."""
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "radps"),
+            *args,
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _check_the_cli_on_the_run(cluster: KubeCluster, name: str) -> None:
+    """`radps list|get|logs` read the completed run; `radps rerun` makes a new one, which
+    `radps cancel` ends."""
+    on = ("-n", RUNS_NAMESPACE)
+    listed = _radps(cluster, "list", *on, "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert {"name": name, "state": "Completed"}.items() <= next(
+        row for row in json.loads(listed.stdout) if row["name"] == name
+    ).items()
+    got = _radps(cluster, "get", name, *on, "-o", "json")
+    assert json.loads(got.stdout)["status"]["outputs"], got.stderr
+    logs = _radps(cluster, "logs", name, *on)
+    assert logs.returncode == 0 and "Finished in state Completed" in logs.stdout, logs.stderr
+
+    rerun = _radps(cluster, "rerun", name, *on, "-p", "output=/data/products/vla-rerun")
+    assert rerun.returncode == 0, rerun.stderr
+    created = rerun.stdout.split()[0].removeprefix("pipelinerun.radps.io/")
+    assert (
+        get(cluster, "prun", created)["spec"]["parameters"]["output"] == "/data/products/vla-rerun"
+    )
+    cancel = _radps(cluster, "cancel", created, *on)
+    assert cancel.returncode == 0 and f"cancelling {created}" in cancel.stdout, cancel.stderr
+    wait_until(
+        lambda: (get(cluster, "prun", created).get("status") or {}).get("phase") == "Cancelled",
+        timeout=300,
+        what=f"the rerun {created} to be Cancelled",
+        describe=lambda: get(cluster, "prun", created).get("status"),
+    )
+    followed = _radps(cluster, "logs", "-f", created, *on)  # ended: returns, never hangs
+    assert followed.returncode in (0, 1), followed.stderr
+    uid = get(cluster, "prun", created)["metadata"]["uid"]
+    wait_until(
+        lambda: not of_run(cluster, "daskclusters", uid),
+        timeout=120,
+        what="the cancelled rerun's DaskCluster to be gone",
+    )
 
 
 def _worker_pods(cluster: KubeCluster, uid: str) -> int:

@@ -95,3 +95,17 @@ def test_unreadable_inputs_get_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputDataError, match="Miriad data set"):
         detect_input_kind(tmp_path / "empty")
+
+
+def test_a_mir_folder_goes_to_pyuvdata_s_mir_reader(tmp_path):
+    """An SMA MIR data set is a folder of in_read, bl_read, sp_read, ... files. No good one
+    can be made here (pyuvdata reads MIR but cannot write it, and its test data are not on
+    PyPI), so this checks the dispatch: the folder is taken for MIR and handed to pyuvdata's
+    MIR reader, whose refusal of a damaged one is a clear error."""
+    mir = tmp_path / "sma_track.mir"
+    mir.mkdir()
+    for name in ("in_read", "bl_read", "sp_read", "codes_read", "eng_read", "we_read"):
+        (mir / name).write_bytes(b"\0" * 16)
+    assert detect_input_kind(mir) == "mir"
+    with pytest.raises(InputDataError, match=r"sma_track.mir: pyuvdata could not convert this mir"):
+        open_processing_set(mir, cache_dir=tmp_path / "cache")

@@ -1,0 +1,21 @@
+"""The terminal of the `radps` commands: one stdout and one stderr console, and `-o json|yaml`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+def print_as(value: Any, output: str) -> None:
+    """``value`` as JSON or YAML (``output``), unstyled, on stdout."""
+    if output == "json":
+        stdout.out(json.dumps(value, indent=2, default=str))
+    else:
+        import yaml
+
+        stdout.out(yaml.safe_dump(value, sort_keys=False, default_flow_style=False), end="")

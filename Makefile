@@ -44,7 +44,7 @@ test-cold:
 # the real-VLA PipelineRun (on the data volume, and on the object store without one), helm
 # test, helm uninstall.
 e2e: venv deps
-	hack/no-leftovers.py -- $(BIN)/python -m pytest tests/e2e/test_faults.py tests/e2e/test_security.py tests/e2e/test_object_store.py tests/e2e/test_mission.py $(PYTEST_ARGS)
+	hack/no-leftovers.py -- $(BIN)/python -m pytest tests/e2e/test_faults.py tests/e2e/test_security.py tests/e2e/test_object_store.py tests/e2e/test_schedules.py tests/e2e/test_mission.py $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .
@@ -56,7 +56,8 @@ format: venv
 
 crd: venv
 	$(BIN)/radps crd > manifests/crd/pipelineruns.radps.io.yaml
-	cp manifests/crd/pipelineruns.radps.io.yaml charts/radps/crds/
+	$(BIN)/radps crd --schedules > manifests/crd/pipelineschedules.radps.io.yaml
+	cp manifests/crd/pipelineruns.radps.io.yaml manifests/crd/pipelineschedules.radps.io.yaml charts/radps/crds/
 	$(BIN)/radps crd --dask > charts/radps/crds/daskclusters.kubernetes.dask.org.yaml
 
 bench: venv

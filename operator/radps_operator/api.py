@@ -41,7 +41,18 @@ QUANTITY_PATTERN = (
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
-class _WireModel(BaseModel):
+def parse_time(value: str | None) -> datetime | None:
+    """A Kubernetes timestamp (RFC 3339, `Z` for UTC) as an aware datetime; None for none or
+    an unreadable one."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+class WireModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are errors, as with
     `kubectl apply --validate=strict`, so a typo never silently changes a run."""
 
@@ -73,14 +84,14 @@ Quantity = Annotated[
 ]
 
 
-class _SpecModel(_WireModel):
+class SpecModel(WireModel):
     """Spec types are strict: `workers: "2"` is an error here exactly as it is for the API
     server, so `radps validate` and the cluster agree."""
 
     model_config = ConfigDict(strict=True)
 
 
-class ResourceRequirements(_SpecModel):
+class ResourceRequirements(SpecModel):
     """CPU and memory for a pod, as in a container's `resources`."""
 
     requests: dict[str, Quantity] | None = Field(
@@ -93,7 +104,7 @@ class ResourceRequirements(_SpecModel):
     )
 
 
-class DaskSpec(_SpecModel):
+class DaskSpec(SpecModel):
     """The run's own Dask cluster: created when the flow starts, removed when it ends."""
 
     workers: int = Field(
@@ -118,7 +129,7 @@ PipelineName = Annotated[
 ]
 
 
-class PipelineRunSpec(_SpecModel):
+class PipelineRunSpec(SpecModel):
     """What to run. Immutable once created, except `cancel` (a run is like a Job)."""
 
     pipeline: PipelineName = Field(
@@ -201,7 +212,7 @@ FINISHED_PHASES = frozenset(
 )
 
 
-class Condition(_WireModel):
+class Condition(WireModel):
     """A Kubernetes API convention condition."""
 
     type: str = Field(description="Condition type, e.g. Succeeded or PrefectReachable.")
@@ -215,7 +226,7 @@ class Condition(_WireModel):
     )
 
 
-class PrefectStatus(_WireModel):
+class PrefectStatus(WireModel):
     """Where to find the run in Prefect."""
 
     deployment_id: str | None = Field(default=None, description="Prefect deployment id.")
@@ -225,7 +236,7 @@ class PrefectStatus(_WireModel):
     url: str | None = Field(default=None, description="Link to the flow run in the Prefect UI.")
 
 
-class DaskStatus(_WireModel):
+class DaskStatus(WireModel):
     """The run's Dask cluster while it exists."""
 
     cluster: str | None = Field(default=None, description="Name of the DaskCluster.")
@@ -233,7 +244,7 @@ class DaskStatus(_WireModel):
     workers: int | None = Field(default=None, ge=0, description="Workers currently running.")
 
 
-class Progress(_WireModel):
+class Progress(WireModel):
     """Pipeline stages done out of the total."""
 
     completed: int = Field(default=0, ge=0, description="Stages finished.")
@@ -243,7 +254,7 @@ class Progress(_WireModel):
     )
 
 
-class Output(_WireModel):
+class Output(WireModel):
     """One product of the run."""
 
     name: str = Field(description="Short name, e.g. image.")
@@ -251,7 +262,7 @@ class Output(_WireModel):
     kind: str = Field(description="What it is, e.g. fits, png, zarr.")
 
 
-class PipelineRunStatus(_WireModel):
+class PipelineRunStatus(WireModel):
     """What the operator observed; written only by the operator."""
 
     phase: Phase | None = Field(default=None, description="Where the run is in its life.")
@@ -297,7 +308,7 @@ class ObjectMeta(BaseModel):
     generation: int | None = None
 
 
-class PipelineRun(_WireModel):
+class PipelineRun(WireModel):
     """A request to run one pipeline once: one PipelineRun = one Prefect flow run."""
 
     api_version: Literal["radps.io/v1alpha1"] = Field(alias="apiVersion")

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     crd.add_argument(
         "--dask", action="store_true", help="print the dask-kubernetes CRDs the chart installs"
     )
+    crd.add_argument(
+        "--schedules", action="store_true", help="print the PipelineSchedule CRD instead"
+    )
     crd.set_defaults(command=cmd_crd)
 
     pipelines = commands.add_parser("pipelines", help="list the pipeline catalog")
@@ -315,9 +318,9 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
         stdout.out(render_dask_crds(), end="")
         return 0
-    from radps_operator.crd import render_crd
+    from radps_operator.crd import render_crd, render_schedule_crd
 
-    stdout.out(render_crd(), end="")
+    stdout.out(render_schedule_crd() if args.schedules else render_crd(), end="")
     return 0
 
 
@@ -380,6 +383,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     produced: list[str] = []
     for manifest in manifests:
         path = manifest.source
+        if manifest.document.get("kind") == "PipelineSchedule":
+            status = max(status, _validate_schedule(manifest.document, path))
+            continue
         try:
             run = validate_manifest(manifest.document)
             if args.check_data:
@@ -396,6 +402,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
             f"{escape(path)}: valid PipelineRun {run.metadata.name!r} ({run.spec.pipeline})"
         )
     return status
+
+
+def _validate_schedule(document: dict[str, Any], path: str) -> int:
+    """`radps validate` of a PipelineSchedule: its template is checked as a PipelineRun."""
+    from radps_operator.validation import InvalidPipelineRun, validate_schedule_manifest
+
+    try:
+        schedule = validate_schedule_manifest(document)
+    except InvalidPipelineRun as invalid:
+        for error in invalid.errors:
+            stderr.print(f"[red]{escape(path)}[/]: {escape(str(error))}")
+        return EXIT_INVALID
+    stdout.print(
+        f"{escape(path)}: valid PipelineSchedule {schedule.metadata.name!r} "
+        f"({schedule.spec.template.spec.pipeline}, {escape(schedule.spec.schedule)!r})"
+    )
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

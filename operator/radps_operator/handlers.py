@@ -5,6 +5,7 @@ prefect_kubernetes registers five handlers there; docs/architecture.md)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sys
@@ -13,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import aiohttp
 import kopf
 import uvloop
 
-from radps_operator import api, metrics
+from radps_operator import api, metrics, schedule_api
 from radps_operator import reconcile as r
 from radps_operator.flow_identity import AuthSecret, FlowIdentities
 from radps_operator.follower import Follower, Tracked, utcnow
@@ -30,10 +32,13 @@ from radps_operator.prefect_gateway import (
     busy_retry_delay,
 )
 from radps_operator.run_network import ensure_run_network_policy
+from radps_operator.schedule_service import ScheduleService
 from radps_operator.settings import OperatorSettings
 
 registry = kopf.OperatorRegistry()
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
+SCHEDULE_RESOURCE = (api.GROUP, api.VERSION, schedule_api.PLURAL)
+SCHEDULE_RETRY_S = 5.0
 FINALIZER = "radps.io/finalizer"
 
 if TYPE_CHECKING:
@@ -48,6 +53,7 @@ class Runtime:
     gateway: PrefectGateway
     kube: Kube
     follower: Follower
+    schedules: ScheduleService
     identities: FlowIdentities | None = None
     """Set when the operator makes the flow-run service account per namespace (cluster-wide)."""
 
@@ -115,7 +121,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
             auth,
             dict(config.flow_service_account_annotations),
         )
-    _runtime = Runtime(config, gateway, kube, follower, identities)
+    schedule_service = ScheduleService(kube, _catalog(), config.allowed_images)
+    _runtime = Runtime(config, gateway, kube, follower, schedule_service, identities)
     log.info(
         "radps operator: Prefect %s, work pool %s, namespaces %s",
         config.prefect_api_url,
@@ -331,6 +338,33 @@ async def delete(body: kopf.Body, **_: Any) -> None:
     rt.follower.untrack(uid)
     rt.follower.watch_deleted(namespace, meta["name"], uid, flow_run_id)
     metrics.RECONCILE_SECONDS.labels("delete").observe(time.perf_counter() - started)
+
+
+@kopf.daemon(*SCHEDULE_RESOURCE, registry=registry, cancellation_timeout=1.0)
+async def follow_schedule(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Each PipelineSchedule's loop: look (the service makes what is due), then sleep until
+    its next due time, at most 30 s, or until its spec changes."""
+    rt = runtime()
+    uid = body["metadata"]["uid"]
+    wake = rt.schedules.wake_event(uid)
+    try:
+        while not stopped:
+            try:
+                delay = await rt.schedules.look(body)
+            except (KubeApiError, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("schedule %s: %s; looking again soon", body["metadata"]["name"], exc)
+                delay = SCHEDULE_RETRY_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
+            wake.clear()
+    finally:
+        rt.schedules.forget(uid)
+
+
+@kopf.on.update(*SCHEDULE_RESOURCE, registry=registry, field="spec")
+async def schedule_changed(body: kopf.Body, **_: Any) -> None:
+    """A changed schedule (suspend, its cron, its template) is looked at now."""
+    runtime().schedules.wake(body["metadata"]["uid"])
 
 
 def run_operator(settings: OperatorSettings | None = None) -> None:

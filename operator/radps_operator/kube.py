@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import kopf
 
-from radps_operator import api, metrics
+from radps_operator import api, metrics, schedule_api
 from radps_operator import reconcile as r
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,28 @@ class Kube:
             by_uid.setdefault(uid, []).append(pod)
         return by_uid
 
+    async def runs_labelled(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The PipelineRuns of `namespace` that match the label `selector`."""
+        found = await self.request("GET", _run_path(namespace), params={"labelSelector": selector})
+        return list(found.get("items", []))
+
+    async def create_run(self, namespace: str, run: dict[str, Any]) -> bool:
+        """Create the PipelineRun ``run``; False when one of its name exists."""
+        return await self.create(_run_path(namespace), run)
+
+    async def patch_schedule_status(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+        """Merge-patch a PipelineSchedule's `.status`; False when it is gone."""
+        path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{schedule_api.PLURAL}"
+        try:
+            await self.merge_patch(f"{path}/{name}/status", {"status": patch})
+        except KubeApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     async def post_event(self, ref: dict[str, str], type_: str, reason: str, message: str) -> None:
+        """An Event about ``ref`` (namespace, name, uid; kind, PipelineRun by default)."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
@@ -225,7 +246,7 @@ class Kube:
             "metadata": {"generateName": f"{ref['name']}.", "namespace": ref["namespace"]},
             "involvedObject": {
                 "apiVersion": api.API_VERSION,
-                "kind": api.KIND,
+                "kind": ref.get("kind", api.KIND),
                 "name": ref["name"],
                 "namespace": ref["namespace"],
                 "uid": ref["uid"],

@@ -189,8 +189,8 @@ def summary_row(run: dict[str, Any]) -> dict[str, Any]:
     """A line of `radps list`: the keys of a local run's line, with the namespace and
     progress."""
     status = run.get("status") or {}
-    start = _parse_time(status.get("startTime"))
-    end = _parse_time(status.get("completionTime"))
+    start = api.parse_time(status.get("startTime"))
+    end = api.parse_time(status.get("completionTime"))
     progress = status.get("progress") or {}
     return {
         "namespace": run["metadata"].get("namespace"),
@@ -383,18 +383,9 @@ def _no_log_reason(run: dict[str, Any]) -> str:
     return f"{name} has no running flow pod yet ({phase}); `radps logs -f` waits for it"
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def age(timestamp: str | None, now: datetime | None = None) -> str:
     """kubectl's AGE: 42s, 7m, 3h, 2d."""
-    start = _parse_time(timestamp)
+    start = api.parse_time(timestamp)
     if start is None:
         return "-"
     seconds = max(0, int(((now or datetime.now(UTC)) - start).total_seconds()))

@@ -1,5 +1,6 @@
-"""`python -m radps_operator.release_cleanup`: delete every PipelineRun the release's operator
-follows and wait until they are gone.
+"""`python -m radps_operator.release_cleanup`: delete every PipelineSchedule and PipelineRun
+the release's operator follows and wait until they are gone (the schedules first, so that
+none makes a run meanwhile).
 
 The chart's pre-delete hook runs it while the operator still runs, so each run's finalizer is
 released the normal way (its flow run cancelled, its DaskClusters removed). Without it,
@@ -15,41 +16,55 @@ import sys
 import time
 from typing import Any
 
-from radps_operator import api
+from radps_operator import api, schedule_api
+
+KINDS = ((schedule_api.PLURAL, schedule_api.KIND), (api.PLURAL, api.KIND))
+"""What the operator follows, in the order deleted."""
 
 
-def _runs(objects: Any, namespaces: list[str]) -> list[tuple[str, str]]:
+def _objects(objects: Any, namespaces: list[str]) -> list[tuple[str, str, str, str]]:
+    """(plural, kind, namespace, name) of every schedule and run."""
+    from kubernetes.client.exceptions import ApiException
+
     found = []
-    for namespace in namespaces:
-        if namespace == "*":
-            items = objects.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)
-        else:
-            items = objects.list_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL
-            )
-        found += [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in items["items"]]
-    return sorted(set(found))
+    for plural, kind in KINDS:
+        for namespace in namespaces:
+            try:
+                if namespace == "*":
+                    items = objects.list_cluster_custom_object(api.GROUP, api.VERSION, plural)
+                else:
+                    items = objects.list_namespaced_custom_object(
+                        api.GROUP, api.VERSION, namespace, plural
+                    )
+            except ApiException as exc:
+                if exc.status == 404 and plural != api.PLURAL:  # CRDs of an older release
+                    continue
+                raise
+            found += [
+                (plural, kind, o["metadata"]["namespace"], o["metadata"]["name"])
+                for o in items["items"]
+            ]
+    return sorted(set(found), key=lambda o: ([p for p, _ in KINDS].index(o[0]), o[2], o[3]))
 
 
 def delete_all_runs(objects: Any, namespaces: list[str], timeout: float) -> list[str]:
-    """Delete every run in `namespaces` ("*": all); returns those still there at `timeout`."""
+    """Delete every schedule and run in `namespaces` ("*": all); returns those still there
+    at `timeout`."""
     from kubernetes.client.exceptions import ApiException
 
-    for namespace, name in _runs(objects, namespaces):
+    for plural, kind, namespace, name in _objects(objects, namespaces):
         try:
-            objects.delete_namespaced_custom_object(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name
-            )
-            print(f"deleting PipelineRun {namespace}/{name}", flush=True)
+            objects.delete_namespaced_custom_object(api.GROUP, api.VERSION, namespace, plural, name)
+            print(f"deleting {kind} {namespace}/{name}", flush=True)
         except ApiException as exc:
             if exc.status != 404:
                 raise
     deadline = time.monotonic() + timeout
-    left = _runs(objects, namespaces)
+    left = _objects(objects, namespaces)
     while left and time.monotonic() < deadline:
         time.sleep(2)
-        left = _runs(objects, namespaces)
-    return [f"{namespace}/{name}" for namespace, name in left]
+        left = _objects(objects, namespaces)
+    return [f"{kind} {namespace}/{name}" for _, kind, namespace, name in left]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     left = delete_all_runs(client.CustomObjectsApi(), namespaces, args.timeout)
     if left:
         print(
-            f"{len(left)} PipelineRun(s) still there after {args.timeout:.0f} s (is the operator "
-            f"running?): {', '.join(left)}. Remove their finalizer radps.io/finalizer by hand "
-            "if the operator is gone.",
+            f"{len(left)} PipelineSchedule(s) or PipelineRun(s) still there after "
+            f"{args.timeout:.0f} s (is the operator running?): {', '.join(left)}. Remove "
+            "their finalizer radps.io/finalizer by hand if the operator is gone.",
             file=sys.stderr,
         )
         return 1

@@ -6,17 +6,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from radps_flows.parameter_rules import brief
-from radps_operator import api, image_policy, manifest_yaml, plain_json, quantity
+from radps_operator import (
+    api,
+    image_policy,
+    manifest_yaml,
+    plain_json,
+    quantity,
+    schedule_api,
+)
 
 log = logging.getLogger(__name__)
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 if TYPE_CHECKING:
     from radps_flows.catalog import Pipeline
@@ -87,20 +95,64 @@ def validate_manifest(
     """The parsed PipelineRun, or InvalidPipelineRun listing every problem found, the spec's
     and the parameters' together. ``allowed_images`` defaults to
     :func:`image_policy.from_env`, ``catalog`` to this process's own."""
-    errors = _check_type_meta(document)
+    return _validated(
+        document,
+        api.KIND,
+        api.PipelineRun,
+        lambda spec: check_spec_rules(spec, catalog, allowed_images),
+    )
+
+
+def _validated(
+    document: dict[str, Any],
+    kind: str,
+    model: type[ModelT],
+    rules: Callable[[dict[str, Any]], list[FieldError]],
+) -> ModelT:
+    """``document`` as ``model``, with what ``rules`` find in its raw spec; every problem at
+    once."""
+    errors = _check_type_meta(document, kind)
     if errors:  # another kind of object: its fields would only produce noise
         raise InvalidPipelineRun(errors)
     document, errors = _checked_copy(document, "")
+    parsed = None
     try:
-        run = api.PipelineRun.model_validate(document)
+        parsed = model.model_validate(document)
     except ValidationError as exc:
         errors += pydantic_errors(exc)
     spec = document.get("spec")
     if isinstance(spec, dict):
-        errors += check_spec_rules(spec, catalog, allowed_images)
-    if errors:
+        errors += rules(spec)
+    if errors or parsed is None:
         raise InvalidPipelineRun(_first_per_field(errors))
-    return run
+    return parsed
+
+
+def _validated_spec(
+    spec: dict[str, Any],
+    model: type[ModelT],
+    rules: Callable[[dict[str, Any]], list[FieldError]],
+) -> ModelT:
+    """A spec the API server already admitted, as ``model``: never raises anything but
+    InvalidPipelineRun, whatever ``spec`` holds."""
+    parsed = None
+    try:
+        spec, errors = _checked_copy(spec, "spec")
+        try:
+            parsed = model.model_validate(spec)
+        except ValidationError as exc:
+            errors += pydantic_errors(exc, prefix="spec")
+        errors += rules(spec)
+    except InvalidPipelineRun:
+        raise
+    except Exception as exc:  # a validator bug must not stop the operator serving others
+        log.exception("checking a spec failed")
+        raise InvalidPipelineRun(
+            [FieldError("spec", f"could not be checked ({type(exc).__name__}: {exc})")]
+        ) from None
+    if errors or parsed is None:
+        raise InvalidPipelineRun(_first_per_field(errors))
+    return parsed
 
 
 def validate_spec(
@@ -108,25 +160,55 @@ def validate_spec(
     catalog: Mapping[str, Pipeline] | None = None,
     allowed_images: tuple[str, ...] | None = None,
 ) -> api.PipelineRunSpec:
-    """The operator's entry: the spec of an object the API server already admitted. Never
-    raises anything but InvalidPipelineRun, whatever `spec` holds."""
-    try:
-        spec, errors = _checked_copy(spec, "spec")
-        try:
-            parsed = api.PipelineRunSpec.model_validate(spec)
-        except ValidationError as exc:
-            errors += pydantic_errors(exc, prefix="spec")
-        errors += check_spec_rules(spec, catalog, allowed_images)
-    except InvalidPipelineRun:
-        raise
-    except Exception as exc:  # a validator bug must not stop the operator serving other runs
-        log.exception("checking a spec failed")
-        raise InvalidPipelineRun(
-            [FieldError("spec", f"could not be checked ({type(exc).__name__}: {exc})")]
-        ) from None
-    if errors:
-        raise InvalidPipelineRun(_first_per_field(errors))
-    return parsed
+    """The operator's entry: the spec of an object the API server already admitted."""
+    return _validated_spec(
+        spec, api.PipelineRunSpec, lambda raw: check_spec_rules(raw, catalog, allowed_images)
+    )
+
+
+def validate_schedule_manifest(
+    document: dict[str, Any],
+    allowed_images: tuple[str, ...] | None = None,
+    catalog: Mapping[str, Pipeline] | None = None,
+) -> schedule_api.PipelineSchedule:
+    """A PipelineSchedule, its template checked exactly as a PipelineRun's spec is; or
+    InvalidPipelineRun listing every problem."""
+    return _validated(
+        document,
+        schedule_api.KIND,
+        schedule_api.PipelineSchedule,
+        lambda spec: _template_rules(spec, catalog, allowed_images),
+    )
+
+
+def validate_schedule_spec(
+    spec: dict[str, Any],
+    catalog: Mapping[str, Pipeline] | None = None,
+    allowed_images: tuple[str, ...] | None = None,
+) -> schedule_api.PipelineScheduleSpec:
+    """The operator's entry for a schedule, as :func:`validate_spec` is for a run."""
+    return _validated_spec(
+        spec,
+        schedule_api.PipelineScheduleSpec,
+        lambda raw: _template_rules(raw, catalog, allowed_images),
+    )
+
+
+def _template_rules(
+    spec: dict[str, Any],
+    catalog: Mapping[str, Pipeline] | None,
+    allowed_images: tuple[str, ...] | None,
+) -> list[FieldError]:
+    """:func:`check_spec_rules` of the template's run spec, with the fields named from the
+    schedule's root (`spec.template.spec.parameters.niter`)."""
+    template = spec.get("template")
+    run_spec = template.get("spec") if isinstance(template, dict) else None
+    if not isinstance(run_spec, dict):
+        return []
+    return [
+        FieldError(f"spec.template.{e.field}", e.message)
+        for e in check_spec_rules(run_spec, catalog, allowed_images)
+    ]
 
 
 def check_spec_rules(
@@ -183,7 +265,7 @@ def check_requests_within_limits(resources: Any, prefix: str) -> list[FieldError
     return errors
 
 
-def _check_type_meta(document: dict[str, Any]) -> list[FieldError]:
+def _check_type_meta(document: dict[str, Any], kind: str = api.KIND) -> list[FieldError]:
     errors = []
     if document.get("apiVersion") != api.API_VERSION:
         errors.append(
@@ -192,10 +274,8 @@ def _check_type_meta(document: dict[str, Any]) -> list[FieldError]:
                 f"must be {api.API_VERSION!r}, got {brief(document.get('apiVersion'))}",
             )
         )
-    if document.get("kind") != api.KIND:
-        errors.append(
-            FieldError("kind", f"must be {api.KIND!r}, got {brief(document.get('kind'))}")
-        )
+    if document.get("kind") != kind:
+        errors.append(FieldError("kind", f"must be {kind!r}, got {brief(document.get('kind'))}"))
     return errors
 
 

@@ -15,13 +15,20 @@ from tests.k8s import KubeCluster, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "manifests" / "crd" / "pipelineruns.radps.io.yaml"
+SCHEDULE_CRD_FILE = REPO / "manifests" / "crd" / "pipelineschedules.radps.io.yaml"
 GROUP, VERSION, PLURAL = "radps.io", "v1alpha1", "pipelineruns"
 
 
 def install_crd(cluster: KubeCluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    """The PipelineRun and PipelineSchedule CRDs."""
+    for crd in (CRD_FILE, SCHEDULE_CRD_FILE):
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
     cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/pipelineruns.radps.io", "--timeout=60s"
+        "wait",
+        "--for=condition=Established",
+        "crd/pipelineruns.radps.io",
+        "crd/pipelineschedules.radps.io",
+        "--timeout=60s",
     )
 
 
@@ -96,23 +103,29 @@ def pipelinerun(name: str, **spec: Any) -> dict[str, Any]:
 
 
 class Runs:
-    """PipelineRuns in one namespace through the real API server."""
+    """PipelineRuns (or PipelineSchedules: ``kind``, ``plural``) in one namespace through
+    the real API server."""
 
-    def __init__(self, kube_api: Any, namespace: str):
+    def __init__(
+        self, kube_api: Any, namespace: str, kind: str = "PipelineRun", plural: str = PLURAL
+    ):
         from kubernetes import client
 
         self.custom = client.CustomObjectsApi(kube_api)
         self.core = client.CoreV1Api(kube_api)
         self.namespace = namespace
+        self.kind = kind
+        self.plural = plural
 
     def create(self, name: str, **spec: Any) -> dict[str, Any]:
+        body = {**pipelinerun(name, **spec), "kind": self.kind}
         return self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, pipelinerun(name, **spec)
+            GROUP, VERSION, self.namespace, self.plural, body
         )
 
     def get(self, name: str) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, name
+            GROUP, VERSION, self.namespace, self.plural, name
         )
 
     def status(self, name: str) -> dict[str, Any]:
@@ -120,14 +133,18 @@ class Runs:
 
     def patch_spec(self, name: str, **spec: Any) -> None:
         self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
+            GROUP, VERSION, self.namespace, self.plural, name, {"spec": spec}
         )
 
     def delete(self, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        self.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, self.plural, name
+        )
 
     def names(self) -> list[str]:
-        found = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+        found = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, self.plural
+        )
         return [item["metadata"]["name"] for item in found["items"]]
 
     def delete_all(self, timeout: float = 60) -> None:

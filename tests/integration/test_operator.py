@@ -299,8 +299,8 @@ def test_release_cleanup_deletes_every_run_through_the_operator(env, runs, tmp_p
             runs.wait_phase(name, "Scheduled", timeout=30)
     # no operator now: its finalizer holds the runs, and the cleanup says which are left
     assert delete_all_runs(runs.custom, [runs.namespace], timeout=3) == [
-        f"{runs.namespace}/u-1",
-        f"{runs.namespace}/u-2",
+        f"PipelineRun {runs.namespace}/u-1",
+        f"PipelineRun {runs.namespace}/u-2",
     ]
     with kopf_operator(runs.namespace, env):
         assert delete_all_runs(runs.custom, [runs.namespace], timeout=60) == []

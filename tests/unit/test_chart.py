@@ -88,6 +88,7 @@ def test_crds_are_included(helm):
     crds = {d["metadata"]["name"] for d in render(helm) if d["kind"] == "CustomResourceDefinition"}
     assert crds == {
         "pipelineruns.radps.io",
+        "pipelineschedules.radps.io",
         "daskclusters.kubernetes.dask.org",
         "daskworkergroups.kubernetes.dask.org",
         "daskjobs.kubernetes.dask.org",
@@ -667,3 +668,21 @@ def test_the_ui_ingress_only_behind_auth(helm):
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode != 0 and "needs prefect.basicAuth.enabled=true" in result.stderr
+
+
+def test_the_operator_may_make_and_prune_the_runs_of_schedules_and_no_more(helm):
+    """It creates runs for PipelineSchedules (owned by them: the finalizers rule lets an
+    owner reference block deletion under OwnerReferencesPermissionEnforcement) and deletes
+    those beyond the history limits; it gets no rights on anything a run's pods use."""
+    documents = render(helm)
+    role = next(d for d in documents if d["metadata"]["name"] == "t-radps-operator-runs")
+    verbs: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        if rule["apiGroups"] == ["radps.io"]:
+            for resource in rule["resources"]:
+                verbs.setdefault(resource, set()).update(rule["verbs"])
+    assert {"create", "delete", "list", "watch"} <= verbs["pipelineruns"]
+    assert {"get", "list", "watch", "patch"} <= verbs["pipelineschedules"]
+    assert "create" not in verbs["pipelineschedules"]  # schedules are their authors' own
+    assert verbs["pipelineschedules/status"] >= {"patch"}
+    assert verbs["pipelineschedules/finalizers"] == {"update"}

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from radps_operator import api
-from radps_operator.crd import build_crd, render_crd
+from radps_operator.crd import build_crd, build_schedule_crd, render_crd, render_schedule_crd
 
 CHECKED_IN = (
     Path(__file__).resolve().parents[2] / "manifests" / "crd" / "pipelineruns.radps.io.yaml"
@@ -138,6 +138,9 @@ def test_chart_installs_the_same_crds():
     from radps_operator.dask_crds import render_dask_crds
 
     assert (CHART_CRDS / CHECKED_IN.name).read_text() == render_crd(), "run `make crd`"
+    schedules = "pipelineschedules.radps.io.yaml"
+    assert (CHART_CRDS / schedules).read_text() == render_schedule_crd(), "run `make crd`"
+    assert (CHECKED_IN.parent / schedules).read_text() == render_schedule_crd(), "run `make crd`"
     dask = (CHART_CRDS / "daskclusters.kubernetes.dask.org.yaml").read_text()
     assert dask == render_dask_crds(), "run `make crd`"
     documents = list(yaml.safe_load_all(dask))
@@ -148,3 +151,30 @@ def test_chart_installs_the_same_crds():
         "DaskAutoscaler",
     ]
     assert "$ref" not in dask
+
+
+def test_the_schedule_crd_checks_what_the_api_server_can():
+    """Structural: a schedule's template is a PipelineRun spec (the same schema, without the
+    run's immutability rules: a schedule may change), its name at most 52 characters."""
+    crd = build_schedule_crd()
+    version = crd["spec"]["versions"][0]
+    root = version["schema"]["openAPIV3Schema"]
+    assert crd["spec"]["names"]["shortNames"] == ["psched"]
+    assert [c["name"] for c in version["additionalPrinterColumns"] if "priority" not in c] == [
+        "Schedule",
+        "Suspend",
+        "Active",
+        "Last",
+        "Next",
+        "Age",
+    ]
+    assert root["properties"]["metadata"]["properties"]["name"]["maxLength"] == 52
+    template_spec = root["properties"]["spec"]["properties"]["template"]["properties"]["spec"]
+    run_spec = _schema()["properties"]["spec"]
+    assert template_spec["properties"] == run_spec["properties"]
+    assert "x-kubernetes-validations" not in template_spec
+    assert root["properties"]["spec"]["properties"]["concurrencyPolicy"]["enum"] == [
+        "Allow",
+        "Forbid",
+        "Replace",
+    ]

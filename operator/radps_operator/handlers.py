@@ -121,7 +121,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
             auth,
             dict(config.flow_service_account_annotations),
         )
-    schedule_service = ScheduleService(kube, _catalog(), config.allowed_images)
+    schedule_service = ScheduleService(kube, gateway, config, _catalog())
     _runtime = Runtime(config, gateway, kube, follower, schedule_service, identities)
     log.info(
         "radps operator: Prefect %s, work pool %s, namespaces %s",
@@ -217,9 +217,14 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
     deployment = r.desired_deployment(
         spec, rt.settings, info.entrypoint, info.flow_name, info.parameter_schema, info.description
     )
-    request = r.desired_flow_run(run.namespace, run.name, run.uid, spec, rt.settings)
+    schedule = scheduled_by(body)
+    request = r.desired_flow_run(run.namespace, run.name, run.uid, spec, rt.settings, schedule)
     try:
-        deployment_id = await rt.gateway.ensure_deployment(deployment)
+        deployment_id = None
+        if schedule is not None:  # its flow run under the schedule's deployment, if made
+            name = r.schedule_deployment_name(run.namespace, schedule)
+            deployment_id = await rt.gateway.deployment_id(info.flow_name, name)
+        deployment_id = deployment_id or await rt.gateway.ensure_deployment(deployment)
         snapshot = await rt.gateway.create_flow_run(deployment_id, request, deployment.work_pool)
     except PrefectRejected as exc:
         message = f"{exc} (the run fails: asking again would get the same answer)"
@@ -246,6 +251,15 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
     if spec.cancel:
         await _cancel(run, "spec.cancel is true")
     metrics.RECONCILE_SECONDS.labels("create").observe(time.perf_counter() - started)
+
+
+def scheduled_by(body: kopf.Body) -> str | None:
+    """The PipelineSchedule that made this run, if one did."""
+    meta = body["metadata"]
+    for owner in meta.get("ownerReferences") or ():
+        if owner.get("kind") == schedule_api.KIND and owner.get("controller"):
+            return str(owner.get("name"))
+    return None
 
 
 async def _ensure_flow_identity(run: Tracked, retry: int) -> None:
@@ -365,6 +379,15 @@ async def follow_schedule(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any
 async def schedule_changed(body: kopf.Body, **_: Any) -> None:
     """A changed schedule (suspend, its cron, its template) is looked at now."""
     runtime().schedules.wake(body["metadata"]["uid"])
+
+
+@kopf.on.delete(*SCHEDULE_RESOURCE, registry=registry)
+async def schedule_deleted(body: kopf.Body, **_: Any) -> None:
+    """Its runs go with it (the garbage collector: they are owned), its deployment here."""
+    status = schedule_api.parse_status(dict(body.get("status") or {}))
+    await runtime().schedules.forget_in_prefect(
+        status.prefect_deployment_id, body["metadata"]["name"]
+    )
 
 
 def run_operator(settings: OperatorSettings | None = None) -> None:

@@ -163,7 +163,7 @@ class PrefectGateway:
         them anyway and answers the surplus with "database is locked" (503)."""
         self._http: httpx.AsyncClient | None = None
         self._csrf = _CsrfToken()
-        self._deployments: dict[tuple[str, str, str], asyncio.Future[str]] = {}
+        self._deployments: dict[tuple[str, ...], asyncio.Future[str]] = {}
         self._pool_variables: dict[str, set[str] | None] = {}
 
     async def __aenter__(self) -> PrefectGateway:
@@ -274,18 +274,42 @@ class PrefectGateway:
                 "version": request.image,
                 "entrypoint": request.entrypoint,
                 "work_pool_name": request.work_pool,
-                "parameters": {},
+                "parameters": request.parameters,
                 "parameter_openapi_schema": request.parameter_schema,
                 "enforce_parameter_schema": True,
                 "job_variables": variables,
                 "tags": list(request.tags),
                 "description": request.description,
-                "schedules": [],
-                "paused": False,
+                "schedules": _schedules(request),
+                "paused": request.paused,
             },
         )
         log.info("deployment %s/%s is %s", request.flow_name, request.name, deployment["id"])
         return str(deployment["id"])
+
+    async def deployment_id(self, flow_name: str, name: str) -> str | None:
+        """The id of the deployment ``flow_name/name``; None where there is none."""
+        path = f"/deployments/name/{quote(flow_name, safe='')}/{quote(name, safe='')}"
+        try:
+            deployment = await self._call("read_deployment", "GET", path)
+        except PrefectRejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return str(deployment["id"])
+
+    async def delete_deployment(self, deployment_id: str) -> None:
+        """Delete a deployment (its flow runs stay); gone already is fine."""
+        try:
+            await self._call("delete_deployment", "DELETE", f"/deployments/{UUID(deployment_id)}")
+        except PrefectRejected as exc:
+            if exc.status != 404:
+                raise
+        self._deployments = {
+            key: future
+            for key, future in self._deployments.items()
+            if not (future.done() and not future.exception() and future.result() == deployment_id)
+        }
 
     async def _known_variables(self, work_pool: str, variables: dict[str, Any]) -> dict[str, Any]:
         """Only the job variables the pool's template declares (a process pool has no image,
@@ -462,6 +486,14 @@ class PrefectGateway:
         """The event stream's websocket: `/events/out` under the API, ws(s) for http(s)."""
         scheme, rest = self.api_url.split("://", 1)
         return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/events/out"
+
+
+def _schedules(request: DeploymentRequest) -> list[dict[str, Any]]:
+    """A schedule's deployment shows its cron, inactive: Prefect's scheduler makes no run."""
+    if request.cron is None:
+        return []
+    cron = {"cron": request.cron, "timezone": request.time_zone or "UTC"}
+    return [{"schedule": cron, "active": False}]
 
 
 class _CsrfToken:

@@ -8,6 +8,7 @@ around them (timeouts, TTL, merge patches, conditions).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,7 +16,8 @@ from typing import Any
 
 from radps_flows import contract
 from radps_flows.contract import PIPELINE_LABEL, RUN_NAME_LABEL, RUN_UID_LABEL
-from radps_operator import api
+from radps_operator import api, schedule_api
+from radps_operator.schedule_api import cron_fields
 from radps_operator.settings import OperatorSettings
 
 SUCCEEDED = "Succeeded"
@@ -47,7 +49,9 @@ _PHASE_OF_STATE_TYPE = {
 
 @dataclass(frozen=True)
 class DeploymentRequest:
-    """One deployment per (pipeline, image, work pool)."""
+    """One deployment per (pipeline, image, work pool); and one per PipelineSchedule, which
+    shows its cron in Prefect's UI (paused, its schedule inactive: the operator makes the
+    runs, as PipelineRuns) and holds the flow runs of its PipelineRuns."""
 
     flow_name: str
     name: str
@@ -57,10 +61,22 @@ class DeploymentRequest:
     parameter_schema: dict[str, Any]
     description: str = ""
     tags: tuple[str, ...] = ()
+    cron: str | None = None
+    time_zone: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.flow_name, self.name, self.work_pool)
+    def paused(self) -> bool:
+        return self.cron is not None
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """What makes two requests the same deployment as it is now (the per-process cache
+        of upserts is keyed on it: a schedule's changed cron or template upserts again)."""
+        parameters = json.dumps(self.parameters, sort_keys=True, default=str)
+        return (self.flow_name, self.name, self.work_pool, self.image) + (
+            (self.cron or "", self.time_zone or "", parameters) if self.cron else ()
+        )
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,42 @@ def deployment_name(pipeline: str, image: str, work_pool: str) -> str:
     pool_slug = re.sub(r"[^a-z0-9]+", "-", work_pool.lower()).strip("-")[:40]
     digest = hashlib.sha256(f"{image}\0{work_pool}".encode()).hexdigest()[:8]
     return f"{pipeline}-{image_slug}-{pool_slug}-{digest}"
+
+
+def schedule_deployment_name(namespace: str, name: str) -> str:
+    """The Prefect deployment of the PipelineSchedule ``namespace/name``."""
+    return f"schedule-{namespace}-{name}"
+
+
+def desired_schedule_deployment(
+    namespace: str,
+    name: str,
+    schedule: schedule_api.PipelineScheduleSpec,
+    settings: OperatorSettings,
+    entrypoint: str,
+    flow_name: str,
+    parameter_schema: dict[str, Any],
+) -> DeploymentRequest:
+    """The deployment that shows a PipelineSchedule in Prefect: its cron, paused and
+    inactive (Prefect must never make a run itself: the PipelineRuns are the record), the
+    template's parameters as its own, and its runs' flow runs."""
+    spec = schedule.template.spec
+    pipeline = desired_deployment(spec, settings, entrypoint, flow_name, parameter_schema)
+    return DeploymentRequest(
+        flow_name=flow_name,
+        name=schedule_deployment_name(namespace, name),
+        entrypoint=entrypoint,
+        work_pool=pipeline.work_pool,
+        image=pipeline.image,
+        parameter_schema=parameter_schema,
+        description=f"PipelineSchedule {namespace}/{name}: the radps operator makes its runs "
+        f"as PipelineRuns (kubectl get prun -n {namespace} -l radps.io/schedule={name}); "
+        "this deployment stays paused.",
+        tags=(*pipeline.tags, f"namespace:{namespace}", f"schedule:{name}"),
+        cron=cron_fields(schedule.schedule),
+        time_zone=schedule.time_zone or "UTC",
+        parameters=dict(spec.parameters),
+    )
 
 
 def desired_deployment(
@@ -170,13 +222,20 @@ def job_variables(
 
 
 def desired_flow_run(
-    namespace: str, name: str, uid: str, spec: api.PipelineRunSpec, settings: OperatorSettings
+    namespace: str,
+    name: str,
+    uid: str,
+    spec: api.PipelineRunSpec,
+    settings: OperatorSettings,
+    schedule: str | None = None,
 ) -> FlowRunRequest:
+    """The flow run of a PipelineRun (``schedule``: the PipelineSchedule that made it)."""
+    tags = ("radps", f"pipeline:{spec.pipeline}", f"namespace:{namespace}")
     return FlowRunRequest(
         name=name,
         idempotency_key=uid,
         parameters=dict(spec.parameters),
-        tags=("radps", f"pipeline:{spec.pipeline}", f"namespace:{namespace}"),
+        tags=(*tags, f"schedule:{schedule}") if schedule else tags,
         job_variables=job_variables(namespace, name, uid, spec, settings),
         retries=spec.retries,
     )

@@ -157,6 +157,11 @@ class PipelineScheduleStatus(WireModel):
         },
     )
     message: str | None = Field(default=None, description="Latest human-readable message.")
+    prefect_deployment_id: str | None = Field(
+        default=None,
+        description="The Prefect deployment that shows the schedule (paused) and holds its "
+        "runs' flow runs.",
+    )
     observed_generation: int | None = Field(
         default=None, description="The spec generation this status is about."
     )

@@ -10,8 +10,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from radps_operator import api, schedule_api, schedules
+from radps_operator import api, reconcile, schedule_api, schedules
 from radps_operator.kube import Kube, KubeApiError
+from radps_operator.prefect_gateway import PrefectGateway, PrefectRejected, PrefectUnavailable
+from radps_operator.settings import OperatorSettings
 from radps_operator.validation import InvalidPipelineRun, validate_schedule_spec
 
 if TYPE_CHECKING:
@@ -29,12 +31,15 @@ class ScheduleService:
     def __init__(
         self,
         kube: Kube,
+        gateway: PrefectGateway,
+        settings: OperatorSettings,
         catalog: Mapping[str, Pipeline],
-        allowed_images: tuple[str, ...],
     ) -> None:
         self._kube = kube
+        self._gateway = gateway
+        self._settings = settings
         self._catalog = catalog
-        self._allowed_images = allowed_images
+        self._allowed_images = settings.allowed_images
         self._said: dict[str, set[str]] = {}  # per schedule UID: the Events already posted
         self._wake: dict[str, asyncio.Event] = {}
 
@@ -53,6 +58,8 @@ class ScheduleService:
     async def look(self, body: Mapping[str, Any]) -> float:
         """Act on the schedule ``body`` as it is now; the seconds until the next look."""
         meta = body["metadata"]
+        if meta.get("deletionTimestamp"):  # going: a run made now would be collected at once
+            return schedules.LONGEST_SLEEP_S
         namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
         ref = {"namespace": namespace, "name": name, "uid": uid, "kind": schedule_api.KIND}
         now = datetime.now(UTC)
@@ -75,6 +82,7 @@ class ScheduleService:
                 },
             )
             return schedules.LONGEST_SLEEP_S
+        deployment_id = await self._show_in_prefect(ref, spec) or status.prefect_deployment_id
         found = await self._kube.runs_labelled(namespace, f"{schedules.SCHEDULE_LABEL}={name}")
         runs = [schedules.OwnedRun.from_object(r) for r in found if schedules.owned_by(r, uid)]
         created = api.parse_time(meta.get("creationTimestamp")) or now
@@ -116,11 +124,45 @@ class ScheduleService:
                 "active": plan.active,
                 "activeCount": len(plan.active),
                 "message": message,
+                "prefectDeploymentId": deployment_id,
                 "observedGeneration": meta.get("generation"),
                 "conditions": _keep_transition_times(status, conditions),
             },
         )
         return plan.sleep_seconds(datetime.now(UTC))
+
+    async def _show_in_prefect(
+        self, ref: dict[str, str], spec: schedule_api.PipelineScheduleSpec
+    ) -> str | None:
+        """The schedule's Prefect deployment (upserted once per change, per operator
+        process); None when Prefect cannot be reached now. Runs are made either way."""
+        pipeline = self._catalog[spec.template.spec.pipeline]
+        request = reconcile.desired_schedule_deployment(
+            ref["namespace"],
+            ref["name"],
+            spec,
+            self._settings,
+            pipeline.entrypoint,
+            pipeline.flow_name,
+            pipeline.parameter_schema,
+        )
+        try:
+            return await self._gateway.ensure_deployment(request)
+        except (PrefectUnavailable, PrefectRejected) as exc:
+            log.warning(
+                "schedule %s/%s: not shown in Prefect: %s", ref["namespace"], ref["name"], exc
+            )
+            return None
+
+    async def forget_in_prefect(self, deployment_id: str | None, name: str) -> None:
+        """Delete a deleted schedule's deployment (its flow runs stay); Prefect being away
+        leaves it, paused, rather than keep the schedule from going."""
+        if not deployment_id:
+            return
+        try:
+            await self._gateway.delete_deployment(deployment_id)
+        except (PrefectUnavailable, PrefectRejected) as exc:
+            log.warning("schedule %s: its Prefect deployment stays: %s", name, exc)
 
     async def _create(
         self,

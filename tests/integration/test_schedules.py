@@ -53,6 +53,28 @@ def runs_of(runs: Runs, schedule: str) -> list[dict[str, Any]]:
     return sorted(found["items"], key=lambda r: r["metadata"]["name"])
 
 
+def prefect_deployment(api_url: str, namespace: str, schedule: str) -> Any:
+    """The Prefect deployment that shows a schedule, or None."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.exceptions import ObjectNotFound
+
+    from radps_flows.catalog import pipelines
+
+    flow = pipelines()["synthesize"].flow_name
+    with SyncPrefectClient(api_url) as client:
+        try:
+            return client.read_deployment_by_name(f"{flow}/schedule-{namespace}-{schedule}")
+        except ObjectNotFound:
+            return None
+
+
+def prefect_flow_run(api_url: str, flow_run_id: str) -> Any:
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(api_url) as client:
+        return client.read_flow_run(flow_run_id)
+
+
 def names(items: list[dict[str, Any]]) -> list[str]:
     return [i["metadata"]["name"] for i in items]
 
@@ -134,6 +156,12 @@ def test_schedules_make_one_run_per_due_time_through_a_sigkill(
         assert (owner["kind"], owner["uid"], owner["controller"]) == ("PipelineSchedule", uid, True)
         assert names(runs_of(runs, "forbid")) == [f1]
         runs.wait_phase(a1, "Completed", timeout=90)
+        shown = prefect_deployment(radps_server.api_url, kube_namespace, "allow")
+        assert shown is not None and shown.paused
+        assert [(x.active, x.schedule.cron) for x in shown.schedules] == [(False, "* * * * *")]
+        assert shown.parameters["output"] == str(tmp_path / "allow.ps.zarr")
+        flow_run = prefect_flow_run(radps_server.api_url, runs.status(a1)["prefect"]["flowRunId"])
+        assert flow_run.deployment_id == shown.id and "schedule:allow" in flow_run.tags
         status = wait_until(
             lambda: (
                 (s := schedules.get("allow").get("status") or {}).get("lastSuccessfulTime") and s
@@ -214,6 +242,11 @@ def test_schedules_make_one_run_per_due_time_through_a_sigkill(
             timeout=120,
             interval=1,
             what="the schedules' runs to be garbage collected",
+        )
+        wait_until(
+            lambda: prefect_deployment(radps_server.api_url, kube_namespace, "allow") is None,
+            timeout=30,
+            what="the schedule's Prefect deployment deleted",
         )
     finally:
         operator.send_signal(signal.SIGTERM)

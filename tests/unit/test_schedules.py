@@ -208,3 +208,27 @@ def test_the_shipped_schedule_example_is_valid(capsys):
     for example in examples:
         assert main(["validate", str(example)]) == 0, capsys.readouterr().err
         assert "valid PipelineSchedule" in " ".join(capsys.readouterr().out.split())
+
+
+def test_prefect_shows_a_schedule_as_a_paused_deployment_with_its_cron():
+    from radps_operator.reconcile import desired_flow_run, desired_schedule_deployment
+    from radps_operator.settings import OperatorSettings
+
+    settings = OperatorSettings(default_image="radps:9", work_pool="k8s")
+    nightly = spec(schedule="@daily", timeZone="Europe/Amsterdam")
+    shown = desired_schedule_deployment(
+        "science", "nightly", nightly, settings, "flows:synth", "synthesize", {}
+    )
+    assert shown.name == "schedule-science-nightly" and shown.paused
+    assert (shown.cron, shown.time_zone) == ("0 0 * * *", "Europe/Amsterdam")
+    assert (shown.image, shown.work_pool) == ("radps:9", "k8s")
+    assert shown.parameters == TEMPLATE["spec"]["parameters"]
+    assert {"schedule:nightly", "namespace:science", "radps"} <= set(shown.tags)
+    hourly = desired_schedule_deployment(
+        "science", "nightly", spec(schedule="@hourly"), settings, "flows:synth", "synthesize", {}
+    )
+    assert hourly.key != shown.key  # a changed cron is upserted again, not cached
+    run = desired_flow_run(
+        "science", "nightly-1", "uid", nightly.template.spec, settings, "nightly"
+    )
+    assert "schedule:nightly" in run.tags

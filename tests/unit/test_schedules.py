@@ -208,6 +208,10 @@ def test_the_shipped_schedule_example_is_valid(capsys):
     for example in examples:
         assert main(["validate", str(example)]) == 0, capsys.readouterr().err
         assert "valid PipelineSchedule" in " ".join(capsys.readouterr().out.split())
+    # -p sets the template's parameters, as it sets a run's
+    assert main(["validate", str(examples[0]), "-p", "imsize=-3"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "spec.template.spec.parameters.imsize" in err
 
 
 def test_prefect_shows_a_schedule_as_a_paused_deployment_with_its_cron():

@@ -101,11 +101,15 @@ def parse_overrides(items: Sequence[str]) -> tuple[dict[str, Any], list[FieldErr
 
 
 def with_parameters(document: dict[str, Any], parameters: dict[str, Any]) -> dict[str, Any]:
-    """``document`` with ``parameters`` set in its ``spec.parameters`` (a copy)."""
+    """``document`` with ``parameters`` set in its ``spec.parameters`` (a copy); in a
+    PipelineSchedule's, in its template's."""
     if not parameters:
         return document
     document = copy.deepcopy(document)
     spec = document.setdefault("spec", {})
+    if document.get("kind") == "PipelineSchedule" and isinstance(spec, dict):
+        template = spec.setdefault("template", {})
+        spec = template.setdefault("spec", {}) if isinstance(template, dict) else None
     if isinstance(spec, dict):
         current = spec.get("parameters")
         spec["parameters"] = {**(current if isinstance(current, dict) else {}), **parameters}

@@ -114,21 +114,19 @@ class ScheduleService:
                 now,
             )
         )
-        await self._kube.patch_schedule_status(
-            namespace,
-            name,
-            {
-                "lastScheduleTime": _iso(plan.last_schedule_time),
-                "nextScheduleTime": _iso(plan.next_schedule_time),
-                "lastSuccessfulTime": _iso(plan.last_successful_time),
-                "active": plan.active,
-                "activeCount": len(plan.active),
-                "message": message,
-                "prefectDeploymentId": deployment_id,
-                "observedGeneration": meta.get("generation"),
-                "conditions": _keep_transition_times(status, conditions),
-            },
-        )
+        patch = {
+            "lastScheduleTime": _iso(plan.last_schedule_time),
+            "nextScheduleTime": _iso(plan.next_schedule_time),
+            "lastSuccessfulTime": _iso(plan.last_successful_time),
+            "active": plan.active,
+            "activeCount": len(plan.active),
+            "message": message,
+            "prefectDeploymentId": deployment_id,
+            "observedGeneration": meta.get("generation"),
+            "conditions": _keep_transition_times(status, conditions),
+        }
+        if not _already(dict(body.get("status") or {}), patch):  # most looks change nothing
+            await self._kube.patch_schedule_status(namespace, name, patch)
         return plan.sleep_seconds(datetime.now(UTC))
 
     async def _show_in_prefect(
@@ -201,6 +199,14 @@ class ScheduleService:
             said.clear()
             said.add(message)
         await self._kube.post_event(ref, type_, reason, message)
+
+
+def _already(status: dict[str, Any], patch: dict[str, Any]) -> bool:
+    """Whether merge-patching ``patch`` into ``status`` would change nothing."""
+    return all(
+        (key not in status) if value is None else status.get(key) == value
+        for key, value in patch.items()
+    )
 
 
 def _condition(type_: str, ok: bool, reason: str, message: str, now: datetime) -> dict[str, Any]:

@@ -274,7 +274,15 @@ def _check_type_meta(document: dict[str, Any], kind: str = api.KIND) -> list[Fie
                 f"must be {api.API_VERSION!r}, got {brief(document.get('apiVersion'))}",
             )
         )
-    if document.get("kind") != kind:
+    if document.get("kind") == schedule_api.KIND and kind == api.KIND:
+        errors.append(
+            FieldError(
+                "kind",
+                "a PipelineSchedule makes its runs on a cluster (kubectl apply it there; "
+                "`radps validate` checks it); here, run its template as a PipelineRun",
+            )
+        )
+    elif document.get("kind") != kind:
         errors.append(FieldError("kind", f"must be {kind!r}, got {brief(document.get('kind'))}"))
     return errors
 

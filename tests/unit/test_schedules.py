@@ -236,3 +236,12 @@ def test_prefect_shows_a_schedule_as_a_paused_deployment_with_its_cron():
         "science", "nightly-1", "uid", nightly.template.spec, settings, "nightly"
     )
     assert "schedule:nightly" in run.tags
+
+
+def test_radps_run_says_where_a_schedule_runs(capsys):
+    from radps_operator.cli import main
+
+    example = Path(__file__).parents[2] / "manifests/examples/schedules/nightly-vla-imaging.yaml"
+    assert main(["run", str(example)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "a PipelineSchedule makes its runs on a cluster" in err

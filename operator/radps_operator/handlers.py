@@ -33,6 +33,7 @@ from radps_operator.prefect_gateway import (
 )
 from radps_operator.run_network import ensure_run_network_policy
 from radps_operator.schedule_service import ScheduleService
+from radps_operator.schedules import schedule_of
 from radps_operator.settings import OperatorSettings
 
 registry = kopf.OperatorRegistry()
@@ -217,7 +218,7 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
     deployment = r.desired_deployment(
         spec, rt.settings, info.entrypoint, info.flow_name, info.parameter_schema, info.description
     )
-    schedule = scheduled_by(body)
+    schedule = schedule_of(body)
     request = r.desired_flow_run(run.namespace, run.name, run.uid, spec, rt.settings, schedule)
     try:
         deployment_id = None
@@ -251,15 +252,6 @@ async def ensure_run(body: kopf.Body, retry: int, **_: Any) -> None:
     if spec.cancel:
         await _cancel(run, "spec.cancel is true")
     metrics.RECONCILE_SECONDS.labels("create").observe(time.perf_counter() - started)
-
-
-def scheduled_by(body: kopf.Body) -> str | None:
-    """The PipelineSchedule that made this run, if one did."""
-    meta = body["metadata"]
-    for owner in meta.get("ownerReferences") or ():
-        if owner.get("kind") == schedule_api.KIND and owner.get("controller"):
-            return str(owner.get("name"))
-    return None
 
 
 async def _ensure_flow_identity(run: Tracked, retry: int) -> None:

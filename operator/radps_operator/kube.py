@@ -131,14 +131,19 @@ class Kube:
         return await self.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
 
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
-        """Merge-patch `.status`; False when the object is gone."""
+        """Merge-patch a PipelineRun's `.status`; False when the object is gone."""
+        if not await self._patch_status_at(f"{_run_path(namespace)}/{name}", patch):
+            return False
+        metrics.STATUS_PATCHES.inc()
+        return True
+
+    async def _patch_status_at(self, path: str, patch: dict[str, Any]) -> bool:
         try:
-            await self.merge_patch(f"{_run_path(namespace)}/{name}/status", {"status": patch})
+            await self.merge_patch(f"{path}/status", {"status": patch})
         except KubeApiError as exc:
             if exc.status == 404:
                 return False
             raise
-        metrics.STATUS_PATCHES.inc()
         return True
 
     async def delete_run(self, namespace: str, name: str) -> None:
@@ -228,14 +233,7 @@ class Kube:
 
     async def patch_schedule_status(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
         """Merge-patch a PipelineSchedule's `.status`; False when it is gone."""
-        path = f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{schedule_api.PLURAL}"
-        try:
-            await self.merge_patch(f"{path}/{name}/status", {"status": patch})
-        except KubeApiError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return await self._patch_status_at(f"{_schedule_path(namespace)}/{name}", patch)
 
     async def post_event(self, ref: dict[str, str], type_: str, reason: str, message: str) -> None:
         """An Event about ``ref`` (namespace, name, uid; kind, PipelineRun by default)."""
@@ -277,6 +275,10 @@ async def _json(response: aiohttp.ClientResponse) -> dict[str, Any]:
 
 def _run_path(namespace: str) -> str:
     return f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{api.PLURAL}"
+
+
+def _schedule_path(namespace: str) -> str:
+    return f"/apis/{api.GROUP}/{api.VERSION}/namespaces/{namespace}/{schedule_api.PLURAL}"
 
 
 def _dask_path(namespace: str) -> str:

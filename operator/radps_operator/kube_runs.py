@@ -29,15 +29,15 @@ from typing import Any
 
 from radps_flows.contract import RUN_UID_LABEL
 from radps_operator import api
+from radps_operator.local.manifests import named, with_parameters
 from radps_operator.validation import validate_manifest
 
-GROUP, VERSION, PLURAL = "radps.io", "v1alpha1", "pipelineruns"
+GROUP, VERSION, PLURAL = api.GROUP, api.VERSION, api.PLURAL
 FLOW_POD_LABEL = "prefect.io/flow-run-id"
 """Set by Prefect's Kubernetes worker on the flow run's pod; the Dask pods lack it."""
 REQUEST_TIMEOUT_S = 30
 FOLLOW_POLL_S = 2.0
 FOLLOW_READ_TIMEOUT_S = 60
-_FINISHED = {phase.value for phase in api.FINISHED_PHASES}
 _INTERNAL_LABEL_PREFIXES = ("kopf.zalando.org/",)
 
 
@@ -210,7 +210,7 @@ def request_cancel(cluster: Cluster, name: str) -> str:
     """Set the run's ``spec.cancel``; a message saying what happened."""
     run = get_run(cluster, name)
     phase = phase_of(run)
-    if phase in _FINISHED:
+    if phase in api.FINISHED_PHASES:
         return f"{name} has already ended ({phase}): nothing to cancel"
     if (run.get("spec") or {}).get("cancel"):
         return f"{name} is already being cancelled ({phase})"
@@ -234,8 +234,6 @@ def rerun_manifest(run: dict[str, Any], overrides: dict[str, Any] | None = None)
     the annotations others wrote on it."""
     spec = copy.deepcopy(run.get("spec") or {})
     spec.pop("cancel", None)
-    if overrides:
-        spec["parameters"] = {**(spec.get("parameters") or {}), **overrides}
     labels = {
         key: value
         for key, value in (run["metadata"].get("labels") or {}).items()
@@ -244,22 +242,17 @@ def rerun_manifest(run: dict[str, Any], overrides: dict[str, Any] | None = None)
     metadata: dict[str, Any] = {"generateName": f"{run['metadata']['name'][:57]}-"}
     if labels:
         metadata["labels"] = labels
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "PipelineRun",
-        "metadata": metadata,
-        "spec": spec,
-    }
+    document = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": metadata, "spec": spec}
+    return with_parameters(document, overrides or {})
 
 
 def create_rerun(cluster: Cluster, name: str, overrides: dict[str, Any] | None = None) -> str:
     """Create the rerun of ``name`` after checking it as `radps validate` does (the
     operator checks the image against the cluster's own list); the new run's name."""
     document = rerun_manifest(get_run(cluster, name), overrides)
-    checked = copy.deepcopy(document)
-    checked["metadata"] = {"name": f"{name[:57]}-xxxxx"}  # generateName's shape, for the check
     image = document["spec"].get("image")
-    validate_manifest(checked, allowed_images=(image,) if image else None)
+    # checked with a name of generateName's making, as the API server will make one
+    validate_manifest(named(document), allowed_images=(image,) if image else None)
     created = _call(
         cluster,
         f"create the rerun of {name}",
@@ -308,7 +301,7 @@ def logs(cluster: Cluster, name: str, *, follow: bool = False) -> Iterator[str]:
             yield from _pod_log(cluster, pod, follow)
             done.add(pod)
             continue
-        if not follow or phase_of(run) in _FINISHED:
+        if not follow or phase_of(run) in api.FINISHED_PHASES:
             if not done:
                 raise NoLog(_no_log_reason(run))
             return
@@ -378,7 +371,7 @@ def _no_log_reason(run: dict[str, Any]) -> str:
     phase = phase_of(run)
     url = (status.get("prefect") or {}).get("url")
     where = f"; the Prefect UI keeps its log: {url}" if url else ""
-    if phase in _FINISHED:
+    if phase in api.FINISHED_PHASES:
         return f"{name} has ended ({phase}) and its flow pod is gone{where}"
     return f"{name} has no running flow pod yet ({phase}); `radps logs -f` waits for it"
 

@@ -16,13 +16,12 @@ its runs and the time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from radps_flows.contract import PIPELINERUN_GROUP, PIPELINERUN_VERSION
 from radps_operator import api
 from radps_operator.schedule_api import (
     FORBID,
@@ -40,8 +39,6 @@ TOO_MANY_MISSED = 100
 LONGEST_SLEEP_S = 30.0
 """The longest a schedule waits between looks at its runs (their status, the history)."""
 
-_FINISHED = {phase.value for phase in api.FINISHED_PHASES}
-
 
 @dataclass(frozen=True)
 class OwnedRun:
@@ -54,7 +51,7 @@ class OwnedRun:
 
     @property
     def finished(self) -> bool:
-        return self.phase in _FINISHED
+        return self.phase in api.FINISHED_PHASES
 
     @classmethod
     def from_object(cls, run: dict[str, Any]) -> OwnedRun:
@@ -213,7 +210,7 @@ def run_object(
         SCHEDULED_TIME_ANNOTATION: format_time(due),
     }
     return {
-        "apiVersion": f"{PIPELINERUN_GROUP}/{PIPELINERUN_VERSION}",
+        "apiVersion": api.API_VERSION,
         "kind": api.KIND,
         "metadata": {
             "name": run_name(meta["name"], due),
@@ -222,7 +219,7 @@ def run_object(
             "annotations": annotations,
             "ownerReferences": [
                 {
-                    "apiVersion": f"{PIPELINERUN_GROUP}/{PIPELINERUN_VERSION}",
+                    "apiVersion": api.API_VERSION,
                     "kind": KIND,
                     "name": meta["name"],
                     "uid": meta["uid"],
@@ -235,19 +232,29 @@ def run_object(
     }
 
 
-def owned_by(run: dict[str, Any], uid: str) -> bool:
+def owned_by(run: Mapping[str, Any], uid: str) -> bool:
     """Whether the schedule of UID ``uid`` made ``run`` (another of the same name, deleted
     and made again, did not)."""
-    return any(
-        ref.get("uid") == uid and ref.get("kind") == KIND
+    return any(ref.get("uid") == uid for ref in _schedule_owners(run))
+
+
+def schedule_of(run: Mapping[str, Any]) -> str | None:
+    """The name of the PipelineSchedule that made ``run``, if one did."""
+    return next((str(ref.get("name")) for ref in _schedule_owners(run)), None)
+
+
+def _schedule_owners(run: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [
+        ref
         for ref in run["metadata"].get("ownerReferences") or ()
-    )
+        if ref.get("kind") == KIND and ref.get("controller")
+    ]
 
 
 def _beyond_history(runs: Sequence[OwnedRun], spec: PipelineScheduleSpec) -> list[str]:
     ended = sorted((r for r in runs if r.finished), key=_age_key, reverse=True)
-    completed = [r.name for r in ended if r.phase == api.Phase.COMPLETED.value]
-    other = [r.name for r in ended if r.phase != api.Phase.COMPLETED.value]
+    completed = [r.name for r in ended if r.phase == api.Phase.COMPLETED]
+    other = [r.name for r in ended if r.phase != api.Phase.COMPLETED]
     return [
         *completed[spec.successful_runs_history_limit :],
         *other[spec.failed_runs_history_limit :],
@@ -255,7 +262,9 @@ def _beyond_history(runs: Sequence[OwnedRun], spec: PipelineScheduleSpec) -> lis
 
 
 def _latest_success(runs: Sequence[OwnedRun], known: datetime | None) -> datetime | None:
-    times = [r.completion_time for r in runs if r.phase == "Completed" and r.completion_time]
+    times = [
+        r.completion_time for r in runs if r.phase == api.Phase.COMPLETED and r.completion_time
+    ]
     if known is not None:
         times.append(known)
     return max(times, default=None)

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from radps_operator.local.manifests import with_parameters
+
 if TYPE_CHECKING:
     from radps_operator.local.server import LocalServer
 
@@ -224,10 +226,7 @@ def rerun_manifest(
     document = manifest_of(client, flow_run)
     document.pop("status", None)
     document["metadata"] = {"generateName": f"{flow_run.name[:57]}-"}
-    if overrides:
-        spec = document.setdefault("spec", {})
-        spec["parameters"] = {**(spec.get("parameters") or {}), **overrides}
-    return document
+    return with_parameters(document, overrides or {})
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -93,6 +93,34 @@ def read_progress(
     return (total, total) if run_completed else (completed, total)
 
 
+CACHE_DIR_ENV = "RADPS_CACHE_DIR"
+STAGE_CACHE_FOLDER = ".radps-cache"
+"""The stage cache's root (a folder or URL); on a cluster the folder of this name on the data
+volume, which the run's Dask pods mount at the same path."""
+
+CACHE_MODES = ("Use", "Refresh", "Off")
+CACHED_STAGES = ("conversion", "flagging", "calibration", "imaging")
+"""The stage cache's modes (a PipelineRun's spec.cache, a pipeline's ``cache`` parameter) and
+the stages in the order a run makes them (spec.fromStage); see
+:mod:`radps_flows.stage_cache`."""
+
+CACHE_LABEL = "radps.io/cache"
+"""What the stage cache gave a flow run, kept as a label on it (written by
+:func:`radps_flows.progress.report_cache`, read by :func:`read_cache`): ``stage=outcome``
+pairs, comma-separated, such as ``conversion=hit,flagging=hit,calibration=miss``."""
+
+
+def format_cache(outcomes: Mapping[str, str]) -> str:
+    return ",".join(f"{stage}={outcome}" for stage, outcome in outcomes.items())
+
+
+def read_cache(labels: Mapping[str, object] | None) -> dict[str, str] | None:
+    """The stage-cache outcomes of a flow run's labels, or None where it reported none."""
+    text = str((labels or {}).get(CACHE_LABEL) or "")
+    pairs = [item.split("=", 1) for item in text.split(",") if "=" in item]
+    return {stage: outcome for stage, outcome in pairs} or None
+
+
 def flow_run_url(ui_url: str, flow_run_id: object) -> str:
     """Where Prefect's UI shows a flow run (`.status.prefect.url`, `radps run`'s link)."""
     return f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"

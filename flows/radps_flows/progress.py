@@ -18,7 +18,12 @@ from typing import Any
 from prefect.client.orchestration import get_client
 from prefect.context import get_run_context
 
-from radps_flows.contract import PROGRESS_COMPLETED_LABEL, PROGRESS_TOTAL_LABEL
+from radps_flows.contract import (
+    CACHE_LABEL,
+    PROGRESS_COMPLETED_LABEL,
+    PROGRESS_TOTAL_LABEL,
+    format_cache,
+)
 
 #: How long a flow's last report, or a process about to exit, waits for labels to land.
 FLUSH_TIMEOUT_SECONDS = 30.0
@@ -100,6 +105,7 @@ def _update_labels(flow_run_id: Any, completed: int, total: int) -> None:
     from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
     labels = {PROGRESS_COMPLETED_LABEL: str(completed), PROGRESS_TOTAL_LABEL: str(total)}
+    labels.update(_EXTRA_LABELS.get(str(flow_run_id), {}))
     with (
         temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}),
         get_client(sync_client=True) as client,
@@ -114,6 +120,9 @@ def _update_labels(flow_run_id: Any, completed: int, total: int) -> None:
             time.sleep(delay * random.uniform(0.5, 1.5))
         client.update_flow_run_labels(flow_run_id, labels)
 
+
+_EXTRA_LABELS: dict[str, dict[str, str]] = {}
+"""Labels a flow run's next progress report carries along (its stage-cache outcomes)."""
 
 _SENDER = ProgressSender(_update_labels)
 atexit.register(_SENDER.flush)
@@ -130,3 +139,14 @@ def report_progress(completed: int, total: int) -> None:
     if flow_run is None:
         return
     _SENDER.report(flow_run.id, completed, total)
+
+
+def report_cache(outcomes: dict[str, str]) -> None:
+    """Record what the stage cache gave this flow run (stage -> outcome); the label goes out
+    with the run's next progress report (every flow ends with one)."""
+    try:
+        flow_run = get_run_context().flow_run  # type: ignore[union-attr]
+    except Exception:
+        return
+    if flow_run is not None and outcomes:
+        _EXTRA_LABELS[str(flow_run.id)] = {CACHE_LABEL: format_cache(outcomes)}

@@ -16,7 +16,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
-from radps_flows.contract import PIPELINERUN_GROUP, PIPELINERUN_PLURAL, PIPELINERUN_VERSION
+from radps_flows.contract import (
+    CACHE_MODES,
+    CACHED_STAGES,
+    PIPELINERUN_GROUP,
+    PIPELINERUN_PLURAL,
+    PIPELINERUN_VERSION,
+)
 
 GROUP = PIPELINERUN_GROUP
 VERSION = PIPELINERUN_VERSION
@@ -39,6 +45,8 @@ QUANTITY_PATTERN = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""A Kubernetes object name (RFC 1123 subdomain)."""
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -183,6 +191,29 @@ class PipelineRunSpec(SpecModel):
         description="Set to true to cancel the run (phase Cancelling, then Cancelled). "
         "The only field that may change after creation; cannot be set back to false.",
     )
+    cache: Literal[CACHE_MODES] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="The stage cache (pipelines with cached stages: imaging, calibration, "
+        "flagging): Use (default) reuses the conversion, each block's flags and gains when "
+        "their input and parameters are unchanged; Refresh recomputes and rewrites them; Off "
+        "neither reads nor writes them.",
+    )
+    rerun_of: (
+        Annotated[
+            str, StringConstraints(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="The PipelineRun this one reruns (`radps rerun NAME`), for the record.",
+    )
+    from_stage: Literal[CACHED_STAGES] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="Recompute from this stage on (conversion, flagging, calibration, "
+        "imaging); the stages before it come from the stage cache, as an earlier run of the "
+        "same input and parameters committed them (a stage it never committed is recomputed, "
+        "and the run's log says so).",
+    )
     ttl_seconds_after_finished: int | None = Field(
         default=None,
         ge=0,
@@ -193,6 +224,16 @@ class PipelineRunSpec(SpecModel):
 
     def dask_or_default(self) -> DaskSpec:
         return self.dask or DaskSpec()
+
+    def flow_parameters(self) -> dict[str, Any]:
+        """The flow run's parameters: spec.parameters, with spec.cache and spec.fromStage as
+        the pipeline's ``cache`` and ``from_stage`` where set."""
+        out = dict(self.parameters)
+        if self.cache is not None:
+            out["cache"] = self.cache
+        if self.from_stage is not None:
+            out["from_stage"] = self.from_stage
+        return out
 
 
 class Phase(StrEnum):
@@ -289,6 +330,17 @@ class PipelineRunStatus(WireModel):
     dask: DaskStatus | None = Field(default=None, description="The run's Dask cluster.")
     progress: Progress | None = Field(default=None, description="Stages done / total.")
     outputs: list[Output] = Field(default_factory=list, description="Products of the run.")
+    cache: (
+        dict[
+            str,
+            Annotated[str, Field(description="hit, miss, partial (some blocks hit) or refreshed.")],
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="What the stage cache gave each cached stage (conversion, flagging, "
+        "calibration): hit, miss, partial (some blocks hit) or refreshed.",
+    )
     kopf: dict[str, Any] | None = Field(
         default=None,
         description="The operator's own bookkeeping (handler progress); not for users.",

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from radps_flows.contract import CACHED_STAGES
 from radps_operator import __version__, cli_cluster
 from radps_operator.cli_output import print_as, stderr, stdout
 
@@ -122,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     rerun.add_argument("name")
     _parameter_argument(rerun, "change a parameter (the value read as YAML); repeatable")
+    rerun.add_argument(
+        "--from",
+        dest="from_stage",
+        choices=CACHED_STAGES,
+        help="recompute from this stage on; the stages before it come from the stage cache "
+        "(spec.fromStage)",
+    )
     rerun.add_argument(
         "-v", "--verbose", action="store_true", help="show Prefect, Dask and xradio logs"
     )
@@ -234,6 +242,8 @@ def cmd_get(args: argparse.Namespace) -> int:
         table.add_row(f"parameters.{key}", escape(json.dumps(value)))
     for output in status.get("outputs", []):
         table.add_row(f"output {output.get('name')}", escape(str(output.get("uri"))))
+    for stage, outcome in (status.get("cache") or {}).items():
+        table.add_row(f"cache {stage}", escape(outcome))
     for key, value in (status.get("summary") or {}).items():
         table.add_row(str(key), escape(str(value)))
     stdout.print(table)
@@ -283,7 +293,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         flow_run = _local_run(client, args.name)
         if flow_run is None:
             return 1
-        document = history.rerun_manifest(client, flow_run, overrides)
+        document = history.rerun_manifest(client, flow_run, overrides, args.from_stage)
     return _run_manifests([Manifest(f"rerun of {args.name}", named(document))], args)
 
 

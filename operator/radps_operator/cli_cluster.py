@@ -100,6 +100,7 @@ def _get(args: argparse.Namespace) -> int:
     ]
     rows += [(f"parameters.{k}", json.dumps(v)) for k, v in (spec.get("parameters") or {}).items()]
     rows += [(f"output {o.get('name')}", o.get("uri")) for o in status.get("outputs", [])]
+    rows += [(f"cache {stage}", outcome) for stage, outcome in (status.get("cache") or {}).items()]
     for condition in status.get("conditions", []):
         words = " ".join(str(condition.get(k) or "") for k in ("status", "reason", "message"))
         rows.append((f"condition {condition.get('type')}", words.strip()))
@@ -138,7 +139,7 @@ def _rerun(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     with _cluster(args) as cluster:
         try:
-            name = kube_runs.create_rerun(cluster, args.name, overrides)
+            name = kube_runs.create_rerun(cluster, args.name, overrides, args.from_stage)
         except InvalidPipelineRun as invalid:
             for error in invalid.errors:
                 stderr.print(f"[red]rerun of {escape(args.name)}: {escape(str(error))}[/]")

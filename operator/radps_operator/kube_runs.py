@@ -29,7 +29,7 @@ from typing import Any
 
 from radps_flows.contract import RUN_UID_LABEL
 from radps_operator import api
-from radps_operator.local.manifests import named, with_parameters
+from radps_operator.local.manifests import as_rerun, named, with_parameters
 from radps_operator.validation import validate_manifest
 
 GROUP, VERSION, PLURAL = api.GROUP, api.VERSION, api.PLURAL
@@ -228,10 +228,15 @@ def request_cancel(cluster: Cluster, name: str) -> str:
     return f"cancelling {name} in {cluster.namespace} (spec.cancel set; it was {phase})"
 
 
-def rerun_manifest(run: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def rerun_manifest(
+    run: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
+    from_stage: str | None = None,
+) -> dict[str, Any]:
     """A new PipelineRun with ``run``'s spec (not cancelled) and ``overrides`` among its
     parameters, named by the API server from ``<name>-``; its labels kept, not its status or
-    the annotations others wrote on it."""
+    the annotations others wrote on it; spec.rerunOf naming ``run``, and spec.fromStage
+    ``from_stage``."""
     spec = copy.deepcopy(run.get("spec") or {})
     spec.pop("cancel", None)
     labels = {
@@ -243,13 +248,20 @@ def rerun_manifest(run: dict[str, Any], overrides: dict[str, Any] | None = None)
     if labels:
         metadata["labels"] = labels
     document = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": metadata, "spec": spec}
+    document = as_rerun(document, run["metadata"]["name"], from_stage)
     return with_parameters(document, overrides or {})
 
 
-def create_rerun(cluster: Cluster, name: str, overrides: dict[str, Any] | None = None) -> str:
-    """Create the rerun of ``name`` after checking it as `radps validate` does (the
-    operator checks the image against the cluster's own list); the new run's name."""
-    document = rerun_manifest(get_run(cluster, name), overrides)
+def create_rerun(
+    cluster: Cluster,
+    name: str,
+    overrides: dict[str, Any] | None = None,
+    from_stage: str | None = None,
+) -> str:
+    """Create the rerun of ``name`` (from ``from_stage``) after checking it as `radps
+    validate` does (the operator checks the image against the cluster's own list); the new
+    run's name."""
+    document = rerun_manifest(get_run(cluster, name), overrides, from_stage)
     image = document["spec"].get("image")
     # checked with a name of generateName's making, as the API server will make one
     validate_manifest(named(document), allowed_images=(image,) if image else None)

@@ -135,7 +135,7 @@ def desired_schedule_deployment(
         tags=(*pipeline.tags, f"namespace:{namespace}", f"schedule:{name}"),
         cron=cron_fields(schedule.schedule),
         time_zone=schedule.time_zone or "UTC",
-        parameters=dict(spec.parameters),
+        parameters=spec.flow_parameters(),
     )
 
 
@@ -234,7 +234,7 @@ def desired_flow_run(
     return FlowRunRequest(
         name=name,
         idempotency_key=uid,
-        parameters=dict(spec.parameters),
+        parameters=spec.flow_parameters(),
         tags=(*tags, f"schedule:{schedule}") if schedule else tags,
         job_variables=job_variables(namespace, name, uid, spec, settings),
         retries=spec.retries,
@@ -421,6 +421,7 @@ def status_from_flow_run(
             "prefect": prefect,
             "progress": _progress(snapshot, previous.progress),
             "outputs": new_outputs,
+            "cache": contract.read_cache(snapshot.labels) or previous.cache,
         }
     )
 

@@ -232,6 +232,40 @@ def check_spec_rules(
     parameters = spec.get("parameters", {})
     if isinstance(pipeline, str) and isinstance(parameters, dict):
         errors += check_parameters(pipeline, parameters, catalog)
+        errors += check_cache_fields(spec, pipeline, parameters, catalog)
+    return errors
+
+
+def check_cache_fields(
+    spec: dict[str, Any],
+    pipeline_name: str,
+    parameters: dict[str, Any],
+    catalog: Mapping[str, Pipeline] | None = None,
+) -> list[FieldError]:
+    """spec.cache and spec.fromStage: only for a pipeline with cached stages, and not
+    contradicted by the same setting among its parameters."""
+    from radps_flows.catalog import pipelines
+
+    pipeline = (pipelines() if catalog is None else catalog).get(pipeline_name)
+    if pipeline is None:
+        return []  # check_parameters says so
+    errors = []
+    takes = pipeline.parameter_schema.get("properties", {})
+    for field, parameter in (("cache", "cache"), ("fromStage", "from_stage")):
+        if spec.get(field) is None:
+            continue
+        if parameter not in takes:
+            errors.append(
+                FieldError(f"spec.{field}", f"the {pipeline_name} pipeline has no cached stages")
+            )
+        elif parameters.get(parameter) not in (None, spec[field]):
+            errors.append(
+                FieldError(
+                    f"spec.{field}",
+                    f"{brief(spec[field])} contradicts spec.parameters.{parameter} "
+                    f"{brief(parameters[parameter])}: set one of them",
+                )
+            )
     return errors
 
 
@@ -372,6 +406,8 @@ def _reason(error: dict[str, Any]) -> str:
             f"alphanumeric, at most 63 characters (got {brief(value)})"
         )
     message = error["msg"].removeprefix("Value error, ")
+    if isinstance(value, bool) and "'Off'" in message:
+        return f'{message} (got {brief(value)}: YAML reads an unquoted Off as false; write "Off")'
     return f"{message} (got {brief(value)})"
 
 

@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radps_flows.contract import (
+    CACHE_DIR_ENV,
     OBJECT_STORE_ACCESS_KEY_KEY_ENV,
     OBJECT_STORE_SECRET_ENV,
     OBJECT_STORE_SECRET_KEY_KEY_ENV,
     RUN_POD_SETTINGS_ENV,
+    STAGE_CACHE_FOLDER,
     apply_pod_settings,
     object_store_env,
 )
@@ -138,6 +140,9 @@ def base_job_template(options: FlowPodOptions) -> dict[str, Any]:
     ]
     if options.data_claim:  # the flow's Dask pods mount the same claim at the same path
         env.append({"name": "RADPS_DATA_CLAIM", "value": options.data_claim})
+        # the stage cache on the data volume, where the run's Dask pods see it too
+        cache = f"{options.data_mount_path.rstrip('/')}/{STAGE_CACHE_FOLDER}"
+        env.append({"name": CACHE_DIR_ENV, "value": cache})
     if options.auth_secret:
         env.append(
             {

@@ -1,5 +1,5 @@
 """`python -m tests.benchmarks --out results`: array-core, pipeline and operator benchmarks,
-JSON out (`--only arraycore|operator|cli|objectstore` for one part).
+JSON out (`--only arraycore|operator|cli|objectstore|cache` for one part).
 
 Sizes are visibilities of synthesized sets (default a quick 1e6,1e7; `--sizes 1e8` or
 `--large` adds 1e8, which takes minutes and a few GB of disk). Each size writes
@@ -10,6 +10,8 @@ the targets checked. The cli part (cli.py: `radps validate` against importing wh
 `radps run`'s start to its first task, cold, warm and in its own process) writes `<out>/cli.json`.
 The objectstore part (objectstore.py: imaging with its set and products on a local SeaweedFS
 against the same on the local disk) writes `<out>/objectstore.json`.
+The cache part (cache.py: a flagged, calibrated imaging run and the same with only imsize
+changed, on an empty stage cache) writes `<out>/cache.json`.
 The casa part (casa.py, not in `all`: it installs CASA into a cached venv of its own) times
 `radps run` against CASA's tclean on one measurement set and writes `<out>/casa.json`.
 Not tests: nothing here fails on a slow machine, the numbers are for reading.
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 from . import arraycore, casa, cli, objectstore, pipeline
+from . import cache as cache_bench
 from . import operator as operator_bench
 
 
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pipeline", action="store_true", help="skip the end-to-end runs")
     parser.add_argument(
         "--only",
-        choices=("all", "arraycore", "operator", "cli", "casa", "objectstore"),
+        choices=("all", "arraycore", "operator", "cli", "casa", "objectstore", "cache"),
         default="all",
         help="one part only (casa runs only when asked)",
     )
@@ -106,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         results["objectstore"] = objectstore.main(n_vis, data=args.data)
         (args.out / "objectstore.json").write_text(json.dumps(results["objectstore"], indent=1))
         print(json.dumps(results["objectstore"], indent=1), flush=True)
+    if args.only in ("all", "cache"):
+        print("== the stage cache: a second run with only imsize changed", flush=True)
+        results["cache"] = cache_bench.main(args.out)
+        print(json.dumps(results["cache"]["targets"], indent=1), flush=True)
     if args.only in ("all", "operator"):
         runs = [int(float(n)) for n in args.operator_runs.split(",") if n]
         for db in args.prefect_db.split(","):

@@ -17,33 +17,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import arraycore, pipeline
 
 TARGET_RATIO = 1.3
 
 
 def _manifest(work: Path, name: str, input: str, output: str) -> Path:
-    document = {
-        "apiVersion": "radps.io/v1alpha1",
-        "kind": "PipelineRun",
-        "metadata": {"name": name},
-        "spec": {
-            "pipeline": "imaging",
-            "parameters": {
-                "input": input,
-                "output": output,
-                "imsize": arraycore.IMSIZE,
-                "cell_arcsec": arraycore.CELL_ARCSEC,
-                "epsilon": arraycore.EPSILON,
-            },
-            "dask": {"workers": 1, "threadsPerWorker": 1},
-        },
+    parameters = {
+        "input": input,
+        "output": output,
+        "imsize": arraycore.IMSIZE,
+        "cell_arcsec": arraycore.CELL_ARCSEC,
+        "epsilon": arraycore.EPSILON,
     }
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+    return pipeline.imaging_manifest(work, name, parameters)
 
 
 def main(n_vis: float = 1e8, repeat: int = 3, data: Path | None = None) -> dict[str, Any]:

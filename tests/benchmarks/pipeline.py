@@ -62,6 +62,24 @@ def prefect_server() -> Iterator[dict[str, str]]:
         yield {**env, "RADPS_API_URL": server.api_url}
 
 
+def imaging_manifest(work: Path, name: str, parameters: dict[str, Any]) -> Path:
+    """An imaging PipelineRun of ``parameters`` in ``work``, on one Dask worker of one
+    thread (the one core the kernels are timed on)."""
+    document = {
+        "apiVersion": "radps.io/v1alpha1",
+        "kind": "PipelineRun",
+        "metadata": {"name": name},
+        "spec": {
+            "pipeline": "imaging",
+            "parameters": parameters,
+            "dask": {"workers": 1, "threadsPerWorker": 1},
+        },
+    }
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
 def _flow_run_seconds(env: dict[str, str], output: str) -> float | None:
     import re
 

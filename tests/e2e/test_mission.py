@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 import yaml
 from astropy.io import fits
 
@@ -77,6 +78,53 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
     inner = np.s_[128:384, 128:384]
     assert np.corrcoef(ours[inner].ravel(), casa[inner].ravel())[0, 1] >= 0.999
     _check_the_cli_on_the_run(kube_cluster, name)
+
+
+def test_a_second_run_with_only_imsize_changed_takes_its_stages_from_the_cache(
+    kube_cluster: KubeCluster, installed: Path
+):
+    """The stage cache on the data volume (.radps-cache), seen by the flow pod and its Dask
+    pods: a flagged, calibrated run, then the same with another imsize, whose status says
+    that the flags and gains were cache hits; the gain tables are identical."""
+    statuses = {}
+    for name, imsize in (("cached-first", 256), ("cached-second", 384)):
+        run = yaml.safe_load((REPO / "manifests" / "examples" / "vla-imaging.yaml").read_text())
+        run["metadata"]["name"] = name
+        run["spec"]["parameters"].update(
+            input=f"/data/vla/{MS_NAME}",
+            output=f"/data/products/{name}",
+            imsize=imsize,
+            flag="mad",
+            calibrate=True,
+            refant="2",
+        )
+        kube_cluster.kubectl("apply", "-n", RUNS_NAMESPACE, "-f", "-", input=yaml.safe_dump(run))
+        wait_until(
+            lambda n=name: (
+                (get(kube_cluster, "prun", n).get("status") or {}).get("phase")
+                in ("Completed", "Failed", "Crashed", "Cancelled", "TimedOut")
+            ),
+            timeout=900,
+            what=f"{name} to end",
+        )
+        statuses[name] = get(kube_cluster, "prun", name)["status"]
+        if statuses[name]["phase"] != "Completed":
+            pytest.fail(why_not_completed(kube_cluster, name))
+    assert statuses["cached-first"]["cache"]["flagging"] == "miss"
+    assert statuses["cached-second"]["cache"] == {
+        "conversion": "hit",
+        "flagging": "hit",
+        "calibration": "hit",
+    }
+    assert list((installed / ".radps-cache").glob("calibration/??/*/entry.json"))
+    gains = [
+        xr.open_datatree(installed / "products" / name / "gains.zarr", engine="zarr")
+        for name in statuses
+    ]
+    for group in gains[0].children:
+        np.testing.assert_array_equal(
+            gains[0][group]["GAIN"].values, gains[1][group]["GAIN"].values
+        )
 
 
 def _radps(cluster: KubeCluster, *args: str) -> subprocess.CompletedProcess[str]:

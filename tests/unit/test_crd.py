@@ -67,9 +67,14 @@ def test_spec_fields_match_the_design():
         "startDeadlineSeconds",
         "retries",
         "cancel",
+        "cache",
+        "rerunOf",
+        "fromStage",
         "ttlSecondsAfterFinished",
     }
     assert spec["required"] == ["pipeline"]
+    assert spec["properties"]["cache"]["enum"] == ["Use", "Refresh", "Off"]
+    assert spec["properties"]["fromStage"]["enum"][-1] == "imaging"
     assert spec["properties"]["parameters"]["x-kubernetes-preserve-unknown-fields"] is True
     dask = spec["properties"]["dask"]["properties"]
     assert dask.keys() == {"workers", "threadsPerWorker", "workerResources", "idleTimeoutSeconds"}

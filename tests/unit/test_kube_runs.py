@@ -29,10 +29,18 @@ def test_a_rerun_keeps_the_spec_and_labels_and_drops_what_the_run_became():
     assert document["spec"] == {
         "pipeline": "imaging",
         "parameters": {"niter": 2000, "imsize": 512, "gain": 0.05},
+        "rerunOf": "n" * 63,
     }
     assert "status" not in document
     assert RUN["spec"]["cancel"] is True and RUN["spec"]["parameters"]["niter"] == 100  # a copy
     assert len(document["metadata"]["generateName"]) + 5 <= 63  # a DNS label with its suffix
+
+
+def test_a_rerun_from_a_stage_names_it_and_drops_the_earlier_runs_own():
+    earlier = {**RUN, "spec": {**RUN["spec"], "fromStage": "calibration", "cache": "Refresh"}}
+    document = rerun_manifest(earlier, None, "imaging")
+    assert document["spec"]["fromStage"] == "imaging" and document["spec"]["cache"] == "Refresh"
+    assert rerun_manifest(earlier)["spec"].get("fromStage") is None
 
 
 def test_kubelet_timestamps_sort_as_time_whatever_their_fraction():

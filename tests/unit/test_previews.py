@@ -183,7 +183,9 @@ def test_the_gains_plot_has_a_panel_per_antenna_with_the_reference_marked(tmp_pa
         attrs={"refant": "ea02"},
     )
     plot_gains({"p0": table}, tmp_path / "gains.png")
-    titles = [ax.get_title() for ax in drawn["figure"].axes if ax.get_visible() and ax.get_title()]
+    titles = [  # each panel's heading, a text above it
+        t.get_text() for ax in drawn["figure"].axes if ax.get_visible() for t in ax.texts
+    ]
     assert len(titles) == 7
     assert titles[1].startswith("ea02 (ref)")
     assert "phase rms R 5.0°, L 0.0°" in titles[0]

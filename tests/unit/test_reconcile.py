@@ -54,6 +54,12 @@ def test_flow_run_request_carries_identity_image_resources_and_dask_env():
     assert jv["labels"][r.RUN_UID_LABEL] == "uid-1"
     assert req.retries == 0
     assert r.desired_flow_run("ns", "run-a", "uid-1", spec(retries=2), SETTINGS).retries == 2
+    rerun = spec(parameters={"output": "/x"}, cache="Refresh", fromStage="calibration")
+    assert r.desired_flow_run("ns", "b", "uid-2", rerun, SETTINGS).parameters == {
+        "output": "/x",
+        "cache": "Refresh",
+        "from_stage": "calibration",
+    }
 
 
 def test_one_deployment_per_pipeline_image_and_pool():
@@ -95,6 +101,9 @@ def test_happy_path_statuses():
     cond = r.get_condition(s, r.SUCCEEDED)
     assert (s.phase, cond.status, cond.reason) == ("Completed", "True", "Completed")
     assert s.completion_time == NOW and s.outputs[0].uri == "/o/image.fits"
+    assert s.cache is None
+    done = snap("COMPLETED", "Completed", labels={"radps.io/cache": "conversion=hit,flagging=miss"})
+    assert to_status(s, done).cache == {"conversion": "hit", "flagging": "miss"}
     # the flow's last progress label may land after Completed: a Completed run is all done
     assert s.progress.summary == "3/3"
     # a stale, out-of-order Running read never undoes a finished status

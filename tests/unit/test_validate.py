@@ -136,6 +136,24 @@ def test_shipped_examples_are_valid(example, capsys):
             "metadata.name: must be a lowercase DNS label",
             id="bad-name",
         ),
+        pytest.param(
+            _replace("  dask:", "  cache: Off\n  dask:"),
+            "spec.cache: Input should be 'Use', 'Refresh' or 'Off' (got false: YAML reads an "
+            'unquoted Off as false; write "Off")',
+            id="unquoted-off",
+        ),
+        pytest.param(
+            _replace("  dask:", "  fromStage: gridding\n  dask:"),
+            "spec.fromStage: Input should be 'conversion', 'flagging', 'calibration' or 'imaging'",
+            id="unknown-stage",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    cache: Use").replace(
+                "  dask:", "  cache: Refresh\n  dask:"
+            ),
+            'spec.cache: "Refresh" contradicts spec.parameters.cache "Use": set one of them',
+            id="cache-twice",
+        ),
         pytest.param(VALID + "---\n" + VALID.replace("imsize: 256", "imsize: 7"), "#2", id="2nd"),
         pytest.param("", "empty: expected a PipelineRun", id="empty"),
         pytest.param("- a\n- b\n", "expected a mapping, got list", id="not-a-mapping"),

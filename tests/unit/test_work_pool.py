@@ -29,6 +29,12 @@ def test_data_volume_and_defaults_follow_the_options():
     pod = _pod(template)
     assert {"name": "data", "persistentVolumeClaim": {"claimName": "survey"}} in pod["volumes"]
     assert {"name": "data", "mountPath": "/survey"} in pod["containers"][0]["volumeMounts"]
+    # the stage cache on the data volume, which the run's Dask pods mount at the same path
+    assert {"name": "RADPS_CACHE_DIR", "value": "/survey/.radps-cache"} in pod["containers"][0][
+        "env"
+    ]
+    bare = _pod(base_job_template(FlowPodOptions()))["containers"][0]["env"]
+    assert not any(e["name"] == "RADPS_CACHE_DIR" for e in bare), "no shared folder: no cache"
     variables = template["variables"]["properties"]
     assert variables["namespace"]["default"] == "astro"
     assert variables["image"]["default"] == "radps:9"

@@ -31,15 +31,16 @@ import numpy as np
 import xarray as xr
 
 from radps_flows import locations
+from radps_flows.core import block_cache, previews, weighting
 from radps_flows.core import calibration as cal
 from radps_flows.core import imaging as core_imaging
 from radps_flows.core import io as core_io
-from radps_flows.core import previews, weighting
 from radps_flows.core.cube import CubeSum, cube_sum_from_arrays
 from radps_flows.core.executors import Executor
 from radps_flows.core.flagging import plane_flags
 from radps_flows.core.imaging import StokesIVisibilities, gather_stokes_i
 from radps_flows.parameters.common import DEFAULT_BLOCK_MB
+from radps_flows.stage_cache import CachePolicy
 
 #: Largest partial cube (float64 megabytes) one cube block task returns.
 CUBE_GROUP_MB = 64
@@ -86,6 +87,9 @@ class Steps:
     """Where solution intervals of ``solint`` seconds start counting: the first time of all
     the data (each partition counting from its own first time would cut intervals
     differently in each)."""
+    cache: CachePolicy | None = None
+    """Where each block's flags and gains are kept and looked up (None: nowhere; see
+    :mod:`radps_flows.core.block_cache`)."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -305,8 +309,8 @@ def _read_block(block: Block, data_group: str) -> xr.Dataset:
 
 @dataclass
 class Prepared:
-    """A block after flagging and calibration: its Stokes I samples, gain solutions (or None)
-    and flag counts."""
+    """A block after flagging and calibration: its Stokes I samples, gain solutions (or None),
+    flag counts, and what the stage cache gave (stage -> hit, miss or refreshed)."""
 
     vis: StokesIVisibilities
     gains: xr.Dataset | None
@@ -314,6 +318,7 @@ class Prepared:
     flagged_after: int
     samples: int
     partition: str
+    cache: dict[str, str] = field(default_factory=dict)
 
 
 def flag_block(
@@ -329,10 +334,16 @@ def flag_block(
         else np.zeros(vis.shape, dtype=bool)
     )
     new = plane_flags(vis.values, old, method=method, threshold=threshold)
+    return with_flags(ds, data_group, new), int(old.sum()), int(new.sum())
+
+
+def with_flags(ds: xr.Dataset, data_group: str, flags: np.ndarray) -> xr.Dataset:
+    """The block with ``flags`` (dims in ORDER) as its data group's FLAG."""
+    names = _names(ds, data_group)
     out = ds.copy()
-    out[names["flag"]] = (ORDER, new)
+    out[names["flag"]] = (ORDER, flags)
     out[names["flag"]] = out[names["flag"]].transpose(*ds[names["vis"]].dims)
-    return out, int(old.sum()), int(new.sum())
+    return out
 
 
 def calibration_model(steps: Steps) -> list[cal.PointModel] | xr.DataArray:
@@ -352,19 +363,63 @@ def solve_block(ds: xr.Dataset, steps: Steps) -> xr.Dataset:
     )
 
 
-def block_gains(block: Block, steps: Steps) -> xr.Dataset:
+def _memo(ds: xr.Dataset, steps: Steps) -> block_cache.BlockMemo | None:
+    return block_cache.BlockMemo(steps.cache, ds) if steps.cache and steps.cache.root else None
+
+
+def _flagged(ds: xr.Dataset, steps: Steps, memo: block_cache.BlockMemo | None) -> xr.Dataset:
+    """The block flagged as the steps say: the cached flags, else flagged here (and cached)."""
+    if memo is None:
+        return flag_block(ds, steps.data_group, steps.flag_threshold, steps.flagger)[0]
+    key = memo.flags_key(
+        block_cache.flag_parameters(steps.data_group, steps.flag_threshold, steps.flagger)
+    )
+    flags = memo.flags(key)
+    if flags is not None:
+        return with_flags(ds, steps.data_group, flags)
+    ds = flag_block(ds, steps.data_group, steps.flag_threshold, steps.flagger)[0]
+    memo.keep_flags(key, ds[_names(ds, steps.data_group)["flag"]].transpose(*ORDER).values)
+    return ds
+
+
+def _solved(ds: xr.Dataset, steps: Steps, memo: block_cache.BlockMemo | None) -> xr.Dataset:
+    """The block's gains: the cached ones, else solved here (and cached)."""
+    if memo is None:
+        return solve_block(ds, steps)
+    key = memo.gains_key(
+        {
+            "data_group": steps.data_group,
+            "model": block_cache.model_identity(calibration_model(steps)),
+            "refant": steps.refant,
+            "solint": steps.solint,
+            "minsnr": steps.minsnr,
+            "time_origin": steps.time_origin,
+        }
+    )
+    gains = memo.gains(key)
+    if gains is None:
+        gains = solve_block(ds, steps)
+        memo.keep_gains(key, gains)
+    return gains
+
+
+def block_gains(block: Block, steps: Steps) -> tuple[xr.Dataset, dict[str, str]]:
     """Read, flag (if the steps say so) and solve one block: the calibration pipeline's
-    solve, the same as the first half of :func:`prepare_block`."""
+    solve, the same as the first half of :func:`prepare_block`. Returns the gains and what
+    the stage cache gave (see :class:`Prepared`)."""
     ds = load_block(block, steps.data_group)
+    memo = _memo(ds, steps)
     if steps.flag:
-        ds, _, _ = flag_block(ds, steps.data_group, steps.flag_threshold, steps.flagger)
-    return solve_block(ds, steps)
+        ds = _flagged(ds, steps, memo)
+    return _solved(ds, steps, memo), memo.outcomes if memo else {}
 
 
 def prepare_block(block: Block, steps: Steps, gains: xr.Dataset | None = None) -> Prepared:
     """Read, flag, calibrate and form Stokes I for one block; with ``gains`` (what an earlier
-    pass solved for this block), calibrate with those instead of solving again."""
+    pass solved for this block), calibrate with those instead of solving again. Flags and
+    gains come from the stage cache where it holds them for this block's content."""
     ds = load_block(block, steps.data_group)
+    memo = _memo(ds, steps) if steps.flag or (steps.calibrate and gains is None) else None
     names = _names(ds, steps.data_group)
     present = np.isfinite(ds[names["vis"]].values)  # not xradio's padding
     samples = int(present.sum())
@@ -374,17 +429,18 @@ def prepare_block(block: Block, steps: Steps, gains: xr.Dataset | None = None) -
 
     before = after = flagged(names["flag"])
     if steps.flag:
-        ds, _, _ = flag_block(ds, steps.data_group, steps.flag_threshold, steps.flagger)
+        ds = _flagged(ds, steps, memo)
         after = flagged(names["flag"])
     group = steps.data_group
     if steps.calibrate and gains is None:
-        gains = solve_block(ds, steps)
+        gains = _solved(ds, steps, memo)
     if steps.calibrate:
         ds = cal.apply_gains(ds, gains, data_group=group, output_group="corrected")
         group = "corrected"
         after = flagged("FLAG_CORRECTED")
     vis = gather_stokes_i(ds, group)
-    return Prepared(vis, gains, before, after, samples, block.partition)
+    outcomes = memo.outcomes if memo else {}
+    return Prepared(vis, gains, before, after, samples, block.partition, outcomes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,6 +551,7 @@ def summary(p: Prepared) -> dict:
         "flagged_before": p.flagged_before,
         "flagged_after": p.flagged_after,
         "gains": p.gains,
+        "cache": p.cache,
     }
 
 

@@ -320,25 +320,31 @@ def apply_gains_arrays(
     (ntime,) and ``freq_index`` (nchan,) the solution interval used for each sample.
     Corrected data where the gain is flagged are set to 0 (and flagged).
     """
+    # The gains are looked up per (time, baseline, frequency interval), a few per block,
+    # then spread over the channels: gathering them per channel and dividing cost 3x more
+    # (1.0 of 1.6 s of a cached block's preparation, 27M visibilities).
     out = np.zeros(vis.shape, dtype=np.result_type(vis.dtype, np.complex64))
     out_flag = np.array(flag, dtype=bool, copy=True)
-    ti = np.asarray(time_index)[:, None, None]
-    fi = np.asarray(freq_index)[None, None, :]
-    a1 = np.asarray(ant1)[None, :, None]
-    a2 = np.asarray(ant2)[None, :, None]
+    ti = np.asarray(time_index)[:, None]
+    a1 = np.asarray(ant1)[None, :]
+    a2 = np.asarray(ant2)[None, :]
+    fi = np.asarray(freq_index)
     dens, bads = [], []
     for r1, r2 in pairs:
-        den = gain[ti, fi, a1, r1] * np.conj(gain[ti, fi, a2, r2])
+        den = gain[ti, :, a1, r1] * np.conj(gain[ti, :, a2, r2])  # (ntime, nbl, nfi)
         dens.append(den)
-        bads.append(gain_flag[ti, fi, a1, r1] | gain_flag[ti, fi, a2, r2] | (den == 0))
+        bads.append(gain_flag[ti, :, a1, r1] | gain_flag[ti, :, a2, r2] | (den == 0))
     if flag_all_correlations:
         any_bad = np.logical_or.reduce(bads)
         bads = [any_bad] * len(pairs)
     for p, (den, bad) in enumerate(zip(dens, bads, strict=True)):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            corrected = vis[..., p] / np.where(bad, 1, den)
-        out[..., p] = np.where(bad, 0, corrected)
-        out_flag[..., p] |= bad
+        inverse = 1 / np.where(bad, 1, den)
+        spread = bad[:, :, fi]
+        good = ~spread
+        np.multiply(
+            vis[..., p], inverse[:, :, fi], out=out[..., p], where=good, casting="same_kind"
+        )
+        out_flag[..., p] |= spread
     return out, out_flag
 
 

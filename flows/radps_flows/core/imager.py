@@ -56,7 +56,8 @@ def _quiet(_: str) -> None:
 
 def flag_report(summaries: Sequence[dict]) -> dict:
     """Visibilities, flagged before and after, and the fraction flagged, over block
-    summaries (:func:`radps_flows.core.blocks.summary`)."""
+    summaries (:func:`radps_flows.core.blocks.summary`); ``cache``: the blocks whose flags and
+    gains the stage cache held, missed or refreshed (:func:`cache_report`)."""
     samples = sum(s["samples"] for s in summaries)
     before = sum(s["flagged_before"] for s in summaries)
     after = sum(s["flagged_after"] for s in summaries)
@@ -65,7 +66,18 @@ def flag_report(summaries: Sequence[dict]) -> dict:
         "flagged_before": before,
         "flagged_after": after,
         "flagged_fraction": after / samples if samples else 0.0,
+        "cache": cache_report(summaries),
     }
+
+
+def cache_report(summaries: Sequence[dict]) -> dict[str, dict[str, int]]:
+    """Per cached stage, the number of blocks of each outcome: ``{"flagging": {"hit": 3}}``."""
+    out: dict[str, dict[str, int]] = {}
+    for s in summaries:
+        for stage, outcome in (s.get("cache") or {}).items():
+            counts = out.setdefault(stage, {})
+            counts[outcome] = counts.get(outcome, 0) + 1
+    return out
 
 
 def _gains(summaries: Sequence[dict]) -> list[xr.Dataset]:
@@ -231,7 +243,9 @@ def clean_inputs(
         if weighted:
             extra["density"] = ex.share(density)
             scheme = blk.Weighting(settings.weighting, settings.robust, grid)
-        again = replace(steps, model=())  # the model only served to solve the gains
+        # the model only served to solve the gains; the flags the first pass made (or
+        # refreshed) are in the cache for the passes after it
+        again = replace(steps, model=(), cache=steps.cache and steps.cache.using())
         rereads = [
             blk.Reread(b, again, s["gains"], scheme) for b, s in zip(blocks, summaries, strict=True)
         ]

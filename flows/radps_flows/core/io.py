@@ -43,13 +43,15 @@ import numpy as np
 import xarray as xr
 
 from radps_flows import locations
+from radps_flows.contract import CACHE_DIR_ENV
+from radps_flows.stage_cache import CachePolicy, stage_key
 
 log = logging.getLogger(__name__)
 
 #: Suffix xradio insists on for processing sets (it appends it to any other output name).
 PS_SUFFIX = ".ps.zarr"
 #: Environment variable naming the default folder for MSv2 -> MSv4 conversions.
-CACHE_ENV = "RADPS_CACHE_DIR"
+CACHE_ENV = CACHE_DIR_ENV
 #: Partition by field too (xradio's default is by spectral window and observation only), so that
 #: every dataset has one phase centre and can be imaged without phase rotation.
 PARTITION_SCHEME = ("FIELD_ID",)
@@ -272,6 +274,68 @@ def _require_ms_subtables(path: str | os.PathLike, folders: set[str]) -> None:
 # MSv2 conversion cache
 
 
+def cached_processing_set(path: str | os.PathLike, policy: CachePolicy) -> tuple[str, str | None]:
+    """The location of an MSv4 processing set for ``path`` and what the stage cache gave
+    (``hit``, ``miss``, ``refreshed``; None for a processing set, which needs no conversion):
+    an MSv2 or other format is converted once per content (:func:`content_identity`), into
+    the stage cache of ``policy`` (see :mod:`radps_flows.stage_cache`)."""
+    source = locations.absolute(path) if locations.is_url(path) else str(Path(path))
+    kind = detect_input_kind(source)
+    if kind == "msv4":
+        return source, None
+    name = locations.name(source)
+    stem = name[:-3] if name.lower().endswith(".ms") else name
+    versions = {"xradio": _xradio_version()}
+    if kind != "msv2":
+        versions["pyuvdata"] = _version_of("pyuvdata")
+    parameters = {"kind": kind, "name": stem, "partition_scheme": list(PARTITION_SCHEME)}
+    try:
+        key = stage_key("conversion", content_identity(source), {**parameters, **versions})
+    except OSError as exc:
+        raise InputDataError(f"{source}: cannot read it: {exc}") from None
+    cache = policy.cache()
+    store_name = f"{stem}{PS_SUFFIX}"
+    if policy.reads("conversion"):
+        found = cache.get("conversion", key)
+        if found is not None:
+            log.info("reusing the cached MSv4 conversion of %s (%s)", source, found)
+            return locations.join(found, store_name), "hit"
+    refreshed = policy.refreshed("conversion")
+    try:
+        with (
+            locations.translated(cache.root, "write the conversion"),
+            cache.put("conversion", key, {"source": source}, replace=refreshed) as folder,
+        ):
+            store = locations.join(folder, store_name)
+            if locations.is_url(store):
+                _upload_conversion(source, store, kind)
+            else:
+                with locations.local_copy(source) as local:
+                    _convert(local, Path(store), source, kind)
+    except locations.StorageError as exc:
+        raise InputDataError(str(exc)) from None
+    return locations.join(cache.location("conversion", key), store_name), (
+        "refreshed" if refreshed else "miss"
+    )
+
+
+def content_identity(source: str) -> str:
+    """A digest of an input's content: every file's relative path, size and bytes (on an
+    object store: its keys, sizes and ETags, which S3 derives from the content)."""
+    if locations.is_url(source):
+        return _fingerprint(source)["listing_sha256"]
+    root = Path(source)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for path in files:
+        relative = path.relative_to(root) if path != root else path.name
+        h.update(f"{relative}|{path.stat().st_size}|".encode())
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def _cache_dir_for(ms: str, cache_dir: str | os.PathLike | None) -> str:
     if cache_dir is None and os.environ.get(CACHE_ENV):
         cache_dir = os.environ[CACHE_ENV]
@@ -419,6 +483,11 @@ def _convert_to_store(ms: str, store: str, marker: str, kind: str) -> None:
         fs.rm_file(locations.key_of(marker))
     if locations.objects(store):
         fs.rm(locations.key_of(store), recursive=True)
+    _upload_conversion(ms, store, kind)
+
+
+def _upload_conversion(ms: str, store: str, kind: str) -> None:
+    fs = locations.filesystem()
     with (
         locations.local_copy(ms) as local_ms,
         tempfile.TemporaryDirectory(

@@ -295,7 +295,18 @@ def plot_gains(tables: Mapping[str, xr.Dataset], path: str | os.PathLike) -> Pat
         if len(tables) > 1:
             label = f"{name}: {label}"
         rms_text = "phase rms " + ", ".join(scatter)
-        ax.set_title(f"{label}\n{rms_text}", fontsize=8, fontweight="bold" if reference else None)
+        # as a text above the panel, not a title: placing 2 titles per panel (the phase
+        # axis has its own) against their tick labels took 0.9 of 1.4 s for 27 antennas
+        ax.text(
+            0.5,
+            1.04,
+            f"{label}\n{rms_text}",
+            transform=ax.transAxes,
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            fontweight="bold" if reference else None,
+        )
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     for ax in axes[(rows - 1) * columns :]:

@@ -15,8 +15,12 @@ from radps_flows.parameters.common import (
     OVERWRITE,
     REFANT,
     SOLINT,
+    CachedStage,
+    CacheMode,
     ModelSource,
     Solint,
+    cache_field,
+    from_stage_field,
 )
 
 
@@ -52,6 +56,8 @@ class CalibrationParameters(PipelineParameters):
         DEFAULT_BLOCK_MB, description="Visibility megabytes per block of work."
     )
     overwrite: bool = Field(False, description=OVERWRITE)
+    cache: CacheMode = cache_field()
+    from_stage: CachedStage | None = from_stage_field()
 
     @classmethod
     def rules(cls, values: Mapping[str, Any]) -> list[ParameterError]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +25,29 @@ OVERWRITE = (
 )
 REFANT = 'Reference antenna: name, CASA antenna number ("2") or pad ("E02").'
 SOLINT = 'Solution interval: "int" (each integration), "inf" or seconds.'
+
+
+CacheMode = Literal["Use", "Refresh", "Off"]
+CachedStage = Literal["conversion", "flagging", "calibration", "imaging"]
+"""The stages in the order a run makes them (see :mod:`radps_flows.stage_cache`)."""
+
+
+def cache_field() -> Any:
+    return Field(
+        "Use",
+        description="The stage cache (PipelineRun spec.cache): Use reads and writes the "
+        "conversion, each block's flags and its gains by content; Refresh computes them all "
+        "and writes them anew; Off neither reads nor writes.",
+    )
+
+
+def from_stage_field() -> Any:
+    return Field(
+        None,
+        description="Recompute from this stage on and take the stages before it from the "
+        "cache (PipelineRun spec.fromStage; `radps rerun --from`): conversion, flagging, "
+        "calibration or imaging.",
+    )
 
 
 class ModelSource(BaseModel):

@@ -8,7 +8,15 @@ from pydantic import Field
 
 from radps_flows.parameter_rules import DataParameters
 from radps_flows.parameters.base import PipelineParameters
-from radps_flows.parameters.common import DEFAULT_BLOCK_MB, INPUT_SET, OVERWRITE
+from radps_flows.parameters.common import (
+    DEFAULT_BLOCK_MB,
+    INPUT_SET,
+    OVERWRITE,
+    CachedStage,
+    CacheMode,
+    cache_field,
+    from_stage_field,
+)
 
 
 class FlaggingParameters(PipelineParameters):
@@ -37,3 +45,5 @@ class FlaggingParameters(PipelineParameters):
         description="Visibility megabytes per Dask task (whole baselines' planes).",
     )
     overwrite: bool = Field(False, description=OVERWRITE)
+    cache: CacheMode = cache_field()
+    from_stage: CachedStage | None = from_stage_field()

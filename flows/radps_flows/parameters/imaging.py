@@ -22,8 +22,12 @@ from radps_flows.parameters.common import (
     REFANT,
     SOLINT,
     Box,
+    CachedStage,
+    CacheMode,
     ModelSource,
     Solint,
+    cache_field,
+    from_stage_field,
 )
 
 ImageFormat = Literal["fits", "zarr", "casa"]
@@ -147,6 +151,8 @@ class ImagingParameters(PipelineParameters):
         description="Visibility megabytes per block of work (memory per worker thread ~4x this).",
     )
     overwrite: bool = Field(False, description=OVERWRITE)
+    cache: CacheMode = cache_field()
+    from_stage: CachedStage | None = from_stage_field()
 
     @classmethod
     def rules(cls, values: Mapping[str, Any]) -> list[ParameterError]:

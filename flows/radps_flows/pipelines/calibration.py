@@ -16,6 +16,7 @@ from prefect import flow
 from radps_flows.cluster import task_runner_from_env
 from radps_flows.core import blocks as blk
 from radps_flows.core import calibration as cal
+from radps_flows.core import imager
 from radps_flows.parameters.base import flow_parameters
 from radps_flows.parameters.calibration import CalibrationParameters
 from radps_flows.pipelines import msv4, stages
@@ -34,8 +35,12 @@ STAGES = 4
 
 
 @stage("solve-gains")
-def solve(store: str, datasets: list[xr.Dataset], params: dict) -> dict[str, xr.Dataset]:
-    """StEFCal per solution interval, one Dask task per block of whole intervals."""
+def solve(
+    store: str, datasets: list[xr.Dataset], params: dict
+) -> tuple[dict[str, xr.Dataset], dict[str, dict[str, int]]]:
+    """StEFCal per solution interval, one Dask task per block of whole intervals (each
+    block's gains from the stage cache where it holds them). Returns the gains per partition
+    and the blocks' cache outcomes."""
     steps = stages.calibration_steps(
         datasets,
         model=params["model"],
@@ -43,15 +48,18 @@ def solve(store: str, datasets: list[xr.Dataset], params: dict) -> dict[str, xr.
         refant=params["refant"],
         solint=params["solint"],
         minsnr=params["minsnr"],
+        cache=stages.cache_policy(params),
     )
     with executor() as ex:
         blocks = blk.blocks_for(store, datasets, steps, params["block_mb"], parallel=ex.threads())
-        tables = ex.gather(ex.map(blk.block_gains, blocks, steps=steps))
+        solved = ex.gather(ex.map(blk.block_gains, blocks, steps=steps))
+    tables = [gains for gains, _ in solved]
+    counts = imager.cache_report([{"cache": outcomes} for _, outcomes in solved])
     merged = merge_gains(tables)
     for name, ds in merged.items():
         flagged = float(ds["FLAG"].values.mean())
         print(f"{name}: {ds.sizes['time']} intervals, {flagged:.2%} of solutions flagged")
-    return merged
+    return merged, counts
 
 
 @stage("apply-gains")
@@ -87,12 +95,15 @@ def calibration(**arguments: Any) -> list[dict[str, str]]:
     inputs = {"input": p.input, "model_image": p.model_image}
     with transactional_output("calibration", p.output, p.overwrite, params, inputs) as transaction:
         folder = str(transaction.folder)
-        store, datasets = stages.open_input(p.input, folder, STAGES)
-        tables = solve(store, datasets, params)
+        policy = stages.cache_policy(params)
+        store, datasets, cached = stages.open_input(p.input, folder, STAGES, policy)
+        tables, counts = solve(store, datasets, params)
+        stages.report_cache({**cached, **stages.block_outcomes(counts)}, policy, counts)
         report_progress(2, STAGES)
-        outputs = stages.write_gain_products(tables, folder)
+        outputs = stages.write_gain_products(tables, folder, policy)
         report_progress(3, STAGES)
         outputs += apply(store, datasets, tables, folder)
         outputs = transaction.commit(outputs)
+    stages.evict(policy)
     report_progress(4, STAGES)
     return publish_outputs(outputs)

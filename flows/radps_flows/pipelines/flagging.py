@@ -92,8 +92,11 @@ def flagging(**arguments: Any) -> list[dict[str, str]]:
     inputs = {"input": p.input}
     with transactional_output("flagging", p.output, p.overwrite, params, inputs) as transaction:
         folder = str(transaction.folder)
-        store, datasets = stages.open_input(p.input, folder, STAGES)
+        policy = stages.cache_policy(params)
+        store, datasets, cached = stages.open_input(p.input, folder, STAGES, policy)
+        stages.report_cache(cached, policy, {})
         products = flag(store, datasets, folder, p.threshold, p.block_mb, p.method)
         outputs = transaction.commit(products)
+    stages.evict(policy)
     report_progress(2, STAGES)
     return publish_outputs(outputs)

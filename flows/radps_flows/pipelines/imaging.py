@@ -51,6 +51,7 @@ def _steps(datasets: list[xr.Dataset], params: dict) -> blk.Steps:
         calibrate=params["calibrate"],
         flag=params["flag"],
         flag_threshold=params["flag_threshold"],
+        cache=stages.cache_policy(params),
     )
 
 
@@ -227,7 +228,8 @@ def imaging(**arguments: Any) -> list[dict[str, str]]:
     with transactional_output("imaging", p.output, p.overwrite, params, inputs) as transaction:
         folder = transaction.folder
         n_stages = 4 if p.clean or p.calibrate else 3
-        store, datasets = stages.open_input(p.input, folder, n_stages)
+        policy = stages.cache_policy(params)
+        store, datasets, cached = stages.open_input(p.input, folder, n_stages, policy)
         source = locations.name(p.input)
         history = provenance.history("imaging", params)
         if p.clean:
@@ -242,11 +244,14 @@ def imaging(**arguments: Any) -> list[dict[str, str]]:
         if p.calibrate or p.clean:
             report_progress(3, n_stages)
         main = images["restored"] if p.clean else image
+        counts = main.attrs["flag_report"]["cache"]
+        stages.report_cache({**cached, **stages.block_outcomes(counts)}, policy, counts)
         if p.flag:
             stages.report_flags(main.attrs["flag_report"])
         if gains:
-            outputs += stages.write_gain_products(gains, folder)
+            outputs += stages.write_gain_products(gains, folder, policy)
         outputs = transaction.commit(outputs)
+    stages.evict(policy)
     report_progress(n_stages, n_stages)
     if p.clean:
         summary = image_summary(main, residual=images["residual"], model=images["model"])

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from radps_operator.local.manifests import with_parameters
+from radps_operator.local.manifests import as_rerun, with_parameters
 
 if TYPE_CHECKING:
     from radps_operator.local.server import LocalServer
@@ -126,7 +126,11 @@ def summary_row(flow_run: Any) -> dict[str, Any]:
 def record(client: Any, flow_run: Any, ui_url: str | None = None) -> dict[str, Any]:
     """What `radps get` shows: the PipelineRun as run, and its status as the operator writes
     it on Kubernetes (phase, message, times, outputs), with the science summary."""
-    from radps_flows.contract import OUTPUTS_ARTIFACT_DESCRIPTION, SUMMARY_ARTIFACT_DESCRIPTION
+    from radps_flows.contract import (
+        OUTPUTS_ARTIFACT_DESCRIPTION,
+        SUMMARY_ARTIFACT_DESCRIPTION,
+        read_cache,
+    )
 
     document = manifest_of(client, flow_run)
     status: dict[str, Any] = {
@@ -135,6 +139,7 @@ def record(client: Any, flow_run: Any, ui_url: str | None = None) -> dict[str, A
         "flowRunId": str(flow_run.id),
         "startTime": _iso(flow_run.start_time),
         "completionTime": _iso(flow_run.end_time),
+        "cache": read_cache(flow_run.labels),
     }
     if ui_url:
         status["flowRunUrl"] = f"{ui_url}/runs/flow-run/{flow_run.id}"
@@ -219,14 +224,18 @@ def request_cancel(client: Any, flow_run: Any) -> str:
 
 
 def rerun_manifest(
-    client: Any, flow_run: Any, overrides: dict[str, Any] | None = None
+    client: Any,
+    flow_run: Any,
+    overrides: dict[str, Any] | None = None,
+    from_stage: str | None = None,
 ) -> dict[str, Any]:
     """A new PipelineRun with the spec ``flow_run`` ran and ``overrides`` set among its
-    parameters, named ``<name>-`` plus five characters (``metadata.generateName``)."""
+    parameters, named ``<name>-`` plus five characters (``metadata.generateName``); a rerun
+    of it (:func:`~radps_operator.local.manifests.as_rerun`) from ``from_stage``."""
     document = manifest_of(client, flow_run)
     document.pop("status", None)
     document["metadata"] = {"generateName": f"{flow_run.name[:57]}-"}
-    return with_parameters(document, overrides or {})
+    return with_parameters(as_rerun(document, flow_run.name, from_stage), overrides or {})
 
 
 def _iso(value: datetime | None) -> str | None:

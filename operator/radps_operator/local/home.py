@@ -7,6 +7,8 @@ import logging
 import os
 from pathlib import Path
 
+from radps_flows.contract import CACHE_DIR_ENV
+
 HOME_ENV = "RADPS_HOME"
 DATABASE_URL_ENV = "RADPS_PREFECT_DATABASE_URL"
 """A Prefect database other than the home's SQLite file, e.g.
@@ -46,6 +48,7 @@ def process_env(home: Path, verbose: bool, base: dict[str, str]) -> dict[str, st
     env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "CRITICAL")
     env.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "error")
     env.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "true")
+    env.setdefault(CACHE_DIR_ENV, str(home / "cache"))  # the stage cache (radps_flows.stage_cache)
     if not verbose:
         env.setdefault("VIPER_LOGGER_NAME", LIBRARY_LOGGERS[0])
     return env

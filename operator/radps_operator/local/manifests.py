@@ -116,6 +116,19 @@ def with_parameters(document: dict[str, Any], parameters: dict[str, Any]) -> dic
     return document
 
 
+def as_rerun(document: dict[str, Any], of: str, from_stage: str | None) -> dict[str, Any]:
+    """``document`` (a copy of run ``of``'s PipelineRun) as its rerun: spec.rerunOf names
+    ``of``, spec.fromStage is ``from_stage`` (the earlier run's own is dropped: a rerun
+    without ``--from`` takes from the stage cache whatever it holds)."""
+    document = copy.deepcopy(document)
+    spec = document.setdefault("spec", {})
+    spec.pop("fromStage", None)
+    spec["rerunOf"] = of
+    if from_stage is not None:
+        spec["fromStage"] = from_stage
+    return document
+
+
 def named(document: dict[str, Any]) -> dict[str, Any]:
     """``document`` with a name made from ``metadata.generateName`` where it has none."""
     metadata = document.get("metadata")

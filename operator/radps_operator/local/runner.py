@@ -221,7 +221,7 @@ def _run_with_server(
         with get_client(sync_client=True) as client:
             flow_run = client.create_flow_run(
                 flow,
-                parameters=run.spec.parameters,
+                parameters=run.spec.flow_parameters(),
                 name=run.metadata.name,
                 tags=[history.RADPS_TAG, f"pipeline:{pipeline.name}"],
             )
@@ -243,7 +243,7 @@ def _run_with_server(
             _CancelOnCtrlC(console, flow_run.id, display),
         ):
             state = run_flow(
-                flow, flow_run=flow_run, parameters=run.spec.parameters, return_type="state"
+                flow, flow_run=flow_run, parameters=run.spec.flow_parameters(), return_type="state"
             )
         outputs: list[dict[str, str]] = []
         summary: list[dict[str, str]] = []

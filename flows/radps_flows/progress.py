@@ -122,7 +122,8 @@ def _update_labels(flow_run_id: Any, completed: int, total: int) -> None:
 
 
 _EXTRA_LABELS: dict[str, dict[str, str]] = {}
-"""Labels a flow run's next progress report carries along (its stage-cache outcomes)."""
+"""Labels a flow run's progress reports carry along (its stage-cache outcomes)."""
+_LAST_REPORTED: dict[str, tuple[int, int]] = {}
 
 _SENDER = ProgressSender(_update_labels)
 atexit.register(_SENDER.flush)
@@ -138,15 +139,21 @@ def report_progress(completed: int, total: int) -> None:
         return
     if flow_run is None:
         return
+    _LAST_REPORTED[str(flow_run.id)] = (completed, total)
     _SENDER.report(flow_run.id, completed, total)
 
 
 def report_cache(outcomes: dict[str, str]) -> None:
-    """Record what the stage cache gave this flow run (stage -> outcome); the label goes out
-    with the run's next progress report (every flow ends with one)."""
+    """Record what the stage cache gave this flow run (stage -> outcome): the label goes out
+    at once with the progress last reported, and again with every later report (every flow
+    ends with one)."""
     try:
         flow_run = get_run_context().flow_run  # type: ignore[union-attr]
     except Exception:
         return
-    if flow_run is not None and outcomes:
-        _EXTRA_LABELS[str(flow_run.id)] = {CACHE_LABEL: format_cache(outcomes)}
+    if flow_run is None or not outcomes:
+        return
+    _EXTRA_LABELS[str(flow_run.id)] = {CACHE_LABEL: format_cache(outcomes)}
+    last = _LAST_REPORTED.get(str(flow_run.id))
+    if last is not None:  # sent now as well: a label write lost to a busy server costs less
+        _SENDER.report(flow_run.id, *last)

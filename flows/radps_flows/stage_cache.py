@@ -71,6 +71,9 @@ HIT, MISS, REFRESHED = "hit", "miss", "refreshed"
 ENTRY_FILE = "entry.json"
 INCOMING = ".incoming"
 INCOMING_GRACE_SECONDS = 6 * 3600
+IN_USE_SECONDS = 3600
+"""Entries used more recently than this are never evicted: a run that took a conversion from
+the cache reads its chunks for as long as the run lasts."""
 """An incoming folder older than this is a killed writer's remnant (a live writer of one
 entry takes seconds to minutes)."""
 
@@ -270,9 +273,8 @@ class StageCache:
         now: float | None = None,
     ) -> list[Entry]:
         """Remove entries unused for longer than ``max_age_seconds``, then the least recently
-        used ones until the rest fit in ``max_bytes``, and killed writers' remnants. Returns
-        the entries removed. (An entry removed while a run reads it costs that run a miss,
-        not a failure: readers open an entry once, at the start of its stage.)"""
+        used ones until the rest fit in ``max_bytes`` (never one used in the last
+        :data:`IN_USE_SECONDS`), and killed writers' remnants. Returns the entries removed."""
         if self.remote or not Path(self.root).is_dir():
             return []
         now = time.time() if now is None else now
@@ -282,13 +284,15 @@ class StageCache:
                 with contextlib.suppress(OSError):
                     if now - folder.stat().st_mtime > INCOMING_GRACE_SECONDS:
                         shutil.rmtree(folder, ignore_errors=True)
-        entries = sorted(self.entries(), key=lambda e: e.used)  # least recently used first
+        every = self.entries()
+        # least recently used first; none a run may still be reading
+        entries = sorted((e for e in every if now - e.used > IN_USE_SECONDS), key=lambda e: e.used)
         removed = []
         if max_age_seconds is not None:
             removed = [e for e in entries if now - e.used > max_age_seconds]
         kept = [e for e in entries if e not in removed]
         if max_bytes is not None:
-            total = sum(e.bytes for e in kept)
+            total = sum(e.bytes for e in every) - sum(e.bytes for e in removed)
             while kept and total > max_bytes:
                 oldest = kept.pop(0)
                 removed.append(oldest)

@@ -110,6 +110,10 @@ def test_a_second_run_with_only_imsize_changed_takes_its_stages_from_the_cache(
         statuses[name] = get(kube_cluster, "prun", name)["status"]
         if statuses[name]["phase"] != "Completed":
             pytest.fail(why_not_completed(kube_cluster, name))
+    for name, status in statuses.items():
+        assert "cache" in status, f"{name}: no status.cache; its flow log:\n" + _flow_log(
+            kube_cluster, name
+        )
     assert statuses["cached-first"]["cache"]["flagging"] == "miss"
     assert statuses["cached-second"]["cache"] == {
         "conversion": "hit",
@@ -125,6 +129,15 @@ def test_a_second_run_with_only_imsize_changed_takes_its_stages_from_the_cache(
         np.testing.assert_array_equal(
             gains[0][group]["GAIN"].values, gains[1][group]["GAIN"].values
         )
+
+
+def _flow_log(cluster: KubeCluster, name: str) -> str:
+    uid = get(cluster, "prun", name)["metadata"]["uid"]
+    jobs = of_run(cluster, "jobs", uid)
+    if not jobs:
+        return "(no Job left)"
+    job = f"job/{jobs[0]['metadata']['name']}"
+    return cluster.kubectl("logs", "-n", RUNS_NAMESPACE, job, check=False).stdout[-4000:]
 
 
 def _radps(cluster: KubeCluster, *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,6 +14,7 @@ import xarray as xr
 from radps_flows.core import block_cache
 from radps_flows.stage_cache import (
     ENTRY_FILE,
+    IN_USE_SECONDS,
     INCOMING,
     INCOMING_GRACE_SECONDS,
     CachePolicy,
@@ -133,10 +134,11 @@ def _entry(cache: StageCache, stage: str, key: str, size: int, used: float) -> N
 def test_eviction_by_age_then_least_recently_used_and_remnants(tmp_path: Path):
     cache = StageCache(tmp_path)
     now = 1_000_000.0
+    hour = 3600.0
     _entry(cache, "flagging", "aa" * 32, 1000, now - 10 * 86400)  # too old
-    _entry(cache, "flagging", "bb" * 32, 1000, now - 300)  # least recently used of the rest
-    _entry(cache, "calibration", "cc" * 32, 1000, now - 200)
-    _entry(cache, "conversion", "dd" * 32, 1000, now - 100)
+    _entry(cache, "flagging", "bb" * 32, 1000, now - 5 * hour)  # least recently used of the rest
+    _entry(cache, "calibration", "cc" * 32, 1000, now - 4 * hour)
+    _entry(cache, "conversion", "dd" * 32, 1000, now - 3 * hour)
     remnant = tmp_path / INCOMING / "killed.1234"
     remnant.mkdir()
     os.utime(remnant, (now - INCOMING_GRACE_SECONDS - 1,) * 2)
@@ -147,6 +149,16 @@ def test_eviction_by_age_then_least_recently_used_and_remnants(tmp_path: Path):
     assert sorted(e.key[:2] for e in removed) == ["aa", "bb"]
     assert sorted(e.key[:2] for e in cache.entries()) == ["cc", "dd"]
     assert not remnant.exists() and live.exists()
+
+
+def test_an_entry_a_run_may_still_be_reading_is_never_evicted(tmp_path: Path):
+    cache = StageCache(tmp_path)
+    now = 1_000_000.0
+    _entry(cache, "conversion", "aa" * 32, 1000, now - 2 * IN_USE_SECONDS)
+    _entry(cache, "conversion", "bb" * 32, 1000, now - 60)  # read a minute ago
+    removed = cache.evict(max_bytes=0, max_age_seconds=0, now=now)
+    assert [e.key[:2] for e in removed] == ["aa"]
+    assert [e.key[:2] for e in cache.entries()] == ["bb"]
 
 
 def test_a_blocks_flags_and_gains_round_trip_through_the_cache(tmp_path: Path):

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from radps_operator import api, reconcile, schedule_api, schedules
 from radps_operator.kube import Kube, KubeApiError
-from radps_operator.prefect_gateway import PrefectGateway, PrefectRejected, PrefectUnavailable
+from radps_operator.prefect_gateway import (
+    CREATE_BUSY_RETRIES,
+    PrefectBusy,
+    PrefectGateway,
+    PrefectRejected,
+    PrefectUnavailable,
+    busy_retry_delay,
+)
 from radps_operator.settings import OperatorSettings
 from radps_operator.validation import InvalidPipelineRun, validate_schedule_spec
 
@@ -153,14 +160,23 @@ class ScheduleService:
             return None
 
     async def forget_in_prefect(self, deployment_id: str | None, name: str) -> None:
-        """Delete a deleted schedule's deployment (its flow runs stay); Prefect being away
-        leaves it, paused, rather than keep the schedule from going."""
+        """Delete a deleted schedule's deployment (its flow runs stay). A busy answer (503
+        of a locked SQLite) is asked again; Prefect being away leaves it, paused, rather than
+        keep the schedule from going."""
         if not deployment_id:
             return
-        try:
-            await self._gateway.delete_deployment(deployment_id)
-        except (PrefectUnavailable, PrefectRejected) as exc:
-            log.warning("schedule %s: its Prefect deployment stays: %s", name, exc)
+        for retry in range(CREATE_BUSY_RETRIES + 1):
+            try:
+                await self._gateway.delete_deployment(deployment_id)
+                return
+            except PrefectBusy as exc:  # a locked SQLite answers again within moments
+                if retry == CREATE_BUSY_RETRIES:
+                    log.warning("schedule %s: its Prefect deployment stays: %s", name, exc)
+                    return
+                await asyncio.sleep(busy_retry_delay(retry))
+            except (PrefectUnavailable, PrefectRejected) as exc:
+                log.warning("schedule %s: its Prefect deployment stays: %s", name, exc)
+                return
 
     async def _create(
         self,

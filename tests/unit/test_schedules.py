@@ -245,3 +245,31 @@ def test_radps_run_says_where_a_schedule_runs(capsys):
     assert main(["run", str(example)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "a PipelineSchedule makes its runs on a cluster" in err
+
+
+class BusyTwiceGatewayFake:
+    """Injects what a real Prefect server on SQLite answers only under load: two 503s (its
+    database locked), then the delete goes through."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def delete_deployment(self, deployment_id: str) -> None:
+        from radps_operator.prefect_gateway import PrefectBusy
+
+        self.calls += 1
+        if self.calls <= 2:
+            raise PrefectBusy("503 Service Unavailable: database is locked")
+
+
+def test_a_deleted_schedules_deployment_is_deleted_through_busy_answers():
+    import asyncio
+
+    from radps_operator.schedule_service import ScheduleService
+    from radps_operator.settings import OperatorSettings
+
+    gateway = BusyTwiceGatewayFake()
+    settings = OperatorSettings(prefect_ui_url="http://ui:4200", default_image="radps:9")
+    service = ScheduleService(None, gateway, settings, {})  # type: ignore[arg-type]
+    asyncio.run(service.forget_in_prefect("6d125af9-6f6a-4b06-949f-9f3af1d7217f", "nightly"))
+    assert gateway.calls == 3

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -51,6 +52,8 @@ import numpy as np
 
 from radps_flows import locations
 from radps_flows.contract import CACHE_DIR_ENV, CACHE_MODES, CACHED_STAGES
+
+log = logging.getLogger(__name__)
 
 MAX_BYTES_ENV = "RADPS_CACHE_MAX_GB"
 MAX_AGE_ENV = "RADPS_CACHE_MAX_AGE_DAYS"
@@ -237,6 +240,35 @@ class StageCache:
         finally:
             shutil.rmtree(incoming, ignore_errors=True)
 
+    def read(self, stage: str, key: str, name: str) -> bytes | None:
+        """The file ``name`` of the committed entry of ``key``, or None (no entry, or one
+        evicted or unreadable meanwhile)."""
+        where = self.get(stage, key)
+        if where is None:
+            return None
+        try:
+            return locations.read_bytes(locations.join(where, name))
+        except OSError:
+            return None
+
+    def write(
+        self,
+        stage: str,
+        key: str,
+        name: str,
+        content: bytes,
+        about: Mapping[str, Any] | None = None,
+        *,
+        replace: bool = False,
+    ) -> None:
+        """Commit an entry of ``key`` holding one file, ``name`` (see :meth:`put`). A full or
+        read-only cache costs the next run a miss, never this run: it is only logged."""
+        try:
+            with self.put(stage, key, about, replace=replace) as folder:
+                locations.write_bytes(locations.join(folder, name), content)
+        except OSError as exc:
+            log.warning("could not keep a %s entry in the stage cache: %s", stage, exc)
+
     def remove(self, stage: str, key: str) -> None:
         """Drop an entry (a Refresh run before it writes the entry anew)."""
         where = self.location(stage, key)
@@ -331,17 +363,12 @@ def kept_file(
         return None
     cache = policy.cache()
     key = stage_key(kind, identity, {"name": path.name})
-    found = cache.get(kind, key) if policy.reads(stage) else None
+    found = cache.read(kind, key, path.name) if policy.reads(stage) else None
     if found is not None:
-        with contextlib.suppress(OSError):
-            path.write_bytes(locations.read_bytes(locations.join(found, path.name)))
-            return HIT
+        path.write_bytes(found)
+        return HIT
     make(path)
-    try:
-        with cache.put(kind, key, replace=policy.refreshed(stage)) as folder:
-            locations.write_bytes(locations.join(folder, path.name), path.read_bytes())
-    except OSError:  # a full or read-only cache costs the next run the drawing, no more
-        pass
+    cache.write(kind, key, path.name, path.read_bytes(), replace=policy.refreshed(stage))
     return MISS
 
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from radps_flows import locations
 from radps_flows.stage_cache import (
     HIT,
     MISS,
@@ -29,8 +27,6 @@ from radps_flows.stage_cache import (
     dataset_digest,
     stage_key,
 )
-
-log = logging.getLogger(__name__)
 
 FLAGS_FILE = "flags.npz"
 GAINS_FILE = "gains.npz"
@@ -90,17 +86,14 @@ class BlockMemo:
         if not self.policy.reads(stage):
             self.outcomes[stage] = REFRESHED
             return None
-        where = self.store.get(stage, key)
-        if where is None:
-            self.outcomes[stage] = MISS
-            return None
+        content = self.store.read(stage, key, name)
         try:
-            content = locations.read_bytes(locations.join(where, name))
-            found = dict(np.load(io.BytesIO(content), allow_pickle=False))
-        except (OSError, ValueError, KeyError):  # removed by eviction meanwhile, or unreadable
-            self.outcomes[stage] = MISS
-            return None
-        self.outcomes[stage] = HIT
+            found = (
+                None if content is None else dict(np.load(io.BytesIO(content), allow_pickle=False))
+            )
+        except (ValueError, KeyError, OSError):  # not an archive of ours
+            found = None
+        self.outcomes[stage] = MISS if found is None else HIT
         return found
 
     def _write(self, stage: str, key: str, name: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -108,12 +101,9 @@ class BlockMemo:
             return
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
+        replace = self.policy.refreshed(stage)
         about = {"block": self.digest}
-        try:
-            with self.store.put(stage, key, about, replace=self.policy.refreshed(stage)) as f:
-                locations.write_bytes(locations.join(f, name), buffer.getvalue())
-        except OSError as exc:  # a full or read-only cache costs the next run a miss, no more
-            log.warning("could not keep the %s of a block in the stage cache: %s", stage, exc)
+        self.store.write(stage, key, name, buffer.getvalue(), about, replace=replace)
 
 
 def pack_dataset(ds: xr.Dataset) -> dict[str, np.ndarray]:

@@ -98,7 +98,7 @@ def calibration(**arguments: Any) -> list[dict[str, str]]:
         policy = stages.cache_policy(params)
         store, datasets, cached = stages.open_input(p.input, folder, STAGES, policy)
         tables, counts = solve(store, datasets, params)
-        stages.report_cache({**cached, **stages.block_outcomes(counts)}, policy, counts)
+        stages.report_cache(policy, cached, counts)
         report_progress(2, STAGES)
         outputs = stages.write_gain_products(tables, folder, policy)
         report_progress(3, STAGES)

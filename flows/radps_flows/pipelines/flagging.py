@@ -94,7 +94,7 @@ def flagging(**arguments: Any) -> list[dict[str, str]]:
         folder = str(transaction.folder)
         policy = stages.cache_policy(params)
         store, datasets, cached = stages.open_input(p.input, folder, STAGES, policy)
-        stages.report_cache(cached, policy, {})
+        stages.report_cache(policy, cached, {})
         products = flag(store, datasets, folder, p.threshold, p.block_mb, p.method)
         outputs = transaction.commit(products)
     stages.evict(policy)

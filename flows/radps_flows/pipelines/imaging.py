@@ -245,7 +245,7 @@ def imaging(**arguments: Any) -> list[dict[str, str]]:
             report_progress(3, n_stages)
         main = images["restored"] if p.clean else image
         counts = main.attrs["flag_report"]["cache"]
-        stages.report_cache({**cached, **stages.block_outcomes(counts)}, policy, counts)
+        stages.report_cache(policy, cached, counts)
         if p.flag:
             stages.report_flags(main.attrs["flag_report"])
         if gains:

@@ -85,13 +85,15 @@ def block_outcomes(counts: dict[str, dict[str, int]]) -> dict[str, str]:
 
 
 def report_cache(
-    outcomes: dict[str, str], policy: CachePolicy, counts: dict[str, dict[str, int]]
+    policy: CachePolicy, conversion: dict[str, str], counts: dict[str, dict[str, int]]
 ) -> None:
-    """What the stage cache gave the run, in its log and on its flow run (the PipelineRun's
-    ``status.cache``). A stage before a rerun's ``from_stage`` that the cache did not hold
-    is said to have been recomputed."""
+    """What the stage cache gave the run (``conversion``: :func:`open_input`'s outcome;
+    ``counts``: the blocks' outcomes per stage), in its log and on its flow run (the
+    PipelineRun's ``status.cache``). A stage before a rerun's ``from_stage`` that the cache
+    did not hold is said to have been recomputed."""
     from prefect import get_run_logger
 
+    outcomes = {**conversion, **block_outcomes(counts)}
     if not outcomes:
         return
     logger = get_run_logger()

@@ -614,7 +614,7 @@ def _run_child(home: Path, server: Any) -> Callable[[Any], int]:
         from radps_operator.local.server import LocalServer
 
         out = Console(highlight=False)  # this terminal's, not the server's log
-        err = Console(stderr=True, highlight=False)
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
         manifests = [Manifest.from_json(m) for m in request.manifests]
         runs = validated_runs(manifests, err)
         if runs is None:

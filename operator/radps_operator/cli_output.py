@@ -8,7 +8,8 @@ from typing import Any
 from rich.console import Console
 
 stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+# Messages are never wrapped: an error names a path, and a wrapped path cannot be copied or grepped.
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_as(value: Any, output: str) -> None:

@@ -27,6 +27,8 @@ from radps_flows.contract import (
 
 #: How long a flow's last report, or a process about to exit, waits for labels to land.
 FLUSH_TIMEOUT_SECONDS = 30.0
+#: How long a flow's last report waits behind an earlier write before it overtakes it.
+OVERTAKE_AFTER_SECONDS = 0.1
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class ProgressSender:
     up the science: a report returns at once, and a newer report of the same flow run
     replaces an unsent older one.
 
-    The last report of a run (completed == total) waits until everything is sent. Prefect's
+    The last report of a run (completed == total) waits until it is sent. Prefect's
     server merges labels by read-modify-write, so a label write racing the engine's final
     state change can be lost (seen: a Completed run left at 1/3); sent before the flow
     returns, the last labels cannot race it. Readers also take a Completed run as all done,
@@ -64,8 +66,33 @@ class ProgressSender:
                 self._thread.daemon = True
                 self._thread.start()
         if completed >= total:
-            self.flush()
+            self._land(flow_run_id, sent)
         return sent
+
+    def _land(self, flow_run_id: Any, sent: threading.Event) -> None:
+        """Wait until the last report of a run is sent. An earlier write still in flight
+        after OVERTAKE_AFTER_SECONDS is overtaken: this report goes out from the caller's
+        thread meanwhile. Such a write is one the server answers late, and mostly only to
+        refuse as busy (a local SQLite server held some for 2-2.5 s, then 503); waiting for
+        it made a short run's end that much later. If it lands after all, its older
+        progress is harmless: readers take a Completed run as all done."""
+        if sent.wait(OVERTAKE_AFTER_SECONDS):
+            return
+        with self._lock:
+            pending = self._latest.get(flow_run_id)
+            if pending is None or pending[3] is not sent:
+                pending = None  # already on its way from the background thread
+            else:
+                del self._latest[flow_run_id]
+        if pending is not None:
+            completed, total, context, _ = pending
+            try:
+                context.run(self._send, flow_run_id, completed, total)
+            except Exception as exc:  # advisory, as in _run
+                log.warning("could not record progress %d/%d: %s", completed, total, exc)
+            finally:
+                sent.set()
+        sent.wait(FLUSH_TIMEOUT_SECONDS)
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_SECONDS) -> bool:
         """Wait until every queued report is sent; False if that took longer than timeout."""
@@ -90,35 +117,69 @@ class ProgressSender:
                 sent.set()
 
 
-#: Waits before retrying a label write the server refused as busy (503, 429).
+#: Waits before retrying a label write the server refused as busy (503, 429) or left
+#: unanswered past its attempt's timeout.
 BUSY_RETRY_DELAYS_SECONDS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+#: The first attempt's timeout; each retry doubles it, up to FLUSH_TIMEOUT_SECONDS.
+FIRST_ATTEMPT_TIMEOUT_SECONDS = 0.5
 
 
 def _update_labels(flow_run_id: Any, completed: int, total: int) -> None:
-    """One label write, retried quickly while the server says it is busy.
+    """One label write, retried quickly while the server says it is busy or is slow to
+    answer.
 
-    Prefect merges labels by read-modify-write; on SQLite that transaction loses to any
-    concurrent writer (the task runs finishing around it) and the server answers 503 at once.
-    Prefect's client would retry after 2 s, which was most of the overhead of a short flow
-    run; a busy lock is free again within milliseconds."""
+    Prefect merges labels by read-modify-write; on SQLite that transaction loses to a
+    concurrent writer (the task runs finishing around it), and the server answers 503, mostly
+    at once. Prefect's client would retry after 2 s, which was most of the overhead of a short
+    flow run; a busy lock is free again within milliseconds. Now and then a local server held
+    one write for 2-2.5 s and then refused it, while a second write went through at once: an
+    attempt therefore gives up after a short timeout that each retry doubles. A write given
+    up on may still land later; it carries the same or older labels, and readers take a
+    Completed run as all done."""
     import httpx
     from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
     labels = {PROGRESS_COMPLETED_LABEL: str(completed), PROGRESS_TOTAL_LABEL: str(total)}
     labels.update(_EXTRA_LABELS.get(str(flow_run_id), {}))
-    with (
-        temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}),
-        get_client(sync_client=True) as client,
-    ):
-        for delay in BUSY_RETRY_DELAYS_SECONDS:
+    timeout = FIRST_ATTEMPT_TIMEOUT_SECONDS
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+        client = _thread_client()
+        for delay in (*BUSY_RETRY_DELAYS_SECONDS, None):
             try:
-                client.update_flow_run_labels(flow_run_id, labels)
-                return
-            except httpx.HTTPStatusError as exc:
-                if exc.response.status_code not in (429, 503):
+                response = client.request(
+                    "PATCH",
+                    "/flow_runs/{id}/labels",
+                    path_params={"id": flow_run_id},
+                    json=labels,
+                    timeout=timeout,
+                )
+                if response.status_code not in (429, 503) or delay is None:
+                    response.raise_for_status()
+                    return
+            except httpx.TimeoutException:
+                if delay is None:
                     raise
+            timeout = min(2 * timeout, FLUSH_TIMEOUT_SECONDS)
             time.sleep(delay * random.uniform(0.5, 1.5))
-        client.update_flow_run_labels(flow_run_id, labels)
+
+
+_CLIENTS = threading.local()
+
+
+def _thread_client() -> Any:
+    """This thread's client of the Prefect API the caller's settings name, kept: a new one
+    costs 50-80 ms of CPU (httpx builds its TLS context), a label write about 10 ms."""
+    from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL
+
+    key = (PREFECT_API_URL.value(), PREFECT_API_KEY.value())
+    kept = getattr(_CLIENTS, "kept", None)
+    if kept is None or kept[0] != key:
+        if kept is not None:
+            kept[1].__exit__(None, None, None)
+        client = get_client(sync_client=True)
+        client.__enter__()
+        _CLIENTS.kept = (key, client)
+    return _CLIENTS.kept[1]
 
 
 _EXTRA_LABELS: dict[str, dict[str, str]] = {}

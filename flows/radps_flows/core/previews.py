@@ -182,7 +182,8 @@ def write_png(image: xr.DataArray, path: str | os.PathLike, kind: str = "image")
         stretch=AsinhStretch(ASINH_SOFTENING),
     )
     fig = new_figure((6.4, 5.6))
-    fig.set_layout_engine("constrained")
+    # A fixed layout: matplotlib's constrained layout took 0.15 of the 0.3 s of a preview.
+    fig.subplots_adjust(left=0.18, right=0.95, bottom=0.08, top=0.92)
     ax = fig.add_subplot(projection=wcs)
     im = ax.imshow(shown, origin="lower", cmap="inferno", norm=norm, interpolation="nearest")
     ra, dec = ax.coords[0], ax.coords[1]
@@ -193,7 +194,7 @@ def write_png(image: xr.DataArray, path: str | os.PathLike, kind: str = "image")
     ax.coords.grid(color="white", alpha=0.25, linestyle=":")
     _draw_beam(ax, image, factor)
     ax.set_title(preview_title(image, kind), fontsize=10)
-    fig.colorbar(im, ax=ax, label=str(image.attrs.get("bunit", "")), shrink=0.85)
+    fig.colorbar(im, ax=ax, label=str(image.attrs.get("bunit", "")), shrink=0.85, pad=0.03)
     return save_png(fig, path)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import importlib
 import importlib.util
 import json
 import os
@@ -147,6 +148,8 @@ def warm_up() -> None:
     import radps_flows.core.minor_cycle  # CLEAN's compiled loop (about 4 s)
     import radps_flows.preload  # noqa: F401 - xradio's reader (2-3 s), which an MSv2 input needs
 
+    _import_what_runs_import_late()
+
     previews.warm_up_plotting(wait=True)  # a process's first figure costs 0.3-1 s
     # What is imported now lives as long as the server: out of the garbage collector's sight,
     # a fork's full collections (xradio's conversion runs one; Python's own run as a run
@@ -154,6 +157,23 @@ def warm_up() -> None:
     # so copy, the pages the forks share.
     gc.collect()
     gc.freeze()
+
+
+def _import_what_runs_import_late() -> None:
+    """What the flows import inside functions, so that a flow pod's process starts without it:
+    the FITS header's WCS and observatory, the PNG preview's WCS axes, the image store, the
+    beam fit, the Dask dashboard. A fork would import it in every run, about 0.8 s of a run's
+    products (a third of a short cached run)."""
+    for module in (
+        "astropy.coordinates",
+        "astropy.visualization.wcsaxes",
+        "astropy.wcs",
+        "distributed.http.scheduler.prometheus",
+        "scipy.fft",
+        "scipy.optimize",
+        "xradio.image",
+    ):
+        importlib.import_module(module)
 
 
 # --- the server side -------------------------------------------------------------------

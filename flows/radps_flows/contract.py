@@ -121,6 +121,49 @@ def read_cache(labels: Mapping[str, object] | None) -> dict[str, str] | None:
     return {stage: outcome for stage, outcome in pairs} or None
 
 
+PAUSE_LABEL = "radps.io/pause"
+"""The number of a flow run's latest pause for input (1, 2, ...), a label on it; what the pause
+asks is the flow run input :func:`pause_input_key` holds (a :class:`PauseRequest`)."""
+PAUSE_TIMEOUT_ACTIONS = ("Fail", "Finish")
+"""A PipelineRun's spec.pauseTimeoutAction; the imaging pipeline's ``pause_timeout_action``
+is the same in lower case."""
+
+
+def pause_input_key(pause: int) -> str:
+    return f"radps-pause-{pause}"
+
+
+@dataclass(frozen=True)
+class PauseRequest:
+    """What a paused run asks, as the flow writes it (a flow run input, JSON) and the operator
+    and `radps run` show it (`.status.input`)."""
+
+    pause: int
+    prompt: str
+    defaults: dict
+    """The answer's fields as they stand (what an empty answer keeps)."""
+    previews: list
+    """Where the images to look at are (paths or URLs of PNGs)."""
+    timeout_seconds: int
+    timeout_action: str
+    """fail or finish, as the pipeline's pause_timeout_action."""
+    refused: str | None = None
+    """Why the answer to the previous pause was refused (this pause asks again)."""
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, value: object) -> PauseRequest | None:
+        """None for what is not one (a flow run input someone else wrote)."""
+        if not isinstance(value, dict):
+            return None
+        try:
+            return cls(**{k: value[k] for k in cls.__dataclass_fields__ if k in value})
+        except TypeError:
+            return None
+
+
 def flow_run_url(ui_url: str, flow_run_id: object) -> str:
     """Where Prefect's UI shows a flow run (`.status.prefect.url`, `radps run`'s link)."""
     return f"{ui_url.rstrip('/')}/runs/flow-run/{flow_run_id}"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect.client.orchestration import get_client
-from prefect.context import get_run_context
+from prefect.context import FlowRunContext
 
 from radps_flows.contract import (
     CACHE_LABEL,
@@ -190,14 +190,17 @@ _SENDER = ProgressSender(_update_labels)
 atexit.register(_SENDER.flush)
 
 
+def _flow_run() -> Any:
+    """The flow run of the caller, a flow or one of its tasks (the flow's context is current
+    in both), or None outside one."""
+    context = FlowRunContext.get()
+    return context.flow_run if context is not None else None
+
+
 def report_progress(completed: int, total: int) -> None:
     """Record that `completed` of `total` stages are done; never fails, and only the last
     report of a run waits for the server."""
-    try:
-        flow_run = get_run_context().flow_run  # type: ignore[union-attr]
-    except Exception as exc:
-        log.warning("could not record progress %d/%d: %s", completed, total, exc)
-        return
+    flow_run = _flow_run()
     if flow_run is None:
         return
     _LAST_REPORTED[str(flow_run.id)] = (completed, total)
@@ -205,16 +208,22 @@ def report_progress(completed: int, total: int) -> None:
 
 
 def report_cache(outcomes: dict[str, str]) -> None:
-    """Record what the stage cache gave this flow run (stage -> outcome): the label goes out
-    at once with the progress last reported, and again with every later report (every flow
-    ends with one)."""
-    try:
-        flow_run = get_run_context().flow_run  # type: ignore[union-attr]
-    except Exception:
+    """Record what the stage cache gave this flow run (stage -> outcome)."""
+    if outcomes:
+        report_labels({CACHE_LABEL: format_cache(outcomes)})
+
+
+def report_labels(labels: dict[str, str], wait: bool = False) -> None:
+    """Labels this flow run carries from now on: they go out at once with the progress last
+    reported (before any, with the first), and again with every later report (every flow
+    ends with one). ``wait``: until they are sent (a pause, which readers learn of from a
+    label)."""
+    flow_run = _flow_run()
+    if flow_run is None:
         return
-    if flow_run is None or not outcomes:
-        return
-    _EXTRA_LABELS[str(flow_run.id)] = {CACHE_LABEL: format_cache(outcomes)}
+    _EXTRA_LABELS.setdefault(str(flow_run.id), {}).update(labels)
     last = _LAST_REPORTED.get(str(flow_run.id))
-    if last is not None:  # sent now as well: a label write lost to a busy server costs less
-        _SENDER.report(flow_run.id, *last)
+    if last is not None:  # now as well: a label write lost to a busy server costs less
+        sent = _SENDER.report(flow_run.id, *last)
+        if wait:
+            sent.wait(FLUSH_TIMEOUT_SECONDS)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -44,6 +44,21 @@ def history(pipeline: str, parameters: Mapping[str, Any]) -> list[str]:
     for name in sorted(parameters):
         if name not in _NOT_HISTORY:
             lines.append(f"{name} = {json.dumps(parameters[name], default=str)}")
+    return lines
+
+
+def pause_history(answers: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    """HISTORY lines of an interactive run's answers (the image attribute ``clean_answers``):
+    where CLEAN stood, and what each answer set."""
+    lines = []
+    for i, answer in enumerate(answers or (), start=1):
+        where = "dirty image" if answer.get("cycle") == 0 else f"major cycle {answer.get('cycle')}"
+        said = {k: v for k, v in answer.items() if k not in ("cycle", "components")}
+        told = ", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in said.items())
+        lines.append(
+            f"pause {i} after the {where} ({answer.get('components')} components): "
+            f"{told or 'continue'}"
+        )
     return lines
 
 

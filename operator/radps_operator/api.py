@@ -19,6 +19,7 @@ from pydantic.alias_generators import to_camel
 from radps_flows.contract import (
     CACHE_MODES,
     CACHED_STAGES,
+    PAUSE_TIMEOUT_ACTIONS,
     PIPELINERUN_GROUP,
     PIPELINERUN_PLURAL,
     PIPELINERUN_VERSION,
@@ -138,7 +139,8 @@ PipelineName = Annotated[
 
 
 class PipelineRunSpec(SpecModel):
-    """What to run. Immutable once created, except `cancel` (a run is like a Job)."""
+    """What to run. Immutable once created, except `cancel` and `resume` (a run is like a
+    Job)."""
 
     pipeline: PipelineName = Field(
         description="Name of the pipeline in the catalog; `radps pipelines` lists them."
@@ -214,6 +216,25 @@ class PipelineRunSpec(SpecModel):
         "same input and parameters committed them (a stage it never committed is recomputed, "
         "and the run's log says so).",
     )
+    resume: dict[str, Any] | None = Field(
+        default=None,
+        description="The answer to the pause the run waits at (status.input), e.g. "
+        "{niter: 500} or {action: stop}: checked against status.input.schema, a wrong one "
+        "refused with the reason in status.input.refused and an Event, the run still paused. "
+        "May change after creation, once per pause (`radps resume NAME -p niter=500`).",
+    )
+    pause_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="How long a pause waits for an answer (pipelines that pause: imaging "
+        "with interactive: true); default an hour.",
+    )
+    pause_timeout_action: Literal[PAUSE_TIMEOUT_ACTIONS] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="What an unanswered pause does at its timeout: Fail (default) the run, "
+        "or Finish it with its products as they are then (Completed).",
+    )
     ttl_seconds_after_finished: int | None = Field(
         default=None,
         ge=0,
@@ -226,20 +247,31 @@ class PipelineRunSpec(SpecModel):
         return self.dask or DaskSpec()
 
     def flow_parameters(self) -> dict[str, Any]:
-        """The flow run's parameters: spec.parameters, with spec.cache and spec.fromStage as
-        the pipeline's ``cache`` and ``from_stage`` where set."""
+        """The flow run's parameters: spec.parameters, with the spec fields that are also
+        parameters (SPEC_PARAMETERS) where set."""
         out = dict(self.parameters)
-        if self.cache is not None:
-            out["cache"] = self.cache
-        if self.from_stage is not None:
-            out["from_stage"] = self.from_stage
+        for field, parameter in SPEC_PARAMETERS.items():
+            value = getattr(self, field)
+            if value is not None:
+                out[parameter] = value.lower() if field == "pause_timeout_action" else value
         return out
+
+
+SPEC_PARAMETERS = {
+    "cache": "cache",
+    "from_stage": "from_stage",
+    "pause_timeout_seconds": "pause_timeout_seconds",
+    "pause_timeout_action": "pause_timeout_action",
+}
+"""Spec fields (Python names) that a pipeline takes as parameters of these names: set in one
+place or the other, never both (validation)."""
 
 
 class Phase(StrEnum):
     PENDING = "Pending"
     SCHEDULED = "Scheduled"
     RUNNING = "Running"
+    PAUSED = "Paused"
     COMPLETED = "Completed"
     FAILED = "Failed"
     CRASHED = "Crashed"
@@ -303,6 +335,39 @@ class Output(WireModel):
     kind: str = Field(description="What it is, e.g. fits, png, zarr.")
 
 
+class InputRequest(WireModel):
+    """What a paused run waits for (`radps resume`, spec.resume or Prefect's UI answer it)."""
+
+    pause: int = Field(ge=1, description="Which pause of the run (1, 2, ...).")
+    prompt: str = Field(description="What the run asks, with where it stands.")
+    since: datetime | None = Field(default=None, description="When it paused.")
+    expires: datetime | None = Field(
+        default=None, description="When the pause times out (spec.pauseTimeoutAction then)."
+    )
+    timeout_action: str | None = Field(default=None, description="Fail or Finish.")
+    answer_schema: dict[str, Any] = Field(
+        alias="schema", description="JSON schema of an answer (spec.resume)."
+    )
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="The answer's fields as they stand."
+    )
+    previews: list[Annotated[str, Field(description="A PNG's path or URL.")]] = Field(
+        default_factory=list, description="Images to look at (paths or URLs of PNGs)."
+    )
+    artifacts: str | None = Field(
+        default=None, description="The flow run's artifacts in Prefect's UI (the previews)."
+    )
+    answer_with: list[Annotated[str, Field(description="A command line.")]] = Field(
+        default_factory=list, description="Commands that answer."
+    )
+    refused: str | None = Field(
+        default=None, description="Why the last answer was refused (the run still waits)."
+    )
+    answered_generation: int | None = Field(
+        default=None, description="metadata.generation of the spec.resume that answered."
+    )
+
+
 class PipelineRunStatus(WireModel):
     """What the operator observed; written only by the operator."""
 
@@ -340,6 +405,9 @@ class PipelineRunStatus(WireModel):
         default=None,
         description="What the stage cache gave each cached stage (conversion, flagging, "
         "calibration): hit, miss, partial (some blocks hit) or refreshed.",
+    )
+    input: InputRequest | None = Field(
+        default=None, description="While the run is Paused: what it waits for."
     )
     kopf: dict[str, Any] | None = Field(
         default=None,

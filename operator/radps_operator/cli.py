@@ -136,6 +136,16 @@ def _parser() -> argparse.ArgumentParser:
     cli_cluster.add_arguments(rerun)
     rerun.set_defaults(command=cmd_rerun)
 
+    resume = commands.add_parser(
+        "resume",
+        help="answer the pause a run waits at, e.g. -p niter=500 or -p action=stop (on a "
+        "cluster: sets spec.resume)",
+    )
+    resume.add_argument("name")
+    _parameter_argument(resume, "a field of the answer (the value read as YAML); repeatable")
+    cli_cluster.add_arguments(resume)
+    resume.set_defaults(command=cmd_resume)
+
     server = commands.add_parser(
         "server",
         help="keep a local Prefect server with its UI, and a warm process for radps run",
@@ -295,6 +305,31 @@ def cmd_rerun(args: argparse.Namespace) -> int:
             return 1
         document = history.rerun_manifest(client, flow_run, overrides, args.from_stage)
     return _run_manifests([Manifest(f"rerun of {args.name}", named(document))], args)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    if cli_cluster.wanted(args):
+        return cli_cluster.run_command("resume", args)
+    from radps_operator.local import history
+    from radps_operator.local.manifests import parse_overrides
+    from radps_operator.validation import InvalidPipelineRun
+
+    answer, errors = parse_overrides(args.parameters)
+    for error in errors:
+        stderr.print(f"[red]{escape(str(error))}[/]")
+    if errors:
+        return EXIT_INVALID
+    with history.local_prefect() as (client, _):
+        flow_run = _local_run(client, args.name)
+        if flow_run is None:
+            return 1
+        try:
+            stdout.print(escape(history.request_resume(client, flow_run, answer)))
+        except InvalidPipelineRun as invalid:
+            for error in invalid.errors:
+                stderr.print(f"[red]{escape(args.name)}: {escape(str(error))}[/]")
+            return EXIT_INVALID
+    return 0
 
 
 def _local_run(client: Any, name: str) -> Any | None:

@@ -1,4 +1,4 @@
-"""`radps list|get|logs|cancel|rerun` against a cluster's PipelineRuns (`--kubeconfig`,
+"""`radps list|get|logs|cancel|rerun|resume` against a cluster's PipelineRuns (`--kubeconfig`,
 `--context`, `-n`, `-A`), in kubectl's manner: the same commands read local runs without
 those options. The calls themselves are :mod:`radps_operator.kube_runs`."""
 
@@ -149,4 +149,30 @@ def _rerun(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"list": _list, "get": _get, "logs": _logs, "cancel": _cancel, "rerun": _rerun}
+def _resume(args: argparse.Namespace) -> int:
+    from radps_operator.local.manifests import parse_overrides
+    from radps_operator.validation import InvalidPipelineRun
+
+    answer, errors = parse_overrides(args.parameters)
+    for error in errors:
+        stderr.print(f"[red]{escape(str(error))}[/]")
+    if errors:
+        return EXIT_INVALID
+    with _cluster(args) as cluster:
+        try:
+            stdout.print(escape(kube_runs.request_resume(cluster, args.name, answer)))
+        except InvalidPipelineRun as invalid:
+            for error in invalid.errors:
+                stderr.print(f"[red]{escape(args.name)}: {escape(str(error))}[/]")
+            return EXIT_INVALID
+    return 0
+
+
+_COMMANDS = {
+    "list": _list,
+    "get": _get,
+    "logs": _logs,
+    "cancel": _cancel,
+    "rerun": _rerun,
+    "resume": _resume,
+}

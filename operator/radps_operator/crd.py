@@ -100,13 +100,17 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str,
     return out
 
 
+MUTABLE_SPEC_FIELDS = ("cancel", "resume")
+
+
 def _immutability_rules(spec_schema: dict[str, Any]) -> list[dict[str, str]]:
-    """A run is immutable like a Job: every spec field but `cancel` keeps its value, and a
-    cancelled run stays cancelled. One rule per field so the message names the field."""
+    """A run is immutable like a Job: every spec field but `cancel` and `resume` (the answer
+    to a pause, see radps_operator.pauses) keeps its value, and a cancelled run stays
+    cancelled. One rule per field so the message names the field."""
     rules = []
     required = set(spec_schema.get("required", []))
     for name in spec_schema["properties"]:
-        if name == "cancel":
+        if name in MUTABLE_SPEC_FIELDS:
             continue
         if name in required:
             rule = f"self.{name} == oldSelf.{name}"
@@ -119,7 +123,7 @@ def _immutability_rules(spec_schema: dict[str, Any]) -> list[dict[str, str]]:
             {
                 "rule": rule,
                 "message": f"spec.{name} is immutable: a PipelineRun cannot be changed once "
-                "created (only spec.cancel can); delete it and create a new one",
+                "created (only spec.cancel and spec.resume can); delete it and create a new one",
             }
         )
     rules.append(

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from radps_operator import api, metrics
+from radps_flows.contract import PauseRequest
+from radps_operator import api, metrics, pauses
 from radps_operator import reconcile as r
 from radps_operator.kube import Kube
 from radps_operator.prefect_gateway import PrefectBusy, PrefectGateway, PrefectUnavailable
@@ -229,6 +230,7 @@ class Follower:
         snapshot: r.FlowRunSnapshot,
         outputs: list[dict[str, Any]] | None = None,
         now: datetime | None = None,
+        pause_request: PauseRequest | None = None,
     ) -> api.PipelineRunStatus:
         """The status ``run`` gets from a read of its flow run (no I/O: the pods' reasons for
         a failure are added by :meth:`apply`)."""
@@ -241,17 +243,24 @@ class Follower:
             work_pool=run.work_pool,
             outputs=outputs,
             generation=run.generation,
+            run_name=run.name,
+            pipeline=run.spec.pipeline,
+            pause_request=pause_request,
         )
         if not self._reachable or r.get_condition(run.status, r.PREFECT_REACHABLE):
             new = r.reachability_status(new, True, None, now)
         return new
 
     async def apply(
-        self, run: Tracked, snapshot: r.FlowRunSnapshot, outputs: list[dict[str, Any]] | None
+        self,
+        run: Tracked,
+        snapshot: r.FlowRunSnapshot,
+        outputs: list[dict[str, Any]] | None,
+        pause_request: PauseRequest | None = None,
     ) -> None:
         """A read of the run's flow run in; its status patch (and Event) out."""
         async with run.lock:
-            new = self.next_status(run, snapshot, outputs)
+            new = self.next_status(run, snapshot, outputs, pause_request=pause_request)
             if new.phase in (api.Phase.FAILED, api.Phase.CRASHED) and not r.is_finished(run.status):
                 new = await self._with_pod_reasons(run, new)
             state_changed = (run.status.prefect is None) or run.status.prefect.state != (
@@ -359,6 +368,7 @@ class Follower:
                 s.id for run, s in pairs if s.state_type == r.COMPLETED and not run.status.outputs
             ]
             outputs = await self.gateway.read_outputs_of(finished_now) if finished_now else {}
+            requests = await self._new_pause_requests(pairs)
         except PrefectUnavailable:
             self._dirty.update(ids)
             raise
@@ -367,7 +377,9 @@ class Follower:
         async def one(run: Tracked, snapshot: r.FlowRunSnapshot) -> None:
             async with slots:
                 try:
-                    await self.apply(run, snapshot, outputs.get(snapshot.id))
+                    await self.apply(
+                        run, snapshot, outputs.get(snapshot.id), requests.get(snapshot.id)
+                    )
                     if r.is_finished(run.status) and run.spec.ttl_seconds_after_finished is None:
                         self.untrack(run.uid)
                 except Exception as exc:  # one bad object never stops the others
@@ -376,6 +388,21 @@ class Follower:
         await asyncio.gather(*(one(run, snapshot) for run, snapshot in pairs))
         if everything:
             await self._refresh_dask()
+
+    async def _new_pause_requests(
+        self, pairs: list[tuple[Tracked, r.FlowRunSnapshot]]
+    ) -> dict[str, PauseRequest]:
+        """What each run that paused again since its last status asks (read once a pause)."""
+        found = {}
+        for run, snapshot in pairs:
+            pause = pauses.pause_of(snapshot.labels)
+            shown = run.status.input.pause if run.status.input else None
+            if snapshot.state_type != r.PAUSED or pause is None or pause == shown:
+                continue
+            request = await self.gateway.read_pause_request(snapshot.id, pause)
+            if request is not None:
+                found[snapshot.id] = request
+        return found
 
     async def _refresh_dask(self) -> None:
         """`.status.dask` of running runs from their DaskClusters (one list per namespace)."""

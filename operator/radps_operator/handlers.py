@@ -18,7 +18,7 @@ import aiohttp
 import kopf
 import uvloop
 
-from radps_operator import api, metrics, schedule_api
+from radps_operator import api, metrics, pause_service, schedule_api
 from radps_operator import reconcile as r
 from radps_operator.flow_identity import AuthSecret, FlowIdentities
 from radps_operator.follower import Follower, Tracked, utcnow
@@ -313,6 +313,16 @@ async def cancel(body: kopf.Body, new: Any, **_: Any) -> None:
     run = rt.follower.find(body["metadata"]["uid"])
     if run is not None:
         await _cancel(run, "spec.cancel set to true")
+
+
+@kopf.on.update(*RESOURCE, registry=registry, field="spec.resume")
+async def resume(body: kopf.Body, new: Any, **_: Any) -> None:
+    """An answer to the pause the run waits at (radps_operator.pause_service)."""
+    rt = runtime()
+    run = rt.follower.find(body["metadata"]["uid"])
+    if run is not None:
+        generation = body["metadata"].get("generation")
+        await pause_service.answer(rt.follower, rt.gateway, run, new, generation)
 
 
 @kopf.on.delete(*RESOURCE, registry=registry)

@@ -228,6 +228,35 @@ def request_cancel(cluster: Cluster, name: str) -> str:
     return f"cancelling {name} in {cluster.namespace} (spec.cancel set; it was {phase})"
 
 
+def request_resume(cluster: Cluster, name: str, answer: dict[str, Any]) -> str:
+    """Set the run's ``spec.resume`` to ``answer`` (for the pause it waits at), once it has
+    passed the operator's own checks here; a message saying what happened, or
+    InvalidPipelineRun with every reason."""
+    from radps_operator import pauses
+    from radps_operator.validation import InvalidPipelineRun
+
+    run = get_run(cluster, name)
+    status = run.get("status") or {}
+    waiting = (status.get("input") or {}).get("pause") if phase_of(run) == "Paused" else None
+    spec = api.PipelineRunSpec.model_validate(run.get("spec") or {})
+    answer = {**answer, "pause": answer.get("pause", waiting)} if waiting else answer
+    values, errors = pauses.check_answer(spec.pipeline, spec.flow_parameters(), answer, waiting)
+    if errors:
+        raise InvalidPipelineRun(errors)
+    _call(
+        cluster,
+        f"resume PipelineRun {name}",
+        _custom(cluster).patch_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        cluster.namespace,
+        PLURAL,
+        name,
+        {"spec": {"resume": values}},
+    )
+    return f"answered pause {waiting} of {name} in {cluster.namespace}: spec.resume set"
+
+
 def rerun_manifest(
     run: dict[str, Any],
     overrides: dict[str, Any] | None = None,

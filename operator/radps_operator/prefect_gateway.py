@@ -22,7 +22,7 @@ from uuid import UUID, uuid4
 
 import httpx
 
-from radps_flows.contract import OUTPUTS_ARTIFACT_DESCRIPTION
+from radps_flows.contract import OUTPUTS_ARTIFACT_DESCRIPTION, PauseRequest, pause_input_key
 from radps_operator import metrics
 from radps_operator.reconcile import DeploymentRequest, FlowRunRequest, FlowRunSnapshot
 
@@ -413,6 +413,31 @@ class PrefectGateway:
         """Set Cancelled whatever Prefect's rules say: a Cancelling that Prefect refused, or
         one no worker completes (it is gone, or lost the race with the Job's creation)."""
         await self._set_state(flow_run_id, _state("CANCELLED", "Cancelled", message), True)
+
+    async def read_pause_request(self, flow_run_id: str, pause: int) -> PauseRequest | None:
+        """What a paused flow run asks at ``pause`` (the flow run input the flow wrote, see
+        radps_flows.pipelines.interactive), None where there is none."""
+        run_id = str(UUID(flow_run_id))
+        key = pause_input_key(pause)
+        try:
+            value = await self._call(
+                "read_flow_run_input", "GET", f"/flow_runs/{run_id}/input/{key}"
+            )
+        except PrefectRejected:  # 404: not written (yet)
+            return None
+        return PauseRequest.from_json(value)
+
+    async def resume_flow_run(self, flow_run_id: str, run_input: dict[str, Any]) -> None:
+        """Resume a paused flow run with ``run_input`` (Prefect checks it against the form the
+        flow saved); PrefectRejected with Prefect's reason when it does not."""
+        run_id = str(UUID(flow_run_id))
+        result = await self._call(
+            "resume_flow_run", "POST", f"/flow_runs/{run_id}/resume", {"run_input": run_input}
+        )
+        status = str((result or {}).get("status", ""))
+        if status != "ACCEPT":
+            reason = ((result or {}).get("details") or {}).get("reason") or status
+            raise PrefectRejected(f"Prefect did not resume the flow run: {reason}", 409)
 
     async def read_outputs(self, flow_run_id: str) -> list[dict[str, Any]]:
         """Rows {name, uri, kind} of the flow run's "radps outputs" table artifact."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from radps_flows import contract
 from radps_flows.contract import PIPELINE_LABEL, RUN_NAME_LABEL, RUN_UID_LABEL
-from radps_operator import api, schedule_api
+from radps_operator import api, pauses, schedule_api
 from radps_operator.schedule_api import cron_fields
 from radps_operator.settings import OperatorSettings
 
@@ -35,7 +35,7 @@ _PHASE_OF_STATE_TYPE = {
     SCHEDULED: api.Phase.SCHEDULED,
     PENDING: api.Phase.PENDING,
     RUNNING: api.Phase.RUNNING,
-    PAUSED: api.Phase.RUNNING,
+    PAUSED: api.Phase.PAUSED,
     COMPLETED: api.Phase.COMPLETED,
     FAILED: api.Phase.FAILED,
     CRASHED: api.Phase.CRASHED,
@@ -373,9 +373,14 @@ def status_from_flow_run(
     work_pool: str,
     outputs: list[dict[str, Any]] | None = None,
     generation: int | None = None,
+    run_name: str = "",
+    pipeline: str = "",
+    pause_request: contract.PauseRequest | None = None,
 ) -> api.PipelineRunStatus:
     """The status that tells the truth about `snapshot`, built on the previous status (whose
-    conditions keep their transition times). A finished status never goes back to running."""
+    conditions keep their transition times). A finished status never goes back to running.
+    A paused run shows what it waits for (``.status.input``, from ``pause_request``, the
+    flow's, read once per pause; see :mod:`radps_operator.pauses`)."""
     prefect = api.PrefectStatus(
         deployment_id=snapshot.deployment_id
         or (previous.prefect.deployment_id if previous.prefect else None),
@@ -409,10 +414,27 @@ def status_from_flow_run(
     new_outputs = previous.outputs
     if outputs is not None:
         new_outputs = [api.Output.model_validate(o) for o in outputs]
+    conditions = set_condition(previous.conditions, SUCCEEDED, *condition, now=now)
+    waiting = None
+    if phase == api.Phase.PAUSED:
+        waiting = pauses.input_status(
+            previous.input,
+            pipeline=pipeline,
+            name=run_name,
+            pause=pauses.pause_of(snapshot.labels),
+            request=pause_request,
+            since=snapshot.state_time,
+            flow_run_url=prefect.url,
+        )
+        message = waiting.prompt if waiting else message
+    paused = pauses.paused_condition(previous, phase == api.Phase.PAUSED, waiting)
+    if paused is not None:
+        conditions = set_condition(conditions, pauses.PAUSED_CONDITION, *paused, now=now)
     return previous.model_copy(
         update={
             "phase": phase,
-            "conditions": set_condition(previous.conditions, SUCCEEDED, *condition, now=now),
+            "conditions": conditions,
+            "input": waiting,
             "observed_generation": generation or previous.observed_generation,
             "start_time": start,
             "completion_time": completion,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic.alias_generators import to_camel
 
 from radps_flows.parameter_rules import brief
 from radps_operator import (
@@ -232,18 +233,29 @@ def check_spec_rules(
     parameters = spec.get("parameters", {})
     if isinstance(pipeline, str) and isinstance(parameters, dict):
         errors += check_parameters(pipeline, parameters, catalog)
-        errors += check_cache_fields(spec, pipeline, parameters, catalog)
+        errors += check_spec_parameters(spec, pipeline, parameters, catalog)
     return errors
 
 
-def check_cache_fields(
+SPEC_PARAMETER_ABSENT = {
+    "cache": "has no cached stages",
+    "fromStage": "has no cached stages",
+    "pauseTimeoutSeconds": "never pauses for input",
+    "pauseTimeoutAction": "never pauses for input",
+    "resume": "never pauses for input",
+}
+"""Why a spec field means nothing for a pipeline that lacks its parameter."""
+
+
+def check_spec_parameters(
     spec: dict[str, Any],
     pipeline_name: str,
     parameters: dict[str, Any],
     catalog: Mapping[str, Pipeline] | None = None,
 ) -> list[FieldError]:
-    """spec.cache and spec.fromStage: only for a pipeline with cached stages, and not
-    contradicted by the same setting among its parameters."""
+    """The spec fields that are also pipeline parameters (spec.cache, spec.fromStage,
+    spec.pauseTimeout*; api.SPEC_PARAMETERS) and spec.resume: only for a pipeline that takes
+    them, and not contradicted by the same setting among its parameters."""
     from radps_flows.catalog import pipelines
 
     pipeline = (pipelines() if catalog is None else catalog).get(pipeline_name)
@@ -251,19 +263,26 @@ def check_cache_fields(
         return []  # check_parameters says so
     errors = []
     takes = pipeline.parameter_schema.get("properties", {})
-    for field, parameter in (("cache", "cache"), ("fromStage", "from_stage")):
+    fields = {to_camel(f): p for f, p in api.SPEC_PARAMETERS.items()}
+    for field, absent in SPEC_PARAMETER_ABSENT.items():
         if spec.get(field) is None:
             continue
-        if parameter not in takes:
-            errors.append(
-                FieldError(f"spec.{field}", f"the {pipeline_name} pipeline has no cached stages")
-            )
-        elif parameters.get(parameter) not in (None, spec[field]):
+        parameter = fields.get(field)
+        lacking = pipeline.parameters.pause_input is None if field == "resume" else None
+        if lacking or (parameter is not None and parameter not in takes):
+            errors.append(FieldError(f"spec.{field}", f"the {pipeline_name} pipeline {absent}"))
+            continue
+        if parameter is None or parameters.get(parameter) is None:
+            continue
+        ours, theirs = spec[field], parameters[parameter]
+        if field == "pauseTimeoutAction" and isinstance(ours, str):
+            ours = ours.lower()
+        if ours != theirs:
             errors.append(
                 FieldError(
                     f"spec.{field}",
                     f"{brief(spec[field])} contradicts spec.parameters.{parameter} "
-                    f"{brief(parameters[parameter])}: set one of them",
+                    f"{brief(theirs)}: set one of them",
                 )
             )
     return errors

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -233,3 +234,28 @@ def install(cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> I
     yield data
     remove_leftovers(cluster)
     shutil.rmtree(data, ignore_errors=True)
+
+
+def radps_cli(cluster: KubeCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `radps` CLI as a user runs it against the cluster, with the kubeconfig."""
+    return subprocess.run(
+        [
+            str(Path(sys.executable).parent / "radps"),
+            *args,
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def worker_pods(cluster: KubeCluster, uid: str) -> int:
+    """Worker pods of the run's DaskClusters (other runs' may still be going away)."""
+    clusters = of_run(cluster, "daskclusters", uid)
+    names = ",".join(c["metadata"]["name"] for c in clusters)
+    if not names:
+        return 0
+    selector = f"dask.org/component=worker,dask.org/cluster-name in ({names})"
+    return len(get(cluster, "pods", "-l", selector)["items"])

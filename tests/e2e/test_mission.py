@@ -8,8 +8,6 @@ loaded (`make image`). The release is installed once per session (tests/e2e/rele
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +25,9 @@ from tests.e2e.release import (
     RUNS_NAMESPACE,
     get,
     of_run,
+    radps_cli,
     why_not_completed,
+    worker_pods,
 )
 from tests.k8s import REPO, KubeCluster, wait_until
 
@@ -53,7 +53,7 @@ def test_vla_pipelinerun_completes_with_its_own_dask_cluster(
     while time.monotonic() < deadline:
         status = get(kube_cluster, "prun", name).get("status") or {}
         phase = status.get("phase")
-        most_workers = max(most_workers, _worker_pods(kube_cluster, uid))
+        most_workers = max(most_workers, worker_pods(kube_cluster, uid))
         if phase in ("Completed", "Failed", "Crashed", "Cancelled", "TimedOut"):
             break
         time.sleep(1)
@@ -140,42 +140,27 @@ def _flow_log(cluster: KubeCluster, name: str) -> str:
     return cluster.kubectl("logs", "-n", RUNS_NAMESPACE, job, check=False).stdout[-4000:]
 
 
-def _radps(cluster: KubeCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    """The `radps` CLI as a user runs it against the cluster, with the kubeconfig."""
-    return subprocess.run(
-        [
-            str(Path(sys.executable).parent / "radps"),
-            *args,
-            "--kubeconfig",
-            str(cluster.kubeconfig),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def _check_the_cli_on_the_run(cluster: KubeCluster, name: str) -> None:
     """`radps list|get|logs` read the completed run; `radps rerun` makes a new one, which
     `radps cancel` ends."""
     on = ("-n", RUNS_NAMESPACE)
-    listed = _radps(cluster, "list", *on, "-o", "json")
+    listed = radps_cli(cluster, "list", *on, "-o", "json")
     assert listed.returncode == 0, listed.stderr
     assert {"name": name, "state": "Completed"}.items() <= next(
         row for row in json.loads(listed.stdout) if row["name"] == name
     ).items()
-    got = _radps(cluster, "get", name, *on, "-o", "json")
+    got = radps_cli(cluster, "get", name, *on, "-o", "json")
     assert json.loads(got.stdout)["status"]["outputs"], got.stderr
-    logs = _radps(cluster, "logs", name, *on)
+    logs = radps_cli(cluster, "logs", name, *on)
     assert logs.returncode == 0 and "Finished in state Completed" in logs.stdout, logs.stderr
 
-    rerun = _radps(cluster, "rerun", name, *on, "-p", "output=/data/products/vla-rerun")
+    rerun = radps_cli(cluster, "rerun", name, *on, "-p", "output=/data/products/vla-rerun")
     assert rerun.returncode == 0, rerun.stderr
     created = rerun.stdout.split()[0].removeprefix("pipelinerun.radps.io/")
     assert (
         get(cluster, "prun", created)["spec"]["parameters"]["output"] == "/data/products/vla-rerun"
     )
-    cancel = _radps(cluster, "cancel", created, *on)
+    cancel = radps_cli(cluster, "cancel", created, *on)
     assert cancel.returncode == 0 and f"cancelling {created}" in cancel.stdout, cancel.stderr
     wait_until(
         lambda: (get(cluster, "prun", created).get("status") or {}).get("phase") == "Cancelled",
@@ -183,7 +168,7 @@ def _check_the_cli_on_the_run(cluster: KubeCluster, name: str) -> None:
         what=f"the rerun {created} to be Cancelled",
         describe=lambda: get(cluster, "prun", created).get("status"),
     )
-    followed = _radps(cluster, "logs", "-f", created, *on)  # ended: returns, never hangs
+    followed = radps_cli(cluster, "logs", "-f", created, *on)  # ended: returns, never hangs
     assert followed.returncode in (0, 1), followed.stderr
     uid = get(cluster, "prun", created)["metadata"]["uid"]
     wait_until(
@@ -191,16 +176,6 @@ def _check_the_cli_on_the_run(cluster: KubeCluster, name: str) -> None:
         timeout=120,
         what="the cancelled rerun's DaskCluster to be gone",
     )
-
-
-def _worker_pods(cluster: KubeCluster, uid: str) -> int:
-    """Worker pods of the run's DaskClusters (other runs' may still be going away)."""
-    clusters = of_run(cluster, "daskclusters", uid)
-    names = ",".join(c["metadata"]["name"] for c in clusters)
-    if not names:
-        return 0
-    selector = f"dask.org/component=worker,dask.org/cluster-name in ({names})"
-    return len(get(cluster, "pods", "-l", selector)["items"])
 
 
 def test_helm_test_passes(kube_cluster: KubeCluster, installed: Path):

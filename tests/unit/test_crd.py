@@ -70,9 +70,14 @@ def test_spec_fields_match_the_design():
         "cache",
         "rerunOf",
         "fromStage",
+        "resume",
+        "pauseTimeoutSeconds",
+        "pauseTimeoutAction",
         "ttlSecondsAfterFinished",
     }
     assert spec["required"] == ["pipeline"]
+    assert spec["properties"]["resume"]["x-kubernetes-preserve-unknown-fields"] is True
+    assert spec["properties"]["pauseTimeoutAction"]["enum"] == ["Fail", "Finish"]
     assert spec["properties"]["cache"]["enum"] == ["Use", "Refresh", "Off"]
     assert spec["properties"]["fromStage"]["enum"][-1] == "imaging"
     assert spec["properties"]["parameters"]["x-kubernetes-preserve-unknown-fields"] is True
@@ -109,13 +114,14 @@ def test_status_fields_match_the_design():
     assert status["startTime"]["format"] == "date-time"
 
 
-def test_every_spec_field_but_cancel_is_immutable():
+def test_every_spec_field_but_cancel_and_resume_is_immutable():
     spec = _schema()["properties"]["spec"]
     rules = spec["x-kubernetes-validations"]
     guarded = {r["message"].split()[0] for r in rules}
-    expected = {f"spec.{name}" for name in spec["properties"] if name != "cancel"}
+    expected = {f"spec.{n}" for n in spec["properties"] if n not in ("cancel", "resume")}
     assert expected <= guarded
     assert not any("spec.cancel is immutable" in r["message"] for r in rules)
+    assert not any("spec.resume is immutable" in r["message"] for r in rules)
     assert any("oldSelf.cancel" in r["rule"] for r in rules), "cancel must not be undone"
 
 

@@ -121,7 +121,8 @@ def test_happy_path_statuses():
         ("FAILED", "TimedOut", "Flow run exceeded timeout", "TimedOut", "False", "TimedOut"),
         ("CANCELLING", "Cancelling", None, "Cancelling", "Unknown", "Cancelling"),
         ("CANCELLED", "Cancelled", "by user", "Cancelled", "False", "Cancelled"),
-        ("PAUSED", "Suspended", None, "Running", "Unknown", "Suspended"),
+        ("PAUSED", "Paused", None, "Paused", "Unknown", "Paused"),
+        ("PAUSED", "Suspended", None, "Paused", "Unknown", "Suspended"),
     ],
 )
 def test_phase_mapping(state_type, name, message, phase, status, reason):

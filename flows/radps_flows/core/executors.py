@@ -33,6 +33,10 @@ class Executor(Protocol):
 
     def workers_in_this_process(self) -> bool: ...
 
+    def scale(self, workers: int) -> bool: ...
+
+    def keep_scheduler(self, keep: bool) -> None: ...
+
 
 class SerialExecutor:
     """Runs blocks one after the other in this process (no Dask cluster around)."""
@@ -69,6 +73,12 @@ class SerialExecutor:
 
     def workers_in_this_process(self) -> bool:
         return True
+
+    def scale(self, workers: int) -> bool:
+        return False  # no workers to let go
+
+    def keep_scheduler(self, keep: bool) -> None:
+        pass
 
 
 class DaskExecutor:
@@ -122,6 +132,23 @@ class DaskExecutor:
         workers = self.client.scheduler_info(n_workers=-1)["workers"]
         return any(address.startswith("inproc://") for address in workers)
 
+    def scale(self, workers: int) -> bool:
+        """Ask the cluster for ``workers`` workers (0: let them all go); False where this
+        client did not start the cluster and cannot scale it."""
+        cluster = getattr(self.client, "cluster", None)
+        if cluster is None:
+            return False
+        cluster.scale(workers)
+        if workers:  # what comes next asks the workers what they are
+            self.client.wait_for_workers(1, timeout=self.start_timeout_seconds)
+        return True
+
+    def keep_scheduler(self, keep: bool) -> None:
+        """Keep the scheduler up while no task runs (``keep``), or let its idle timeout end
+        it again as configured: a run paused for longer than the idle timeout still has its
+        cluster when it goes on."""
+        self.client.run_on_scheduler(_keep_scheduler, keep)
+
     def memory_bytes(self) -> int:
         """The workers' memory limits summed, counting the workers still starting as the
         average of those up (a worker without a limit counts its host's memory)."""
@@ -142,3 +169,12 @@ class DaskExecutor:
         workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
         values = [of_worker(w) for w in workers]
         return sum(values) * max(len(values), self.expected_workers) // len(values)
+
+
+def _keep_scheduler(keep: bool, dask_scheduler: Any = None) -> None:
+    """On the scheduler: no idle timeout while ``keep``, the configured one otherwise."""
+    configured = "_radps_idle_timeout"
+    if not hasattr(dask_scheduler, configured):
+        setattr(dask_scheduler, configured, dask_scheduler.idle_timeout)
+    dask_scheduler.idle_timeout = None if keep else getattr(dask_scheduler, configured)
+    dask_scheduler.idle_since = None

@@ -41,6 +41,7 @@ from radps_flows.core.clean import (
     psf_sidelobe,
 )
 from radps_flows.core.executors import Executor, SerialExecutor
+from radps_flows.core.interaction import CleanAnswer, CleanCheckpoint, Interaction
 
 Log = Callable[[str], object]
 
@@ -291,9 +292,15 @@ def clean_image(
     settings: CleanSettings,
     *,
     log: Log = _quiet,
+    interaction: Interaction | None = None,
 ) -> tuple[xr.Dataset, list[xr.Dataset]]:
     """Hogbom CLEAN with major cycles through the visibilities, kept on the workers or read
     again at each cycle (see :func:`clean_inputs`): the major-cycle driver.
+
+    With an ``interaction``, CLEAN asks how to go on after the PSF and dirty image (and
+    after each major cycle, if it says so), and takes the answer's niter, threshold and mask,
+    or stops there (:mod:`radps_flows.core.interaction`); the answers are in the attribute
+    ``clean_answers``.
 
     ``grid.epsilon`` is the gridder accuracy of both directions (the residual is a difference
     of nearly equal numbers: tighter than for a dirty image). Returns the ``(y, x)`` images
@@ -343,6 +350,8 @@ def clean_image(
     residual_epsilon = epsilon  # the dirty image is at least as accurate
     model = np.zeros((imsize, imsize))
     niter, done, cycles = settings.niter, 0, 0
+    mask_boxes = [list(b) for b in settings.mask] if settings.mask else None
+    answers: list[dict] = []
 
     def major_cycle(at: float) -> np.ndarray:
         shared = ex.share(model.copy())
@@ -350,6 +359,45 @@ def clean_image(
         residuals = ex.map(blk.residual_block, prepared, grid=cycle_grid, model=shared, **extra)
         return blk.total(ex, residuals).image / weight_sum
 
+    def ask() -> bool:
+        """Ask how to go on and take the answer; False: stop CLEANing."""
+        nonlocal niter, threshold, mask, mask_boxes, inputs, prepared, extra
+        nonlocal residual, residual_epsilon
+        assert interaction is not None
+        region = residual if mask is None else np.where(mask, residual, 0)
+        checkpoint = CleanCheckpoint(
+            cycle=cycles,
+            components=done,
+            niter=niter,
+            threshold=float(threshold),
+            peak=float(np.abs(region).max()),
+            rms=rms,
+            mask=mask_boxes,
+            images=_checkpoint_images(dirty, residual, model, psf, beam),
+        )
+        if not interaction.keeps_workers:
+            ex.release(prepared)
+        answer = interaction.ask(checkpoint)
+        answers.append(_answer_record(checkpoint, answer))
+        if answer.niter is not None:
+            niter = answer.niter
+        if answer.threshold_jy is not None:
+            threshold = answer.threshold_jy
+        if answer.set_mask:
+            mask, mask_boxes = answer.mask, answer.mask_boxes
+        if not interaction.keeps_workers and not (answer.stop and residual_epsilon == epsilon):
+            # the workers may have gone: the blocks again (flags and gains from the cache)
+            again = replace(steps, cache=steps.cache and steps.cache.using())
+            inputs = clean_inputs(ex, blocks, datasets, again, grid, settings, log=log)
+            prepared, extra = inputs.handles, inputs.extra
+        if answer.stop and residual_epsilon != epsilon:
+            residual, residual_epsilon = major_cycle(epsilon), epsilon
+            log(f"the residual imaged again at epsilon {epsilon:.2g} before CLEAN stops")
+        return not answer.stop
+
+    asking = interaction is not None and ask()
+    if interaction is not None and not asking:
+        niter = done  # stopped before the first minor cycle
     while done < niter and cycles < settings.max_major:
         region = residual if mask is None else np.where(mask, residual, 0)
         peak = float(np.abs(region).max())
@@ -386,6 +434,10 @@ def clean_image(
             f"major cycle {cycles}: {n} components, cycle threshold {cycle_threshold:.4g}, "
             f"epsilon {residual_epsilon:.2g}"
         )
+        if asking and interaction is not None and interaction.after_each_cycle and not last:
+            asking = ask()
+            if not asking:
+                niter = done
     ex.release(prepared)
     restored = restore(model, residual, beam, cell_arcsec)
     report = flag_report(inputs.summaries)
@@ -406,6 +458,8 @@ def clean_image(
         "flagged_fraction": report["flagged_fraction"],
         "flag_report": report,
     }
+    if interaction is not None:
+        attrs["clean_answers"] = answers
 
     def da(values: np.ndarray, name: str, bunit: str) -> xr.DataArray:
         return xr.DataArray(
@@ -423,6 +477,42 @@ def clean_image(
         attrs=attrs,
     )
     return images, _gains(inputs.summaries)
+
+
+def _checkpoint_images(
+    dirty: xr.DataArray, residual: np.ndarray, model: np.ndarray, psf: np.ndarray, beam: Beam
+) -> xr.Dataset:
+    """The images a person looks at to answer a checkpoint, with the dirty image's
+    attributes and the beam (as the products have them)."""
+    attrs = {**dirty.attrs, **beam.attrs()}
+
+    def da(values: np.ndarray, bunit: str) -> xr.DataArray:
+        return xr.DataArray(
+            values.copy(), dims=("y", "x"), coords=dirty.coords, attrs={**attrs, "bunit": bunit}
+        )
+
+    return xr.Dataset(
+        {
+            "dirty": da(dirty.values, "Jy/beam"),
+            "residual": da(residual, "Jy/beam"),
+            "model": da(model, "Jy/pixel"),
+            "psf": da(psf, ""),
+        }
+    )
+
+
+def _answer_record(checkpoint: CleanCheckpoint, answer: CleanAnswer) -> dict:
+    """What an answer changed, for the products' HISTORY."""
+    record: dict = {"cycle": checkpoint.cycle, "components": checkpoint.components}
+    if answer.stop:
+        record["action"] = "stop"
+    if answer.niter is not None:
+        record["niter"] = answer.niter
+    if answer.threshold_jy is not None:
+        record["threshold_jy"] = answer.threshold_jy
+    if answer.set_mask:
+        record["mask"] = answer.mask_boxes if answer.mask is None or answer.mask_boxes else "image"
+    return record
 
 
 def grid_for(imsize: int, cell_arcsec: float, epsilon: float) -> blk.Grid:
@@ -462,6 +552,7 @@ def make_clean_image(
     epsilon: float = 1e-6,
     steps: blk.Steps | None = None,
     block_mb: float = blk.DEFAULT_BLOCK_MB,
+    interaction: Interaction | None = None,
     **clean: Any,
 ) -> xr.Dataset:
     """The imaging pipeline's CLEAN of datasets at hand, block by block in this process:
@@ -473,5 +564,6 @@ def make_clean_image(
     steps = steps or blk.Steps()
     grid = grid_for(imsize, cell_arcsec, epsilon)
     blocks = blk.blocks_for(None, datasets, steps, block_mb)
-    images, _ = clean_image(SerialExecutor(), blocks, datasets, steps, grid, settings)
+    ex = SerialExecutor()
+    images, _ = clean_image(ex, blocks, datasets, steps, grid, settings, interaction=interaction)
     return images

@@ -255,3 +255,25 @@ def read_model_image(path: str | os.PathLike) -> xr.DataArray:
             "bunit": "Jy/pixel",
         },
     )
+
+
+def read_mask_image(path: str | os.PathLike, imsize: int) -> np.ndarray:
+    """A CLEAN mask ``[y, x]`` from a FITS image of the image's size (one plane): True where
+    its pixels are non-zero (NaN is outside). The imager's orientation is the FITS file's, as
+    :func:`write_fits` writes it, so a mask made from a run's own image.fits fits it.
+    Anything else is a :class:`ModelImageError` saying why."""
+    try:
+        with fits.open(path) as hdus:
+            data = hdus[0].data
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelImageError(f"{path}: not a readable FITS image: {exc}") from exc
+    if data is None or data.ndim < 2 or any(n != 1 for n in data.shape[:-2]):
+        shape = None if data is None else data.shape
+        raise ModelImageError(f"{path}: a mask must be one image plane, got shape {shape}")
+    plane = np.asarray(data.reshape(data.shape[-2:]))
+    if plane.shape != (imsize, imsize):
+        raise ModelImageError(
+            f"{path}: a mask must be {imsize} x {imsize} pixels (imsize), got "
+            f"{plane.shape[1]} x {plane.shape[0]}"
+        )
+    return np.isfinite(plane) & (plane != 0)

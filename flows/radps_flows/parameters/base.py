@@ -31,6 +31,8 @@ class PipelineParameters(BaseModel):
     """`module:function` of the Prefect flow, what a deployment points at."""
     data: ClassVar[DataParameters]
     """Which parameters name data: read (never written or removed by a run) and written."""
+    pause_input: ClassVar[type[BaseModel] | None] = None
+    """What the pipeline asks for at a pause (an interactive run), None: it never pauses."""
 
     @classmethod
     def rules(cls, values: Mapping[str, Any]) -> list[ParameterError]:

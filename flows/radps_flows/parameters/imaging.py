@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from radps_flows.parameter_rules import (
     GRIDDER_MIN_PIXELS,
@@ -13,6 +13,7 @@ from radps_flows.parameter_rules import (
     ParameterError,
     box_errors,
     model_errors,
+    path_problem,
 )
 from radps_flows.parameters.base import PipelineParameters
 from radps_flows.parameters.common import (
@@ -31,6 +32,59 @@ from radps_flows.parameters.common import (
 )
 
 ImageFormat = Literal["fits", "zarr", "casa"]
+
+MAX_PAUSE_SECONDS = 7 * 24 * 3600
+PAUSE_TIMEOUT_ACTIONS = ("fail", "finish")
+
+MASK = (
+    "CLEAN only inside these boxes [x0, y0, x1, y1] (pixels, inclusive); or the path of a "
+    "FITS image of the image's size whose non-zero pixels are where CLEAN may work"
+)
+
+
+class CleanInput(BaseModel):
+    """How an interactive imaging run goes on from a pause (after the PSF and dirty image,
+    and after each major cycle with interactive_cycles). What the answer leaves out keeps
+    its value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["continue", "stop"] = Field(
+        "continue",
+        description="continue CLEAN, or stop: write the products as they are now.",
+    )
+    niter: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="The most CLEAN components in all (those found so far count)."
+    )
+    threshold_jy: Annotated[float, Field(ge=0)] | None = Field(
+        None, description="Stop when the residual peak is below this (Jy/beam)."
+    )
+    mask: list[Box] | str | None = Field(None, description=f"{MASK}; [] for anywhere.")
+    pause: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="The pause this answers (status.input.pause): refused at another one. "
+        "Change it to give a later pause the same answer.",
+    )
+
+    @classmethod
+    def errors(
+        cls, values: Mapping[str, Any], parameters: Mapping[str, Any]
+    ) -> list[ParameterError]:
+        """What the schema cannot say, against the run's ``parameters``: boxes inside the
+        image, a mask file a run may read."""
+        imsize = parameters.get("imsize", ImagingParameters.model_fields["imsize"].default)
+        if type(imsize) is not int:
+            return []
+        errors = []
+        mask = values.get("mask")
+        if isinstance(mask, list):
+            for i, box in enumerate(mask):
+                errors += box_errors(f"mask.{i}", box, imsize)
+        elif isinstance(mask, str):
+            problem = path_problem(mask, written=False)
+            if problem:
+                errors.append(ParameterError("mask", problem))
+        return errors
 
 
 class ImagingParameters(PipelineParameters):
@@ -153,11 +207,41 @@ class ImagingParameters(PipelineParameters):
     overwrite: bool = Field(False, description=OVERWRITE)
     cache: CacheMode = cache_field()
     from_stage: CachedStage | None = from_stage_field()
+    interactive: bool = Field(
+        False,
+        description="Pause after the PSF and dirty image (clean: true) for CLEAN's niter, "
+        "threshold_jy and mask, or stop; answered with `radps resume`, a PipelineRun's "
+        "spec.resume or Prefect's UI.",
+    )
+    interactive_cycles: bool = Field(
+        False, description="With interactive: pause after each major cycle as well."
+    )
+    pause_timeout_seconds: Annotated[int, Field(ge=1, le=MAX_PAUSE_SECONDS)] = Field(
+        3600, description="How long a pause waits for an answer (default an hour)."
+    )
+    pause_timeout_action: Literal[PAUSE_TIMEOUT_ACTIONS] = Field(  # type: ignore[valid-type]
+        "fail",
+        description="At a pause's timeout: fail the run, or finish: write the products as "
+        "they are then (Completed).",
+    )
+    workers_while_paused: Literal["release", "keep"] = Field(
+        "release",
+        description="release: the Dask cluster goes down to no workers while paused (the "
+        "visibilities are read again after; the flags and gains come from the stage cache); "
+        "keep: the workers stay, with what they hold.",
+    )
+
+    pause_input: ClassVar[type[BaseModel]] = CleanInput
+    """What an interactive run asks at a pause."""
 
     @classmethod
     def rules(cls, values: Mapping[str, Any]) -> list[ParameterError]:
         errors = model_errors(values)
         clean = values.get("clean") is True
+        if values.get("interactive") is True and not clean:
+            errors.append(
+                ParameterError("interactive", "pauses for CLEAN's settings: set clean: true")
+            )
         if values.get("weighting") in ("uniform", "briggs") and not clean:
             errors.append(
                 ParameterError(

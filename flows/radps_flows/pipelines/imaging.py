@@ -26,7 +26,7 @@ from radps_flows.core.executors import Executor
 from radps_flows.core.summary import image_summary
 from radps_flows.parameters.base import flow_parameters
 from radps_flows.parameters.imaging import ImagingParameters
-from radps_flows.pipelines import stages
+from radps_flows.pipelines import interactive, stages
 from radps_flows.pipelines.executor import executor
 from radps_flows.pipelines.outputs import (
     Output,
@@ -107,17 +107,28 @@ def clean_settings(params: dict) -> CleanSettings:
 
 @stage("clean")
 def clean_image(
-    store: str, datasets: list[xr.Dataset], imsize: int, cell_arcsec: float, params: dict
+    store: str,
+    datasets: list[xr.Dataset],
+    imsize: int,
+    cell_arcsec: float,
+    params: dict,
+    folder: str = "",
+    source: str = "",
 ) -> tuple[xr.Dataset, list[xr.Dataset]]:
     """Hogbom CLEAN with major cycles through the visibilities, kept on the workers or read
-    again at each cycle (see :func:`radps_flows.core.imager.clean_inputs`)."""
+    again at each cycle (see :func:`radps_flows.core.imager.clean_inputs`); with
+    ``interactive``, pausing for a person's answer (:mod:`radps_flows.pipelines.interactive`,
+    its previews in ``folder``, the output's, titled with ``source``, the input's name)."""
     steps = _steps(datasets, params)
     settings = clean_settings(params)
     first_pass = params["epsilon"] if settings.epsilon is None else settings.epsilon
     grid = imager.grid_for(imsize, cell_arcsec, first_pass)
     with executor() as ex:
         blocks = _blocks(store, datasets, steps, params, ex)
-        return imager.clean_image(ex, blocks, datasets, steps, grid, settings, log=print)
+        asking = interactive.interaction(params, folder, source, ex)
+        return imager.clean_image(
+            ex, blocks, datasets, steps, grid, settings, log=print, interaction=asking
+        )
 
 
 @stage("write-products")
@@ -233,8 +244,11 @@ def imaging(**arguments: Any) -> list[dict[str, str]]:
         source = locations.name(p.input)
         history = provenance.history("imaging", params)
         if p.clean:
-            images, gains = clean_image(store, datasets, p.imsize, p.cell_arcsec, params)
+            images, gains = clean_image(
+                store, datasets, p.imsize, p.cell_arcsec, params, folder, source
+            )
             report_progress(2, n_stages)
+            history += provenance.pause_history(images.attrs.get("clean_answers"))
             outputs = write_clean_products(images, folder, source, p.image_formats, history)
         else:
             make = dirty_cube if p.specmode == "cube" else dirty_image

@@ -143,6 +143,8 @@ def record(client: Any, flow_run: Any, ui_url: str | None = None) -> dict[str, A
     }
     if ui_url:
         status["flowRunUrl"] = f"{ui_url}/runs/flow-run/{flow_run.id}"
+    if flow_run.state is not None and flow_run.state.is_paused():
+        status["input"] = _waiting_for(client, flow_run, document, status.get("flowRunUrl"))
     tables = table_artifacts(client, flow_run.id)
     if OUTPUTS_ARTIFACT_DESCRIPTION in tables:
         status["outputs"] = tables[OUTPUTS_ARTIFACT_DESCRIPTION]
@@ -151,6 +153,38 @@ def record(client: Any, flow_run: Any, ui_url: str | None = None) -> dict[str, A
         status["summary"] = {r.get("quantity"): r.get("value") for r in rows}
     document["status"] = {k: v for k, v in status.items() if v is not None}
     return document
+
+
+def _waiting_for(
+    client: Any, flow_run: Any, document: dict[str, Any], url: str | None
+) -> dict[str, Any] | None:
+    """`.status.input` of a paused local run, as the operator shows it on a cluster (the
+    answers by `radps resume` only)."""
+    from radps_flows.contract import PauseRequest, pause_input_key
+    from radps_operator import pauses
+
+    pause = pauses.pause_of(flow_run.labels or {})
+    if pause is None:
+        return None
+    try:
+        request = PauseRequest.from_json(
+            json.loads(client.read_flow_run_input(flow_run.id, pause_input_key(pause)))
+        )
+    except Exception:  # not written yet
+        return None
+    waiting = pauses.input_status(
+        None,
+        pipeline=str((document.get("spec") or {}).get("pipeline")),
+        name=flow_run.name,
+        pause=pause,
+        request=request,
+        since=flow_run.state.timestamp,
+        flow_run_url=url,
+    )
+    if waiting is None:
+        return None
+    local = [c for c in waiting.answer_with if c.startswith("radps ")]
+    return waiting.model_copy(update={"answer_with": local}).to_wire()
 
 
 def table_artifacts(client: Any, flow_run_id: Any) -> dict[str, list[dict[str, Any]]]:
@@ -221,6 +255,29 @@ def request_cancel(client: Any, flow_run: Any) -> str:
         flow_run.id, Cancelling(message="Cancelled with radps cancel"), force=True
     )
     return f"cancelling {flow_run.name} (flow run {flow_run.id})"
+
+
+def request_resume(client: Any, flow_run: Any, answer: dict[str, Any]) -> str:
+    """Answer the pause a local run waits at, once the answer passed the operator's checks
+    (InvalidPipelineRun with every reason otherwise); a message saying what happened."""
+    from prefect.flow_runs import resume_flow_run
+
+    from radps_operator import api, pauses
+    from radps_operator.validation import FieldError, InvalidPipelineRun
+
+    paused = flow_run.state is not None and flow_run.state.is_paused()
+    waiting = pauses.pause_of(flow_run.labels or {}) if paused else None
+    spec = api.PipelineRunSpec.model_validate(manifest_of(client, flow_run)["spec"])
+    values, errors = pauses.check_answer(
+        spec.pipeline, spec.flow_parameters(), answer, waiting, field="answer"
+    )
+    if errors:
+        raise InvalidPipelineRun(errors)
+    try:
+        resume_flow_run(flow_run.id, run_input=values)
+    except Exception as exc:  # Prefect's refusal (e.g. resumed meanwhile): its own words
+        raise InvalidPipelineRun([FieldError("answer", str(exc))]) from exc
+    return f"answered pause {waiting} of {flow_run.name}: {json.dumps(values)}"
 
 
 def rerun_manifest(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import fcntl
+import json
 import os
 import signal
 import threading
@@ -362,6 +363,7 @@ class _ProgressDisplay:
             f"{run.spec.pipeline} {run.metadata.name}", total=None, state="Pending"
         )
         self._thread: threading.Thread | None = None
+        self._shown_pause: int | None = None
         self.on_cancel_requested: Callable[[str], None] | None = None
         """Called from the poller when the flow run is found Cancelling."""
 
@@ -416,6 +418,8 @@ class _ProgressDisplay:
         if flow_run.state is not None and flow_run.state.is_running() and client is not None:
             stage = _running_stage(client, self._flow_run_id)
             state = f"{state}: {stage}" if stage else state
+        if flow_run.state is not None and flow_run.state.is_paused() and client is not None:
+            self._show_pause(client, flow_run)
         completed_run = flow_run.state is not None and flow_run.state.is_completed()
         progress = read_progress(flow_run.labels, run_completed=completed_run)
         if progress:
@@ -423,6 +427,35 @@ class _ProgressDisplay:
             self._progress.update(self._task, completed=completed, total=total, state=state)
         else:
             self._progress.update(self._task, state=state)
+
+    def _show_pause(self, client: Any, flow_run: Any) -> None:
+        """Once a pause: what the run asks, its previews, and how to answer."""
+        from radps_flows.contract import PauseRequest, pause_input_key
+        from radps_operator.pauses import pause_of
+
+        pause = pause_of(flow_run.labels or {})
+        if pause is None or pause == self._shown_pause:
+            return
+        try:
+            text = client.read_flow_run_input(flow_run.id, pause_input_key(pause))
+            request = PauseRequest.from_json(json.loads(text))
+        except Exception:  # not written yet: the next poll shows it
+            return
+        if request is None:
+            return
+        self._shown_pause = pause
+        name = self._run.metadata.name
+        if request.refused:
+            self._console.print(f"[red]the last answer was refused:[/] {escape(request.refused)}")
+        self._console.print(f"[bold yellow]paused[/] ({pause}): {escape(request.prompt)}")
+        for preview in request.previews:
+            self._console.print(f"  {escape(preview)}")
+        niter = request.defaults.get("niter")
+        self._console.print(
+            f"  answer in another shell: [bold]radps resume {escape(name)} -p niter={niter}[/] "
+            f"(or -p threshold_jy=..., -p 'mask=[[x0,y0,x1,y1]]', -p action=stop); "
+            f"it waits {request.timeout_seconds} s, then does {request.timeout_action}"
+        )
 
 
 def _running_stage(client: Any, flow_run_id: Any) -> str | None:

@@ -41,10 +41,10 @@ test-cold:
 
 # Only the whole system on a real node: image, helm install, faults mid-run (cancel, operator
 # killed, flow pod deleted), security (RBAC, admission, Prefect auth, enforced NetworkPolicy),
-# the real-VLA PipelineRun (on the data volume, and on the object store without one), helm
-# test, helm uninstall.
+# the real-VLA PipelineRun (on the data volume, and on the object store without one), an
+# interactive run answered through kubectl, helm test, helm uninstall.
 e2e: venv deps
-	hack/no-leftovers.py -- $(BIN)/python -m pytest tests/e2e/test_faults.py tests/e2e/test_security.py tests/e2e/test_object_store.py tests/e2e/test_schedules.py tests/e2e/test_mission.py $(PYTEST_ARGS)
+	hack/no-leftovers.py -- $(BIN)/python -m pytest tests/e2e/test_faults.py tests/e2e/test_security.py tests/e2e/test_object_store.py tests/e2e/test_schedules.py tests/e2e/test_interactive.py tests/e2e/test_mission.py $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -52,12 +52,12 @@ def pause_history(answers: Sequence[Mapping[str, Any]] | None) -> list[str]:
     where CLEAN stood, and what each answer set."""
     lines = []
     for i, answer in enumerate(answers or (), start=1):
-        where = "dirty image" if answer.get("cycle") == 0 else f"major cycle {answer.get('cycle')}"
+        cycle = answer.get("cycle")
+        where = "the dirty image" if cycle == 0 else f"major cycle {cycle}"
         said = {k: v for k, v in answer.items() if k not in ("cycle", "components")}
         told = ", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in said.items())
         lines.append(
-            f"pause {i} after the {where} ({answer.get('components')} components): "
-            f"{told or 'continue'}"
+            f"pause {i} after {where} ({answer.get('components')} components): {told or 'continue'}"
         )
     return lines
 

@@ -152,3 +152,57 @@ def test_an_unanswered_pause_ends_as_its_timeout_action_says(
     assert json.loads(out_text)["status"]["phase"] == (
         "Completed" if action == "finish" else "Failed"
     )
+
+
+def test_answers_through_prefects_own_form_after_each_major_cycle(
+    radps_server: RadpsServer, sky: Path, tmp_path: Path
+):
+    """What Prefect's UI does with its form (the schema the run saved, Prefect's resume API),
+    a pause after each major cycle, the workers kept meanwhile."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    env = radps_server.env(RADPS_CACHE_DIR=str(tmp_path / "cache"))
+    out = tmp_path / "cycles"
+    parameters = interactive(
+        sky, out, interactive_cycles=True, workers_while_paused="keep", niter=500
+    )
+    path = manifest(tmp_path, "cycles", "imaging", parameters)
+    run = subprocess.Popen(
+        [RADPS, "run", str(path)],
+        env={**env, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        first = paused_flow_run(radps_server, "cycles")
+        with (
+            temporary_settings({PREFECT_API_URL: radps_server.api_url}),
+            get_client(sync_client=True) as client,
+        ):
+            keyset = first.state.state_details.run_input_keyset
+            form = json.loads(client.read_flow_run_input(first.id, keyset["schema"]))
+            assert form["properties"]["niter"]["default"] == 500  # the UI's form, filled in
+            assert "CLEAN paused after the PSF" in json.loads(
+                client.read_flow_run_input(first.id, keyset["description"])
+            )
+            resume_flow_run(first.id, run_input={"niter": 30})
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                again = client.read_flow_run(first.id)
+                if again.state.is_paused() and again.labels[contract.PAUSE_LABEL] == "2":
+                    break
+                time.sleep(0.5)
+            else:
+                raise AssertionError("no second pause after the first major cycle")
+            resume_flow_run(first.id, run_input={"action": "stop"})
+        output, _ = run.communicate(timeout=300)
+    finally:
+        run.kill()
+    assert run.returncode == 0, output
+    history = "\n".join(str(h) for h in fits.getheader(out / "restored.fits")["HISTORY"])
+    assert "pause 1 after the dirty image (0 components): niter = 30\n" in history + "\n"
+    assert "pause 2 after major cycle 1 (" in history and 'action = "stop"' in history
+    assert 0 < np.count_nonzero(fits.getdata(out / "model.fits")) <= 30

@@ -200,9 +200,13 @@ class Pauses:
                 return CleanAnswer(), f"mask: {exc}"
         elif isinstance(mask, list) and mask != (checkpoint.mask or []):
             kwargs.update(mask=box_mask(mask, imsize), mask_boxes=mask, set_mask=True)
+        # a form fills in every field with the settings as they stand: only changes count
+        niter, threshold = values.get("niter"), values.get("threshold_jy")
         return (
             CleanAnswer(
-                niter=values.get("niter"), threshold_jy=values.get("threshold_jy"), **kwargs
+                niter=None if niter == checkpoint.niter else niter,
+                threshold_jy=None if threshold == checkpoint.threshold else threshold,
+                **kwargs,
             ),
             None,
         )

@@ -118,10 +118,13 @@ class ProgressSender:
 
 
 #: Waits before retrying a label write the server refused as busy (503, 429) or left
-#: unanswered past its attempt's timeout.
-BUSY_RETRY_DELAYS_SECONDS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
-#: The first attempt's timeout; each retry doubles it, up to FLUSH_TIMEOUT_SECONDS.
+#: unanswered past its attempt's timeout: about a minute in all, what a burst of runs
+#: starting and ending together on a local SQLite server took to let each write through.
+BUSY_RETRY_DELAYS_SECONDS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, *(5.0,) * 9)
+#: The first attempt's timeout. The attempts after it wait as long as the server takes: an
+#: attempt given up on still runs in the server, so short timeouts under load only add to it.
 FIRST_ATTEMPT_TIMEOUT_SECONDS = 0.5
+LATER_ATTEMPT_TIMEOUT_SECONDS = 30.0
 
 
 def _update_labels(flow_run_id: Any, completed: int, total: int) -> None:
@@ -132,10 +135,9 @@ def _update_labels(flow_run_id: Any, completed: int, total: int) -> None:
     concurrent writer (the task runs finishing around it), and the server answers 503, mostly
     at once. Prefect's client would retry after 2 s, which was most of the overhead of a short
     flow run; a busy lock is free again within milliseconds. Now and then a local server held
-    one write for 2-2.5 s and then refused it, while a second write went through at once: an
-    attempt therefore gives up after a short timeout that each retry doubles. A write given
-    up on may still land later; it carries the same or older labels, and readers take a
-    Completed run as all done."""
+    one write for 2-2.5 s and then refused it, while a second write went through at once: the
+    first attempt therefore gives up after 0.5 s. A write given up on may still land later;
+    it carries the same or older labels, and readers take a Completed run as all done."""
     import httpx
     from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
@@ -159,7 +161,7 @@ def _update_labels(flow_run_id: Any, completed: int, total: int) -> None:
             except httpx.TimeoutException:
                 if delay is None:
                     raise
-            timeout = min(2 * timeout, FLUSH_TIMEOUT_SECONDS)
+            timeout = LATER_ATTEMPT_TIMEOUT_SECONDS
             time.sleep(delay * random.uniform(0.5, 1.5))
 
 

@@ -51,10 +51,11 @@ def pause_history(answers: Sequence[Mapping[str, Any]] | None) -> list[str]:
     """HISTORY lines of an interactive run's answers (the image attribute ``clean_answers``):
     where CLEAN stood, and what each answer set."""
     lines = []
-    for i, answer in enumerate(answers or (), start=1):
+    for n, answer in enumerate(answers or (), start=1):
+        i = answer.get("pause", n)
         cycle = answer.get("cycle")
         where = "the dirty image" if cycle == 0 else f"major cycle {cycle}"
-        said = {k: v for k, v in answer.items() if k not in ("cycle", "components")}
+        said = {k: v for k, v in answer.items() if k not in ("cycle", "components", "pause")}
         told = ", ".join(f"{k} = {json.dumps(v, default=str)}" for k, v in said.items())
         lines.append(
             f"pause {i} after {where} ({answer.get('components')} components): {told or 'continue'}"

@@ -50,8 +50,8 @@ def interactive(sky: Path, out: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
-def paused_flow_run(server: RadpsServer, name: str, timeout: float = 180) -> Any:
-    """The run's flow run once it is paused for input (its request written)."""
+def paused_flow_run(server: RadpsServer, name: str, timeout: float = 180, pause: int = 1) -> Any:
+    """The run's flow run once it is paused for input at ``pause`` (its request written)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -66,7 +66,11 @@ def paused_flow_run(server: RadpsServer, name: str, timeout: float = 180) -> Any
                 flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
             )
             for run in runs:
-                if run.state and run.state.is_paused() and contract.PAUSE_LABEL in run.labels:
+                if (
+                    run.state
+                    and run.state.is_paused()
+                    and run.labels.get(contract.PAUSE_LABEL) == str(pause)
+                ):
                     return run
             time.sleep(0.5)
     raise AssertionError(f"{name} did not pause within {timeout} s")
@@ -109,22 +113,43 @@ def test_a_run_pauses_refuses_a_wrong_answer_and_goes_on_with_a_right_one(
         time.sleep(3)  # more than the run's poll: a refused answer never reached it
         assert paused_flow_run(radps_server, "deep", timeout=5).state.is_paused()
 
-        code, out_text, err = radps_command(env, "resume", "deep", "-p", "niter=40", timeout=60)
+        # a mask file the run cannot read: it pauses again, saying why
+        absent = tmp_path / "absent.fits"
+        code, _, err = radps_command(env, "resume", "deep", "-p", f"mask={absent}", timeout=60)
         assert code == 0, err
-        assert 'answered pause 1 of deep: {"niter": 40}' in out_text
+        paused_flow_run(radps_server, "deep", pause=2)
+        code, got, err = radps_command(env, "get", "deep", "-o", "json", timeout=60)
+        waiting = json.loads(got)["status"]["input"]
+        assert waiting["pause"] == 2 and "mask:" in waiting["refused"]
+        assert "absent.fits" in waiting["refused"]
+
+        # the central source only: a FITS mask of the image's size
+        mask = np.zeros((IMSIZE, IMSIZE), dtype=np.float32)
+        mask[58:71, 58:71] = 1
+        fits.writeto(tmp_path / "mask.fits", mask)
+        code, out_text, err = radps_command(
+            env, "resume", "deep", "-p", "niter=40", "-p", f"mask={tmp_path / 'mask.fits'}",
+            timeout=60,
+        )  # fmt: skip
+        assert code == 0, err
+        assert "answered pause 2 of deep:" in out_text and '"niter": 40' in out_text
         output, _ = run.communicate(timeout=300)
     finally:
         run.kill()
     assert run.returncode == 0, output
     assert "paused (1): CLEAN paused after the PSF and dirty image" in output
     assert "radps resume deep -p niter=2000" in output
+    assert "the last answer was refused: mask:" in output
     header = fits.getheader(out / "restored.fits")
     history = "\n".join(str(h) for h in header["HISTORY"])
-    assert "pause 1 after the dirty image (0 components): niter = 40" in history
-    model = fits.getdata(out / "model.fits")
+    said = history.replace("\n", "")
+    assert "pause 2 after the dirty image (0 components): niter = 40" in said
+    assert f'mask = "{tmp_path / "mask.fits"}"' in said
+    model = fits.getdata(out / "model.fits")[0, 0]
     assert 0 < np.count_nonzero(model) <= 40
-    assert (out / "pauses" / "pause-1-residual.png").stat().st_size > 0
-    assert (out / "pauses" / "pause-1-dirty.png").stat().st_size > 0
+    assert not model[mask == 0].any(), "components outside the mask"
+    assert (out / "pauses" / "pause-2-residual.png").stat().st_size > 0
+    assert (out / "pauses" / "pause-2-dirty.png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("action", ["finish", "fail"])

@@ -154,6 +154,24 @@ def test_shipped_examples_are_valid(example, capsys):
             'spec.cache: "Refresh" contradicts spec.parameters.cache "Use": set one of them',
             id="cache-twice",
         ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    pause_timeout_action: fail").replace(
+                "  dask:", "  pauseTimeoutAction: Finish\n  dask:"
+            ),
+            'spec.pauseTimeoutAction: "Finish" contradicts spec.parameters.pause_timeout_action '
+            '"fail": set one of them',
+            id="pause-timeout-action-twice",
+        ),
+        pytest.param(
+            _replace("  dask:", "  pauseTimeoutAction: Later\n  dask:"),
+            "spec.pauseTimeoutAction: Input should be 'Fail' or 'Finish'",
+            id="unknown-timeout-action",
+        ),
+        pytest.param(
+            _replace("imsize: 256", "imsize: 256\n    interactive: true"),
+            "spec.parameters.interactive: pauses for CLEAN's settings: set clean: true",
+            id="interactive-without-clean",
+        ),
         pytest.param(VALID + "---\n" + VALID.replace("imsize: 256", "imsize: 7"), "#2", id="2nd"),
         pytest.param("", "empty: expected a PipelineRun", id="empty"),
         pytest.param("- a\n- b\n", "expected a mapping, got list", id="not-a-mapping"),
@@ -410,3 +428,14 @@ def test_the_operator_check_never_raises_anything_else():
     spec["parameters"] = {"input": "/a", "output": "/b", "imsize": 10**5000}
     with pytest.raises(InvalidPipelineRun, match=r"spec\.parameters\.imsize: integer out of range"):
         validate_spec(spec, allowed_images=("radps",))
+
+
+def test_pause_fields_for_a_pipeline_that_never_pauses(tmp_path, capsys):
+    flagging = VALID.replace("pipeline: imaging", "pipeline: flagging").replace(
+        "    imsize: 256\n", ""
+    )
+    text = flagging.replace("  dask:", "  resume: {niter: 5}\n  pauseTimeoutSeconds: 60\n  dask:")
+    code, output = _validate(tmp_path, capsys, text)
+    assert code == 2
+    assert "spec.resume: the flagging pipeline never pauses for input" in output
+    assert "spec.pauseTimeoutSeconds: the flagging pipeline never pauses for input" in output

@@ -504,6 +504,8 @@ def _checkpoint_images(
 def _answer_record(checkpoint: CleanCheckpoint, answer: CleanAnswer) -> dict:
     """What an answer changed, for the products' HISTORY."""
     record: dict = {"cycle": checkpoint.cycle, "components": checkpoint.components}
+    if answer.pause is not None:
+        record["pause"] = answer.pause
     if answer.stop:
         record["action"] = "stop"
     if answer.niter is not None:
@@ -511,7 +513,7 @@ def _answer_record(checkpoint: CleanCheckpoint, answer: CleanAnswer) -> dict:
     if answer.threshold_jy is not None:
         record["threshold_jy"] = answer.threshold_jy
     if answer.set_mask:
-        record["mask"] = answer.mask_boxes if answer.mask is None or answer.mask_boxes else "image"
+        record["mask"] = answer.mask_file or answer.mask_boxes or []
     return record
 
 

@@ -46,6 +46,8 @@ class CleanAnswer:
 
     stop: bool = False
     """Write the products as they are now (and no further pause)."""
+    pause: int | None = None
+    """Which of the asker's pauses this answers (for the record), if it numbers them."""
     niter: int | None = None
     threshold_jy: float | None = None
     """An absolute threshold, Jy/beam: it replaces ``threshold_jy`` and ``threshold_rms``."""
@@ -53,6 +55,8 @@ class CleanAnswer:
     """A new ``[y, x]`` mask (True where CLEAN may find components), when ``set_mask``."""
     mask_boxes: list[list[int]] | None = None
     """The boxes of that mask, when it is made of boxes (for the next checkpoint)."""
+    mask_file: str | None = None
+    """The FITS file that mask was read from, when it was (for the record)."""
     set_mask: bool = False
     """Replace the mask with ``mask`` (None: anywhere)."""
 

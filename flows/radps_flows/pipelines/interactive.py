@@ -28,7 +28,7 @@ import contextlib
 import contextvars
 import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -74,6 +74,8 @@ class Pauses:
     ex: Executor
     count: int = 0
     refused: str | None = field(default=None, repr=False)
+    mask_file: str | None = None
+    """The FITS mask in force (an earlier answer's), so that an answer can keep or clear it."""
 
     def __call__(self, checkpoint: CleanCheckpoint) -> CleanAnswer:
         from prefect import get_run_logger
@@ -88,7 +90,10 @@ class Pauses:
             answer, refused = self._answer(values, checkpoint)
             if refused is None:
                 log.info("pause %d answered: %s", self.count, _shown(values))
-                return answer
+                if answer.set_mask:
+                    mask = values.get("mask")
+                    self.mask_file = mask if isinstance(mask, str) else None
+                return replace(answer, pause=self.count)
             log.warning("pause %d: answer refused, asking again: %s", self.count, refused)
             self.refused = refused
 
@@ -111,13 +116,20 @@ class Pauses:
                 "action": "continue",
                 "niter": checkpoint.niter,
                 "threshold_jy": checkpoint.threshold,
-                "mask": checkpoint.mask if checkpoint.mask is not None else [],
+                "mask": self._mask_now(checkpoint),
             },
             previews=self._previews(checkpoint),
             timeout_seconds=int(self.params["pause_timeout_seconds"]),
             timeout_action=str(self.params["pause_timeout_action"]),
             refused=self.refused,
         )
+
+    def _mask_now(self, checkpoint: CleanCheckpoint) -> list | str:
+        """The mask as an answer states it: the FITS file in force, its boxes, or [] for
+        anywhere."""
+        if self.mask_file is not None:
+            return self.mask_file
+        return checkpoint.mask if checkpoint.mask is not None else []
 
     def _previews(self, checkpoint: CleanCheckpoint) -> list[str]:
         """PNGs of what to look at, in ``pauses/`` of the output and as artifacts."""
@@ -192,13 +204,16 @@ class Pauses:
             return CleanAnswer(stop=True), None
         mask = values.get("mask")
         kwargs: dict[str, Any] = {}
-        if isinstance(mask, str):
+        if mask is None or mask == self._mask_now(checkpoint):
+            pass  # as it stands
+        elif isinstance(mask, str):
             try:
                 with locations.local_copy(mask) as local:
-                    kwargs.update(mask=products.read_mask_image(local, imsize), set_mask=True)
+                    image = products.read_mask_image(local, imsize)
+                kwargs.update(mask=image, mask_file=mask, set_mask=True)
             except (products.ModelImageError, OSError) as exc:
                 return CleanAnswer(), f"mask: {exc}"
-        elif isinstance(mask, list) and mask != (checkpoint.mask or []):
+        else:
             kwargs.update(mask=box_mask(mask, imsize), mask_boxes=mask, set_mask=True)
         # a form fills in every field with the settings as they stand: only changes count
         niter, threshold = values.get("niter"), values.get("threshold_jy")

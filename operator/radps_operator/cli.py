@@ -22,7 +22,7 @@ from rich.table import Table
 
 from radps_flows.contract import CACHED_STAGES
 from radps_operator import __version__, cli_cluster
-from radps_operator.cli_output import print_as, stderr, stdout
+from radps_operator.cli_output import overrides_or_report, print_as, stderr, stdout
 
 if TYPE_CHECKING:
     from radps_operator.local.manifests import Manifest
@@ -292,12 +292,10 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     if cli_cluster.wanted(args):
         return cli_cluster.run_command("rerun", args)
     from radps_operator.local import history
-    from radps_operator.local.manifests import Manifest, named, parse_overrides
+    from radps_operator.local.manifests import Manifest, named
 
-    overrides, errors = parse_overrides(args.parameters)
-    for error in errors:
-        stderr.print(f"[red]{escape(str(error))}[/]")
-    if errors:
+    overrides = overrides_or_report(args.parameters)
+    if overrides is None:
         return EXIT_INVALID
     with history.local_prefect() as (client, _):
         flow_run = _local_run(client, args.name)
@@ -311,13 +309,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if cli_cluster.wanted(args):
         return cli_cluster.run_command("resume", args)
     from radps_operator.local import history
-    from radps_operator.local.manifests import parse_overrides
     from radps_operator.validation import InvalidPipelineRun
 
-    answer, errors = parse_overrides(args.parameters)
-    for error in errors:
-        stderr.print(f"[red]{escape(str(error))}[/]")
-    if errors:
+    answer = overrides_or_report(args.parameters)
+    if answer is None:
         return EXIT_INVALID
     with history.local_prefect() as (client, _):
         flow_run = _local_run(client, args.name)

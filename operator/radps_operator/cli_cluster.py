@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from radps_operator import kube_runs
-from radps_operator.cli_output import print_as, stderr, stdout
+from radps_operator.cli_output import overrides_or_report, print_as, stderr, stdout
 
 EXIT_INVALID = 2
 
@@ -129,13 +129,10 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _rerun(args: argparse.Namespace) -> int:
-    from radps_operator.local.manifests import parse_overrides
     from radps_operator.validation import InvalidPipelineRun
 
-    overrides, errors = parse_overrides(args.parameters)
-    for error in errors:
-        stderr.print(f"[red]{escape(str(error))}[/]")
-    if errors:
+    overrides = overrides_or_report(args.parameters)
+    if overrides is None:
         return EXIT_INVALID
     with _cluster(args) as cluster:
         try:
@@ -150,13 +147,10 @@ def _rerun(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from radps_operator.local.manifests import parse_overrides
     from radps_operator.validation import InvalidPipelineRun
 
-    answer, errors = parse_overrides(args.parameters)
-    for error in errors:
-        stderr.print(f"[red]{escape(str(error))}[/]")
-    if errors:
+    answer = overrides_or_report(args.parameters)
+    if answer is None:
         return EXIT_INVALID
     with _cluster(args) as cluster:
         try:

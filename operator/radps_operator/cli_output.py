@@ -20,3 +20,16 @@ def print_as(value: Any, output: str) -> None:
         import yaml
 
         stdout.out(yaml.safe_dump(value, sort_keys=False, default_flow_style=False), end="")
+
+
+def overrides_or_report(items: list[str]) -> dict[str, Any] | None:
+    """``-p key=value`` items as a dict (values read as YAML), or None after printing each
+    malformed one in red (`radps rerun`, `radps resume`, locally and on a cluster)."""
+    from rich.markup import escape
+
+    from radps_operator.local.manifests import parse_overrides
+
+    values, errors = parse_overrides(items)
+    for error in errors:
+        stderr.print(f"[red]{escape(str(error))}[/]")
+    return None if errors else values

@@ -50,6 +50,17 @@ def interactive(sky: Path, out: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
+def run_in_background(env: dict[str, str], path: Path) -> subprocess.Popen[str]:
+    """`radps run path`, left to wait at its pauses while the test answers them."""
+    return subprocess.Popen(
+        [RADPS, "run", str(path)],
+        env={**env, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def paused_flow_run(server: RadpsServer, name: str, timeout: float = 180, pause: int = 1) -> Any:
     """The run's flow run once it is paused for input at ``pause`` (its request written)."""
     from prefect.client.orchestration import get_client
@@ -82,13 +93,7 @@ def test_a_run_pauses_refuses_a_wrong_answer_and_goes_on_with_a_right_one(
     env = radps_server.env(RADPS_CACHE_DIR=str(tmp_path / "cache"))
     out = tmp_path / "deep"
     path = manifest(tmp_path, "deep", "imaging", interactive(sky, out))
-    run = subprocess.Popen(
-        [RADPS, "run", str(path)],
-        env={**env, "COLUMNS": "200"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    run = run_in_background(env, path)
     try:
         flow_run = paused_flow_run(radps_server, "deep")
         assert flow_run.labels[contract.PAUSE_LABEL] == "1"
@@ -194,13 +199,7 @@ def test_answers_through_prefects_own_form_after_each_major_cycle(
         sky, out, interactive_cycles=True, workers_while_paused="keep", niter=500
     )
     path = manifest(tmp_path, "cycles", "imaging", parameters)
-    run = subprocess.Popen(
-        [RADPS, "run", str(path)],
-        env={**env, "COLUMNS": "200"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    run = run_in_background(env, path)
     try:
         first = paused_flow_run(radps_server, "cycles")
         with (
